@@ -1,0 +1,107 @@
+//! Bearer credentials (RFC 6750 §2.1) from the `authorization` header.
+
+/// What the `authorization` header of a request held.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Authorization {
+    /// No `authorization` header.
+    #[default]
+    Absent,
+    /// Exactly one `authorization` header with this value.
+    One(String),
+    /// More than one `authorization` header (Envoy joins repeated headers with `,`).
+    Multiple,
+}
+
+/// Why no bearer token could be taken from the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BearerError {
+    /// No `authorization` header, or one that holds no bearer credential.
+    Missing,
+    /// More than one `authorization` header: ambiguous, so denied.
+    Duplicate,
+}
+
+/// Takes the bearer token from the request's `authorization` header.
+///
+/// As the reference: trim, split on whitespace, scheme `bearer` in any case, exactly two parts;
+/// anything else counts as "no token". A comma cannot occur in a token (RFC 6750 `b64token`), so
+/// a comma means Envoy joined two headers.
+pub fn bearer_token(authorization: &Authorization) -> Result<&str, BearerError> {
+    let value = match authorization {
+        Authorization::Absent => return Err(BearerError::Missing),
+        Authorization::Multiple => return Err(BearerError::Duplicate),
+        Authorization::One(value) => value,
+    };
+    if value.contains(',') {
+        return Err(BearerError::Duplicate);
+    }
+    let mut parts = value.split_whitespace();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(scheme), Some(token), None) if scheme.eq_ignore_ascii_case("bearer") => Ok(token),
+        _ => Err(BearerError::Missing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(value: &str) -> Result<&str, BearerError> {
+        // Leak is fine in a test: it keeps the borrow simple.
+        let auth: &'static Authorization = Box::leak(Box::new(Authorization::One(value.into())));
+        bearer_token(auth)
+    }
+
+    #[test]
+    fn takes_the_token_of_a_bearer_header() {
+        assert_eq!(parse("Bearer abc.def.ghi"), Ok("abc.def.ghi"));
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        assert_eq!(parse("bearer t"), Ok("t"));
+        assert_eq!(parse("BEARER t"), Ok("t"));
+        assert_eq!(parse("BeArEr t"), Ok("t"));
+    }
+
+    #[test]
+    fn surrounding_and_inner_whitespace_is_tolerated() {
+        assert_eq!(parse("  Bearer   t  "), Ok("t"));
+        assert_eq!(parse("Bearer\tt"), Ok("t"));
+        assert_eq!(parse("Bearer t\t "), Ok("t"));
+    }
+
+    #[test]
+    fn other_schemes_and_shapes_are_no_token() {
+        for value in [
+            "",
+            "   ",
+            "Bearer",
+            "Bearer ",
+            "Basic dXNlcjpwYXNz",
+            "Bearer a b",
+            "Token t",
+            "t",
+        ] {
+            assert_eq!(parse(value), Err(BearerError::Missing), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn absent_header_is_no_token() {
+        assert_eq!(
+            bearer_token(&Authorization::Absent),
+            Err(BearerError::Missing)
+        );
+    }
+
+    #[test]
+    fn two_headers_are_a_duplicate() {
+        assert_eq!(
+            bearer_token(&Authorization::Multiple),
+            Err(BearerError::Duplicate)
+        );
+        assert_eq!(parse("Bearer a,Bearer b"), Err(BearerError::Duplicate));
+        assert_eq!(parse("Bearer a, Bearer b"), Err(BearerError::Duplicate));
+    }
+}

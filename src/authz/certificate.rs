@@ -1,0 +1,283 @@
+//! Client certificates as Envoy forwards them, and their RFC 8705 thumbprints.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Largest certificate input considered (URL-encoded PEM, or one XFCC value). A leaf is a few KiB.
+pub const MAX_CERTIFICATE_INPUT: usize = 32 * 1024;
+
+const PEM_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+const PEM_END: &str = "-----END CERTIFICATE-----";
+
+/// SHA-256 of a certificate's DER encoding: RFC 8705 `x5t#S256`, XFCC `Hash`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Thumbprint([u8; 32]);
+
+impl Thumbprint {
+    /// The thumbprint of a DER-encoded certificate.
+    pub fn of_der(der: &[u8]) -> Self {
+        Self(Sha256::digest(der).into())
+    }
+
+    /// Reads the lower- or upper-case hex digest XFCC carries in `Hash=`.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let hex = hex.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            out[i] = (hi * 16 + lo) as u8;
+        }
+        Some(Self(out))
+    }
+
+    /// base64url without padding: the form of `cnf["x5t#S256"]`.
+    pub fn to_base64url(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// Whether a token's `x5t#S256` names this certificate, compared in constant time.
+    ///
+    /// Only the exact RFC 8705 form matches: padded, standard-alphabet or re-cased values do not.
+    pub fn matches_x5t_s256(&self, claimed: &str) -> bool {
+        let mut ours = [0u8; 43];
+        // 32 bytes always encode to exactly 43 unpadded characters.
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(self.0, &mut ours)
+            .unwrap_or_default();
+        written == ours.len() && bool::from(ours.as_slice().ct_eq(claimed.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Thumbprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Thumbprint({})", self.to_base64url())
+    }
+}
+
+impl fmt::Display for Thumbprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base64url())
+    }
+}
+
+/// Why a forwarded certificate could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    #[error("certificate input is larger than {MAX_CERTIFICATE_INPUT} bytes")]
+    TooLarge,
+    #[error("certificate is not valid percent-encoded UTF-8")]
+    BadEncoding,
+    #[error("no PEM CERTIFICATE block")]
+    NotPem,
+    #[error("PEM body is not base64")]
+    BadBase64,
+    #[error("not a DER X.509 certificate")]
+    NotX509,
+}
+
+/// Decodes `attributes.source.certificate`: URL-encoded PEM of the leaf certificate.
+///
+/// Returns `Ok(None)` for an empty (or blank) value: Envoy sends "" when the client presented
+/// no certificate, and the digest of zero bytes must never become a thumbprint.
+pub fn decode_url_encoded_pem(value: &str) -> Result<Option<Thumbprint>, CertificateError> {
+    if value.trim().is_empty() {
+        return Ok(None);
+    }
+    if value.len() > MAX_CERTIFICATE_INPUT {
+        return Err(CertificateError::TooLarge);
+    }
+    let decoded = percent_encoding::percent_decode_str(value)
+        .decode_utf8()
+        .map_err(|_| CertificateError::BadEncoding)?;
+    decode_pem(&decoded).map(Some)
+}
+
+/// Thumbprint of the first `CERTIFICATE` block of a PEM text (the leaf, in Envoy's order).
+pub fn decode_pem(pem: &str) -> Result<Thumbprint, CertificateError> {
+    let start = pem.find(PEM_BEGIN).ok_or(CertificateError::NotPem)? + PEM_BEGIN.len();
+    let body_len = pem[start..].find(PEM_END).ok_or(CertificateError::NotPem)?;
+    let body: String = pem[start..start + body_len]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let der = STANDARD
+        .decode(body)
+        .map_err(|_| CertificateError::BadBase64)?;
+    decode_der(&der)
+}
+
+/// Thumbprint of a DER certificate, after checking that it really is exactly one X.509 certificate.
+pub fn decode_der(der: &[u8]) -> Result<Thumbprint, CertificateError> {
+    match x509_parser::parse_x509_certificate(der) {
+        Ok(([], _)) => Ok(Thumbprint::of_der(der)),
+        _ => Err(CertificateError::NotX509),
+    }
+}
+
+/// Thumbprint of a certificate file's bytes, PEM (first certificate of a chain) or DER.
+pub fn decode_file(bytes: &[u8]) -> Result<Thumbprint, CertificateError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.contains(PEM_BEGIN) => decode_pem(text),
+        _ => decode_der(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed() -> (String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["client.test".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        (cert.pem(), cert.der().to_vec())
+    }
+
+    fn url_encode(pem: &str) -> String {
+        // Envoy escapes only newline, space, '+', '/' and '='.
+        pem.replace('\n', "%0A")
+            .replace(' ', "%20")
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D")
+    }
+
+    #[test]
+    fn thumbprint_matches_the_reference_vectors() {
+        assert_eq!(
+            Thumbprint::of_der(&[1, 2, 3, 4, 5, 6, 7, 8]).to_base64url(),
+            "ZoQN2hVOihE8Md0K0y9_OjZqgOgTaXnY9aEB09Kdb3I"
+        );
+        assert_eq!(
+            Thumbprint::of_der(&[]).to_base64url(),
+            "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU"
+        );
+    }
+
+    #[test]
+    fn hex_digest_converts_to_the_same_thumbprint() {
+        let t = Thumbprint::of_der(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let hex: String = t.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(Thumbprint::from_hex(&hex), Some(t));
+        assert_eq!(Thumbprint::from_hex(&hex.to_uppercase()), Some(t));
+        assert_eq!(Thumbprint::from_hex(&hex[1..]), None);
+        assert_eq!(Thumbprint::from_hex(&format!("{}zz", &hex[2..])), None);
+    }
+
+    #[test]
+    fn only_the_exact_rfc8705_form_matches() {
+        let t = Thumbprint::of_der(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(t.matches_x5t_s256("ZoQN2hVOihE8Md0K0y9_OjZqgOgTaXnY9aEB09Kdb3I"));
+        for wrong in [
+            "ZoQN2hVOihE8Md0K0y9_OjZqgOgTaXnY9aEB09Kdb3I=",
+            "ZoQN2hVOihE8Md0K0y9/OjZqgOgTaXnY9aEB09Kdb3I",
+            "ZOQN2HVOIHE8MD0K0Y9_OJZQGOGTAXNY9AEB09KDB3I",
+            " ZoQN2hVOihE8Md0K0y9_OjZqgOgTaXnY9aEB09Kdb3I",
+            "47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU",
+            "",
+        ] {
+            assert!(!t.matches_x5t_s256(wrong), "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn url_encoded_pem_decodes_to_the_der_thumbprint() {
+        let (pem, der) = self_signed();
+        let got = decode_url_encoded_pem(&url_encode(&pem)).expect("decodes");
+        assert_eq!(got, Some(Thumbprint::of_der(&der)));
+    }
+
+    #[test]
+    fn raw_pem_decodes_too() {
+        let (pem, der) = self_signed();
+        assert_eq!(
+            decode_url_encoded_pem(&pem),
+            Ok(Some(Thumbprint::of_der(&der)))
+        );
+    }
+
+    #[test]
+    fn chain_uses_the_first_certificate() {
+        let (leaf, der) = self_signed();
+        let (other, _) = self_signed();
+        let chain = format!("{leaf}{other}");
+        assert_eq!(
+            decode_url_encoded_pem(&url_encode(&chain)),
+            Ok(Some(Thumbprint::of_der(&der)))
+        );
+    }
+
+    #[test]
+    fn empty_or_blank_means_no_certificate() {
+        assert_eq!(decode_url_encoded_pem(""), Ok(None));
+        assert_eq!(decode_url_encoded_pem("  \n"), Ok(None));
+    }
+
+    #[test]
+    fn garbage_is_not_a_certificate() {
+        assert_eq!(
+            decode_url_encoded_pem("hello"),
+            Err(CertificateError::NotPem)
+        );
+        assert_eq!(
+            decode_url_encoded_pem("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----"),
+            Err(CertificateError::BadBase64)
+        );
+        assert_eq!(
+            decode_url_encoded_pem("-----BEGIN CERTIFICATE-----\nAQIDBAUGBwg=\n"),
+            Err(CertificateError::NotPem)
+        );
+    }
+
+    #[test]
+    fn base64_that_is_not_x509_is_rejected() {
+        // The reference hashed any base64; certbound parses it first.
+        assert_eq!(
+            decode_url_encoded_pem(
+                "-----BEGIN CERTIFICATE-----\nAQIDBAUGBwg=\n-----END CERTIFICATE-----"
+            ),
+            Err(CertificateError::NotX509)
+        );
+        assert_eq!(decode_der(&[]), Err(CertificateError::NotX509));
+    }
+
+    #[test]
+    fn trailing_bytes_after_the_der_are_rejected() {
+        let (_, mut der) = self_signed();
+        der.push(0);
+        assert_eq!(decode_der(&der), Err(CertificateError::NotX509));
+    }
+
+    #[test]
+    fn twice_url_encoded_is_rejected() {
+        let (pem, _) = self_signed();
+        let twice = url_encode(&url_encode(&pem)).replace('%', "%25");
+        assert!(decode_url_encoded_pem(&twice).is_err());
+    }
+
+    #[test]
+    fn oversized_input_is_rejected_before_parsing() {
+        let big = "A".repeat(MAX_CERTIFICATE_INPUT + 1);
+        assert_eq!(
+            decode_url_encoded_pem(&big),
+            Err(CertificateError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn file_may_be_pem_or_der() {
+        let (pem, der) = self_signed();
+        assert_eq!(decode_file(pem.as_bytes()), Ok(Thumbprint::of_der(&der)));
+        assert_eq!(decode_file(&der), Ok(Thumbprint::of_der(&der)));
+    }
+}

@@ -1,0 +1,297 @@
+//! The only place proto types meet the core: `CheckRequest` -> `AccessRequest`, and
+//! `Decision` -> `CheckResponse`.
+
+use prost_types::{Struct, Value, value::Kind};
+
+use super::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use super::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+    attribute_context::HttpRequest, check_response::HttpResponse,
+};
+use super::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
+use super::pb::google::rpc;
+use crate::authz::{AccessRequest, Authorization, Decision, DenyReason, Outcome};
+
+/// gRPC status codes used in `CheckResponse.status` (an absent status would ALLOW).
+pub mod code {
+    pub const OK: i32 = 0;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+pub const UNAUTHORIZED_BODY: &str = r#"{"message":"unauthorized"}"#;
+pub const UNAVAILABLE_BODY: &str = r#"{"message":"service unavailable"}"#;
+
+/// Converts Envoy's request; a request without HTTP attributes cannot be authorized.
+pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason> {
+    let attributes = request.attributes.ok_or(DenyReason::RequestInvalid)?;
+    let http = attributes
+        .request
+        .and_then(|r| r.http)
+        .ok_or(DenyReason::RequestInvalid)?;
+    let peer_certificate = attributes.source.map(|s| s.certificate).unwrap_or_default();
+    let authorization = match header_values(&http, "authorization").as_slice() {
+        [] => Authorization::Absent,
+        [one] => Authorization::One(one.clone()),
+        _ => Authorization::Multiple,
+    };
+    let xfcc = header_values(&http, "x-forwarded-client-cert");
+    let request_id = header_values(&http, "x-request-id")
+        .into_iter()
+        .next()
+        .or_else(|| (!http.id.is_empty()).then(|| http.id.clone()));
+    Ok(AccessRequest {
+        authorization,
+        peer_certificate,
+        xfcc: (!xfcc.is_empty()).then(|| xfcc.join(",")),
+        request_id,
+        method: http.method,
+        path: http.path,
+        host: http.host,
+    })
+}
+
+/// Values of a header: from `headers` (Envoy's default), else from `header_map` (with
+/// `encode_raw_headers: true`), where repeated headers stay separate.
+fn header_values(http: &HttpRequest, name: &str) -> Vec<String> {
+    if let Some(value) = http.headers.get(name) {
+        return vec![value.clone()];
+    }
+    let Some(map) = &http.header_map else {
+        return Vec::new();
+    };
+    map.headers
+        .iter()
+        .filter(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| {
+            if h.raw_value.is_empty() {
+                h.value.clone()
+            } else {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            }
+        })
+        .collect()
+}
+
+fn header(key: &str, value: impl Into<String>, action: HeaderAppendAction) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.into(),
+            value: value.into(),
+            raw_value: Vec::new(),
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    }
+}
+
+fn string_value(s: impl Into<String>) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.into())),
+    }
+}
+
+/// Metadata for Envoy's access log and later filters (namespace `envoy.filters.http.ext_authz`).
+fn dynamic_metadata(decision: &Decision) -> Struct {
+    let mut fields = std::collections::BTreeMap::new();
+    let decision_name = match decision.outcome {
+        Outcome::Allow(_) => "allow",
+        Outcome::Deny(_) => "deny",
+        Outcome::Unavailable(_) => "unavailable",
+    };
+    fields.insert("decision".into(), string_value(decision_name));
+    fields.insert("reason".into(), string_value(decision.reason()));
+    let facts = &decision.facts;
+    if let Some(issuer) = &facts.issuer {
+        fields.insert("iss".into(), string_value(issuer.clone()));
+    }
+    if matches!(decision.outcome, Outcome::Allow(_)) {
+        for claim in ["sub", "client_id", "scope"] {
+            if let Some(value) = facts.claim_str(claim) {
+                fields.insert(claim.into(), string_value(value));
+            }
+        }
+    }
+    if let Some(thumbprint) = facts.thumbprint {
+        fields.insert("x5t#S256".into(), string_value(thumbprint.to_base64url()));
+    }
+    Struct { fields }
+}
+
+/// The answer Envoy acts on. Every non-allow sets a non-zero status code.
+pub fn check_response(decision: &Decision) -> CheckResponse {
+    let metadata = Some(dynamic_metadata(decision));
+    let json = || {
+        header(
+            "content-type",
+            "application/json",
+            HeaderAppendAction::OverwriteIfExistsOrAdd,
+        )
+    };
+    match &decision.outcome {
+        Outcome::Allow(upstream) => CheckResponse {
+            status: Some(rpc::Status {
+                code: code::OK,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: upstream
+                    .set_headers
+                    .iter()
+                    .map(|(k, v)| header(k, v.clone(), HeaderAppendAction::OverwriteIfExistsOrAdd))
+                    .collect(),
+                headers_to_remove: upstream.remove_headers.clone(),
+                ..Default::default()
+            })),
+            dynamic_metadata: metadata,
+        },
+        Outcome::Deny(reason) => {
+            let challenge = if reason.is_missing_credentials() {
+                "Bearer"
+            } else {
+                r#"Bearer error="invalid_token""#
+            };
+            CheckResponse {
+                status: Some(rpc::Status {
+                    code: code::UNAUTHENTICATED,
+                    message: reason.as_str().into(),
+                    details: Vec::new(),
+                }),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: StatusCode::Unauthorized as i32,
+                    }),
+                    headers: vec![
+                        json(),
+                        header(
+                            "www-authenticate",
+                            challenge,
+                            HeaderAppendAction::OverwriteIfExistsOrAdd,
+                        ),
+                    ],
+                    body: UNAUTHORIZED_BODY.into(),
+                })),
+                dynamic_metadata: metadata,
+            }
+        }
+        Outcome::Unavailable(reason) => CheckResponse {
+            status: Some(rpc::Status {
+                code: code::UNAVAILABLE,
+                message: reason.as_str().into(),
+                details: Vec::new(),
+            }),
+            http_response: Some(HttpResponse::ErrorResponse(DeniedHttpResponse {
+                status: Some(HttpStatus {
+                    code: StatusCode::ServiceUnavailable as i32,
+                }),
+                headers: vec![json()],
+                body: UNAVAILABLE_BODY.into(),
+            })),
+            dynamic_metadata: metadata,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pb::envoy::config::core::v3::HeaderMap;
+    use super::super::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+    use super::*;
+
+    fn with_http(http: HttpRequest) -> CheckRequest {
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(attribute_context::Request {
+                    time: None,
+                    http: Some(http),
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn raw(key: &str, value: &[u8]) -> HeaderValue {
+        HeaderValue {
+            key: key.into(),
+            value: String::new(),
+            raw_value: value.to_vec(),
+        }
+    }
+
+    #[test]
+    fn missing_http_attributes_are_invalid() {
+        assert_eq!(
+            access_request(CheckRequest::default()).err(),
+            Some(DenyReason::RequestInvalid)
+        );
+        let no_http = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Default::default()),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            access_request(no_http).err(),
+            Some(DenyReason::RequestInvalid)
+        );
+    }
+
+    #[test]
+    fn reads_headers_map_first() {
+        let mut http = HttpRequest::default();
+        http.headers
+            .insert("authorization".into(), "Bearer a".into());
+        http.headers.insert("x-request-id".into(), "rid".into());
+        let req = access_request(with_http(http)).expect("valid");
+        assert_eq!(req.authorization, Authorization::One("Bearer a".into()));
+        assert_eq!(req.request_id.as_deref(), Some("rid"));
+        assert_eq!(req.xfcc, None);
+    }
+
+    #[test]
+    fn falls_back_to_raw_header_map_and_sees_duplicates() {
+        let http = HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![
+                    raw("Authorization", b"Bearer a"),
+                    raw("authorization", b"Bearer b"),
+                ],
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            access_request(with_http(http))
+                .expect("valid")
+                .authorization,
+            Authorization::Multiple
+        );
+        let http = HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![raw("authorization", b"Bearer \xff")],
+            }),
+            ..Default::default()
+        };
+        let req = access_request(with_http(http)).expect("valid");
+        assert_eq!(
+            req.authorization,
+            Authorization::One("Bearer \u{fffd}".into())
+        );
+    }
+
+    #[test]
+    fn every_deny_sets_a_non_zero_status() {
+        for reason in DenyReason::ALL {
+            let response = check_response(&Decision::deny(reason));
+            let status = response.status.expect("status");
+            assert_eq!(status.code, code::UNAUTHENTICATED);
+            assert_eq!(status.message, reason.as_str());
+            let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+                panic!("denied_response expected");
+            };
+            assert_eq!(denied.status.map(|s| s.code), Some(401));
+            assert_eq!(denied.body, UNAUTHORIZED_BODY);
+        }
+    }
+}

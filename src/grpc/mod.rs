@@ -1,0 +1,7 @@
+//! The Envoy adapter: generated code, conversion to and from the core, and the gRPC service.
+
+pub mod convert;
+pub mod pb;
+mod service;
+
+pub use service::AuthorizationService;

@@ -1,0 +1,251 @@
+//! An issuer's verification keys: an immutable snapshot parsed from a JWKS document.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+
+/// The kind of public key, which decides the algorithms it may verify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    Rsa,
+    EcP256,
+    EcP384,
+    Ed25519,
+}
+
+impl KeyKind {
+    /// The key kind an algorithm needs: the token's `alg` never chooses the key type by itself.
+    pub fn for_algorithm(alg: Algorithm) -> Option<Self> {
+        use Algorithm::*;
+        match alg {
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => Some(Self::Rsa),
+            ES256 => Some(Self::EcP256),
+            ES384 => Some(Self::EcP384),
+            EdDSA => Some(Self::Ed25519),
+            _ => None,
+        }
+    }
+}
+
+/// One usable verification key.
+#[derive(Clone, Debug)]
+pub struct VerificationKey {
+    pub kid: Option<String>,
+    pub kind: KeyKind,
+    /// The JWK's `alg`, when it pins one.
+    pub alg: Option<Algorithm>,
+    pub key: DecodingKey,
+}
+
+impl VerificationKey {
+    /// Whether this key may verify a signature made with `alg`.
+    pub fn accepts(&self, alg: Algorithm) -> bool {
+        KeyKind::for_algorithm(alg) == Some(self.kind)
+            && self.alg.is_none_or(|pinned| pinned == alg)
+    }
+}
+
+/// A parsed JWKS: the keys certbound can use, in document order.
+#[derive(Clone, Debug, Default)]
+pub struct KeySet {
+    keys: Vec<VerificationKey>,
+}
+
+/// Why a JWKS document was rejected as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("JWKS is not JSON: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("JWKS has no \"keys\" array")]
+    NoKeysArray,
+}
+
+/// A key of the document that was left out, and why (logged once per fetch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IgnoredKey {
+    pub kid: Option<String>,
+    pub why: &'static str,
+}
+
+impl KeySet {
+    /// Parses a JWKS, keeping the keys usable for signature verification.
+    ///
+    /// Keys marked `use: enc`, of unknown `kty`/`crv`, with a curve that does not match their
+    /// coordinates, or with an `alg` that does not fit them, are left out and reported.
+    pub fn from_jwks(document: &[u8]) -> Result<(Self, Vec<IgnoredKey>), JwksError> {
+        let value: Value = serde_json::from_slice(document)?;
+        let entries = value
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(JwksError::NoKeysArray)?;
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut ignored = Vec::new();
+        for entry in entries {
+            let kid = entry.get("kid").and_then(Value::as_str).map(str::to_owned);
+            match parse_key(entry) {
+                Ok(key) => keys.push(VerificationKey { kid, ..key }),
+                Err(why) => ignored.push(IgnoredKey { kid, why }),
+            }
+        }
+        Ok((Self { keys }, ignored))
+    }
+
+    /// The candidate keys for a token: by `kid` when the token names one, else every key.
+    pub fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a VerificationKey> + 'a {
+        self.keys
+            .iter()
+            .filter(move |k| kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)))
+            .filter(move |k| k.accepts(alg))
+    }
+
+    /// Whether a key with this `kid` is in the set at all (of any type).
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+fn str_field<'a>(entry: &'a Value, name: &str) -> Option<&'a str> {
+    entry.get(name).and_then(Value::as_str)
+}
+
+fn decoded_len(b64: &str) -> Option<usize> {
+    URL_SAFE_NO_PAD.decode(b64).ok().map(|bytes| bytes.len())
+}
+
+fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
+    if str_field(entry, "use").is_some_and(|u| u != "sig") {
+        return Err("use is not sig");
+    }
+    if let Some(ops) = entry.get("key_ops").and_then(Value::as_array)
+        && !ops.iter().any(|op| op.as_str() == Some("verify"))
+    {
+        return Err("key_ops has no verify");
+    }
+    let alg = match str_field(entry, "alg") {
+        None => None,
+        Some(name) => Some(name.parse::<Algorithm>().map_err(|_| "unsupported alg")?),
+    };
+    let (kind, key) = match str_field(entry, "kty") {
+        Some("RSA") => {
+            let (n, e) = str_field(entry, "n")
+                .zip(str_field(entry, "e"))
+                .ok_or("RSA key without n/e")?;
+            // RSA keys under 2048 bits are not accepted (RFC 7518 §3.3).
+            if decoded_len(n).is_none_or(|len| len < 256) {
+                return Err("RSA modulus shorter than 2048 bits");
+            }
+            let key = DecodingKey::from_rsa_components(n, e).map_err(|_| "bad RSA components")?;
+            (KeyKind::Rsa, key)
+        }
+        Some("EC") => {
+            let (kind, size) = match str_field(entry, "crv") {
+                Some("P-256") => (KeyKind::EcP256, 32),
+                Some("P-384") => (KeyKind::EcP384, 48),
+                _ => return Err("unsupported EC curve"),
+            };
+            let (x, y) = str_field(entry, "x")
+                .zip(str_field(entry, "y"))
+                .ok_or("EC key without x/y")?;
+            if decoded_len(x) != Some(size) || decoded_len(y) != Some(size) {
+                return Err("EC coordinates do not match the curve");
+            }
+            let key = DecodingKey::from_ec_components(x, y).map_err(|_| "bad EC components")?;
+            (kind, key)
+        }
+        Some("OKP") => {
+            if str_field(entry, "crv") != Some("Ed25519") {
+                return Err("unsupported OKP curve");
+            }
+            let x = str_field(entry, "x").ok_or("OKP key without x")?;
+            if decoded_len(x) != Some(32) {
+                return Err("Ed25519 key is not 32 bytes");
+            }
+            let key = DecodingKey::from_ed_components(x).map_err(|_| "bad OKP components")?;
+            (KeyKind::Ed25519, key)
+        }
+        Some("oct") => return Err("symmetric keys are never accepted"),
+        _ => return Err("unsupported kty"),
+    };
+    if let Some(alg) = alg
+        && KeyKind::for_algorithm(alg) != Some(kind)
+    {
+        return Err("alg does not fit the key type");
+    }
+    Ok(VerificationKey {
+        kid: None,
+        kind,
+        alg,
+        key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P256_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const P256_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+
+    fn jwks(keys: Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "keys": keys })).expect("json")
+    }
+
+    #[test]
+    fn keeps_signing_keys_and_reports_the_rest() {
+        let doc = jwks(serde_json::json!([
+            {"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "sig", "use": "sig"},
+            {"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "enc", "use": "enc"},
+            {"kty": "EC", "crv": "P-384", "x": P256_X, "y": P256_Y, "kid": "curve"},
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+            {"kty": "XYZ", "kid": "unknown"},
+            {"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "rsa-alg", "alg": "RS256"},
+        ]));
+        let (set, ignored) = KeySet::from_jwks(&doc).expect("parses");
+        assert_eq!(set.len(), 1);
+        assert!(set.has_kid("sig"));
+        let ignored: Vec<_> = ignored
+            .iter()
+            .map(|i| i.kid.as_deref().unwrap_or(""))
+            .collect();
+        assert_eq!(ignored, ["enc", "curve", "hmac", "unknown", "rsa-alg"]);
+    }
+
+    #[test]
+    fn candidates_follow_kid_and_key_type() {
+        let doc = jwks(serde_json::json!([
+            {"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "a"},
+            {"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "b", "alg": "ES256"},
+        ]));
+        let (set, _) = KeySet::from_jwks(&doc).expect("parses");
+        assert_eq!(set.candidates(Some("a"), Algorithm::ES256).count(), 1);
+        assert_eq!(set.candidates(None, Algorithm::ES256).count(), 2);
+        assert_eq!(set.candidates(Some("a"), Algorithm::RS256).count(), 0);
+        assert_eq!(set.candidates(Some("a"), Algorithm::ES384).count(), 0);
+        assert_eq!(set.candidates(Some("zz"), Algorithm::ES256).count(), 0);
+    }
+
+    #[test]
+    fn documents_without_keys_are_rejected() {
+        assert!(matches!(
+            KeySet::from_jwks(b"{}"),
+            Err(JwksError::NoKeysArray)
+        ));
+        assert!(matches!(
+            KeySet::from_jwks(b"not json"),
+            Err(JwksError::NotJson(_))
+        ));
+    }
+}

@@ -1,0 +1,166 @@
+//! The `certbound` command: serve, check a configuration, or print a certificate's thumbprint.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use certbound::config::{LogFormat, Settings};
+
+/// Exit code for a configuration that does not validate (sysexits EX_USAGE).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Envoy ext_authz for RFC 8705 certificate-bound access tokens"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// `serve` is the default subcommand.
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Envoy's Authorization/Check, health and reflection (the default).
+    Serve(ServeArgs),
+    /// Validate a configuration: exit 0, or 64 naming the offending key.
+    CheckConfig(ConfigArg),
+    /// Print the x5t#S256 thumbprint of a PEM or DER certificate (first of a PEM chain).
+    Thumbprint {
+        /// Certificate file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Configuration file (YAML).
+    #[arg(long, env = "CERTBOUND_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (YAML).
+    #[arg(long, env = "CERTBOUND_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `listen` from the configuration.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Serve(args) => serve(args),
+        Command::CheckConfig(args) => match load(&args.config) {
+            Ok(_) => {
+                println!("{}: ok", args.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Thumbprint { file } => thumbprint(&file),
+    }
+}
+
+fn load(path: &Path) -> Result<Settings, ExitCode> {
+    Settings::load(path).map_err(|error| {
+        eprintln!(
+            "certbound: invalid configuration {}: {error}",
+            path.display()
+        );
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+fn thumbprint(file: &Path) -> ExitCode {
+    let result = std::fs::read(file)
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| Ok(certbound::authz::certificate::decode_file(&bytes)?));
+    match result {
+        Ok(thumbprint) => {
+            println!("{thumbprint}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("certbound: {}: {error}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let Some(path) = args.config else {
+        eprintln!("certbound: --config FILE (or CERTBOUND_CONFIG) is required");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    };
+    let mut settings = match load(&path) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    if let Some(listen) = args.listen {
+        settings.listen = listen;
+    }
+    init_tracing(settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("certbound: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let checker = certbound::server::build(&settings)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "certbound serving");
+    certbound::server::serve(checker, listener, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
