@@ -1,0 +1,577 @@
+//! Shared fixtures: keys and certificates generated at test time, an identity provider served
+//! over real HTTP on 127.0.0.1, and certbound started in-process on port 0.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+use certbound::grpc::pb::envoy::config::core::v3::{HeaderMap as ProtoHeaderMap, HeaderValue};
+use certbound::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use certbound::grpc::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use certbound::grpc::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, attribute_context,
+};
+
+pub const AUDIENCE: &str = "https://api.test";
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A signing key of the test IdP, with its public JWK.
+#[derive(Clone)]
+pub struct Signer {
+    pub kid: String,
+    pub alg: Algorithm,
+    key: EncodingKey,
+    pub jwk: Value,
+}
+
+impl Signer {
+    pub fn es256(kid: &str) -> Self {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = pair.public_key_raw();
+        Self {
+            kid: kid.into(),
+            alg: Algorithm::ES256,
+            key: EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap(),
+            jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
+                        "x": URL_SAFE_NO_PAD.encode(&raw[1..33]),
+                        "y": URL_SAFE_NO_PAD.encode(&raw[33..65])}),
+        }
+    }
+
+    pub fn ed25519(kid: &str) -> Self {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        Self {
+            kid: kid.into(),
+            alg: Algorithm::EdDSA,
+            key: EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap(),
+            jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
+                        "x": URL_SAFE_NO_PAD.encode(pair.public_key_raw())}),
+        }
+    }
+
+    pub fn rs256(kid: &str) -> Self {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        use rcgen::PublicKeyData;
+        use x509_parser::prelude::FromDer;
+        let spki_der = pair.subject_public_key_info();
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki_der).unwrap();
+        let x509_parser::public_key::PublicKey::RSA(rsa) = spki.parsed().unwrap() else {
+            panic!("not an RSA key");
+        };
+        let strip = |b: &[u8]| {
+            b.iter()
+                .skip_while(|&&x| x == 0)
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        Self {
+            kid: kid.into(),
+            alg: Algorithm::RS256,
+            key: EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).unwrap(),
+            jwk: json!({"kty": "RSA", "kid": kid,
+                        "n": URL_SAFE_NO_PAD.encode(strip(rsa.modulus)),
+                        "e": URL_SAFE_NO_PAD.encode(strip(rsa.exponent))}),
+        }
+    }
+
+    /// Signs claims with this key and its `kid`.
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        self.sign_with(header, claims)
+    }
+
+    pub fn sign_with(&self, header: Header, claims: &Value) -> String {
+        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
+    }
+}
+
+/// A client certificate generated at test time.
+#[derive(Clone)]
+pub struct ClientCert {
+    pub pem: String,
+    pub der: Vec<u8>,
+    pub key_pem: String,
+}
+
+impl ClientCert {
+    pub fn self_signed(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![format!("{name}.test")]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// The RFC 8705 thumbprint.
+    pub fn x5t(&self) -> String {
+        certbound::authz::Thumbprint::of_der(&self.der).to_base64url()
+    }
+
+    /// The PEM as Envoy URL-encodes it in `attributes.source.certificate`.
+    pub fn url_encoded(&self) -> String {
+        url_encode_pem(&self.pem)
+    }
+}
+
+pub fn url_encode_pem(pem: &str) -> String {
+    pem.replace('\n', "%0A")
+        .replace(' ', "%20")
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+}
+
+/// Claims of a valid access token from `issuer`, bound to `x5t` when given.
+pub fn claims(issuer: &str, x5t: Option<&str>) -> Value {
+    let now = now();
+    let mut claims = json!({
+        "iss": issuer, "aud": AUDIENCE, "sub": "alice", "client_id": "client-a",
+        "scope": "read write", "iat": now - 5, "nbf": now - 5, "exp": now + 600,
+        "jti": format!("jti-{now}"),
+    });
+    if let Some(x5t) = x5t {
+        claims["cnf"] = json!({"x5t#S256": x5t});
+    }
+    claims
+}
+
+struct IdpState {
+    jwks: Mutex<Value>,
+    /// HTTP status the IdP answers with (200 = healthy).
+    status: AtomicU16,
+    delay_ms: AtomicU64,
+    jwks_hits: AtomicUsize,
+    discovery_hits: AtomicUsize,
+    issuer: Mutex<String>,
+    max_age: Mutex<Option<u64>>,
+}
+
+/// An identity provider on 127.0.0.1 serving discovery and JWKS over real HTTP.
+pub struct Idp {
+    pub addr: SocketAddr,
+    pub issuer: String,
+    state: Arc<IdpState>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Idp {
+    pub async fn start(signers: &[&Signer]) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let issuer = format!("http://{addr}");
+        let state = Arc::new(IdpState {
+            jwks: Mutex::new(Value::Null),
+            status: AtomicU16::new(200),
+            delay_ms: AtomicU64::new(0),
+            jwks_hits: AtomicUsize::new(0),
+            discovery_hits: AtomicUsize::new(0),
+            issuer: Mutex::new(issuer.clone()),
+            max_age: Mutex::new(None),
+        });
+        let app = Router::new()
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/jwks.json", get(jwks))
+            .with_state(state.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        let idp = Self {
+            addr,
+            issuer,
+            state,
+            shutdown: Some(tx),
+        };
+        idp.set_keys(signers);
+        idp
+    }
+
+    pub fn jwks_uri(&self) -> String {
+        format!("{}/jwks.json", self.issuer)
+    }
+
+    pub fn set_keys(&self, signers: &[&Signer]) {
+        let keys: Vec<Value> = signers.iter().map(|s| s.jwk.clone()).collect();
+        *self.state.jwks.lock().unwrap() = json!({ "keys": keys });
+    }
+
+    pub fn set_jwks_document(&self, document: Value) {
+        *self.state.jwks.lock().unwrap() = document;
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.state.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn jwks_hits(&self) -> usize {
+        self.state.jwks_hits.load(Ordering::SeqCst)
+    }
+
+    pub fn discovery_hits(&self) -> usize {
+        self.state.discovery_hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn answer(state: &IdpState, body: Value) -> axum::response::Response {
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).unwrap();
+    if status != StatusCode::OK {
+        return (status, "unavailable").into_response();
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().unwrap());
+    if let Some(max_age) = *state.max_age.lock().unwrap() {
+        headers.insert(
+            "cache-control",
+            format!("max-age={max_age}").parse().unwrap(),
+        );
+    }
+    (headers, body.to_string()).into_response()
+}
+
+async fn discovery(State(state): State<Arc<IdpState>>) -> axum::response::Response {
+    state.discovery_hits.fetch_add(1, Ordering::SeqCst);
+    let issuer = state.issuer.lock().unwrap().clone();
+    let body = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks.json")});
+    answer(&state, body).await
+}
+
+async fn jwks(State(state): State<Arc<IdpState>>) -> axum::response::Response {
+    state.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    let body = state.jwks.lock().unwrap().clone();
+    answer(&state, body).await
+}
+
+/// certbound running in-process on 127.0.0.1:0.
+pub struct Certbound {
+    pub addr: SocketAddr,
+    pub client: AuthorizationClient<Channel>,
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Certbound {
+    /// Starts certbound with this YAML configuration and waits until it reports SERVING.
+    pub async fn start(yaml: &str) -> Self {
+        let this = Self::start_unready(yaml).await;
+        this.wait_serving(Duration::from_secs(10)).await;
+        this
+    }
+
+    /// Starts certbound without waiting for its keys.
+    pub async fn start_unready(yaml: &str) -> Self {
+        let settings =
+            certbound::config::Settings::from_yaml(yaml, Vec::new(), None).expect("valid config");
+        let checker = certbound::server::build(&settings).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(certbound::server::serve(checker, listener, async {
+            let _ = rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            addr,
+            client: AuthorizationClient::new(channel.clone()),
+            channel,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn health(&self, service: &str) -> i32 {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel.clone());
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .unwrap_or(-1)
+    }
+
+    pub async fn wait_serving(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.health("").await
+            != tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "certbound did not become SERVING"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn check(&self, request: CheckRequest) -> Answer {
+        let response = self
+            .client
+            .clone()
+            .check(request)
+            .await
+            .expect("Check answered");
+        Answer::from(response.into_inner())
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Certbound {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A configuration for one issuer whose keys come from `idp`'s JWKS URL.
+pub fn config_for(idp: &Idp, extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nissuers:\n  - issuer: {}\n    audiences: [{AUDIENCE}]\n    jwks_uri: {}\n{extra}",
+        idp.issuer,
+        idp.jwks_uri()
+    )
+}
+
+/// A CheckRequest as Envoy builds it: headers in `request.http.headers`, URL-encoded peer PEM.
+pub fn request(headers: &[(&str, &str)], certificate: &str) -> CheckRequest {
+    let http = attribute_context::HttpRequest {
+        id: "1234".into(),
+        method: "GET".into(),
+        path: "/api/items?x=1".into(),
+        host: "api.test".into(),
+        scheme: "https".into(),
+        protocol: "HTTP/1.1".into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain([
+                (":path".into(), "/api/items?x=1".into()),
+                (":method".into(), "GET".into()),
+            ])
+            .collect(),
+        ..Default::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(attribute_context::Peer {
+                certificate: certificate.into(),
+                principal: "CN=client".into(),
+                ..Default::default()
+            }),
+            request: Some(attribute_context::Request {
+                time: None,
+                http: Some(http),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A CheckRequest as Envoy builds it with `encode_raw_headers: true`.
+pub fn raw_request(headers: &[(&str, &[u8])], certificate: &str) -> CheckRequest {
+    let mut request = request(&[], certificate);
+    let http = request
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap()
+        .http
+        .as_mut()
+        .unwrap();
+    http.headers.clear();
+    http.header_map = Some(ProtoHeaderMap {
+        headers: headers
+            .iter()
+            .map(|(k, v)| HeaderValue {
+                key: k.to_string(),
+                value: String::new(),
+                raw_value: v.to_vec(),
+            })
+            .collect(),
+    });
+    request
+}
+
+/// What a CheckResponse tells Envoy, flattened for assertions.
+#[derive(Debug)]
+pub struct Answer {
+    pub grpc_code: Option<i32>,
+    pub message: String,
+    pub kind: &'static str,
+    pub http_status: Option<i32>,
+    pub headers: BTreeMap<String, String>,
+    pub headers_to_remove: Vec<String>,
+    pub body: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl From<CheckResponse> for Answer {
+    fn from(response: CheckResponse) -> Self {
+        let (kind, http_status, header_options, body, headers_to_remove) =
+            match response.http_response {
+                Some(HttpResponse::OkResponse(ok)) => {
+                    ("ok", None, ok.headers, String::new(), ok.headers_to_remove)
+                }
+                Some(HttpResponse::DeniedResponse(d)) => (
+                    "denied",
+                    d.status.map(|s| s.code),
+                    d.headers,
+                    d.body,
+                    Vec::new(),
+                ),
+                Some(HttpResponse::ErrorResponse(e)) => (
+                    "error",
+                    e.status.map(|s| s.code),
+                    e.headers,
+                    e.body,
+                    Vec::new(),
+                ),
+                None => ("none", None, Vec::new(), String::new(), Vec::new()),
+            };
+        let headers = header_options
+            .into_iter()
+            .filter_map(|o| o.header)
+            .map(|h| (h.key, h.value))
+            .collect();
+        let metadata = response
+            .dynamic_metadata
+            .map(|s| {
+                s.fields
+                    .into_iter()
+                    .filter_map(|(k, v)| match v.kind {
+                        Some(prost_types::value::Kind::StringValue(s)) => Some((k, s)),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            grpc_code: response.status.as_ref().map(|s| s.code),
+            message: response.status.map(|s| s.message).unwrap_or_default(),
+            kind,
+            http_status,
+            headers,
+            headers_to_remove,
+            body,
+            metadata,
+        }
+    }
+}
+
+impl Answer {
+    pub fn reason(&self) -> &str {
+        self.metadata
+            .get("reason")
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    /// Asserts the exact 401 the reference gives, with the RFC 6750 challenge.
+    #[track_caller]
+    pub fn assert_unauthorized(&self, reason: &str, challenge: &str) {
+        assert_eq!(self.grpc_code, Some(16), "{self:?}");
+        assert_eq!(self.kind, "denied", "{self:?}");
+        assert_eq!(self.http_status, Some(401), "{self:?}");
+        assert_eq!(self.body, r#"{"message":"unauthorized"}"#);
+        assert_eq!(
+            self.headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
+        assert_eq!(
+            self.headers.get("www-authenticate").map(String::as_str),
+            Some(challenge),
+            "{self:?}"
+        );
+        assert_eq!(self.reason(), reason, "{self:?}");
+        assert_eq!(self.message, reason);
+    }
+
+    #[track_caller]
+    pub fn assert_invalid_token(&self, reason: &str) {
+        self.assert_unauthorized(reason, r#"Bearer error="invalid_token""#);
+    }
+
+    #[track_caller]
+    pub fn assert_allowed(&self) {
+        assert_eq!(self.grpc_code, Some(0), "{self:?}");
+        assert_eq!(self.kind, "ok", "{self:?}");
+    }
+
+    #[track_caller]
+    pub fn assert_unavailable(&self) {
+        assert_eq!(self.grpc_code, Some(14), "{self:?}");
+        assert_eq!(self.kind, "error", "{self:?}");
+        assert_eq!(self.http_status, Some(503), "{self:?}");
+        assert_eq!(self.body, r#"{"message":"service unavailable"}"#);
+        assert_eq!(
+            self.headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
+    }
+}
