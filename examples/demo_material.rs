@@ -37,6 +37,11 @@ fn main() {
         &serde_json::to_string_pretty(&jwks).unwrap(),
     );
 
+    let (ca_pem, server) = server_certificate();
+    write(dir, "demo-ca.pem", &ca_pem);
+    write(dir, "demo-server.pem", &server.0);
+    write(dir, "demo-server.key", &server.1);
+
     let client = certificate("demo-client");
     let other = certificate("demo-other-client");
     write(dir, "demo-client.pem", &client.0);
@@ -118,6 +123,30 @@ fn certificate(name: &str) -> (String, String) {
     params.not_after = rcgen::date_time_ymd(2099, 1, 1);
     let cert = params.self_signed(&key).unwrap();
     (cert.pem(), key.serialize_pem())
+}
+
+/// A demo CA and the server certificate it issues for Envoy's listener (127.0.0.1, localhost).
+fn server_certificate() -> (String, (String, String)) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "certbound demo CA (DEMO ONLY)");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost (DEMO ONLY)");
+    params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    let cert = params.signed_by(&key, &ca).unwrap();
+    (ca.pem(), (cert.pem(), key.serialize_pem()))
 }
 
 /// Envoy's escaping of `attributes.source.certificate`.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # grpcurl smoke test against a running certbound (deploy/local config on a free port):
-# list, health, one allow and one deny Check from the request files in deploy/local/requests.
+# list, health, one allow and two deny Checks from tests/grpcurl (links to the README walk-through's
+# request files in deploy/local/requests, so the walk-through cannot drift).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,11 +33,11 @@ expect "list shows Health" "grpc.health.v1.Health" "$grpcurl" -plaintext "$addr"
 expect "health SERVING" '"status": "SERVING"' \
   "$grpcurl" -plaintext -d '{"service":"envoy.service.auth.v3.Authorization"}' "$addr" grpc.health.v1.Health/Check
 expect "allow" '"okResponse"' \
-  "$grpcurl" -plaintext -d @ "$addr" envoy.service.auth.v3.Authorization/Check <deploy/local/requests/allow.json
+  "$grpcurl" -plaintext -d @ "$addr" envoy.service.auth.v3.Authorization/Check <tests/grpcurl/allow.json
 expect "deny wrong certificate" '"message": "binding_mismatch"' \
-  "$grpcurl" -plaintext -d @ "$addr" envoy.service.auth.v3.Authorization/Check <deploy/local/requests/wrong-certificate.json
+  "$grpcurl" -plaintext -d @ "$addr" envoy.service.auth.v3.Authorization/Check <tests/grpcurl/wrong-certificate.json
 expect "deny body" '{\"message\":\"unauthorized\"}' \
-  "$grpcurl" -plaintext -d @ "$addr" envoy.service.auth.v3.Authorization/Check <deploy/local/requests/no-token.json
+  "$grpcurl" -plaintext -d @ "$addr" envoy.service.auth.v3.Authorization/Check <tests/grpcurl/no-token.json
 # Tokens (base64url JSON starts "eyJ") and certificates must never be logged.
 if grep -q -e "eyJ" -e "BEGIN" "$log"; then fail "a token or certificate appeared in the log"; fi
 echo "grpcurl smoke: $passed passed, 0 failed"

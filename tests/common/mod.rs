@@ -27,6 +27,8 @@ use certbound::grpc::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, attribute_context,
 };
 
+pub mod envoy;
+
 pub const AUDIENCE: &str = "https://api.test";
 
 pub fn now() -> i64 {

