@@ -1,25 +1,40 @@
-//! The Check use case: the core's decision over the current key snapshots, plus the one async
-//! step the core cannot take itself, a bounded refetch when a token names an unknown `kid`.
+//! The Check use case: the core's decision over the current key snapshots, plus the async steps
+//! the core cannot take itself: RFC 7662 introspection of opaque tokens, and a bounded refetch
+//! when a JWT names an unknown `kid`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use crate::authz::{AccessRequest, Decision, DenyReason, Outcome, Policy};
+use crate::authz::{
+    AccessRequest, Credential, Decision, DenyReason, Outcome, Policy, UnavailableReason,
+};
+use crate::clock::Clock;
+use crate::introspection::Introspector;
 use crate::keys::KeyStore;
 
 /// Decides checks; shared by every connection.
 pub struct Checker {
     policy: Policy,
     keys: Arc<KeyStore>,
+    introspector: Option<Introspector>,
+    clock: Arc<dyn Clock>,
     /// Longest a Check waits for an unknown-`kid` refetch before answering with what it has.
     unknown_kid_wait: Duration,
 }
 
 impl Checker {
-    pub fn new(policy: Policy, keys: Arc<KeyStore>, unknown_kid_wait: Duration) -> Self {
+    pub fn new(
+        policy: Policy,
+        keys: Arc<KeyStore>,
+        introspector: Option<Introspector>,
+        clock: Arc<dyn Clock>,
+        unknown_kid_wait: Duration,
+    ) -> Self {
         Self {
             policy,
             keys,
+            introspector,
+            clock,
             unknown_kid_wait,
         }
     }
@@ -28,8 +43,26 @@ impl Checker {
         &self.keys
     }
 
+    pub fn introspector(&self) -> Option<&Introspector> {
+        self.introspector.as_ref()
+    }
+
     pub async fn check(&self, request: &AccessRequest) -> Decision {
-        let decision = self.policy.decide(self.keys.as_ref(), request, unix_now());
+        if let (Some(introspector), Ok(Credential::Introspect(token))) =
+            (&self.introspector, self.policy.credential(request))
+        {
+            let now = self.clock.now();
+            return match introspector.introspect(token, now).await {
+                Ok(answer) => self.policy.decide_introspected(request, &answer, now),
+                Err(error) => {
+                    tracing::warn!(%error, "introspection failed");
+                    Decision::unavailable(UnavailableReason::IntrospectionUnavailable)
+                }
+            };
+        }
+        let decision = self
+            .policy
+            .decide(self.keys.as_ref(), request, self.clock.now());
         let (Outcome::Deny(DenyReason::KeyUnknown), Some(index)) =
             (&decision.outcome, decision.facts.issuer_index)
         else {
@@ -39,15 +72,10 @@ impl Checker {
         let keys = Arc::clone(&self.keys);
         let refetch = tokio::spawn(async move { keys.refetch_unknown_kid(index).await });
         match tokio::time::timeout(self.unknown_kid_wait, refetch).await {
-            Ok(Ok(true)) => self.policy.decide(self.keys.as_ref(), request, unix_now()),
+            Ok(Ok(true)) => self
+                .policy
+                .decide(self.keys.as_ref(), request, self.clock.now()),
             _ => decision,
         }
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }

@@ -9,12 +9,16 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
-use crate::authz::{BindingMode, CertificateSource, IssuerPolicy, Policy, UpstreamPolicy};
-use crate::keys::{KeySource, KeyTiming};
+use crate::authz::{
+    BindingMode, CertificateSource, IntrospectionPolicy, IssuerPolicy, Policy, UpstreamPolicy,
+};
+use crate::introspection::{AuthMethod, IntrospectionSettings, Secret};
+use crate::keys::{KeySource, KeyTiming, Readiness};
 
 /// Top-level keys that `CERTBOUND_<KEY>` may override (nested keys use `__`: `BINDING__MODE`).
 const ENV_OVERRIDES: &[&str] = &[
     "listen",
+    "idp_ca_file",
     "leeway_seconds",
     "log_format",
     "binding__mode",
@@ -45,7 +49,13 @@ pub struct FileConfig {
     /// gRPC listen address.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// JWT issuers; may be empty when every token is introspected.
+    #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
+    /// Opaque tokens (and optionally JWTs) are checked by RFC 7662 introspection.
+    pub introspection: Option<IntrospectionConfig>,
+    /// Extra CA certificates (PEM) trusted for the IdP (discovery, JWKS, introspection).
+    pub idp_ca_file: Option<PathBuf>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
@@ -78,6 +88,38 @@ pub struct IssuerConfig {
     pub algorithms: Option<Vec<String>>,
     /// `at+jwt` to require RFC 9068 `typ`.
     pub require_typ: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The endpoint; without it, `introspection_endpoint` from `issuer`'s discovery document.
+    pub endpoint: Option<String>,
+    /// The authorization server: discovery source, and (with `check_issuer`) the required `iss`.
+    pub issuer: Option<String>,
+    #[serde(default = "yes")]
+    pub check_issuer: bool,
+    /// When not empty, the answer's `aud` must contain one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub client_id: String,
+    /// File holding the client secret (trailing newline ignored).
+    pub client_secret_file: Option<PathBuf>,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub auth_method: AuthMethod,
+    /// Introspect JWTs too, not only tokens that are not three-part JWTs.
+    #[serde(default)]
+    pub introspect_jwts: bool,
+    #[serde(default = "default_introspection_ttl")]
+    pub cache_ttl_seconds: u64,
+    #[serde(default = "default_inactive_ttl")]
+    pub inactive_cache_ttl_seconds: u64,
+    #[serde(default = "default_cache_entries")]
+    pub cache_max_entries: usize,
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -133,8 +175,20 @@ impl Default for UpstreamConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
+    /// Refresh interval when the JWKS response has no `Cache-Control: max-age`.
     #[serde(default = "default_refresh")]
     pub refresh_interval_seconds: u64,
+    /// Bounds applied to the JWKS `Cache-Control: max-age`.
+    #[serde(default = "default_min_refresh")]
+    pub min_refresh_seconds: u64,
+    #[serde(default = "default_max_refresh")]
+    pub max_refresh_seconds: u64,
+    /// How long the last good keys stay usable when refreshes fail; then checks answer 503.
+    #[serde(default = "default_max_stale")]
+    pub max_stale_seconds: u64,
+    /// `all`: SERVING once every issuer has keys; `any`: once one has.
+    #[serde(default)]
+    pub ready_when: Readiness,
     #[serde(default = "default_refetch")]
     pub refetch_min_interval_seconds: u64,
     #[serde(default = "default_fetch_timeout")]
@@ -148,6 +202,10 @@ impl Default for KeysConfig {
     fn default() -> Self {
         Self {
             refresh_interval_seconds: default_refresh(),
+            min_refresh_seconds: default_min_refresh(),
+            max_refresh_seconds: default_max_refresh(),
+            max_stale_seconds: default_max_stale(),
+            ready_when: Readiness::default(),
             refetch_min_interval_seconds: default_refetch(),
             fetch_timeout_ms: default_fetch_timeout(),
             unknown_kid_wait_ms: default_unknown_kid_wait(),
@@ -188,6 +246,30 @@ fn default_claim_headers() -> BTreeMap<String, String> {
 fn default_refresh() -> u64 {
     300
 }
+fn default_min_refresh() -> u64 {
+    60
+}
+fn default_max_refresh() -> u64 {
+    3600
+}
+fn default_max_stale() -> u64 {
+    86_400
+}
+fn yes() -> bool {
+    true
+}
+fn default_introspection_ttl() -> u64 {
+    60
+}
+fn default_inactive_ttl() -> u64 {
+    10
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_introspection_timeout() -> u64 {
+    2000
+}
 fn default_refetch() -> u64 {
     30
 }
@@ -210,6 +292,9 @@ pub struct Settings {
     pub key_sources: Vec<(String, KeySource)>,
     pub key_timing: KeyTiming,
     pub unknown_kid_wait: Duration,
+    pub introspection: Option<IntrospectionSettings>,
+    /// PEM bundle of extra CAs for the IdP's HTTPS.
+    pub idp_ca_file: Option<PathBuf>,
 }
 
 const ASYMMETRIC: [Algorithm; 9] = [
@@ -242,11 +327,12 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let mut document: serde_yaml_ng::Value =
             serde_yaml_ng::from_str(text).map_err(|e| yaml_error(&e))?;
-        apply_env(&mut document, env)?;
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        apply_env(&mut document, &env)?;
         // Deserialize from text, not from the Value, so that errors carry the key path.
         let text = serde_yaml_ng::to_string(&document).map_err(|e| yaml_error(&e))?;
         let file: FileConfig = serde_yaml_ng::from_str(&text).map_err(|e| yaml_error(&e))?;
-        file.validate(base)
+        file.validate(base, &env)
     }
 }
 
@@ -261,7 +347,7 @@ fn yaml_error(error: &serde_yaml_ng::Error) -> ConfigError {
 
 fn apply_env(
     document: &mut serde_yaml_ng::Value,
-    env: impl IntoIterator<Item = (String, String)>,
+    env: &BTreeMap<String, String>,
 ) -> Result<(), ConfigError> {
     use serde_yaml_ng::Value;
     for (name, value) in env {
@@ -271,7 +357,7 @@ fn apply_env(
         if !ENV_OVERRIDES.contains(&key.as_str()) {
             continue;
         }
-        let parsed: Value = serde_yaml_ng::from_str(&value)
+        let parsed: Value = serde_yaml_ng::from_str(value)
             .map_err(|e| ConfigError::new(name.clone(), e.to_string()))?;
         let mut node = &mut *document;
         let path: Vec<&str> = key.split("__").collect();
@@ -296,14 +382,18 @@ fn apply_env(
 }
 
 impl FileConfig {
-    fn validate(self, base: Option<&Path>) -> Result<Settings, ConfigError> {
+    fn validate(
+        self,
+        base: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
         let listen: SocketAddr = self.listen.parse().map_err(|_| {
             ConfigError::new("listen", format!("not a socket address: {:?}", self.listen))
         })?;
-        if self.issuers.is_empty() {
+        if self.issuers.is_empty() && self.introspection.is_none() {
             return Err(ConfigError::new(
                 "issuers",
-                "at least one issuer is required",
+                "at least one issuer (or introspection) is required",
             ));
         }
         if self.certificate.sources.is_empty() && self.binding.mode != BindingMode::Disabled {
@@ -418,10 +508,35 @@ impl FileConfig {
             ));
         }
         let keys = &self.keys;
-        if keys.refresh_interval_seconds == 0 || keys.fetch_timeout_ms == 0 {
+        if keys.refresh_interval_seconds == 0
+            || keys.fetch_timeout_ms == 0
+            || keys.min_refresh_seconds == 0
+        {
             return Err(ConfigError::new(
                 "keys",
                 "intervals and timeouts must be positive",
+            ));
+        }
+        if keys.min_refresh_seconds > keys.max_refresh_seconds {
+            return Err(ConfigError::new(
+                "keys.min_refresh_seconds",
+                "must not exceed keys.max_refresh_seconds",
+            ));
+        }
+        let (introspection_policy, introspection) = match self.introspection {
+            None => (None, None),
+            Some(config) => {
+                let (policy, settings) = config.validate(base, env)?;
+                (Some(policy), Some(settings))
+            }
+        };
+        let idp_ca_file = self.idp_ca_file.map(|path| resolve(path, base));
+        if let Some(path) = &idp_ca_file
+            && !path.exists()
+        {
+            return Err(ConfigError::new(
+                "idp_ca_file",
+                format!("{} does not exist", path.display()),
             ));
         }
         Ok(Settings {
@@ -438,16 +553,121 @@ impl FileConfig {
                     remove_authorization: self.upstream.remove_authorization,
                 },
                 max_token_bytes: self.limits.max_token_bytes,
+                introspection: introspection_policy,
             },
             key_sources,
             key_timing: KeyTiming {
                 refresh_interval: Duration::from_secs(keys.refresh_interval_seconds),
                 refetch_min_interval: Duration::from_secs(keys.refetch_min_interval_seconds),
                 fetch_timeout: Duration::from_millis(keys.fetch_timeout_ms),
+                min_refresh: Duration::from_secs(keys.min_refresh_seconds),
+                max_refresh: Duration::from_secs(keys.max_refresh_seconds),
+                max_stale_seconds: i64::try_from(keys.max_stale_seconds)
+                    .map_err(|_| ConfigError::new("keys.max_stale_seconds", "too large"))?,
+                readiness: keys.ready_when,
                 ..KeyTiming::default()
             },
             unknown_kid_wait: Duration::from_millis(keys.unknown_kid_wait_ms),
+            introspection,
+            idp_ca_file,
         })
+    }
+}
+
+impl IntrospectionConfig {
+    fn validate(
+        self,
+        base: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(IntrospectionPolicy, IntrospectionSettings), ConfigError> {
+        let http_url = |u: &str| u.starts_with("https://") || u.starts_with("http://");
+        match (&self.endpoint, &self.issuer) {
+            (Some(endpoint), _) if !http_url(endpoint) => {
+                return Err(ConfigError::new(
+                    "introspection.endpoint",
+                    "must be an http(s) URL",
+                ));
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "introspection.endpoint",
+                    "set endpoint, or issuer for discovery",
+                ));
+            }
+            (None, Some(issuer)) if !http_url(issuer) => {
+                return Err(ConfigError::new(
+                    "introspection.issuer",
+                    "discovery needs an http(s) issuer",
+                ));
+            }
+            _ => {}
+        }
+        if self.client_id.is_empty() {
+            return Err(ConfigError::new(
+                "introspection.client_id",
+                "must not be empty",
+            ));
+        }
+        let secret = match (&self.client_secret_file, &self.client_secret_env) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "introspection.client_secret_file",
+                    "set client_secret_file or client_secret_env, not both",
+                ));
+            }
+            (Some(path), None) => {
+                let path = resolve(path.clone(), base);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::new(
+                        "introspection.client_secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                text.trim_end_matches(['\r', '\n']).to_owned()
+            }
+            (None, Some(name)) => env.get(name).cloned().ok_or_else(|| {
+                ConfigError::new(
+                    "introspection.client_secret_env",
+                    format!("environment variable {name} is not set"),
+                )
+            })?,
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "introspection.client_secret_file",
+                    "a client secret is required (client_secret_file or client_secret_env)",
+                ));
+            }
+        };
+        if secret.is_empty() {
+            return Err(ConfigError::new(
+                "introspection.client_secret_file",
+                "the client secret is empty",
+            ));
+        }
+        let seconds = |v: u64, key: &str| {
+            i64::try_from(v)
+                .map_err(|_| ConfigError::new(format!("introspection.{key}"), "too large"))
+        };
+        let policy = IntrospectionPolicy {
+            introspect_jwts: self.introspect_jwts,
+            issuer: self.issuer.clone().filter(|_| self.check_issuer),
+            audiences: self.audiences,
+        };
+        let settings = IntrospectionSettings {
+            endpoint: self.endpoint,
+            discovery_issuer: self.issuer,
+            client_id: self.client_id,
+            client_secret: Secret::new(secret),
+            auth_method: self.auth_method,
+            cache_ttl_seconds: seconds(self.cache_ttl_seconds, "cache_ttl_seconds")?,
+            inactive_cache_ttl_seconds: seconds(
+                self.inactive_cache_ttl_seconds,
+                "inactive_cache_ttl_seconds",
+            )?,
+            cache_max_entries: self.cache_max_entries,
+            timeout: Duration::from_millis(self.timeout_ms.max(1)),
+        };
+        Ok((policy, settings))
     }
 }
 
@@ -601,5 +821,44 @@ upstream:
         ))
         .expect_err("invalid");
         assert_eq!(err.key, "upstream.claim_headers.sub");
+    }
+
+    #[test]
+    fn introspection_reads_its_secret_from_the_environment_and_redacts_it() {
+        let text = "
+introspection:
+  endpoint: https://idp.example.com/introspect
+  client_id: certbound
+  client_secret_env: IDP_SECRET
+";
+        let s = load_env(text, &[("IDP_SECRET", "hunter2")]).expect("valid");
+        let introspection = s.introspection.expect("configured");
+        assert_eq!(introspection.client_secret.expose(), "hunter2");
+        assert!(!format!("{introspection:?}").contains("hunter2"));
+        assert!(s.policy.issuers.is_empty());
+        let err = load(text).expect_err("secret missing");
+        assert_eq!(err.key, "introspection.client_secret_env");
+    }
+
+    #[test]
+    fn introspection_needs_an_endpoint_or_an_issuer() {
+        let text = "introspection:\n  client_id: c\n  client_secret_env: S\n";
+        let err = load_env(text, &[("S", "x")]).expect_err("no endpoint");
+        assert_eq!(err.key, "introspection.endpoint");
+    }
+
+    #[test]
+    fn key_timing_bounds_are_validated() {
+        let err = load(&format!(
+            "{MINIMAL}keys:\n  min_refresh_seconds: 100\n  max_refresh_seconds: 10\n"
+        ))
+        .expect_err("invalid");
+        assert_eq!(err.key, "keys.min_refresh_seconds");
+        let s = load(&format!(
+            "{MINIMAL}keys:\n  max_stale_seconds: 60\n  ready_when: any\n"
+        ))
+        .expect("valid");
+        assert_eq!(s.key_timing.max_stale_seconds, 60);
+        assert_eq!(s.key_timing.readiness, Readiness::Any);
     }
 }

@@ -8,15 +8,21 @@
 //!   and [`authz::Decision`].
 //! - [`keys`]: JWKS parsing into immutable [`keys::KeySet`] snapshots, and the [`keys::KeyStore`]
 //!   that fetches (file, URL, OIDC discovery) and refreshes them in the background.
-//! - [`check`]: the Check use case: decide, and refetch once (bounded) on an unknown `kid`.
+//! - [`introspection`]: RFC 7662 introspection of opaque tokens, cached by token digest.
+//! - [`check`]: the Check use case: decide (JWT or introspected), and refetch once (bounded) on
+//!   an unknown `kid`.
+//! - [`cache`], [`clock`]: the bounded TTL cache and the injected clock.
 //! - [`grpc`]: the Envoy adapter. Generated code, `CheckRequest` -> core, `Decision` ->
 //!   `CheckResponse`, and the tonic service. Nothing else touches proto types.
 //! - [`config`]: YAML + environment -> validated [`config::Settings`].
 //! - [`server`]: the composition root: builds everything and serves Check, health and reflection.
 
 pub mod authz;
+pub mod cache;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod grpc;
+pub mod introspection;
 pub mod keys;
 pub mod server;

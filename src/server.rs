@@ -3,6 +3,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
@@ -10,10 +12,12 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::check::Checker;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::grpc::AuthorizationService;
 use crate::grpc::pb::FILE_DESCRIPTOR_SET;
 use crate::grpc::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use crate::introspection::Introspector;
 use crate::keys::KeyStore;
 
 type AuthorizationGrpc = AuthorizationServer<AuthorizationService>;
@@ -21,19 +25,41 @@ type AuthorizationGrpc = AuthorizationServer<AuthorizationService>;
 /// The gRPC service name clients ask health about, besides "" for the whole server.
 pub const AUTHORIZATION_SERVICE: &str = <AuthorizationGrpc as NamedService>::NAME;
 
-/// Builds the key store and the checker from settings; no I/O happens yet.
+/// Builds the key store, the introspector and the checker from settings; no network I/O yet.
 pub fn build(settings: &Settings) -> anyhow::Result<Arc<Checker>> {
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("certbound/", env!("CARGO_PKG_VERSION")))
-        .build()?;
+    build_with_clock(settings, Arc::new(SystemClock))
+}
+
+/// [`build`] with an injected clock (tests control expiry and staleness with it).
+pub fn build_with_clock(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<Checker>> {
+    let mut http =
+        reqwest::Client::builder().user_agent(concat!("certbound/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &settings.idp_ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading idp_ca_file {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("parsing idp_ca_file {}", path.display()))?;
+        http = http.tls_certs_merge(certs);
+    }
+    let http = http.build()?;
     let keys = Arc::new(KeyStore::new(
         settings.key_sources.clone(),
-        http,
+        http.clone(),
         settings.key_timing.clone(),
+        Arc::clone(&clock),
     ));
+    let introspector = settings
+        .introspection
+        .clone()
+        .map(|s| Introspector::new(s, http));
     Ok(Arc::new(Checker::new(
         settings.policy.clone(),
         keys,
+        introspector,
+        clock,
         settings.unknown_kid_wait,
     )))
 }

@@ -60,6 +60,8 @@ pub enum DenyReason {
     CritUnsupported,
     TypInvalid,
     IssuerUnknown,
+    /// Introspection said `active: false`.
+    TokenInactive,
     KeyUnknown,
     KeyTypeMismatch,
     SignatureInvalid,
@@ -77,7 +79,7 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 23] = {
+    pub const ALL: [DenyReason; 24] = {
         use DenyReason::*;
         [
             RequestInvalid,
@@ -89,6 +91,7 @@ impl DenyReason {
             CritUnsupported,
             TypInvalid,
             IssuerUnknown,
+            TokenInactive,
             KeyUnknown,
             KeyTypeMismatch,
             SignatureInvalid,
@@ -118,6 +121,7 @@ impl DenyReason {
             CritUnsupported => "crit_unsupported",
             TypInvalid => "typ_invalid",
             IssuerUnknown => "issuer_unknown",
+            TokenInactive => "token_inactive",
             KeyUnknown => "key_unknown",
             KeyTypeMismatch => "key_type_mismatch",
             SignatureInvalid => "signature_invalid",
@@ -144,14 +148,17 @@ impl DenyReason {
 /// Why no decision could be made: the response is 503 and Envoy's failure mode applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnavailableReason {
-    /// The issuer's keys are not loaded (IdP unreachable and nothing cached).
+    /// The issuer's keys are not loaded, or older than `keys.max_stale_seconds`.
     KeysUnavailable,
+    /// The introspection endpoint could not give an answer.
+    IntrospectionUnavailable,
 }
 
 impl UnavailableReason {
     pub fn as_str(self) -> &'static str {
         match self {
             UnavailableReason::KeysUnavailable => "keys_unavailable",
+            UnavailableReason::IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 }
@@ -208,6 +215,13 @@ impl Decision {
         }
     }
 
+    pub fn unavailable(reason: UnavailableReason) -> Self {
+        Self {
+            outcome: Outcome::Unavailable(reason),
+            facts: Facts::default(),
+        }
+    }
+
     /// The stable reason code of a deny or unavailable outcome, `"ok"` for an allow.
     pub fn reason(&self) -> &'static str {
         match &self.outcome {
@@ -226,6 +240,26 @@ pub struct UpstreamPolicy {
     pub remove_authorization: bool,
 }
 
+/// Which tokens go to RFC 7662 introspection, and what its answers must say.
+#[derive(Clone, Debug, Default)]
+pub struct IntrospectionPolicy {
+    /// Introspect every token, JWTs included (else only tokens that are not three-part JWTs).
+    pub introspect_jwts: bool,
+    /// When set, the answer's `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When not empty, the answer's `aud` must contain one of these.
+    pub audiences: Vec<String>,
+}
+
+/// How a bearer token is to be validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential<'t> {
+    /// Verify locally as a JWT against the issuer's keys.
+    Jwt(&'t str),
+    /// Ask the authorization server (RFC 7662).
+    Introspect(&'t str),
+}
+
 /// Everything the core needs from configuration, validated.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -236,6 +270,7 @@ pub struct Policy {
     pub upstream: UpstreamPolicy,
     /// Tokens longer than this are denied before any parsing.
     pub max_token_bytes: usize,
+    pub introspection: Option<IntrospectionPolicy>,
 }
 
 /// The key snapshots the core reads; the key store implements it.
@@ -245,10 +280,59 @@ pub trait KeyLookup {
 }
 
 impl Policy {
-    /// Decides one request against the key snapshots at `now` (Unix seconds).
+    /// Takes the bearer token and says how it is to be validated.
+    pub fn credential<'r>(&self, request: &'r AccessRequest) -> Result<Credential<'r>, DenyReason> {
+        let token = bearer::bearer_token(&request.authorization).map_err(|e| match e {
+            bearer::BearerError::Missing => DenyReason::TokenMissing,
+            bearer::BearerError::Duplicate => DenyReason::AuthorizationDuplicate,
+        })?;
+        if token.len() > self.max_token_bytes {
+            return Err(DenyReason::TokenTooLarge);
+        }
+        Ok(match &self.introspection {
+            Some(i) if i.introspect_jwts || !token::looks_like_jwt(token) => {
+                Credential::Introspect(token)
+            }
+            _ => Credential::Jwt(token),
+        })
+    }
+
+    /// Decides one request whose token is a JWT, against the key snapshots at `now` (Unix seconds).
     pub fn decide(&self, keys: &dyn KeyLookup, request: &AccessRequest, now: i64) -> Decision {
+        self.finish(|facts| {
+            let token = match self.credential(request)? {
+                Credential::Jwt(token) => token,
+                // The caller introspects these; without an answer there is nothing to accept.
+                Credential::Introspect(_) => return Err(DenyReason::TokenMalformed.into()),
+            };
+            let claims = self.verify_jwt(keys, token, now, facts)?;
+            self.authorize(request, claims, facts)
+        })
+    }
+
+    /// Decides one request whose token the authorization server described (RFC 7662 answer).
+    /// Expiry and binding are checked here on every call, cached answer or not.
+    pub fn decide_introspected(
+        &self,
+        request: &AccessRequest,
+        answer: &Arc<Map<String, Value>>,
+        now: i64,
+    ) -> Decision {
+        self.finish(|facts| {
+            let policy = self.introspection.clone().unwrap_or_default();
+            if answer.get("active") != Some(&Value::Bool(true)) {
+                return Err(DenyReason::TokenInactive.into());
+            }
+            facts.issuer = answer.get("iss").and_then(Value::as_str).map(str::to_owned);
+            facts.claims = Some(Arc::clone(answer));
+            token::check_introspected(answer, &policy, now, self.leeway_seconds)?;
+            self.authorize(request, Arc::clone(answer), facts)
+        })
+    }
+
+    fn finish(&self, decide: impl FnOnce(&mut Facts) -> Result<Upstream, Refusal>) -> Decision {
         let mut facts = Facts::default();
-        let outcome = match self.decide_inner(keys, request, now, &mut facts) {
+        let outcome = match decide(&mut facts) {
             Ok(upstream) => Outcome::Allow(upstream),
             Err(Refusal::Deny(reason)) => Outcome::Deny(reason),
             Err(Refusal::Unavailable(reason)) => Outcome::Unavailable(reason),
@@ -256,20 +340,13 @@ impl Policy {
         Decision { outcome, facts }
     }
 
-    fn decide_inner(
+    fn verify_jwt(
         &self,
         keys: &dyn KeyLookup,
-        request: &AccessRequest,
+        token: &str,
         now: i64,
         facts: &mut Facts,
-    ) -> Result<Upstream, Refusal> {
-        let token = bearer::bearer_token(&request.authorization).map_err(|e| match e {
-            bearer::BearerError::Missing => DenyReason::TokenMissing,
-            bearer::BearerError::Duplicate => DenyReason::AuthorizationDuplicate,
-        })?;
-        if token.len() > self.max_token_bytes {
-            return Err(DenyReason::TokenTooLarge.into());
-        }
+    ) -> Result<Arc<Map<String, Value>>, Refusal> {
         let jwt = token::parse(token)?;
         facts.kid = jwt.kid.clone();
         let issuer_name = jwt.issuer().ok_or(DenyReason::ClaimsInvalid)?;
@@ -285,16 +362,25 @@ impl Policy {
             .key_set(index)
             .ok_or(Refusal::Unavailable(UnavailableReason::KeysUnavailable))?;
         let verified = jwt.verify(index, issuer, &key_set, now, self.leeway_seconds)?;
-        facts.claims = Some(verified.claims.clone());
+        facts.claims = Some(Arc::clone(&verified.claims));
+        Ok(verified.claims)
+    }
 
+    /// What every validated token goes through: the certificate binding, then the upstream view.
+    fn authorize(
+        &self,
+        request: &AccessRequest,
+        claims: Arc<Map<String, Value>>,
+        facts: &mut Facts,
+    ) -> Result<Upstream, Refusal> {
         if self.binding != BindingMode::Disabled {
             let certificate = self.client_certificate(request, facts);
             if let Ok(Some(thumbprint)) = certificate {
                 facts.thumbprint = Some(thumbprint);
             }
-            binding::check(self.binding, &certificate, verified.claims.get("cnf"))?;
+            binding::check(self.binding, &certificate, claims.get("cnf"))?;
         }
-        Ok(self.upstream_for(&verified))
+        Ok(self.upstream_for(&claims))
     }
 
     /// Reads the certificate from the configured sources, in order; the first one present wins.
@@ -321,10 +407,10 @@ impl Policy {
         Ok(None)
     }
 
-    fn upstream_for(&self, token: &VerifiedToken) -> Upstream {
+    fn upstream_for(&self, claims: &Map<String, Value>) -> Upstream {
         let mut upstream = Upstream::default();
         for (claim, header) in &self.upstream.claim_headers {
-            match token.claims.get(claim).and_then(header_value) {
+            match claims.get(claim).and_then(header_value) {
                 Some(value) => upstream.set_headers.push((header.clone(), value)),
                 None => upstream.remove_headers.push(header.clone()),
             }

@@ -156,7 +156,7 @@ impl UnverifiedJwt<'_> {
             return Err(DenyReason::TypInvalid);
         }
         self.verify_signature(keys)?;
-        check_time_claims(&self.claims, now, leeway)?;
+        check_time_claims(&self.claims, now, leeway, true)?;
         check_audience(&self.claims, &policy.audiences)?;
         Ok(VerifiedToken {
             issuer: issuer_index,
@@ -191,16 +191,43 @@ impl UnverifiedJwt<'_> {
     }
 }
 
-fn check_time_claims(claims: &Map<String, Value>, now: i64, leeway: i64) -> Result<(), DenyReason> {
+/// Checks an RFC 7662 answer's claims: `exp` and `nbf` when present, `iss` and `aud` when the
+/// policy asks for them (`active` is the caller's to check).
+pub fn check_introspected(
+    answer: &Map<String, Value>,
+    policy: &crate::authz::IntrospectionPolicy,
+    now: i64,
+    leeway: i64,
+) -> Result<(), DenyReason> {
+    check_time_claims(answer, now, leeway, false)?;
+    if let Some(issuer) = &policy.issuer
+        && answer.get("iss").and_then(Value::as_str) != Some(issuer.as_str())
+    {
+        return Err(DenyReason::IssuerUnknown);
+    }
+    if !policy.audiences.is_empty() {
+        check_audience(answer, &policy.audiences)?;
+    }
+    Ok(())
+}
+
+fn check_time_claims(
+    claims: &Map<String, Value>,
+    now: i64,
+    leeway: i64,
+    exp_required: bool,
+) -> Result<(), DenyReason> {
     let date = |name: &str| match claims.get(name) {
         None => Ok(None),
         Some(value) => numeric_date(value)
             .map(Some)
             .ok_or(DenyReason::ClaimsInvalid),
     };
-    let exp = date("exp")?.ok_or(DenyReason::ClaimsInvalid)?;
-    if now >= exp.saturating_add(leeway) {
-        return Err(DenyReason::TokenExpired);
+    match date("exp")? {
+        Some(exp) if now >= exp.saturating_add(leeway) => return Err(DenyReason::TokenExpired),
+        Some(_) => {}
+        None if exp_required => return Err(DenyReason::ClaimsInvalid),
+        None => {}
     }
     if let Some(nbf) = date("nbf")?
         && now.saturating_add(leeway) < nbf

@@ -5,4 +5,4 @@ mod set;
 mod store;
 
 pub use set::{IgnoredKey, JwksError, KeyKind, KeySet, VerificationKey};
-pub use store::{FetchError, KeySource, KeyStore, KeyTiming};
+pub use store::{FetchError, KeySource, KeyStore, KeyTiming, Readiness, max_age, refresh_delay};

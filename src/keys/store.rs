@@ -1,8 +1,10 @@
 //! Fetches each issuer's keys (JWKS file, JWKS URL or OIDC discovery), refreshes them in the
 //! background and publishes immutable snapshots that the Check path reads without locking.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -12,6 +14,7 @@ use tokio::time::Instant;
 
 use super::set::{JwksError, KeySet};
 use crate::authz::KeyLookup;
+use crate::clock::Clock;
 
 /// Largest discovery or JWKS document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -27,11 +30,28 @@ pub enum KeySource {
     },
 }
 
+/// When the service reports SERVING.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Readiness {
+    /// Once every issuer has keys.
+    #[default]
+    All,
+    /// Once at least one issuer has keys (the others answer 503 until theirs load).
+    Any,
+}
+
 /// Timing of fetches.
 #[derive(Clone, Debug)]
 pub struct KeyTiming {
-    /// Time between background refreshes of a loaded key set.
+    /// Time between background refreshes when the JWKS response has no `max-age`.
     pub refresh_interval: Duration,
+    /// Bounds on a JWKS response's `Cache-Control: max-age`.
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
+    /// Seconds the last good keys stay usable after the last successful fetch.
+    pub max_stale_seconds: i64,
+    pub readiness: Readiness,
     /// An unknown `kid` triggers at most one refetch per issuer within this interval.
     pub refetch_min_interval: Duration,
     /// Bound on one HTTP fetch.
@@ -44,6 +64,10 @@ impl Default for KeyTiming {
     fn default() -> Self {
         Self {
             refresh_interval: Duration::from_secs(300),
+            min_refresh: Duration::from_secs(60),
+            max_refresh: Duration::from_secs(3600),
+            max_stale_seconds: 86_400,
+            readiness: Readiness::All,
             refetch_min_interval: Duration::from_secs(30),
             fetch_timeout: Duration::from_secs(5),
             max_retry_interval: Duration::from_secs(30),
@@ -76,6 +100,10 @@ struct IssuerKeys {
     name: String,
     source: KeySource,
     current: ArcSwapOption<KeySet>,
+    /// Clock time of the last successful fetch (`i64::MIN` before the first).
+    fetched_at: AtomicI64,
+    /// Ignored JWKS entries already logged, so each is logged once.
+    logged_ignored: std::sync::Mutex<HashSet<(Option<String>, &'static str)>>,
     /// `jwks_uri` learnt from discovery.
     discovered_jwks_uri: ArcSwapOption<String>,
     /// When the last unknown-`kid` refetch started; the lock makes refetches single-flight.
@@ -87,13 +115,51 @@ pub struct KeyStore {
     issuers: Vec<IssuerKeys>,
     http: reqwest::Client,
     timing: KeyTiming,
+    clock: Arc<dyn Clock>,
     ready: watch::Sender<bool>,
 }
 
 impl KeyLookup for KeyStore {
+    /// The issuer's keys, unless none were ever loaded or the last success is older than
+    /// `max_stale` (stale-if-error has a limit).
     fn key_set(&self, index: usize) -> Option<Arc<KeySet>> {
-        self.issuers.get(index)?.current.load_full()
+        let issuer = self.issuers.get(index)?;
+        let age = self
+            .clock
+            .now()
+            .saturating_sub(issuer.fetched_at.load(Ordering::Acquire));
+        if age > self.timing.max_stale_seconds {
+            return None;
+        }
+        issuer.current.load_full()
     }
+}
+
+/// How long to wait before the next refresh: `max-age` within bounds, else the default interval.
+pub fn refresh_delay(max_age: Option<Duration>, timing: &KeyTiming) -> Duration {
+    match max_age {
+        Some(max_age) => max_age.clamp(timing.min_refresh, timing.max_refresh),
+        None => timing.refresh_interval,
+    }
+}
+
+/// `max-age` of a `Cache-Control` header value (`no-cache`/`no-store` count as zero).
+pub fn max_age(cache_control: &str) -> Option<Duration> {
+    let mut result = None;
+    for directive in cache_control.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-cache" || lower == "no-store" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(value) = lower.strip_prefix("max-age=") {
+            result = value
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    result
 }
 
 impl KeyStore {
@@ -102,6 +168,7 @@ impl KeyStore {
         issuers: Vec<(String, KeySource)>,
         http: reqwest::Client,
         timing: KeyTiming,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let issuers = issuers
             .into_iter()
@@ -109,6 +176,8 @@ impl KeyStore {
                 name,
                 source,
                 current: ArcSwapOption::empty(),
+                fetched_at: AtomicI64::new(i64::MIN),
+                logged_ignored: Default::default(),
                 discovered_jwks_uri: ArcSwapOption::empty(),
                 last_refetch: Mutex::new(None),
             })
@@ -117,11 +186,12 @@ impl KeyStore {
             issuers,
             http,
             timing,
+            clock,
             ready: watch::Sender::new(false),
         }
     }
 
-    /// Becomes `true` once every issuer has keys.
+    /// Becomes `true` once issuers have keys as `readiness` asks (every one, or any).
     pub fn readiness(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
     }
@@ -130,9 +200,36 @@ impl KeyStore {
         self.issuers.iter().all(|i| i.current.load().is_some())
     }
 
+    pub fn is_ready(&self) -> bool {
+        match self.timing.readiness {
+            Readiness::All => self.all_loaded(),
+            Readiness::Any => {
+                self.issuers.is_empty() || self.issuers.iter().any(|i| i.current.load().is_some())
+            }
+        }
+    }
+
+    fn update_ready(&self) {
+        self.ready.send_if_modified(|ready| {
+            let now = self.is_ready();
+            std::mem::replace(ready, now) != now
+        });
+    }
+
+    /// Seconds since issuer `index`'s keys were last fetched successfully.
+    pub fn key_age(&self, index: usize) -> Option<i64> {
+        let at = self.issuers.get(index)?.fetched_at.load(Ordering::Acquire);
+        (at != i64::MIN).then(|| self.clock.now().saturating_sub(at))
+    }
+
+    pub fn issuer_names(&self) -> impl Iterator<Item = &str> {
+        self.issuers.iter().map(|i| i.name.as_str())
+    }
+
     /// Fetches every issuer's keys once, concurrently; failures are logged and retried later.
     pub async fn load_all(&self) {
         futures_util::future::join_all((0..self.issuers.len()).map(|i| self.refresh(i))).await;
+        self.update_ready();
     }
 
     /// Refreshes issuers in the background until the returned task is aborted.
@@ -152,33 +249,42 @@ impl KeyStore {
     }
 
     async fn refresh_loop(&self, index: usize) {
-        let mut retry = Duration::from_secs(1);
+        let retry_start = Duration::from_secs(1);
+        let mut retry = retry_start;
+        // The initial load has just happened; its max-age is not known here, so start with the
+        // default interval (or the retry delay when it failed).
+        let mut wait = if self.issuers[index].current.load().is_some() {
+            self.timing.refresh_interval
+        } else {
+            retry_start
+        };
         loop {
-            let wait = if self.issuers[index].current.load().is_some() {
-                retry = Duration::from_secs(1);
-                self.timing.refresh_interval
-            } else {
-                let wait = retry;
-                retry = (retry * 2).min(self.timing.max_retry_interval);
-                wait
-            };
             tokio::time::sleep(wait).await;
-            let _ = self.refresh(index).await;
+            wait = match self.refresh(index).await {
+                Ok(next) => {
+                    retry = retry_start;
+                    next
+                }
+                Err(_) => {
+                    let this = retry;
+                    retry = (retry * 2).min(self.timing.max_retry_interval);
+                    this
+                }
+            };
         }
     }
 
     /// Fetches issuer `index`'s keys now and publishes them; on failure the last good set stays.
-    pub async fn refresh(&self, index: usize) -> Result<(), FetchError> {
+    /// Returns when the next refresh is due.
+    pub async fn refresh(&self, index: usize) -> Result<Duration, FetchError> {
         let issuer = &self.issuers[index];
         match self.fetch(issuer).await {
-            Ok(set) => {
+            Ok((set, max_age)) => {
                 tracing::info!(issuer = %issuer.name, keys = set.len(), "keys loaded");
                 issuer.current.store(Some(Arc::new(set)));
-                self.ready.send_if_modified(|ready| {
-                    let now = self.all_loaded();
-                    std::mem::replace(ready, now) != now
-                });
-                Ok(())
+                issuer.fetched_at.store(self.clock.now(), Ordering::Release);
+                self.update_ready();
+                Ok(refresh_delay(max_age, &self.timing))
             }
             Err(error) => {
                 let kept = issuer.current.load().is_some();
@@ -209,16 +315,22 @@ impl KeyStore {
         self.refresh(index).await.is_ok()
     }
 
-    async fn fetch(&self, issuer: &IssuerKeys) -> Result<KeySet, FetchError> {
-        let (bytes, from) = match &issuer.source {
+    async fn fetch(&self, issuer: &IssuerKeys) -> Result<(KeySet, Option<Duration>), FetchError> {
+        let (document, from) = match &issuer.source {
             KeySource::File(path) => {
-                let bytes = tokio::fs::read(path)
+                let body = tokio::fs::read(path)
                     .await
                     .map_err(|source| FetchError::File {
                         path: path.display().to_string(),
                         source,
                     })?;
-                (bytes, path.display().to_string())
+                (
+                    Document {
+                        body,
+                        max_age: None,
+                    },
+                    path.display().to_string(),
+                )
             }
             KeySource::Uri(url) => (self.get(url).await?, url.clone()),
             KeySource::Discovery { issuer: iss } => {
@@ -231,7 +343,7 @@ impl KeyStore {
                     }
                 };
                 match self.get(&url).await {
-                    Ok(bytes) => (bytes, url.to_string()),
+                    Ok(document) => (document, url.to_string()),
                     Err(error) => {
                         // The IdP may have moved its JWKS: discover again next time.
                         issuer.discovered_jwks_uri.store(None);
@@ -240,14 +352,21 @@ impl KeyStore {
                 }
             }
         };
-        let (set, ignored) = KeySet::from_jwks(&bytes).map_err(|source| FetchError::Jwks {
-            from: from.clone(),
-            source,
-        })?;
+        let (set, ignored) =
+            KeySet::from_jwks(&document.body).map_err(|source| FetchError::Jwks {
+                from: from.clone(),
+                source,
+            })?;
+        let mut logged = issuer
+            .logged_ignored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for key in ignored {
-            tracing::warn!(issuer = %issuer.name, kid = key.kid.as_deref().unwrap_or(""), why = key.why, "JWKS key ignored");
+            if logged.insert((key.kid.clone(), key.why)) {
+                tracing::warn!(issuer = %issuer.name, kid = key.kid.as_deref().unwrap_or(""), why = key.why, "JWKS key ignored");
+            }
         }
-        Ok(set)
+        Ok((set, document.max_age))
     }
 
     async fn discover(&self, issuer: &str) -> Result<String, FetchError> {
@@ -255,7 +374,7 @@ impl KeyStore {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let body = self.get(&url).await?;
+        let body = self.get(&url).await?.body;
         let document: Value = serde_json::from_slice(&body).map_err(|_| FetchError::Discovery {
             url: url.clone(),
             what: "not JSON",
@@ -277,7 +396,7 @@ impl KeyStore {
             })
     }
 
-    async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+    async fn get(&self, url: &str) -> Result<Document, FetchError> {
         let http_error = |source| FetchError::Http {
             url: url.to_owned(),
             source,
@@ -295,6 +414,11 @@ impl KeyStore {
                 status: response.status().as_u16(),
             });
         }
+        let cache_max_age = response
+            .headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age);
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(http_error)? {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
@@ -304,8 +428,17 @@ impl KeyStore {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body)
+        Ok(Document {
+            body,
+            max_age: cache_max_age,
+        })
     }
+}
+
+/// A fetched document and its `Cache-Control: max-age`.
+struct Document {
+    body: Vec<u8>,
+    max_age: Option<Duration>,
 }
 
 fn ptr_eq(a: &Option<Arc<KeySet>>, b: &Option<Arc<KeySet>>) -> bool {
@@ -313,5 +446,40 @@ fn ptr_eq(a: &Option<Arc<KeySet>>, b: &Option<Arc<KeySet>>) -> bool {
         (Some(a), Some(b)) => Arc::ptr_eq(a, b),
         (None, None) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        assert_eq!(
+            max_age("public, max-age=600"),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(max_age("Max-Age=\"30\""), Some(Duration::from_secs(30)));
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("public"), None);
+        assert_eq!(max_age("max-age=abc"), None);
+    }
+
+    #[test]
+    fn refresh_delay_keeps_max_age_within_bounds() {
+        let timing = KeyTiming::default();
+        assert_eq!(
+            refresh_delay(Some(Duration::from_secs(600)), &timing),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            refresh_delay(Some(Duration::ZERO), &timing),
+            timing.min_refresh
+        );
+        assert_eq!(
+            refresh_delay(Some(Duration::from_secs(999_999)), &timing),
+            timing.max_refresh
+        );
+        assert_eq!(refresh_delay(None, &timing), timing.refresh_interval);
     }
 }

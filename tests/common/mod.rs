@@ -165,8 +165,15 @@ pub fn claims(issuer: &str, x5t: Option<&str>) -> Value {
     claims
 }
 
+/// The client credentials the test IdP expects at its introspection endpoint.
+pub const INTROSPECTION_CLIENT: (&str, &str) = ("certbound", "s3cret:with/odd chars");
+
 struct IdpState {
     jwks: Mutex<Value>,
+    /// Introspection answers by token; unknown tokens are inactive.
+    answers: Mutex<std::collections::HashMap<String, Value>>,
+    introspection_hits: AtomicUsize,
+    introspection_status: AtomicU16,
     /// HTTP status the IdP answers with (200 = healthy).
     status: AtomicU16,
     delay_ms: AtomicU64,
@@ -191,6 +198,9 @@ impl Idp {
         let issuer = format!("http://{addr}");
         let state = Arc::new(IdpState {
             jwks: Mutex::new(Value::Null),
+            answers: Mutex::new(Default::default()),
+            introspection_hits: AtomicUsize::new(0),
+            introspection_status: AtomicU16::new(200),
             status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
             jwks_hits: AtomicUsize::new(0),
@@ -201,6 +211,7 @@ impl Idp {
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks.json", get(jwks))
+            .route("/introspect", axum::routing::post(introspect))
             .with_state(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -244,6 +255,33 @@ impl Idp {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
+    pub fn introspect_url(&self) -> String {
+        format!("{}/introspect", self.issuer)
+    }
+
+    /// What the introspection endpoint answers for `token`.
+    pub fn set_answer(&self, token: &str, answer: Value) {
+        self.state
+            .answers
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), answer);
+    }
+
+    pub fn set_introspection_status(&self, status: u16) {
+        self.state
+            .introspection_status
+            .store(status, Ordering::SeqCst);
+    }
+
+    pub fn introspection_hits(&self) -> usize {
+        self.state.introspection_hits.load(Ordering::SeqCst)
+    }
+
+    pub fn set_max_age(&self, max_age: Option<u64>) {
+        *self.state.max_age.lock().unwrap() = max_age;
+    }
+
     pub fn jwks_hits(&self) -> usize {
         self.state.jwks_hits.load(Ordering::SeqCst)
     }
@@ -284,8 +322,49 @@ async fn answer(state: &IdpState, body: Value) -> axum::response::Response {
 async fn discovery(State(state): State<Arc<IdpState>>) -> axum::response::Response {
     state.discovery_hits.fetch_add(1, Ordering::SeqCst);
     let issuer = state.issuer.lock().unwrap().clone();
-    let body = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks.json")});
+    let body = json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks.json"),
+                      "introspection_endpoint": format!("{issuer}/introspect")});
     answer(&state, body).await
+}
+
+/// RFC 7662: form POST with `token`, client authenticated by Basic or by form fields.
+async fn introspect(
+    State(state): State<Arc<IdpState>>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    state.introspection_hits.fetch_add(1, Ordering::SeqCst);
+    let status = StatusCode::from_u16(state.introspection_status.load(Ordering::SeqCst)).unwrap();
+    if status != StatusCode::OK {
+        return (status, "failing").into_response();
+    }
+    let (id, secret) = INTROSPECTION_CLIENT;
+    let enc = |v: &str| {
+        percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
+    );
+    let by_basic =
+        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(basic.as_str());
+    let by_post = form.get("client_id").map(String::as_str) == Some(id)
+        && form.get("client_secret").map(String::as_str) == Some(secret);
+    if !(by_basic || by_post) {
+        return (StatusCode::UNAUTHORIZED, "bad client credentials").into_response();
+    }
+    if form.get("token_type_hint").map(String::as_str) != Some("access_token") {
+        return (StatusCode::BAD_REQUEST, "token_type_hint missing").into_response();
+    }
+    let token = form.get("token").cloned().unwrap_or_default();
+    let answer = state
+        .answers
+        .lock()
+        .unwrap()
+        .get(&token)
+        .cloned()
+        .unwrap_or(json!({"active": false}));
+    axum::Json(answer).into_response()
 }
 
 async fn jwks(State(state): State<Arc<IdpState>>) -> axum::response::Response {
@@ -297,6 +376,7 @@ async fn jwks(State(state): State<Arc<IdpState>>) -> axum::response::Response {
 /// certbound running in-process on 127.0.0.1:0.
 pub struct Certbound {
     pub addr: SocketAddr,
+    pub checker: Arc<certbound::check::Checker>,
     pub client: AuthorizationClient<Channel>,
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -313,13 +393,18 @@ impl Certbound {
 
     /// Starts certbound without waiting for its keys.
     pub async fn start_unready(yaml: &str) -> Self {
+        Self::start_with_clock(yaml, Arc::new(certbound::clock::SystemClock)).await
+    }
+
+    /// Starts certbound with an injected clock, without waiting for its keys.
+    pub async fn start_with_clock(yaml: &str, clock: Arc<dyn certbound::clock::Clock>) -> Self {
         let settings =
             certbound::config::Settings::from_yaml(yaml, Vec::new(), None).expect("valid config");
-        let checker = certbound::server::build(&settings).unwrap();
+        let checker = certbound::server::build_with_clock(&settings, clock).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(certbound::server::serve(checker, listener, async {
+        let task = tokio::spawn(certbound::server::serve(checker.clone(), listener, async {
             let _ = rx.await;
         }));
         let channel = Channel::from_shared(format!("http://{addr}"))
@@ -329,6 +414,7 @@ impl Certbound {
             .unwrap();
         Self {
             addr,
+            checker,
             client: AuthorizationClient::new(channel.clone()),
             channel,
             shutdown: Some(tx),

@@ -1,0 +1,280 @@
+//! Opaque tokens by RFC 7662 introspection against a real endpoint on 127.0.0.1, including the
+//! RFC 8705 §3.2 binding in the answer, the cache, and failure handling.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use certbound::clock::ManualClock;
+use common::*;
+use serde_json::{Value, json};
+
+const OPAQUE: &str = "2YotnFZFEjr1zCsicMWpAA";
+
+/// The client secret, in a file written once per test process.
+fn secret_file() -> &'static std::path::Path {
+    static FILE: std::sync::OnceLock<tempfile::TempPath> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), format!("{}\n", INTROSPECTION_CLIENT.1)).unwrap();
+        file.into_temp_path()
+    })
+}
+
+fn config(idp: &Idp, extra: &str) -> String {
+    format!(
+        "introspection:\n  endpoint: {}\n  issuer: {}\n  client_id: {}\n  client_secret_file: {}\n{extra}",
+        idp.introspect_url(),
+        idp.issuer,
+        INTROSPECTION_CLIENT.0,
+        secret_file().display()
+    )
+}
+
+fn active(idp: &Idp, cnf: Value) -> Value {
+    json!({"active": true, "iss": idp.issuer, "sub": "alice", "client_id": "client-a",
+           "scope": "read", "exp": now() + 600, "cnf": cnf})
+}
+
+async fn opaque_check(certbound: &Certbound, token: &str, cert: &ClientCert) -> Answer {
+    let auth = format!("Bearer {token}");
+    certbound
+        .check(request(&[("authorization", &auth)], &cert.url_encoded()))
+        .await
+}
+
+async fn start(idp: &Idp, extra: &str) -> Certbound {
+    Certbound::start(&config(idp, extra)).await
+}
+
+#[tokio::test]
+async fn active_bound_token_with_matching_certificate_is_allowed() {
+    let idp = Idp::start(&[]).await;
+    let cert = ClientCert::self_signed("a");
+    idp.set_answer(OPAQUE, active(&idp, json!({"x5t#S256": cert.x5t()})));
+    let certbound = start(&idp, "").await;
+    let answer = opaque_check(&certbound, OPAQUE, &cert).await;
+    answer.assert_allowed();
+    assert_eq!(
+        answer
+            .headers
+            .get("x-certbound-subject")
+            .map(String::as_str),
+        Some("alice")
+    );
+    assert_eq!(answer.metadata.get("x5t#S256"), Some(&cert.x5t()));
+}
+
+#[tokio::test]
+async fn inactive_token_is_401() {
+    let idp = Idp::start(&[]).await;
+    let certbound = start(&idp, "").await;
+    opaque_check(&certbound, "unknown-token", &ClientCert::self_signed("a"))
+        .await
+        .assert_invalid_token("token_inactive");
+}
+
+#[tokio::test]
+async fn certificate_mismatch_is_401() {
+    let idp = Idp::start(&[]).await;
+    let cert = ClientCert::self_signed("a");
+    idp.set_answer(OPAQUE, active(&idp, json!({"x5t#S256": cert.x5t()})));
+    let certbound = start(&idp, "").await;
+    opaque_check(&certbound, OPAQUE, &ClientCert::self_signed("b"))
+        .await
+        .assert_invalid_token("binding_mismatch");
+}
+
+#[tokio::test]
+async fn cnf_as_a_json_string_is_understood() {
+    let idp = Idp::start(&[]).await;
+    let cert = ClientCert::self_signed("a");
+    let cnf = json!({"x5t#S256": cert.x5t()}).to_string();
+    idp.set_answer(OPAQUE, active(&idp, json!(cnf)));
+    let certbound = start(&idp, "").await;
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_allowed();
+}
+
+#[tokio::test]
+async fn unbound_active_token_is_401_in_required_mode() {
+    let idp = Idp::start(&[]).await;
+    let cert = ClientCert::self_signed("a");
+    idp.set_answer(OPAQUE, active(&idp, Value::Null));
+    let certbound = start(&idp, "").await;
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_invalid_token("cnf_missing");
+}
+
+#[tokio::test]
+async fn answers_are_cached_and_the_binding_rechecked_on_every_hit() {
+    let idp = Idp::start(&[]).await;
+    let cert = ClientCert::self_signed("a");
+    idp.set_answer(OPAQUE, active(&idp, json!({"x5t#S256": cert.x5t()})));
+    let certbound = start(&idp, "").await;
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_allowed();
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_allowed();
+    assert_eq!(
+        idp.introspection_hits(),
+        1,
+        "the second check must be a cache hit"
+    );
+    // A hit is still bound: another certificate with the cached token is refused.
+    opaque_check(&certbound, OPAQUE, &ClientCert::self_signed("b"))
+        .await
+        .assert_invalid_token("binding_mismatch");
+    assert_eq!(idp.introspection_hits(), 1);
+}
+
+#[tokio::test]
+async fn cached_answers_expire_at_the_tokens_exp() {
+    let idp = Idp::start(&[]).await;
+    let clock = ManualClock::new(now());
+    let cert = ClientCert::self_signed("a");
+    let mut answer = active(&idp, json!({"x5t#S256": cert.x5t()}));
+    answer["exp"] = json!(now() + 30);
+    idp.set_answer(OPAQUE, answer);
+    let certbound = Certbound::start_with_clock(
+        &config(&idp, "  cache_ttl_seconds: 300\n"),
+        Arc::new(clock.clone()),
+    )
+    .await;
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_allowed();
+    clock.advance(29);
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_allowed();
+    assert_eq!(idp.introspection_hits(), 1);
+
+    // Past exp the entry is gone: the endpoint is asked again (and now says inactive).
+    clock.advance(2);
+    idp.set_answer(OPAQUE, json!({"active": false}));
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_invalid_token("token_inactive");
+    assert_eq!(idp.introspection_hits(), 2);
+}
+
+#[tokio::test]
+async fn inactive_answers_are_cached_briefly() {
+    let idp = Idp::start(&[]).await;
+    let clock = ManualClock::new(now());
+    let certbound = Certbound::start_with_clock(
+        &config(&idp, "  inactive_cache_ttl_seconds: 10\n"),
+        Arc::new(clock.clone()),
+    )
+    .await;
+    let cert = ClientCert::self_signed("a");
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_invalid_token("token_inactive");
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_invalid_token("token_inactive");
+    assert_eq!(idp.introspection_hits(), 1);
+    clock.advance(10);
+    idp.set_answer(OPAQUE, active(&idp, json!({"x5t#S256": cert.x5t()})));
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_allowed();
+    assert_eq!(idp.introspection_hits(), 2);
+}
+
+#[tokio::test]
+async fn endpoint_errors_answer_503_and_are_never_cached() {
+    let idp = Idp::start(&[]).await;
+    let cert = ClientCert::self_signed("a");
+    idp.set_answer(OPAQUE, active(&idp, json!({"x5t#S256": cert.x5t()})));
+    let certbound = start(&idp, "").await;
+    idp.set_introspection_status(500);
+    let answer = opaque_check(&certbound, OPAQUE, &cert).await;
+    answer.assert_unavailable();
+    assert_eq!(answer.reason(), "introspection_unavailable");
+    idp.set_introspection_status(200);
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_allowed();
+    assert_eq!(idp.introspection_hits(), 2);
+}
+
+#[tokio::test]
+async fn rejected_client_credentials_answer_503() {
+    let idp = Idp::start(&[]).await;
+    let cert = ClientCert::self_signed("a");
+    idp.set_answer(OPAQUE, active(&idp, json!({"x5t#S256": cert.x5t()})));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "wrong\n").unwrap();
+    let yaml = format!(
+        "introspection:\n  endpoint: {}\n  client_id: certbound\n  client_secret_file: {}\n",
+        idp.introspect_url(),
+        secret.display()
+    );
+    let certbound = Certbound::start(&yaml).await;
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_unavailable();
+}
+
+#[tokio::test]
+async fn client_secret_post_and_secret_files_work() {
+    let idp = Idp::start(&[]).await;
+    let cert = ClientCert::self_signed("a");
+    idp.set_answer(OPAQUE, active(&idp, json!({"x5t#S256": cert.x5t()})));
+    let yaml = format!(
+        "introspection:\n  endpoint: {}\n  client_id: certbound\n  client_secret_file: {}\n  auth_method: client_secret_post\n",
+        idp.introspect_url(),
+        secret_file().display()
+    );
+    let certbound = Certbound::start(&yaml).await;
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_allowed();
+}
+
+#[tokio::test]
+async fn the_endpoint_can_come_from_discovery_and_jwts_can_be_introspected_too() {
+    let idp = Idp::start(&[]).await;
+    let cert = ClientCert::self_signed("a");
+    // A JWT-shaped token that no configured issuer could verify: introspection decides.
+    let jwt_shaped = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2ln";
+    idp.set_answer(jwt_shaped, active(&idp, json!({"x5t#S256": cert.x5t()})));
+    let yaml = format!(
+        "introspection:\n  issuer: {}\n  client_id: certbound\n  client_secret_file: {}\n  introspect_jwts: true\n",
+        idp.issuer,
+        secret_file().display()
+    );
+    let certbound = Certbound::start(&yaml).await;
+    opaque_check(&certbound, jwt_shaped, &cert)
+        .await
+        .assert_allowed();
+    assert_eq!(idp.discovery_hits(), 1);
+}
+
+#[tokio::test]
+async fn issuer_and_audience_checks_apply_to_answers() {
+    let idp = Idp::start(&[]).await;
+    let cert = ClientCert::self_signed("a");
+    let mut answer = active(&idp, json!({"x5t#S256": cert.x5t()}));
+    answer["iss"] = json!("https://someone-else.test");
+    idp.set_answer("wrong-iss", answer.clone());
+    answer["iss"] = json!(idp.issuer);
+    answer["aud"] = json!(["https://other.test"]);
+    idp.set_answer("wrong-aud", answer);
+    let certbound = start(&idp, &format!("  audiences: [{AUDIENCE}]\n")).await;
+    opaque_check(&certbound, "wrong-iss", &cert)
+        .await
+        .assert_invalid_token("issuer_unknown");
+    opaque_check(&certbound, "wrong-aud", &cert)
+        .await
+        .assert_invalid_token("audience_mismatch");
+}
