@@ -5,9 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::authz::{
-    AccessRequest, Credential, Decision, DenyReason, Outcome, Policy, UnavailableReason,
-};
+use crate::authz::{AccessRequest, Decision, DenyReason, Outcome, Policy, UnavailableReason};
 use crate::clock::Clock;
 use crate::introspection::Introspector;
 use crate::keys::KeyStore;
@@ -39,6 +37,10 @@ impl Checker {
         }
     }
 
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     pub fn keys(&self) -> &Arc<KeyStore> {
         &self.keys
     }
@@ -48,8 +50,10 @@ impl Checker {
     }
 
     pub async fn check(&self, request: &AccessRequest) -> Decision {
-        if let (Some(introspector), Ok(Credential::Introspect(token))) =
-            (&self.introspector, self.policy.credential(request))
+        if let Some((introspector, token)) = self
+            .introspector
+            .as_ref()
+            .zip(self.policy.needs_introspection(request))
         {
             let now = self.clock.now();
             return match introspector.introspect(token, now).await {

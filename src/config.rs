@@ -9,8 +9,10 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+use crate::authz::policy::{HostMatch, PathMatch};
 use crate::authz::{
-    BindingMode, CertificateSource, IntrospectionPolicy, IssuerPolicy, Policy, UpstreamPolicy,
+    BindingMode, CertificateSource, IntrospectionPolicy, IssuerPolicy, Policy, Requirements,
+    RoutePolicy, Rule, UpstreamPolicy,
 };
 use crate::introspection::{AuthMethod, IntrospectionSettings, Secret};
 use crate::keys::{KeySource, KeyTiming, Readiness};
@@ -71,6 +73,8 @@ pub struct FileConfig {
     pub keys: KeysConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -134,14 +138,167 @@ pub struct BindingConfig {
 pub struct CertificateConfig {
     #[serde(default = "default_sources")]
     pub sources: Vec<CertificateSource>,
+    /// With `xfcc`: use the element added by this proxy identity (`By=`), not the last one.
+    pub xfcc_by: Option<String>,
 }
 
 impl Default for CertificateConfig {
     fn default() -> Self {
         Self {
             sources: default_sources(),
+            xfcc_by: None,
         }
     }
+}
+
+/// Route rules and how denials are shown.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Checked in order; the first match applies, else `default`.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub default: RequirementsConfig,
+    /// Claim holding the groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// CORS preflights pass without a token.
+    #[serde(default)]
+    pub allow_cors_preflight: bool,
+    /// Send the deny reason to the client in `x-certbound-reason` (off: it helps attackers too).
+    #[serde(default)]
+    pub reason_header: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: Option<String>,
+    /// Exact hosts, or `*.example.com`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Exact path (the query string is never matched).
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    /// A regex that must match the whole path.
+    pub path_regex: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(flatten)]
+    pub requirements: RequirementsConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RequirementsConfig {
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// All `groups` instead of any one.
+    #[serde(default)]
+    pub match_all: bool,
+    pub binding: Option<BindingMode>,
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+impl RequirementsConfig {
+    fn validate(self, key: &str, issuers: &[IssuerPolicy]) -> Result<Requirements, ConfigError> {
+        if let Some(unknown) = self
+            .issuers
+            .iter()
+            .find(|i| !issuers.iter().any(|p| &p.issuer == *i))
+        {
+            return Err(ConfigError::new(
+                format!("{key}.issuers"),
+                format!("{unknown:?} is not a configured issuer"),
+            ));
+        }
+        if self
+            .scopes
+            .iter()
+            .chain(&self.groups)
+            .any(|s| s.is_empty() || s.contains(' '))
+        {
+            return Err(ConfigError::new(
+                key,
+                "scopes and groups must be non-empty words",
+            ));
+        }
+        Ok(Requirements {
+            allow_anonymous: self.allow_anonymous,
+            scopes: self.scopes,
+            groups: self.groups,
+            groups_match_all: self.match_all,
+            binding: self.binding,
+            issuers: self.issuers,
+            audiences: self.audiences,
+        })
+    }
+}
+
+impl PolicyConfig {
+    fn validate(self, issuers: &[IssuerPolicy]) -> Result<RoutePolicy, ConfigError> {
+        let mut rules = Vec::new();
+        for (i, rule) in self.rules.into_iter().enumerate() {
+            let key = format!("policy.rules[{i}]");
+            let path = match (rule.path, rule.path_prefix, rule.path_regex) {
+                (None, None, None) => None,
+                (Some(exact), None, None) => Some(PathMatch::Exact(exact)),
+                (None, Some(prefix), None) => Some(PathMatch::Prefix(prefix)),
+                (None, None, Some(pattern)) => {
+                    let regex = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                        ConfigError::new(format!("{key}.path_regex"), e.to_string())
+                    })?;
+                    Some(PathMatch::Regex(regex))
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("{key}.path"),
+                        "set one of path, path_prefix, path_regex",
+                    ));
+                }
+            };
+            rules.push(Rule {
+                name: rule.name.unwrap_or_else(|| format!("rules[{i}]")),
+                hosts: rule.hosts.iter().map(|h| HostMatch::parse(h)).collect(),
+                path,
+                methods: rule
+                    .methods
+                    .iter()
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect(),
+                requirements: rule.requirements.validate(&key, issuers)?,
+            });
+        }
+        Ok(RoutePolicy {
+            rules,
+            default: self.default.validate("policy.default", issuers)?,
+            groups_claim: self.groups_claim,
+            allow_cors_preflight: self.allow_cors_preflight,
+        })
+    }
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            default: RequirementsConfig::default(),
+            groups_claim: default_groups_claim(),
+            allow_cors_preflight: false,
+            reason_header: false,
+        }
+    }
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -530,6 +687,8 @@ impl FileConfig {
                 (Some(policy), Some(settings))
             }
         };
+        let reason_header = self.policy.reason_header;
+        let routes = self.policy.validate(&issuers)?;
         let idp_ca_file = self.idp_ca_file.map(|path| resolve(path, base));
         if let Some(path) = &idp_ca_file
             && !path.exists()
@@ -554,6 +713,9 @@ impl FileConfig {
                 },
                 max_token_bytes: self.limits.max_token_bytes,
                 introspection: introspection_policy,
+                routes,
+                xfcc_by: self.certificate.xfcc_by,
+                reason_header,
             },
             key_sources,
             key_timing: KeyTiming {
@@ -860,5 +1022,58 @@ introspection:
         .expect("valid");
         assert_eq!(s.key_timing.max_stale_seconds, 60);
         assert_eq!(s.key_timing.readiness, Readiness::Any);
+    }
+
+    #[test]
+    fn policy_rules_parse_and_validate() {
+        let text = format!(
+            "{MINIMAL}policy:
+  groups_claim: roles
+  rules:
+    - name: health
+      path: /healthz
+      allow_anonymous: true
+    - hosts: ['*.example.com']
+      path_regex: /items/[0-9]+
+      methods: [put]
+      scopes: [items:write]
+      groups: [a, b]
+      match_all: true
+      binding: when_present
+      issuers: [https://idp.example.com]
+  default:
+    scopes: [read]
+"
+        );
+        let s = load(&text).expect("valid");
+        let routes = &s.policy.routes;
+        assert_eq!(routes.groups_claim, "roles");
+        assert_eq!(routes.rules.len(), 2);
+        assert_eq!(routes.rules[1].name, "rules[1]");
+        assert_eq!(routes.rules[1].methods, ["PUT"]);
+        assert!(routes.rules[1].requirements.groups_match_all);
+        assert_eq!(routes.default.scopes, ["read"]);
+    }
+
+    #[test]
+    fn policy_errors_name_the_rule() {
+        let cases = [
+            (
+                "    - path: /a\n      path_prefix: /b\n",
+                "policy.rules[0].path",
+            ),
+            ("    - path_regex: '('\n", "policy.rules[0].path_regex"),
+            (
+                "    - issuers: [https://unknown]\n",
+                "policy.rules[0].issuers",
+            ),
+        ];
+        for (rule, key) in cases {
+            let err = load(&format!("{MINIMAL}policy:\n  rules:\n{rule}")).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+        }
+        let err =
+            load(&format!("{MINIMAL}policy:\n  rules:\n    - bogus: 1\n")).expect_err("unknown");
+        assert!(err.to_string().contains("bogus"), "{err}");
     }
 }

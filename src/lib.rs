@@ -15,6 +15,7 @@
 //! - [`grpc`]: the Envoy adapter. Generated code, `CheckRequest` -> core, `Decision` ->
 //!   `CheckResponse`, and the tonic service. Nothing else touches proto types.
 //! - [`config`]: YAML + environment -> validated [`config::Settings`].
+//! - [`explain`]: `certbound explain`, the real decision for one token, step by step.
 //! - [`server`]: the composition root: builds everything and serves Check, health and reflection.
 
 pub mod authz;
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod explain;
 pub mod grpc;
 pub mod introspection;
 pub mod keys;

@@ -38,6 +38,28 @@ enum Command {
         /// Certificate file.
         file: PathBuf,
     },
+    /// Run the real decision for one token and certificate and print each step.
+    /// Exit 0 when allowed, 1 otherwise.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// Configuration file (YAML); keys are fetched as it says.
+    #[arg(long, env = "CERTBOUND_CONFIG")]
+    config: PathBuf,
+    /// The access token, or @FILE to read it from a file.
+    #[arg(long)]
+    token: String,
+    /// The client certificate (PEM or DER); without it, no certificate.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    #[arg(long, default_value = "/")]
+    path: String,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    #[arg(long, default_value = "")]
+    host: String,
 }
 
 #[derive(Args)]
@@ -69,6 +91,62 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Thumbprint { file } => thumbprint(&file),
+        Command::Explain(args) => explain(args),
+    }
+}
+
+fn explain(args: ExplainArgs) -> ExitCode {
+    let settings = match load(&args.config) {
+        Ok(settings) => settings,
+        Err(code) => return code,
+    };
+    let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    let token = match args.token.strip_prefix('@') {
+        Some(path) => read(Path::new(path)).map(|b| String::from_utf8_lossy(&b).trim().to_string()),
+        None => Ok(args.token.trim().to_string()),
+    };
+    let certificate = args.cert.as_deref().map(read).transpose();
+    let (token, certificate) = match (token, certificate) {
+        (Ok(token), Ok(certificate)) => (token, certificate),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("certbound: {error}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let request = certbound::explain::ExplainRequest {
+        token,
+        certificate,
+        method: args.method,
+        path: args.path,
+        host: args.host,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("certbound: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let checker = certbound::server::build(&settings)?;
+        checker.keys().load_all().await;
+        anyhow::Ok(certbound::explain::explain(&checker, &request).await)
+    });
+    match result {
+        Ok(explanation) => {
+            print!("{}", explanation.report);
+            match explanation.decision.outcome {
+                certbound::authz::Outcome::Allow(_) => ExitCode::SUCCESS,
+                _ => ExitCode::FAILURE,
+            }
+        }
+        Err(error) => {
+            eprintln!("certbound: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

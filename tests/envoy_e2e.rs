@@ -275,3 +275,52 @@ async fn pki_method_admits_the_ca_clients_only() {
         "certbound saw the foreign certificate"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn per_route_context_extensions_require_a_scope_through_envoy() {
+    let s = Stack::start("self-signed", "").await;
+    let a = s.pki.client("client-a");
+    let reader = s.token_for(Some(&a)); // scope "read write"
+    let admin = s.signer.sign(&{
+        let mut c = claims(&s.idp.issuer, Some(&a.x5t()));
+        c["scope"] = json!("read admin");
+        c
+    });
+    for http in BOTH {
+        let client = https_client(&s.pki, Some(&a), http);
+        let auth = format!("Bearer {reader}");
+        let seen = get_path(
+            &client,
+            s.port,
+            http,
+            "/admin/users",
+            &[("authorization", &auth)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(seen.status, 403, "{seen:?}");
+        assert_eq!(seen.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            seen.www_authenticate.as_deref(),
+            Some(r#"Bearer error="insufficient_scope", scope="admin""#)
+        );
+        assert_eq!(seen.body, r#"{"message":"forbidden"}"#);
+        // The same token is fine elsewhere, and an admin token is fine here.
+        get_path(&client, s.port, http, "/items", &[("authorization", &auth)])
+            .await
+            .unwrap()
+            .upstream_headers();
+        let auth = format!("Bearer {admin}");
+        get_path(
+            &client,
+            s.port,
+            http,
+            "/admin/users",
+            &[("authorization", &auth)],
+        )
+        .await
+        .unwrap()
+        .upstream_headers();
+    }
+}

@@ -24,7 +24,10 @@ async fn check(
         .unwrap_or_default();
     let access = certbound::grpc::convert::access_request(request(&headers, &cert)).unwrap();
     let decision = checker.check(&access).await;
-    Answer::from(certbound::grpc::convert::check_response(&decision))
+    Answer::from(certbound::grpc::convert::check_response(
+        &decision,
+        Default::default(),
+    ))
 }
 
 #[tokio::test]

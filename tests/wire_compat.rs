@@ -145,7 +145,7 @@ fn a_full_upstream_check_request_decodes_with_our_protos() {
 }
 
 fn roundtrip(decision: &Decision) -> upstream::CheckResponse {
-    let bytes = convert::check_response(decision).encode_to_vec();
+    let bytes = convert::check_response(decision, Default::default()).encode_to_vec();
     upstream::CheckResponse::decode(bytes.as_slice()).expect("envoy-types decodes ours")
 }
 

@@ -122,6 +122,25 @@ pub fn decode_der(der: &[u8]) -> Result<Thumbprint, CertificateError> {
     }
 }
 
+/// Decodes an RFC 9440 `client-cert` header: a structured-field byte sequence `:base64-DER:`.
+/// Absent or blank means no certificate.
+pub fn decode_rfc9440(value: Option<&str>) -> Result<Option<Thumbprint>, CertificateError> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if value.len() > MAX_CERTIFICATE_INPUT {
+        return Err(CertificateError::TooLarge);
+    }
+    let inner = value
+        .strip_prefix(':')
+        .and_then(|v| v.strip_suffix(':'))
+        .ok_or(CertificateError::BadEncoding)?;
+    let der = STANDARD
+        .decode(inner)
+        .map_err(|_| CertificateError::BadBase64)?;
+    decode_der(&der).map(Some)
+}
+
 /// Thumbprint of a certificate file's bytes, PEM (first certificate of a chain) or DER.
 pub fn decode_file(bytes: &[u8]) -> Result<Thumbprint, CertificateError> {
     match std::str::from_utf8(bytes) {
@@ -271,6 +290,30 @@ mod tests {
         assert_eq!(
             decode_url_encoded_pem(&big),
             Err(CertificateError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn rfc9440_byte_sequence_decodes() {
+        let (_, der) = self_signed();
+        let header = format!(":{}:", STANDARD.encode(&der));
+        assert_eq!(
+            decode_rfc9440(Some(&header)),
+            Ok(Some(Thumbprint::of_der(&der)))
+        );
+        assert_eq!(decode_rfc9440(None), Ok(None));
+        assert_eq!(decode_rfc9440(Some(" ")), Ok(None));
+        assert_eq!(
+            decode_rfc9440(Some(&STANDARD.encode(&der))),
+            Err(CertificateError::BadEncoding)
+        );
+        assert_eq!(
+            decode_rfc9440(Some(":!!:")),
+            Err(CertificateError::BadBase64)
+        );
+        assert_eq!(
+            decode_rfc9440(Some(":AQIDBAUGBwg=:")),
+            Err(CertificateError::NotX509)
         );
     }
 

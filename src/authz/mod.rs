@@ -6,9 +6,11 @@
 pub mod bearer;
 pub mod binding;
 pub mod certificate;
+pub mod policy;
 pub mod token;
 pub mod xfcc;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -17,6 +19,7 @@ use serde_json::{Map, Value};
 pub use bearer::Authorization;
 pub use binding::{BindingMode, CertificateOutcome};
 pub use certificate::Thumbprint;
+pub use policy::{Requirements, RoutePolicy, Rule};
 pub use token::{IssuerPolicy, VerifiedToken};
 
 use crate::keys::KeySet;
@@ -27,9 +30,11 @@ use crate::keys::KeySet;
 pub enum CertificateSource {
     /// `attributes.source.certificate` (needs `include_peer_certificate: true` in Envoy).
     Peer,
-    /// `Cert=` (or `Hash=`) of the last `x-forwarded-client-cert` element; trust it only behind
-    /// a proxy that sanitizes the header.
+    /// `Cert=` (or `Hash=`) of the last `x-forwarded-client-cert` element (or the one added by
+    /// the configured `By` identity); trust it only behind a proxy that sanitizes the header.
     Xfcc,
+    /// RFC 9440 `client-cert` header (`:base64-DER:`); trust it only behind a proxy that sets it.
+    ClientCert,
 }
 
 /// The request as the core sees it: converted once from Envoy's `CheckRequest`.
@@ -42,9 +47,15 @@ pub struct AccessRequest {
     pub xfcc: Option<String>,
     /// `x-request-id`, for logs.
     pub request_id: Option<String>,
+    /// RFC 9440 `client-cert` header, if sent.
+    pub client_cert: Option<String>,
     pub method: String,
     pub path: String,
     pub host: String,
+    /// The route's `context_extensions` from Envoy's `check_settings`.
+    pub context_extensions: HashMap<String, String>,
+    /// `OPTIONS` with `origin` and `access-control-request-method`.
+    pub cors_preflight: bool,
 }
 
 /// Why a request was denied: stable, machine-readable, used in logs, metrics and metadata.
@@ -70,16 +81,26 @@ pub enum DenyReason {
     TokenNotYetValid,
     TokenIssuedInFuture,
     AudienceMismatch,
+    /// The route accepts only other issuers.
+    IssuerNotAllowed,
+    /// The route requires another audience.
+    AudienceNotAllowed,
     CertMissing,
     CertInvalid,
     CnfMissing,
     CnfInvalid,
     X5tMissing,
     BindingMismatch,
+    /// A required scope is missing (403).
+    ScopeMissing,
+    /// No required group (or not all of them) (403).
+    GroupMissing,
+    /// The route's policy cannot be applied (a bad `context_extensions` value): fail closed.
+    PolicyInvalid,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 24] = {
+    pub const ALL: [DenyReason; 29] = {
         use DenyReason::*;
         [
             RequestInvalid,
@@ -100,12 +121,17 @@ impl DenyReason {
             TokenNotYetValid,
             TokenIssuedInFuture,
             AudienceMismatch,
+            IssuerNotAllowed,
+            AudienceNotAllowed,
             CertMissing,
             CertInvalid,
             CnfMissing,
             CnfInvalid,
             X5tMissing,
             BindingMismatch,
+            ScopeMissing,
+            GroupMissing,
+            PolicyInvalid,
         ]
     };
 
@@ -130,18 +156,28 @@ impl DenyReason {
             TokenNotYetValid => "token_not_yet_valid",
             TokenIssuedInFuture => "token_issued_in_future",
             AudienceMismatch => "audience_mismatch",
+            IssuerNotAllowed => "issuer_not_allowed",
+            AudienceNotAllowed => "audience_not_allowed",
             CertMissing => "cert_missing",
             CertInvalid => "cert_invalid",
             CnfMissing => "cnf_missing",
             CnfInvalid => "cnf_invalid",
             X5tMissing => "x5t_missing",
             BindingMismatch => "binding_mismatch",
+            ScopeMissing => "scope_missing",
+            GroupMissing => "group_missing",
+            PolicyInvalid => "policy_invalid",
         }
     }
 
     /// Whether the client sent no bearer token at all: RFC 6750 §3 then gives no error code.
     pub fn is_missing_credentials(self) -> bool {
         matches!(self, DenyReason::TokenMissing | DenyReason::RequestInvalid)
+    }
+
+    /// A valid, bound token without the rights the route needs: 403, not 401.
+    pub fn is_forbidden(self) -> bool {
+        matches!(self, DenyReason::ScopeMissing | DenyReason::GroupMissing)
     }
 }
 
@@ -192,6 +228,10 @@ pub struct Facts {
     pub claims: Option<Arc<Map<String, Value>>>,
     pub thumbprint: Option<Thumbprint>,
     pub certificate_source: Option<CertificateSource>,
+    /// The route rule that applied (`default` when none matched).
+    pub rule: Option<String>,
+    /// Required scopes the token lacked (for the RFC 6750 `scope` attribute).
+    pub missing_scopes: Vec<String>,
 }
 
 impl Facts {
@@ -220,6 +260,35 @@ impl Decision {
             outcome: Outcome::Unavailable(reason),
             facts: Facts::default(),
         }
+    }
+
+    /// The HTTP status Envoy sends the client.
+    pub fn http_status(&self) -> u16 {
+        match &self.outcome {
+            Outcome::Allow(_) => 200,
+            Outcome::Deny(reason) if reason.is_forbidden() => 403,
+            Outcome::Deny(_) => 401,
+            Outcome::Unavailable(_) => 503,
+        }
+    }
+
+    /// The RFC 6750 `WWW-Authenticate` challenge of a deny.
+    pub fn challenge(&self) -> Option<String> {
+        let Outcome::Deny(reason) = &self.outcome else {
+            return None;
+        };
+        Some(if reason.is_missing_credentials() {
+            "Bearer".to_string()
+        } else if reason.is_forbidden() && !self.facts.missing_scopes.is_empty() {
+            format!(
+                r#"Bearer error="insufficient_scope", scope="{}""#,
+                self.facts.missing_scopes.join(" ")
+            )
+        } else if reason.is_forbidden() {
+            r#"Bearer error="insufficient_scope""#.to_string()
+        } else {
+            r#"Bearer error="invalid_token""#.to_string()
+        })
     }
 
     /// The stable reason code of a deny or unavailable outcome, `"ok"` for an allow.
@@ -271,6 +340,12 @@ pub struct Policy {
     /// Tokens longer than this are denied before any parsing.
     pub max_token_bytes: usize,
     pub introspection: Option<IntrospectionPolicy>,
+    /// Route rules, scopes and groups.
+    pub routes: RoutePolicy,
+    /// With `xfcc`, take the element added by this `By` identity instead of the last one.
+    pub xfcc_by: Option<String>,
+    /// Tell clients the deny reason in `x-certbound-reason`.
+    pub reason_header: bool,
 }
 
 /// The key snapshots the core reads; the key store implements it.
@@ -280,6 +355,21 @@ pub trait KeyLookup {
 }
 
 impl Policy {
+    /// Whether the request needs an RFC 7662 answer to be decided.
+    pub fn needs_introspection<'r>(&self, request: &'r AccessRequest) -> Option<&'r str> {
+        if self
+            .routes
+            .select(request)
+            .is_ok_and(|a| a.requirements.allow_anonymous)
+        {
+            return None;
+        }
+        match self.credential(request) {
+            Ok(Credential::Introspect(token)) => Some(token),
+            _ => None,
+        }
+    }
+
     /// Takes the bearer token and says how it is to be validated.
     pub fn credential<'r>(&self, request: &'r AccessRequest) -> Result<Credential<'r>, DenyReason> {
         let token = bearer::bearer_token(&request.authorization).map_err(|e| match e {
@@ -300,13 +390,18 @@ impl Policy {
     /// Decides one request whose token is a JWT, against the key snapshots at `now` (Unix seconds).
     pub fn decide(&self, keys: &dyn KeyLookup, request: &AccessRequest, now: i64) -> Decision {
         self.finish(|facts| {
+            let applied = self.routes.select(request)?;
+            facts.rule = Some(applied.rule.clone());
+            if applied.requirements.allow_anonymous {
+                return Ok(self.anonymous_upstream());
+            }
             let token = match self.credential(request)? {
                 Credential::Jwt(token) => token,
                 // The caller introspects these; without an answer there is nothing to accept.
                 Credential::Introspect(_) => return Err(DenyReason::TokenMalformed.into()),
             };
             let claims = self.verify_jwt(keys, token, now, facts)?;
-            self.authorize(request, claims, facts)
+            self.authorize(request, &applied.requirements, claims, facts)
         })
     }
 
@@ -319,6 +414,11 @@ impl Policy {
         now: i64,
     ) -> Decision {
         self.finish(|facts| {
+            let applied = self.routes.select(request)?;
+            facts.rule = Some(applied.rule.clone());
+            if applied.requirements.allow_anonymous {
+                return Ok(self.anonymous_upstream());
+            }
             let policy = self.introspection.clone().unwrap_or_default();
             if answer.get("active") != Some(&Value::Bool(true)) {
                 return Err(DenyReason::TokenInactive.into());
@@ -326,7 +426,7 @@ impl Policy {
             facts.issuer = answer.get("iss").and_then(Value::as_str).map(str::to_owned);
             facts.claims = Some(Arc::clone(answer));
             token::check_introspected(answer, &policy, now, self.leeway_seconds)?;
-            self.authorize(request, Arc::clone(answer), facts)
+            self.authorize(request, &applied.requirements, Arc::clone(answer), facts)
         })
     }
 
@@ -366,21 +466,60 @@ impl Policy {
         Ok(verified.claims)
     }
 
-    /// What every validated token goes through: the certificate binding, then the upstream view.
+    /// What every validated token goes through, in order: the route's issuer and audience
+    /// limits and the certificate binding (401 on failure), then scopes and groups (403).
     fn authorize(
         &self,
         request: &AccessRequest,
+        requirements: &Requirements,
         claims: Arc<Map<String, Value>>,
         facts: &mut Facts,
     ) -> Result<Upstream, Refusal> {
-        if self.binding != BindingMode::Disabled {
+        if !requirements.issuers.is_empty()
+            && !facts
+                .issuer
+                .as_ref()
+                .is_some_and(|i| requirements.issuers.contains(i))
+        {
+            return Err(DenyReason::IssuerNotAllowed.into());
+        }
+        if !requirements.audiences.is_empty()
+            && !token::has_audience(&claims, &requirements.audiences)
+        {
+            return Err(DenyReason::AudienceNotAllowed.into());
+        }
+        let mode = requirements.binding.unwrap_or(self.binding);
+        if mode != BindingMode::Disabled {
             let certificate = self.client_certificate(request, facts);
             if let Ok(Some(thumbprint)) = certificate {
                 facts.thumbprint = Some(thumbprint);
             }
-            binding::check(self.binding, &certificate, claims.get("cnf"))?;
+            binding::check(mode, &certificate, claims.get("cnf"))?;
+        }
+        let missing = policy::missing_scopes(requirements, &claims);
+        if !missing.is_empty() {
+            facts.missing_scopes = missing.into_iter().map(str::to_owned).collect();
+            return Err(DenyReason::ScopeMissing.into());
+        }
+        if !policy::groups_satisfied(requirements, &claims, &self.routes.groups_claim) {
+            return Err(DenyReason::GroupMissing.into());
         }
         Ok(self.upstream_for(&claims))
+    }
+
+    /// An anonymous route: nothing is verified, so no claim header may reach the upstream.
+    fn anonymous_upstream(&self) -> Upstream {
+        let mut upstream = Upstream::default();
+        upstream.remove_headers.extend(
+            self.upstream
+                .claim_headers
+                .iter()
+                .map(|(_, header)| header.clone()),
+        );
+        if self.upstream.remove_authorization {
+            upstream.remove_headers.push("authorization".into());
+        }
+        upstream
     }
 
     /// Reads the certificate from the configured sources, in order; the first one present wins.
@@ -394,7 +533,12 @@ impl Policy {
                 CertificateSource::Peer => {
                     certificate::decode_url_encoded_pem(&request.peer_certificate)
                 }
-                CertificateSource::Xfcc => xfcc_certificate(request.xfcc.as_deref()),
+                CertificateSource::Xfcc => {
+                    xfcc_certificate(request.xfcc.as_deref(), self.xfcc_by.as_deref())
+                }
+                CertificateSource::ClientCert => {
+                    certificate::decode_rfc9440(request.client_cert.as_deref())
+                }
             };
             match found {
                 Ok(None) => continue,
@@ -443,8 +587,9 @@ fn header_value(value: &Value) -> Option<String> {
     (!text.is_empty() && !text.chars().any(char::is_control)).then_some(text)
 }
 
-/// The certificate of the last XFCC element: the peer of the proxy nearest to us.
-fn xfcc_certificate(header: Option<&str>) -> CertificateOutcome {
+/// The certificate of the last XFCC element (the peer of the proxy nearest to us), or of the
+/// last element added by the proxy whose identity (`By`) is `by`.
+fn xfcc_certificate(header: Option<&str>, by: Option<&str>) -> CertificateOutcome {
     let Some(header) = header.filter(|h| !h.trim().is_empty()) else {
         return Ok(None);
     };
@@ -452,7 +597,11 @@ fn xfcc_certificate(header: Option<&str>) -> CertificateOutcome {
         return Err(certificate::CertificateError::TooLarge);
     }
     let elements = xfcc::parse(header).map_err(|_| certificate::CertificateError::BadEncoding)?;
-    let Some(last) = elements.last() else {
+    let chosen = match by {
+        None => elements.last(),
+        Some(by) => elements.iter().rev().find(|e| e.get("by") == Some(by)),
+    };
+    let Some(last) = chosen else {
         return Ok(None);
     };
     if let Some(cert) = last.get("cert").filter(|c| !c.is_empty()) {
@@ -502,16 +651,32 @@ mod tests {
     }
 
     #[test]
+    fn xfcc_can_choose_the_element_of_a_by_identity() {
+        let hash = "66840dda154e8a113c31dd0ad32f7f3a366a80e8136979d8f5a101d3d29d6f72";
+        let header = format!("By=spiffe://gw;Hash={hash},By=spiffe://sidecar;Hash=00");
+        let expected = Ok(Some(Thumbprint::of_der(&[1, 2, 3, 4, 5, 6, 7, 8])));
+        assert_eq!(
+            xfcc_certificate(Some(&header), Some("spiffe://gw")),
+            expected
+        );
+        assert!(xfcc_certificate(Some(&header), None).is_err());
+        assert_eq!(
+            xfcc_certificate(Some(&header), Some("spiffe://other")),
+            Ok(None)
+        );
+    }
+
+    #[test]
     fn xfcc_uses_the_last_element_and_falls_back_to_hash() {
         let hash = "66840dda154e8a113c31dd0ad32f7f3a366a80e8136979d8f5a101d3d29d6f72";
         let header = format!("Hash=00;Cert=\"garbage\",Hash={hash}");
         assert_eq!(
-            xfcc_certificate(Some(&header)),
+            xfcc_certificate(Some(&header), None),
             Ok(Some(Thumbprint::of_der(&[1, 2, 3, 4, 5, 6, 7, 8])))
         );
-        assert_eq!(xfcc_certificate(None), Ok(None));
-        assert_eq!(xfcc_certificate(Some("By=spiffe://x")), Ok(None));
-        assert!(xfcc_certificate(Some("Cert=\"unterminated")).is_err());
-        assert!(xfcc_certificate(Some("Hash=zz")).is_err());
+        assert_eq!(xfcc_certificate(None, None), Ok(None));
+        assert_eq!(xfcc_certificate(Some("By=spiffe://x"), None), Ok(None));
+        assert!(xfcc_certificate(Some("Cert=\"unterminated"), None).is_err());
+        assert!(xfcc_certificate(Some("Hash=zz"), None).is_err());
     }
 }

@@ -242,14 +242,18 @@ fn check_time_claims(
     Ok(())
 }
 
-fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), DenyReason> {
+/// Whether the `aud` claim (a string or an array) contains one of `accepted`.
+pub fn has_audience(claims: &Map<String, Value>, accepted: &[String]) -> bool {
     let matches = |aud: &str| accepted.iter().any(|a| a == aud);
-    let ok = match claims.get("aud") {
+    match claims.get("aud") {
         Some(Value::String(aud)) => matches(aud),
         Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).any(matches),
         _ => false,
-    };
-    if ok {
+    }
+}
+
+fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), DenyReason> {
+    if has_audience(claims, accepted) {
         Ok(())
     } else {
         Err(DenyReason::AudienceMismatch)

@@ -17,12 +17,21 @@ use crate::authz::{AccessRequest, Authorization, Decision, DenyReason, Outcome};
 /// gRPC status codes used in `CheckResponse.status` (an absent status would ALLOW).
 pub mod code {
     pub const OK: i32 = 0;
+    pub const PERMISSION_DENIED: i32 = 7;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
 }
 
 pub const UNAUTHORIZED_BODY: &str = r#"{"message":"unauthorized"}"#;
+pub const FORBIDDEN_BODY: &str = r#"{"message":"forbidden"}"#;
 pub const UNAVAILABLE_BODY: &str = r#"{"message":"service unavailable"}"#;
+
+/// How deny responses are shaped.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResponseOptions {
+    /// Add `x-certbound-reason: <reason>` to denies (off by default: it also helps attackers).
+    pub reason_header: bool,
+}
 
 /// Converts Envoy's request; a request without HTTP attributes cannot be authorized.
 pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason> {
@@ -42,14 +51,21 @@ pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason
         .into_iter()
         .next()
         .or_else(|| (!http.id.is_empty()).then(|| http.id.clone()));
+    let client_cert = header_values(&http, "client-cert").into_iter().next();
+    let cors_preflight = http.method.eq_ignore_ascii_case("OPTIONS")
+        && !header_values(&http, "origin").is_empty()
+        && !header_values(&http, "access-control-request-method").is_empty();
     Ok(AccessRequest {
         authorization,
         peer_certificate,
         xfcc: (!xfcc.is_empty()).then(|| xfcc.join(",")),
         request_id,
+        client_cert,
         method: http.method,
         path: http.path,
         host: http.host,
+        context_extensions: attributes.context_extensions.into_iter().collect(),
+        cors_preflight,
     })
 }
 
@@ -121,7 +137,7 @@ fn dynamic_metadata(decision: &Decision) -> Struct {
 }
 
 /// The answer Envoy acts on. Every non-allow sets a non-zero status code.
-pub fn check_response(decision: &Decision) -> CheckResponse {
+pub fn check_response(decision: &Decision, options: ResponseOptions) -> CheckResponse {
     let metadata = Some(dynamic_metadata(decision));
     let json = || {
         header(
@@ -148,30 +164,44 @@ pub fn check_response(decision: &Decision) -> CheckResponse {
             dynamic_metadata: metadata,
         },
         Outcome::Deny(reason) => {
-            let challenge = if reason.is_missing_credentials() {
-                "Bearer"
-            } else {
-                r#"Bearer error="invalid_token""#
-            };
+            let forbidden = reason.is_forbidden();
+            let challenge = decision.challenge().unwrap_or_default();
+            let mut headers = vec![
+                json(),
+                header(
+                    "www-authenticate",
+                    challenge,
+                    HeaderAppendAction::OverwriteIfExistsOrAdd,
+                ),
+            ];
+            if options.reason_header {
+                headers.push(header(
+                    "x-certbound-reason",
+                    reason.as_str(),
+                    HeaderAppendAction::OverwriteIfExistsOrAdd,
+                ));
+            }
             CheckResponse {
                 status: Some(rpc::Status {
-                    code: code::UNAUTHENTICATED,
+                    code: if forbidden {
+                        code::PERMISSION_DENIED
+                    } else {
+                        code::UNAUTHENTICATED
+                    },
                     message: reason.as_str().into(),
                     details: Vec::new(),
                 }),
                 http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
                     status: Some(HttpStatus {
-                        code: StatusCode::Unauthorized as i32,
+                        code: i32::from(decision.http_status()),
                     }),
-                    headers: vec![
-                        json(),
-                        header(
-                            "www-authenticate",
-                            challenge,
-                            HeaderAppendAction::OverwriteIfExistsOrAdd,
-                        ),
-                    ],
-                    body: UNAUTHORIZED_BODY.into(),
+                    headers,
+                    body: if forbidden {
+                        FORBIDDEN_BODY
+                    } else {
+                        UNAUTHORIZED_BODY
+                    }
+                    .into(),
                 })),
                 dynamic_metadata: metadata,
             }
@@ -283,15 +313,22 @@ mod tests {
     #[test]
     fn every_deny_sets_a_non_zero_status() {
         for reason in DenyReason::ALL {
-            let response = check_response(&Decision::deny(reason));
+            let response = check_response(&Decision::deny(reason), ResponseOptions::default());
             let status = response.status.expect("status");
-            assert_eq!(status.code, code::UNAUTHENTICATED);
+            assert_ne!(status.code, code::OK);
             assert_eq!(status.message, reason.as_str());
             let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
                 panic!("denied_response expected");
             };
-            assert_eq!(denied.status.map(|s| s.code), Some(401));
-            assert_eq!(denied.body, UNAUTHORIZED_BODY);
+            if reason.is_forbidden() {
+                assert_eq!(status.code, code::PERMISSION_DENIED);
+                assert_eq!(denied.status.map(|s| s.code), Some(403));
+                assert_eq!(denied.body, FORBIDDEN_BODY);
+            } else {
+                assert_eq!(status.code, code::UNAUTHENTICATED);
+                assert_eq!(denied.status.map(|s| s.code), Some(401));
+                assert_eq!(denied.body, UNAUTHORIZED_BODY);
+            }
         }
     }
 }

@@ -15,11 +15,15 @@ use crate::check::Checker;
 #[derive(Clone)]
 pub struct AuthorizationService {
     checker: Arc<Checker>,
+    options: convert::ResponseOptions,
 }
 
 impl AuthorizationService {
     pub fn new(checker: Arc<Checker>) -> Self {
-        Self { checker }
+        let options = convert::ResponseOptions {
+            reason_header: checker.policy().reason_header,
+        };
+        Self { checker, options }
     }
 }
 
@@ -35,7 +39,10 @@ impl Authorization for AuthorizationService {
             Err(reason) => (Decision::deny(reason), None),
         };
         log_decision(&decision, access.as_ref(), started);
-        Ok(Response::new(convert::check_response(&decision)))
+        Ok(Response::new(convert::check_response(
+            &decision,
+            self.options,
+        )))
     }
 }
 
@@ -52,6 +59,7 @@ fn log_decision(decision: &Decision, request: Option<&AccessRequest>, started: I
         target: "certbound::decision",
         decision = outcome,
         reason = decision.reason(),
+        rule = facts.rule.as_deref(),
         issuer = facts.issuer.as_deref(),
         kid = facts.kid.as_deref(),
         sub = facts.claim_str("sub"),

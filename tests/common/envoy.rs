@@ -407,7 +407,17 @@ pub async fn get(
     http: Http,
     headers: &[(&str, &str)],
 ) -> Result<Seen, reqwest::Error> {
-    let mut request = client.get(format!("https://127.0.0.1:{port}/items?page=1"));
+    get_path(client, port, http, "/items?page=1", headers).await
+}
+
+pub async fn get_path(
+    client: &reqwest::Client,
+    port: u16,
+    http: Http,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Seen, reqwest::Error> {
+    let mut request = client.get(format!("https://127.0.0.1:{port}{path}"));
     for (k, v) in headers {
         request = request.header(*k, *v);
     }

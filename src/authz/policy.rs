@@ -1,0 +1,401 @@
+//! Route policy: which requirements apply to a request (first matching rule, else the default),
+//! Envoy's per-route `context_extensions`, and the scope and group checks.
+
+use regex::Regex;
+use serde_json::{Map, Value};
+
+use super::{AccessRequest, BindingMode, DenyReason};
+
+/// `context_extensions` keys that Envoy routes may set (`check_settings.context_extensions`).
+pub const EXT_SCOPES: &str = "certbound.scopes";
+pub const EXT_GROUPS: &str = "certbound.groups";
+pub const EXT_BINDING: &str = "certbound.binding";
+
+/// How a rule matches a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    Exact(String),
+    /// `*.example.com`: any subdomain of `example.com` (not `example.com` itself).
+    Suffix(String),
+}
+
+impl HostMatch {
+    pub fn parse(pattern: &str) -> Self {
+        let pattern = pattern.to_ascii_lowercase();
+        match pattern.strip_prefix("*.") {
+            Some(suffix) => Self::Suffix(format!(".{suffix}")),
+            None => Self::Exact(pattern),
+        }
+    }
+
+    /// Whether an `:authority` (host, maybe with a port) matches, case-insensitively.
+    fn matches(&self, authority: &str) -> bool {
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                host
+            }
+            _ => authority,
+        }
+        .to_ascii_lowercase();
+        match self {
+            Self::Exact(exact) => host == *exact,
+            Self::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        }
+    }
+}
+
+/// How a rule matches a path (the query string is never part of the match).
+#[derive(Clone, Debug)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    /// Anchored: the whole path must match.
+    Regex(Regex),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(exact) => path == exact,
+            Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            Self::Regex(regex) => regex.is_match(path),
+        }
+    }
+}
+
+/// What a request must satisfy beyond a valid, bound token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requirements {
+    /// No token needed (health checks); claim headers are still stripped.
+    pub allow_anonymous: bool,
+    /// All of these must be in the token's scopes.
+    pub scopes: Vec<String>,
+    /// Any of these (all, with `groups_match_all`) must be in the token's groups.
+    pub groups: Vec<String>,
+    pub groups_match_all: bool,
+    /// Overrides the global binding mode.
+    pub binding: Option<BindingMode>,
+    /// When not empty, the token's issuer must be one of these.
+    pub issuers: Vec<String>,
+    /// When not empty, the token's `aud` must contain one of these.
+    pub audiences: Vec<String>,
+}
+
+/// One route rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub name: String,
+    pub hosts: Vec<HostMatch>,
+    pub path: Option<PathMatch>,
+    /// Upper-case methods; empty means any.
+    pub methods: Vec<String>,
+    pub requirements: Requirements,
+}
+
+impl Rule {
+    fn matches(&self, request: &AccessRequest, path: &str) -> bool {
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(&request.host)))
+            && self.path.as_ref().is_none_or(|p| p.matches(path))
+            && (self.methods.is_empty()
+                || self
+                    .methods
+                    .iter()
+                    .any(|m| m.eq_ignore_ascii_case(&request.method)))
+    }
+}
+
+/// The route table: rules in order, the default, and how claims are read.
+#[derive(Clone, Debug, Default)]
+pub struct RoutePolicy {
+    pub rules: Vec<Rule>,
+    pub default: Requirements,
+    /// Claim holding the groups (default `groups`).
+    pub groups_claim: String,
+    /// Let CORS preflights (`OPTIONS` with `origin` and `access-control-request-method`) through
+    /// without a token.
+    pub allow_cors_preflight: bool,
+}
+
+/// The requirements chosen for one request, and the name of the rule that gave them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub rule: String,
+    pub requirements: Requirements,
+}
+
+impl RoutePolicy {
+    /// First matching rule (else the default), with the route's `context_extensions` applied:
+    /// their scopes and groups add to the rule's, their binding mode replaces the rule's.
+    pub fn select(&self, request: &AccessRequest) -> Result<Applied, DenyReason> {
+        let path = request.path.split(['?', '#']).next().unwrap_or_default();
+        let (rule, mut requirements) = match self.rules.iter().find(|r| r.matches(request, path)) {
+            Some(rule) => (rule.name.clone(), rule.requirements.clone()),
+            None => ("default".to_string(), self.default.clone()),
+        };
+        let ext = &request.context_extensions;
+        if let Some(scopes) = ext.get(EXT_SCOPES) {
+            requirements.scopes.extend(split_list(scopes));
+        }
+        if let Some(groups) = ext.get(EXT_GROUPS) {
+            requirements.groups.extend(split_list(groups));
+        }
+        if let Some(binding) = ext.get(EXT_BINDING) {
+            // A route asking for an unknown mode is a configuration error: fail closed.
+            requirements.binding = Some(parse_binding(binding).ok_or(DenyReason::PolicyInvalid)?);
+        }
+        if self.allow_cors_preflight && request.cors_preflight {
+            requirements.allow_anonymous = true;
+        }
+        Ok(Applied { rule, requirements })
+    }
+}
+
+fn split_list(value: &str) -> impl Iterator<Item = String> + '_ {
+    value
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+pub fn parse_binding(value: &str) -> Option<BindingMode> {
+    match value.trim() {
+        "required" => Some(BindingMode::Required),
+        "when_present" => Some(BindingMode::WhenPresent),
+        "disabled" => Some(BindingMode::Disabled),
+        _ => None,
+    }
+}
+
+/// The token's scopes: the space-separated `scope` claim, else the `scp` array (or string).
+pub fn token_scopes(claims: &Map<String, Value>) -> Vec<&str> {
+    match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(scope)), _) => scope.split(' ').filter(|s| !s.is_empty()).collect(),
+        (_, Some(Value::Array(scp))) => scp.iter().filter_map(Value::as_str).collect(),
+        (_, Some(Value::String(scp))) => scp.split(' ').filter(|s| !s.is_empty()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The token's groups: strings, or `{id, name}` objects (either matches).
+pub fn token_groups<'c>(claims: &'c Map<String, Value>, claim: &str) -> Vec<&'c str> {
+    let entry = |v: &'c Value| -> Vec<&'c str> {
+        match v {
+            Value::String(s) => vec![s.as_str()],
+            Value::Object(o) => ["id", "name"]
+                .iter()
+                .filter_map(|k| o.get(*k).and_then(Value::as_str))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    match claims.get(claim) {
+        Some(Value::Array(items)) => items.iter().flat_map(entry).collect(),
+        Some(single) => entry(single),
+        None => Vec::new(),
+    }
+}
+
+/// Scopes the token lacks (all required ones must be present).
+pub fn missing_scopes<'r>(
+    requirements: &'r Requirements,
+    claims: &Map<String, Value>,
+) -> Vec<&'r str> {
+    let have = token_scopes(claims);
+    requirements
+        .scopes
+        .iter()
+        .filter(|s| !have.contains(&s.as_str()))
+        .map(String::as_str)
+        .collect()
+}
+
+/// Whether the token's groups satisfy the requirement (any-of, or all-of).
+pub fn groups_satisfied(
+    requirements: &Requirements,
+    claims: &Map<String, Value>,
+    claim: &str,
+) -> bool {
+    if requirements.groups.is_empty() {
+        return true;
+    }
+    let have = token_groups(claims, claim);
+    let has = |g: &String| have.contains(&g.as_str());
+    if requirements.groups_match_all {
+        requirements.groups.iter().all(has)
+    } else {
+        requirements.groups.iter().any(has)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(method: &str, host: &str, path: &str) -> AccessRequest {
+        AccessRequest {
+            method: method.into(),
+            host: host.into(),
+            path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    fn rule(name: &str, hosts: &[&str], path: Option<PathMatch>, methods: &[&str]) -> Rule {
+        Rule {
+            name: name.into(),
+            hosts: hosts.iter().map(|h| HostMatch::parse(h)).collect(),
+            path,
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            requirements: Requirements {
+                scopes: vec![name.into()],
+                ..Default::default()
+            },
+        }
+    }
+
+    fn table() -> RoutePolicy {
+        RoutePolicy {
+            rules: vec![
+                rule(
+                    "health",
+                    &[],
+                    Some(PathMatch::Exact("/healthz".into())),
+                    &[],
+                ),
+                rule(
+                    "admin",
+                    &["admin.example.com"],
+                    Some(PathMatch::Prefix("/".into())),
+                    &[],
+                ),
+                rule("tenants", &["*.tenants.example.com"], None, &["GET"]),
+                rule(
+                    "items",
+                    &[],
+                    Some(PathMatch::Regex(Regex::new("^/items/[0-9]+$").unwrap())),
+                    &["PUT", "DELETE"],
+                ),
+            ],
+            default: Requirements {
+                scopes: vec!["default".into()],
+                ..Default::default()
+            },
+            groups_claim: "groups".into(),
+            allow_cors_preflight: false,
+        }
+    }
+
+    fn selected(method: &str, host: &str, path: &str) -> String {
+        table().select(&request(method, host, path)).unwrap().rule
+    }
+
+    #[test]
+    fn first_matching_rule_wins_else_the_default() {
+        assert_eq!(selected("GET", "api.example.com", "/healthz"), "health");
+        assert_eq!(selected("GET", "admin.example.com", "/healthz"), "health");
+        assert_eq!(selected("GET", "admin.example.com", "/x"), "admin");
+        assert_eq!(selected("GET", "api.example.com", "/x"), "default");
+    }
+
+    #[test]
+    fn paths_match_without_the_query() {
+        assert_eq!(selected("GET", "api", "/healthz?verbose=1"), "health");
+        assert_eq!(selected("GET", "api", "/healthz/more"), "default");
+    }
+
+    #[test]
+    fn hosts_match_exactly_or_by_wildcard_suffix_ignoring_port_and_case() {
+        assert_eq!(selected("GET", "ADMIN.example.com:8443", "/x"), "admin");
+        assert_eq!(selected("GET", "a.tenants.example.com", "/x"), "tenants");
+        assert_eq!(
+            selected("GET", "a.b.tenants.example.com:443", "/x"),
+            "tenants"
+        );
+        assert_eq!(selected("GET", "tenants.example.com", "/x"), "default");
+        assert_eq!(selected("GET", "evil-tenants.example.com", "/x"), "default");
+    }
+
+    #[test]
+    fn methods_and_regexes_must_both_match() {
+        assert_eq!(selected("PUT", "api", "/items/42"), "items");
+        assert_eq!(selected("delete", "api", "/items/42"), "items");
+        assert_eq!(selected("GET", "api", "/items/42"), "default");
+        assert_eq!(selected("PUT", "api", "/items/42/x"), "default");
+        assert_eq!(selected("POST", "a.tenants.example.com", "/x"), "default");
+    }
+
+    #[test]
+    fn context_extensions_add_scopes_and_groups_and_replace_binding() {
+        let mut req = request("GET", "api", "/healthz");
+        req.context_extensions
+            .insert(EXT_SCOPES.into(), "a b,c".into());
+        req.context_extensions
+            .insert(EXT_GROUPS.into(), "g1".into());
+        req.context_extensions
+            .insert(EXT_BINDING.into(), "when_present".into());
+        let applied = table().select(&req).unwrap();
+        assert_eq!(applied.requirements.scopes, ["health", "a", "b", "c"]);
+        assert_eq!(applied.requirements.groups, ["g1"]);
+        assert_eq!(applied.requirements.binding, Some(BindingMode::WhenPresent));
+        req.context_extensions
+            .insert(EXT_BINDING.into(), "sometimes".into());
+        assert_eq!(table().select(&req).unwrap_err(), DenyReason::PolicyInvalid);
+    }
+
+    #[test]
+    fn cors_preflight_is_anonymous_only_when_enabled() {
+        let mut req = request("OPTIONS", "api", "/x");
+        req.cors_preflight = true;
+        assert!(!table().select(&req).unwrap().requirements.allow_anonymous);
+        let mut t = table();
+        t.allow_cors_preflight = true;
+        assert!(t.select(&req).unwrap().requirements.allow_anonymous);
+    }
+
+    #[test]
+    fn scopes_come_from_scope_or_scp() {
+        let r = Requirements {
+            scopes: vec!["read".into(), "write".into()],
+            ..Default::default()
+        };
+        let claims = |v: Value| v.as_object().unwrap().clone();
+        assert!(missing_scopes(&r, &claims(json!({"scope": "read  write admin"}))).is_empty());
+        assert_eq!(
+            missing_scopes(&r, &claims(json!({"scope": "read"}))),
+            ["write"]
+        );
+        assert!(missing_scopes(&r, &claims(json!({"scp": ["write", "read"]}))).is_empty());
+        assert_eq!(missing_scopes(&r, &claims(json!({}))), ["read", "write"]);
+    }
+
+    #[test]
+    fn groups_are_strings_or_id_name_objects_any_or_all() {
+        let claims = json!({"groups": ["eng", {"id": "g-42", "name": "ops"}], "roles": "admin"});
+        let claims = claims.as_object().unwrap();
+        let any = |groups: &[&str], all: bool| Requirements {
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            groups_match_all: all,
+            ..Default::default()
+        };
+        assert!(groups_satisfied(
+            &any(&["ops", "nope"], false),
+            claims,
+            "groups"
+        ));
+        assert!(groups_satisfied(&any(&["g-42"], false), claims, "groups"));
+        assert!(!groups_satisfied(&any(&["nope"], false), claims, "groups"));
+        assert!(groups_satisfied(
+            &any(&["eng", "ops"], true),
+            claims,
+            "groups"
+        ));
+        assert!(!groups_satisfied(
+            &any(&["eng", "nope"], true),
+            claims,
+            "groups"
+        ));
+        assert!(groups_satisfied(&any(&["admin"], false), claims, "roles"));
+        assert!(groups_satisfied(&any(&[], true), claims, "groups"));
+    }
+}

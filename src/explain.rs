@@ -1,0 +1,327 @@
+//! `certbound explain`: runs the real decision for one token and certificate offline and says,
+//! step by step, what it saw: rule, issuer and key, signature, each claim, the binding, the answer.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::authz::{
+    AccessRequest, Authorization, Credential, Decision, DenyReason, Outcome, Policy, policy, token,
+};
+use crate::check::Checker;
+use crate::clock::{Clock, SystemClock};
+use crate::grpc::convert;
+
+/// What to explain.
+pub struct ExplainRequest {
+    pub token: String,
+    /// PEM (or DER) of the client certificate, if any.
+    pub certificate: Option<Vec<u8>>,
+    pub method: String,
+    pub path: String,
+    pub host: String,
+}
+
+/// The decision and the report lines.
+pub struct Explanation {
+    pub decision: Decision,
+    pub report: String,
+}
+
+impl ExplainRequest {
+    /// The request as Envoy would send it: the certificate URL-encoded in the peer field.
+    fn access_request(&self) -> AccessRequest {
+        let peer_certificate = match &self.certificate {
+            None => String::new(),
+            Some(bytes) => {
+                let pem = match std::str::from_utf8(bytes) {
+                    Ok(text) if text.contains("-----BEGIN") => text.to_owned(),
+                    _ => {
+                        use base64::Engine;
+                        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                        format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
+                    }
+                };
+                percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            }
+        };
+        AccessRequest {
+            authorization: Authorization::One(format!("Bearer {}", self.token)),
+            peer_certificate,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            host: self.host.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Runs the real check (keys must be loaded) and describes each step.
+pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
+    let request = input.access_request();
+    let decision = checker.check(&request).await;
+    let policy = checker.policy();
+    let mut out = String::new();
+    let now = SystemClock.now();
+    let _ = writeln!(
+        out,
+        "request: {} {} (host {:?})",
+        input.method, input.path, input.host
+    );
+
+    match policy.routes.select(&request) {
+        Ok(applied) => {
+            let r = &applied.requirements;
+            let _ = writeln!(
+                out,
+                "rule: {} (anonymous: {}, scopes: {:?}, groups: {:?}{}, binding: {:?})",
+                applied.rule,
+                r.allow_anonymous,
+                r.scopes,
+                r.groups,
+                if r.groups_match_all {
+                    " all of"
+                } else {
+                    " any of"
+                },
+                r.binding.unwrap_or(policy.binding)
+            );
+        }
+        Err(reason) => {
+            let _ = writeln!(out, "rule: cannot be applied ({})", reason.as_str());
+        }
+    }
+
+    match policy.credential(&request) {
+        Ok(Credential::Jwt(token)) => describe_jwt(&mut out, checker, policy, token, now),
+        Ok(Credential::Introspect(_)) => {
+            let _ = writeln!(
+                out,
+                "token: not a JWT (or introspect_jwts is on): checked by RFC 7662 introspection"
+            );
+            if let Some(claims) = &decision.facts.claims {
+                let active = claims
+                    .get("active")
+                    .map(Value::to_string)
+                    .unwrap_or_default();
+                let _ = writeln!(out, "  introspection: active={active}");
+                describe_claims(&mut out, claims, now);
+            }
+        }
+        Err(reason) => {
+            let _ = writeln!(out, "token: unusable ({})", reason.as_str());
+        }
+    }
+
+    describe_binding(&mut out, policy, &request, &decision);
+    if let Some(claims) = &decision.facts.claims {
+        let scopes = policy::token_scopes(claims);
+        let _ = writeln!(out, "scopes in token: {scopes:?}");
+        let groups = policy::token_groups(claims, &policy.routes.groups_claim);
+        let _ = writeln!(
+            out,
+            "groups in token ({}): {groups:?}",
+            policy.routes.groups_claim
+        );
+    }
+    describe_answer(&mut out, &decision, policy);
+    Explanation {
+        decision,
+        report: out,
+    }
+}
+
+fn describe_jwt(out: &mut String, checker: &Checker, policy: &Policy, token: &str, now: i64) {
+    let jwt = match token::parse(token) {
+        Ok(jwt) => jwt,
+        Err(reason) => {
+            let _ = writeln!(out, "token: JWT header rejected ({})", reason.as_str());
+            return;
+        }
+    };
+    let _ = writeln!(
+        out,
+        "token: JWT alg={:?} kid={} typ={}",
+        jwt.alg,
+        jwt.kid.as_deref().unwrap_or("(none)"),
+        jwt.typ.as_deref().unwrap_or("(none)")
+    );
+    let Some(iss) = jwt.issuer().map(str::to_owned) else {
+        let _ = writeln!(out, "issuer: no iss claim");
+        return;
+    };
+    let Some(index) = policy.issuers.iter().position(|i| i.issuer == iss) else {
+        let _ = writeln!(out, "issuer: {iss:?} is not a configured issuer");
+        return;
+    };
+    let issuer = &policy.issuers[index];
+    let _ = writeln!(
+        out,
+        "issuer: {iss} (configured; audiences {:?}, algorithms {:?})",
+        issuer.audiences, issuer.algorithms
+    );
+    let keys = crate::authz::KeyLookup::key_set(checker.keys().as_ref(), index);
+    let Some(keys) = keys else {
+        let _ = writeln!(out, "keys: none loaded for this issuer (IdP unreachable?)");
+        return;
+    };
+    let candidates: Vec<String> = keys
+        .candidates(jwt.kid.as_deref(), jwt.alg)
+        .map(|k| format!("{}({:?})", k.kid.as_deref().unwrap_or("-"), k.kind))
+        .collect();
+    let _ = writeln!(
+        out,
+        "keys: {} loaded; candidates for this kid and alg: {candidates:?}",
+        keys.len()
+    );
+    let claims = jwt.claims.clone();
+    let result = jwt.verify(index, issuer, &keys, now, policy.leeway_seconds);
+    let signature = match result {
+        Err(
+            r @ (DenyReason::SignatureInvalid
+            | DenyReason::KeyUnknown
+            | DenyReason::KeyTypeMismatch
+            | DenyReason::AlgorithmNotAllowed
+            | DenyReason::TypInvalid),
+        ) => format!("not verified ({})", r.as_str()),
+        _ => "valid".to_string(),
+    };
+    let _ = writeln!(out, "signature: {signature}");
+    describe_claims(out, &claims, now);
+    if let Err(reason) = result {
+        let _ = writeln!(out, "token check: failed ({})", reason.as_str());
+    } else {
+        let _ = writeln!(out, "token check: passed");
+    }
+}
+
+fn describe_claims(out: &mut String, claims: &serde_json::Map<String, Value>, now: i64) {
+    for name in ["iss", "sub", "aud", "client_id", "scope"] {
+        if let Some(value) = claims.get(name) {
+            let _ = writeln!(out, "  {name}: {value}");
+        }
+    }
+    for name in ["exp", "nbf", "iat"] {
+        match claims.get(name).and_then(Value::as_i64) {
+            Some(t) => {
+                let _ = writeln!(out, "  {name}: {t} (now {:+} s)", t - now);
+            }
+            None if claims.contains_key(name) => {
+                let _ = writeln!(out, "  {name}: not a number");
+            }
+            None => {
+                let _ = writeln!(out, "  {name}: absent");
+            }
+        }
+    }
+    match claims.get("cnf") {
+        Some(cnf) => {
+            let _ = writeln!(out, "  cnf: {cnf}");
+        }
+        None => {
+            let _ = writeln!(out, "  cnf: absent (token not bound)");
+        }
+    }
+}
+
+fn describe_binding(
+    out: &mut String,
+    policy: &Policy,
+    request: &AccessRequest,
+    decision: &Decision,
+) {
+    let mut facts = Default::default();
+    match policy.client_certificate(request, &mut facts) {
+        Ok(Some(thumbprint)) => {
+            let _ = writeln!(out, "certificate: x5t#S256 {thumbprint}");
+        }
+        Ok(None) => {
+            let _ = writeln!(out, "certificate: none");
+        }
+        Err(error) => {
+            let _ = writeln!(out, "certificate: unusable ({error})");
+        }
+    }
+    let claimed = decision
+        .facts
+        .claims
+        .as_ref()
+        .and_then(|c| c.get("cnf"))
+        .map(|cnf| match cnf {
+            Value::String(s) => serde_json::from_str::<Value>(s).unwrap_or(Value::Null),
+            other => other.clone(),
+        })
+        .and_then(|cnf| {
+            cnf.get("x5t#S256")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+    if let Some(claimed) = claimed {
+        let _ = writeln!(out, "token cnf.x5t#S256: {claimed}");
+        let matches = decision
+            .facts
+            .thumbprint
+            .is_some_and(|t| t.matches_x5t_s256(&claimed));
+        let _ = writeln!(
+            out,
+            "binding: {}",
+            if matches {
+                "certificate matches the token"
+            } else {
+                "no match"
+            }
+        );
+    }
+}
+
+fn describe_answer(out: &mut String, decision: &Decision, policy: &Policy) {
+    let response = convert::check_response(
+        decision,
+        convert::ResponseOptions {
+            reason_header: policy.reason_header,
+        },
+    );
+    let code = response.status.as_ref().map(|s| s.code).unwrap_or_default();
+    match &decision.outcome {
+        Outcome::Allow(upstream) => {
+            let _ = writeln!(
+                out,
+                "decision: ALLOW (gRPC status {code}); the upstream handler runs"
+            );
+            for (k, v) in &upstream.set_headers {
+                let _ = writeln!(out, "  upstream header {k}: {v}");
+            }
+            for k in &upstream.remove_headers {
+                let _ = writeln!(out, "  upstream header removed: {k}");
+            }
+        }
+        Outcome::Deny(reason) => {
+            let body = if reason.is_forbidden() {
+                convert::FORBIDDEN_BODY
+            } else {
+                convert::UNAUTHORIZED_BODY
+            };
+            let _ = writeln!(
+                out,
+                "decision: DENY {} reason {} (gRPC status {code})",
+                decision.http_status(),
+                reason.as_str()
+            );
+            let _ = writeln!(
+                out,
+                "  www-authenticate: {}",
+                decision.challenge().unwrap_or_default()
+            );
+            let _ = writeln!(out, "  body: {body}");
+        }
+        Outcome::Unavailable(reason) => {
+            let _ = writeln!(
+                out,
+                "decision: UNAVAILABLE 503 reason {} (gRPC status {code})",
+                reason.as_str()
+            );
+            let _ = writeln!(out, "  body: {}", convert::UNAVAILABLE_BODY);
+        }
+    }
+}

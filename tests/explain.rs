@@ -1,0 +1,255 @@
+//! `certbound explain`: the real decision, step by step, for an allow and for each kind of deny.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use certbound::explain::{ExplainRequest, explain};
+use common::*;
+use serde_json::json;
+
+const POLICY: &str = "policy:\n  rules:\n    - path_prefix: /admin\n      scopes: [admin]\n    - path_prefix: /ops\n      groups: [ops]\n    - path_prefix: /partner\n      audiences: [https://partner.test]\n";
+
+struct World {
+    idp: Idp,
+    signer: Signer,
+    cert: ClientCert,
+    checker: std::sync::Arc<certbound::check::Checker>,
+    yaml: String,
+}
+
+async fn world() -> World {
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let yaml = config_for(&idp, POLICY);
+    let settings = certbound::config::Settings::from_yaml(&yaml, Vec::new(), None).unwrap();
+    let checker = certbound::server::build(&settings).unwrap();
+    checker.keys().load_all().await;
+    World {
+        idp,
+        signer,
+        cert: ClientCert::self_signed("a"),
+        checker,
+        yaml,
+    }
+}
+
+async fn run(w: &World, token: &str, cert: Option<&ClientCert>, path: &str) -> (bool, String) {
+    let request = ExplainRequest {
+        token: token.into(),
+        certificate: cert.map(|c| c.pem.clone().into_bytes()),
+        method: "GET".into(),
+        path: path.into(),
+        host: "api.test".into(),
+    };
+    let explanation = explain(&w.checker, &request).await;
+    let allowed = matches!(
+        explanation.decision.outcome,
+        certbound::authz::Outcome::Allow(_)
+    );
+    (allowed, explanation.report)
+}
+
+#[tokio::test]
+async fn an_allow_is_explained_step_by_step() {
+    let w = world().await;
+    let token = w.signer.sign(&claims(&w.idp.issuer, Some(&w.cert.x5t())));
+    let (allowed, report) = run(&w, &token, Some(&w.cert), "/items").await;
+    assert!(allowed, "{report}");
+    for line in [
+        "rule: default",
+        "token: JWT alg=ES256 kid=k1",
+        &format!("issuer: {} (configured", w.idp.issuer),
+        "candidates for this kid and alg: [\"k1(EcP256)\"]",
+        "signature: valid",
+        "  sub: \"alice\"",
+        "  exp: ",
+        "token check: passed",
+        &format!("certificate: x5t#S256 {}", w.cert.x5t()),
+        &format!("token cnf.x5t#S256: {}", w.cert.x5t()),
+        "binding: certificate matches the token",
+        "decision: ALLOW (gRPC status 0)",
+        "upstream header x-certbound-subject: alice",
+    ] {
+        assert!(report.contains(line), "missing {line:?} in:\n{report}");
+    }
+}
+
+#[tokio::test]
+async fn each_kind_of_deny_is_explained_with_its_reason_and_answer() {
+    let w = world().await;
+    let iss = w.idp.issuer.clone();
+    let x5t = w.cert.x5t();
+    let sign = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = claims(&iss, Some(&x5t));
+        edit(&mut c);
+        w.signer.sign(&c)
+    };
+    let other = ClientCert::self_signed("b");
+    let cases: Vec<(&str, String, Option<&ClientCert>, &str, &str)> = vec![
+        (
+            "token_malformed",
+            "abc.def".into(),
+            Some(&w.cert),
+            "/",
+            "JWT header rejected (token_malformed)",
+        ),
+        (
+            "alg_not_allowed",
+            "eyJhbGciOiJub25lIn0.e30.".into(),
+            Some(&w.cert),
+            "/",
+            "JWT header rejected",
+        ),
+        (
+            "issuer_unknown",
+            sign(&|c| c["iss"] = json!("https://evil.test")),
+            Some(&w.cert),
+            "/",
+            "is not a configured issuer",
+        ),
+        (
+            "signature_invalid",
+            Signer::es256("k1").sign(&claims(&iss, Some(&x5t))),
+            Some(&w.cert),
+            "/",
+            "signature: not verified (signature_invalid)",
+        ),
+        (
+            "key_unknown",
+            Signer::es256("k9").sign(&claims(&iss, Some(&x5t))),
+            Some(&w.cert),
+            "/",
+            "candidates for this kid and alg: []",
+        ),
+        (
+            "token_expired",
+            sign(&|c| c["exp"] = json!(now() - 3600)),
+            Some(&w.cert),
+            "/",
+            "signature: valid",
+        ),
+        (
+            "audience_mismatch",
+            sign(&|c| c["aud"] = json!("x")),
+            Some(&w.cert),
+            "/",
+            "  aud: \"x\"",
+        ),
+        (
+            "cnf_missing",
+            sign(&|c| {
+                c.as_object_mut().unwrap().remove("cnf");
+            }),
+            Some(&w.cert),
+            "/",
+            "cnf: absent",
+        ),
+        (
+            "cert_missing",
+            sign(&|_| {}),
+            None,
+            "/",
+            "certificate: none",
+        ),
+        (
+            "binding_mismatch",
+            sign(&|_| {}),
+            Some(&other),
+            "/",
+            "binding: no match",
+        ),
+        (
+            "scope_missing",
+            sign(&|_| {}),
+            Some(&w.cert),
+            "/admin",
+            "www-authenticate: Bearer error=\"insufficient_scope\", scope=\"admin\"",
+        ),
+        (
+            "group_missing",
+            sign(&|_| {}),
+            Some(&w.cert),
+            "/ops",
+            "groups in token (groups): []",
+        ),
+        (
+            "audience_not_allowed",
+            sign(&|_| {}),
+            Some(&w.cert),
+            "/partner",
+            "rule: rules[2]",
+        ),
+    ];
+    for (reason, token, cert, path, detail) in cases {
+        let (allowed, report) = run(&w, &token, cert, path).await;
+        assert!(!allowed, "{reason}: {report}");
+        assert!(
+            report.contains(&format!("reason {reason} ")),
+            "{reason}: {report}"
+        );
+        assert!(
+            report.contains(detail),
+            "{reason}: missing {detail:?} in:\n{report}"
+        );
+        let status = if reason.ends_with("_missing")
+            && (reason == "scope_missing" || reason == "group_missing")
+        {
+            403
+        } else {
+            401
+        };
+        assert!(
+            report.contains(&format!("decision: DENY {status} ")),
+            "{reason}: {report}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_command_exits_0_for_allow_and_1_for_deny() {
+    let w = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("certbound.yaml");
+    std::fs::write(&config, &w.yaml).unwrap();
+    let cert = dir.path().join("client.pem");
+    std::fs::write(&cert, &w.cert.pem).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(
+        &token_file,
+        w.signer.sign(&claims(&w.idp.issuer, Some(&w.cert.x5t()))),
+    )
+    .unwrap();
+
+    let run = move |token: &str, path: &str| {
+        // The IdP runs on this test's runtime; the command runs on its own thread meanwhile.
+        let output = Command::new(env!("CARGO_BIN_EXE_certbound"))
+            .args(["explain", "--config"])
+            .arg(&config)
+            .args(["--token", token, "--cert"])
+            .arg(&cert)
+            .args(["--path", path])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let token_arg = format!("@{}", token_file.display());
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        let allow = run(&token_arg, "/items");
+        let deny = run(&token_arg, "/admin");
+        (allow, deny)
+    })
+    .await
+    .map(|(allow, deny)| ((allow.0, deny.0), format!("{}\n{}", allow.1, deny.1)))
+    .unwrap();
+    assert_eq!(code, (Some(0), Some(1)), "{out}");
+    assert!(out.contains("decision: ALLOW"), "{out}");
+    assert!(
+        out.contains("decision: DENY 403 reason scope_missing"),
+        "{out}"
+    );
+}
