@@ -14,7 +14,7 @@ use crate::keys::KeyStore;
 pub struct Checker {
     policy: Policy,
     keys: Arc<KeyStore>,
-    introspector: Option<Introspector>,
+    introspector: Option<Arc<Introspector>>,
     clock: Arc<dyn Clock>,
     /// Longest a Check waits for an unknown-`kid` refetch before answering with what it has.
     unknown_kid_wait: Duration,
@@ -24,7 +24,7 @@ impl Checker {
     pub fn new(
         policy: Policy,
         keys: Arc<KeyStore>,
-        introspector: Option<Introspector>,
+        introspector: Option<Arc<Introspector>>,
         clock: Arc<dyn Clock>,
         unknown_kid_wait: Duration,
     ) -> Self {
@@ -45,7 +45,7 @@ impl Checker {
         &self.keys
     }
 
-    pub fn introspector(&self) -> Option<&Introspector> {
+    pub fn introspector(&self) -> Option<&Arc<Introspector>> {
         self.introspector.as_ref()
     }
 

@@ -20,6 +20,7 @@ use crate::keys::{KeySource, KeyTiming, Readiness};
 /// Top-level keys that `CERTBOUND_<KEY>` may override (nested keys use `__`: `BINDING__MODE`).
 const ENV_OVERRIDES: &[&str] = &[
     "listen",
+    "admin_listen",
     "idp_ca_file",
     "leeway_seconds",
     "log_format",
@@ -58,6 +59,13 @@ pub struct FileConfig {
     pub introspection: Option<IntrospectionConfig>,
     /// Extra CA certificates (PEM) trusted for the IdP (discovery, JWKS, introspection).
     pub idp_ca_file: Option<PathBuf>,
+    /// Admin HTTP listener: `/metrics`, `/healthz`, `/readyz`; empty to turn it off.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// TLS on the gRPC listener (Envoy to certbound).
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub reload: ReloadConfig,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     #[serde(default = "default_leeway")]
     pub leeway_seconds: u64,
@@ -92,6 +100,50 @@ pub struct IssuerConfig {
     pub algorithms: Option<Vec<String>>,
     /// `at+jwt` to require RFC 9068 `typ`.
     pub require_typ: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, Envoy must present a client certificate issued by this CA (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Validated TLS settings for the gRPC listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the configuration file changes (SIGHUP always reloads).
+    #[serde(default = "yes")]
+    pub watch: bool,
+    #[serde(default = "default_poll")]
+    pub poll_interval_seconds: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            poll_interval_seconds: default_poll(),
+        }
+    }
+}
+
+fn default_poll() -> u64 {
+    5
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -375,12 +427,28 @@ impl Default for KeysConfig {
 pub struct LimitsConfig {
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+    /// Longest header value certbound reads (authorization, certificate headers).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Checks decided at once; more get 503 (`overloaded`) at once instead of queueing.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_checks: usize,
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_max_concurrent() -> usize {
+    4096
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_token_bytes: default_max_token_bytes(),
+            max_header_bytes: default_max_header_bytes(),
+            max_concurrent_checks: default_max_concurrent(),
         }
     }
 }
@@ -444,6 +512,11 @@ fn default_max_token_bytes() -> usize {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub tls: Option<TlsSettings>,
+    pub max_concurrent_checks: usize,
+    /// Poll interval for config file changes; `None` when watching is off.
+    pub watch_interval: Option<Duration>,
     pub log_format: LogFormat,
     pub policy: Policy,
     pub key_sources: Vec<(String, KeySource)>,
@@ -698,8 +771,49 @@ impl FileConfig {
                 format!("{} does not exist", path.display()),
             ));
         }
+        let admin_listen = match self.admin_listen.trim() {
+            "" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new("admin_listen", format!("not a socket address: {text:?}"))
+            })?),
+        };
+        let tls = match self.tls {
+            None => None,
+            Some(tls) => {
+                let settings = TlsSettings {
+                    cert_file: resolve(tls.cert_file, base),
+                    key_file: resolve(tls.key_file, base),
+                    client_ca_file: tls.client_ca_file.map(|p| resolve(p, base)),
+                };
+                for (key, path) in [
+                    ("tls.cert_file", Some(&settings.cert_file)),
+                    ("tls.key_file", Some(&settings.key_file)),
+                    ("tls.client_ca_file", settings.client_ca_file.as_ref()),
+                ] {
+                    if let Some(path) = path
+                        && !path.exists()
+                    {
+                        return Err(ConfigError::new(
+                            key,
+                            format!("{} does not exist", path.display()),
+                        ));
+                    }
+                }
+                Some(settings)
+            }
+        };
+        if self.limits.max_concurrent_checks == 0 || self.limits.max_header_bytes == 0 {
+            return Err(ConfigError::new("limits", "limits must be positive"));
+        }
         Ok(Settings {
             listen,
+            admin_listen,
+            tls,
+            max_concurrent_checks: self.limits.max_concurrent_checks,
+            watch_interval: self
+                .reload
+                .watch
+                .then(|| Duration::from_secs(self.reload.poll_interval_seconds.max(1))),
             log_format: self.log_format,
             policy: Policy {
                 issuers,
@@ -712,6 +826,7 @@ impl FileConfig {
                     remove_authorization: self.upstream.remove_authorization,
                 },
                 max_token_bytes: self.limits.max_token_bytes,
+                max_header_bytes: self.limits.max_header_bytes,
                 introspection: introspection_policy,
                 routes,
                 xfcc_by: self.certificate.xfcc_by,

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::cache::{TtlCache, token_key};
+use crate::metrics::Metrics;
 
 /// A secret that never shows in logs or `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
@@ -49,7 +50,7 @@ pub enum AuthMethod {
 }
 
 /// Where the endpoint is and how to call it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IntrospectionSettings {
     /// The endpoint; `None` means discovery (`introspection_endpoint`) at `discovery_issuer`.
     pub endpoint: Option<String>,
@@ -87,10 +88,15 @@ pub struct Introspector {
     http: reqwest::Client,
     endpoint: ArcSwapOption<String>,
     cache: TtlCache<Arc<Map<String, Value>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Introspector {
-    pub fn new(settings: IntrospectionSettings, http: reqwest::Client) -> Self {
+    pub fn new(
+        settings: IntrospectionSettings,
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let endpoint = ArcSwapOption::new(settings.endpoint.clone().map(Arc::new));
         let cache = TtlCache::new(settings.cache_max_entries);
         Self {
@@ -98,6 +104,7 @@ impl Introspector {
             http,
             endpoint,
             cache,
+            metrics,
         }
     }
 
@@ -109,10 +116,23 @@ impl Introspector {
     ) -> Result<Arc<Map<String, Value>>, IntrospectionError> {
         let key = token_key(token);
         if let Some(answer) = self.cache.get(&key, now) {
+            Metrics::count(&self.metrics.introspection_cache, "hit");
             return Ok(answer);
         }
-        let answer = Arc::new(self.call(token).await?);
-        let expires_at = if answer.get("active") == Some(&Value::Bool(true)) {
+        Metrics::count(&self.metrics.introspection_cache, "miss");
+        let answer = match self.call(token).await {
+            Ok(answer) => Arc::new(answer),
+            Err(error) => {
+                Metrics::count(&self.metrics.introspection_requests, "error");
+                return Err(error);
+            }
+        };
+        let active = answer.get("active") == Some(&Value::Bool(true));
+        Metrics::count(
+            &self.metrics.introspection_requests,
+            if active { "active" } else { "inactive" },
+        );
+        let expires_at = if active {
             let ttl_end = now.saturating_add(self.settings.cache_ttl_seconds);
             match answer.get("exp").and_then(Value::as_i64) {
                 Some(exp) => exp.min(ttl_end),

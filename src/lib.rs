@@ -12,12 +12,14 @@
 //! - [`check`]: the Check use case: decide (JWT or introspected), and refetch once (bounded) on
 //!   an unknown `kid`.
 //! - [`cache`], [`clock`]: the bounded TTL cache and the injected clock.
+//! - [`metrics`]: the Prometheus metrics; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`grpc`]: the Envoy adapter. Generated code, `CheckRequest` -> core, `Decision` ->
 //!   `CheckResponse`, and the tonic service. Nothing else touches proto types.
 //! - [`config`]: YAML + environment -> validated [`config::Settings`].
 //! - [`explain`]: `certbound explain`, the real decision for one token, step by step.
 //! - [`server`]: the composition root: builds everything and serves Check, health and reflection.
 
+pub mod admin;
 pub mod authz;
 pub mod cache;
 pub mod check;
@@ -27,4 +29,5 @@ pub mod explain;
 pub mod grpc;
 pub mod introspection;
 pub mod keys;
+pub mod metrics;
 pub mod server;

@@ -3,12 +3,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use certbound::config::{LogFormat, Settings};
+use certbound::server::App;
 
 /// Exit code for a configuration that does not validate (sysexits EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -131,7 +134,8 @@ fn explain(args: ExplainArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let checker = certbound::server::build(&settings)?;
+        let app = certbound::server::App::build(&settings)?;
+        let checker = app.checker();
         checker.keys().load_all().await;
         anyhow::Ok(certbound::explain::explain(&checker, &request).await)
     });
@@ -199,7 +203,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(run(settings, path, args.listen)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -208,13 +212,107 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-async fn run(settings: Settings) -> anyhow::Result<()> {
-    let checker = certbound::server::build(&settings)?;
+async fn run(
+    settings: Settings,
+    config: PathBuf,
+    listen_override: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let app = App::build(&settings)?;
+    let tls = certbound::server::tls_config(&settings)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, "certbound serving");
-    certbound::server::serve(checker, listener, shutdown_signal()).await
+    tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), "certbound serving gRPC");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let admin = match settings.admin_listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding admin_listen {addr}"))?;
+            tracing::info!(admin_listen = %listener.local_addr()?, "admin endpoints: /metrics /healthz /readyz");
+            Some(tokio::spawn(certbound::admin::serve(
+                Arc::clone(&app),
+                listener,
+                until_stopped(),
+            )))
+        }
+    };
+    let reloads = tokio::spawn(reload_loop(
+        Arc::clone(&app),
+        config,
+        listen_override,
+        settings.watch_interval,
+    ));
+    let signal = tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let served = certbound::server::serve(Arc::clone(&app), listener, tls, until_stopped()).await;
+    signal.abort();
+    reloads.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    served
+}
+
+/// Reloads the configuration on SIGHUP and, when watching, whenever the file's content changes.
+/// A configuration that does not validate is rejected with a log line; the running one stays.
+async fn reload_loop(
+    app: Arc<App>,
+    path: PathBuf,
+    listen_override: Option<SocketAddr>,
+    watch: Option<Duration>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: reload on signal is off");
+        return;
+    };
+    let mut last = std::fs::read(&path).ok();
+    let mut tick = tokio::time::interval(watch.unwrap_or(Duration::from_secs(3600)));
+    tick.tick().await;
+    loop {
+        let trigger = tokio::select! {
+            _ = hangup.recv() => "SIGHUP",
+            _ = tick.tick() => {
+                let now = std::fs::read(&path).ok();
+                if watch.is_none() || now == last {
+                    continue;
+                }
+                "file change"
+            }
+        };
+        last = std::fs::read(&path).ok();
+        let metrics = app.metrics();
+        let result = match Settings::load(&path) {
+            Err(error) => Err(error.to_string()),
+            Ok(mut settings) => {
+                if let Some(listen) = listen_override {
+                    settings.listen = listen;
+                }
+                app.reload(settings).await
+            }
+        };
+        match result {
+            Ok(()) => {
+                certbound::metrics::Metrics::count(&metrics.config_reloads, "applied");
+                tracing::info!(trigger, config = %path.display(), "configuration reloaded");
+            }
+            Err(error) => {
+                certbound::metrics::Metrics::count(&metrics.config_reloads, "rejected");
+                tracing::error!(trigger, config = %path.display(), %error, "configuration reload rejected; the running configuration stays");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

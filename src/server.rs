@@ -1,13 +1,18 @@
-//! Composition root: builds the service from validated settings and serves it until shutdown.
+//! Composition root: builds the service from validated settings, serves Check, health and
+//! reflection until shutdown, and swaps in reloaded configurations without dropping checks.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
+use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -19,22 +24,177 @@ use crate::grpc::pb::FILE_DESCRIPTOR_SET;
 use crate::grpc::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use crate::introspection::Introspector;
 use crate::keys::KeyStore;
+use crate::metrics::Metrics;
 
 type AuthorizationGrpc = AuthorizationServer<AuthorizationService>;
 
 /// The gRPC service name clients ask health about, besides "" for the whole server.
 pub const AUTHORIZATION_SERVICE: &str = <AuthorizationGrpc as NamedService>::NAME;
 
-/// Builds the key store, the introspector and the checker from settings; no network I/O yet.
-pub fn build(settings: &Settings) -> anyhow::Result<Arc<Checker>> {
-    build_with_clock(settings, Arc::new(SystemClock))
+/// The running service: the current checker (swapped on reload), metrics and limits.
+pub struct App {
+    checker: ArcSwap<Checker>,
+    /// The settings the current checker was built from, for reload comparisons.
+    applied: Mutex<Settings>,
+    clock: Arc<dyn Clock>,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    /// Bounds concurrent checks (`limits.max_concurrent_checks`).
+    pub(crate) limiter: Semaphore,
+    draining: AtomicBool,
+    /// The current key store's load-and-refresh task.
+    refresh: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Bumped on every swap, so that health follows the new key store.
+    generation: watch::Sender<u64>,
 }
 
-/// [`build`] with an injected clock (tests control expiry and staleness with it).
-pub fn build_with_clock(
-    settings: &Settings,
-    clock: Arc<dyn Clock>,
-) -> anyhow::Result<Arc<Checker>> {
+impl App {
+    /// Builds everything from settings; no network I/O until [`App::start_keys`].
+    pub fn build(settings: &Settings) -> anyhow::Result<Arc<Self>> {
+        Self::build_with_clock(settings, Arc::new(SystemClock))
+    }
+
+    /// [`App::build`] with an injected clock (tests control expiry and staleness with it).
+    pub fn build_with_clock(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let metrics = Arc::new(Metrics::default());
+        let http = http_client(settings)?;
+        let keys = new_key_store(settings, &http, &clock, &metrics);
+        let introspector = new_introspector(settings, &http, &metrics);
+        let checker = Checker::new(
+            settings.policy.clone(),
+            keys,
+            introspector,
+            Arc::clone(&clock),
+            settings.unknown_kid_wait,
+        );
+        Ok(Arc::new(Self {
+            checker: ArcSwap::from_pointee(checker),
+            applied: Mutex::new(settings.clone()),
+            clock,
+            http,
+            metrics,
+            limiter: Semaphore::new(settings.max_concurrent_checks),
+            draining: AtomicBool::new(false),
+            refresh: std::sync::Mutex::new(None),
+            generation: watch::Sender::new(0),
+        }))
+    }
+
+    /// The checker to use for one request; a reload never affects a check holding one.
+    pub fn checker(&self) -> Arc<Checker> {
+        self.checker.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Ready to answer: keys loaded (as `keys.ready_when` says) and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && self.checker().keys().is_ready()
+    }
+
+    /// Loads the current key store's keys, then refreshes them in the background.
+    pub fn start_keys(&self) {
+        let keys = Arc::clone(self.checker().keys());
+        self.replace_refresh(tokio::spawn(async move {
+            keys.load_all().await;
+            keys.run_refresh().await;
+        }));
+    }
+
+    fn replace_refresh(&self, task: JoinHandle<()>) {
+        let mut slot = self.refresh.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = slot.replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Prometheus text, with the key-age gauges brought up to date.
+    pub fn metrics_text(&self) -> String {
+        self.checker().keys().observe();
+        self.metrics.encode()
+    }
+
+    /// Applies a new, already validated configuration. Checks in flight finish with the
+    /// checker they started with. New key sources must load before they replace the old ones;
+    /// otherwise the reload is refused and the old configuration stays.
+    pub async fn reload(&self, settings: Settings) -> Result<(), String> {
+        let mut applied = self.applied.lock().await;
+        for (changed, what) in [
+            (applied.listen != settings.listen, "listen"),
+            (
+                applied.admin_listen != settings.admin_listen,
+                "admin_listen",
+            ),
+            (applied.tls != settings.tls, "tls"),
+            (
+                applied.max_concurrent_checks != settings.max_concurrent_checks,
+                "limits.max_concurrent_checks",
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    setting = what,
+                    "changed in the configuration: takes effect after a restart"
+                );
+            }
+        }
+        let current = self.checker();
+        let same_keys = applied.key_sources == settings.key_sources
+            && applied.key_timing == settings.key_timing
+            && applied.idp_ca_file == settings.idp_ca_file;
+        let keys = if same_keys {
+            Arc::clone(current.keys())
+        } else {
+            let http = http_client(&settings).map_err(|e| format!("{e:#}"))?;
+            let keys = new_key_store(&settings, &http, &self.clock, &self.metrics);
+            keys.load_all().await;
+            if !keys.is_ready() {
+                return Err("the new issuers' keys could not be loaded".into());
+            }
+            keys
+        };
+        let introspector = match (current.introspector(), &settings.introspection) {
+            (Some(existing), Some(new)) if applied.introspection.as_ref() == Some(new) => {
+                Some(Arc::clone(existing))
+            }
+            _ => new_introspector(&settings, &self.http, &self.metrics),
+        };
+        let checker = Checker::new(
+            settings.policy.clone(),
+            Arc::clone(&keys),
+            introspector,
+            Arc::clone(&self.clock),
+            settings.unknown_kid_wait,
+        );
+        self.checker.store(Arc::new(checker));
+        if !same_keys {
+            self.replace_refresh(tokio::spawn(async move { keys.run_refresh().await }));
+        }
+        self.generation.send_modify(|g| *g += 1);
+        *applied = settings;
+        Ok(())
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .refresh
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
     let mut http =
         reqwest::Client::builder().user_agent(concat!("certbound/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = &settings.idp_ca_file {
@@ -44,46 +204,67 @@ pub fn build_with_clock(
             .with_context(|| format!("parsing idp_ca_file {}", path.display()))?;
         http = http.tls_certs_merge(certs);
     }
-    let http = http.build()?;
-    let keys = Arc::new(KeyStore::new(
+    Ok(http.build()?)
+}
+
+fn new_key_store(
+    settings: &Settings,
+    http: &reqwest::Client,
+    clock: &Arc<dyn Clock>,
+    metrics: &Arc<Metrics>,
+) -> Arc<KeyStore> {
+    Arc::new(KeyStore::new(
         settings.key_sources.clone(),
         http.clone(),
         settings.key_timing.clone(),
-        Arc::clone(&clock),
-    ));
-    let introspector = settings
+        Arc::clone(clock),
+        Arc::clone(metrics),
+    ))
+}
+
+fn new_introspector(
+    settings: &Settings,
+    http: &reqwest::Client,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<Introspector>> {
+    settings
         .introspection
         .clone()
-        .map(|s| Introspector::new(s, http));
-    Ok(Arc::new(Checker::new(
-        settings.policy.clone(),
-        keys,
-        introspector,
-        clock,
-        settings.unknown_kid_wait,
-    )))
+        .map(|s| Arc::new(Introspector::new(s, http.clone(), Arc::clone(metrics))))
+}
+
+/// TLS for the gRPC listener (Envoy to certbound), with client certificates required when a
+/// client CA is configured.
+pub fn tls_config(settings: &Settings) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let Some(tls) = &settings.tls else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(config))
 }
 
 /// Serves Check, health and reflection on `listener` until `shutdown` resolves, then drains.
 ///
-/// Health is NOT_SERVING until every issuer's keys are loaded, and again once shutdown begins.
+/// Starts the key loading. Health is NOT_SERVING until keys are loaded, and again once shutdown
+/// begins; in-flight checks then finish before this returns.
 pub async fn serve(
-    checker: Arc<Checker>,
+    app: Arc<App>,
     listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
-
-    let keys = Arc::clone(checker.keys());
-    let readiness = tokio::spawn(track_readiness(Arc::clone(&keys), reporter.clone()));
-    let refresh = {
-        let keys = Arc::clone(&keys);
-        tokio::spawn(async move {
-            keys.load_all().await;
-            keys.spawn_refresh().await.ok();
-        })
-    };
+    app.start_keys();
+    let readiness = tokio::spawn(track_readiness(Arc::clone(&app), reporter.clone()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -94,20 +275,30 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
     let draining = reporter.clone();
-    let result = tonic::transport::Server::builder()
+    let draining_app = Arc::clone(&app);
+    let result = builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AuthorizationServer::new(AuthorizationService::new(checker)))
+        .add_service(AuthorizationServer::new(AuthorizationService::new(
+            Arc::clone(&app),
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, draining in-flight checks");
+            draining_app.draining.store(true, Ordering::Release);
             set_health(&draining, ServingStatus::NotServing).await;
         })
         .await;
     readiness.abort();
-    refresh.abort();
+    if let Some(task) = app.refresh.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        task.abort();
+    }
     result?;
     tracing::info!("stopped");
     Ok(())
@@ -120,17 +311,25 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
         .await;
 }
 
-async fn track_readiness(keys: Arc<KeyStore>, reporter: HealthReporter) {
-    let mut ready = keys.readiness();
+/// Keeps gRPC health equal to [`App::is_ready`], following key stores across reloads.
+async fn track_readiness(app: Arc<App>, reporter: HealthReporter) {
+    let mut generation = app.generation.subscribe();
     loop {
-        let status = if *ready.borrow_and_update() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        set_health(&reporter, status).await;
-        if ready.changed().await.is_err() {
-            return;
+        let mut ready = app.checker().keys().readiness();
+        loop {
+            let status = if *ready.borrow_and_update() && !app.draining.load(Ordering::Acquire) {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_health(&reporter, status).await;
+            tokio::select! {
+                changed = ready.changed() => if changed.is_err() { break },
+                changed = generation.changed() => {
+                    if changed.is_err() { return }
+                    break;
+                }
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ async fn world() -> World {
     let idp = Idp::start(&[&signer]).await;
     let yaml = config_for(&idp, POLICY);
     let settings = certbound::config::Settings::from_yaml(&yaml, Vec::new(), None).unwrap();
-    let checker = certbound::server::build(&settings).unwrap();
+    let checker = certbound::server::App::build(&settings).unwrap().checker();
     checker.keys().load_all().await;
     World {
         idp,

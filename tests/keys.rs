@@ -49,7 +49,7 @@ async fn rotation_new_key_is_accepted_without_restart_and_a_removed_key_stops_wo
     check_with(&certbound, &k1, &idp.issuer)
         .await
         .assert_allowed();
-    certbound.checker.keys().refresh(0).await.unwrap();
+    certbound.checker().keys().refresh(0).await.unwrap();
     check_with(&certbound, &k1, &idp.issuer)
         .await
         .assert_invalid_token("key_unknown");
@@ -70,7 +70,7 @@ async fn outage_at_start_is_not_serving_then_serving_once_the_idp_answers() {
     assert_eq!(answer.reason(), "keys_unavailable");
 
     idp.set_status(200);
-    certbound.checker.keys().refresh(0).await.unwrap();
+    certbound.checker().keys().refresh(0).await.unwrap();
     // Health follows the key store at once (a watch channel), no polling interval involved.
     certbound.wait_serving(Duration::from_secs(2)).await;
     assert_eq!(
@@ -97,12 +97,12 @@ async fn outage_mid_run_keeps_stale_keys_until_max_stale_then_answers_503() {
         .assert_allowed();
 
     idp.set_status(500);
-    assert!(certbound.checker.keys().refresh(0).await.is_err());
+    assert!(certbound.checker().keys().refresh(0).await.is_err());
     clock.advance(600);
     check_with(&certbound, &k1, &idp.issuer)
         .await
         .assert_allowed();
-    assert_eq!(certbound.checker.keys().key_age(0), Some(600));
+    assert_eq!(certbound.checker().keys().key_age(0), Some(600));
 
     clock.advance(1);
     let answer = check_with(&certbound, &k1, &idp.issuer).await;
@@ -110,7 +110,7 @@ async fn outage_mid_run_keeps_stale_keys_until_max_stale_then_answers_503() {
     assert_eq!(answer.reason(), "keys_unavailable");
 
     idp.set_status(200);
-    certbound.checker.keys().refresh(0).await.unwrap();
+    certbound.checker().keys().refresh(0).await.unwrap();
     check_with(&certbound, &k1, &idp.issuer)
         .await
         .assert_allowed();
@@ -127,7 +127,7 @@ async fn a_jwks_that_fails_to_parse_keeps_the_last_good_keys() {
         serde_json::json!([1, 2]),
     ] {
         idp.set_jwks_document(garbage);
-        assert!(certbound.checker.keys().refresh(0).await.is_err());
+        assert!(certbound.checker().keys().refresh(0).await.is_err());
         check_with(&certbound, &k1, &idp.issuer)
             .await
             .assert_allowed();
@@ -147,7 +147,7 @@ async fn unusable_keys_are_skipped_and_the_rest_kept() {
         k1.jwk,
     ]}));
     let certbound = Certbound::start(&config_for(&idp, "")).await;
-    assert_eq!(certbound.checker.keys().key_set(0).unwrap().len(), 1);
+    assert_eq!(certbound.checker().keys().key_set(0).unwrap().len(), 1);
     check_with(&certbound, &k1, &idp.issuer)
         .await
         .assert_allowed();
@@ -210,7 +210,8 @@ async fn cache_control_max_age_sets_the_next_refresh_within_bounds() {
         "keys:\n  min_refresh_seconds: 60\n  max_refresh_seconds: 900\n  refresh_interval_seconds: 300\n",
     ))
     .await;
-    let keys = certbound.checker.keys();
+    let checker = certbound.checker();
+    let keys = checker.keys();
     idp.set_max_age(Some(120));
     assert_eq!(keys.refresh(0).await.unwrap(), Duration::from_secs(120));
     idp.set_max_age(Some(5));
@@ -259,7 +260,7 @@ async fn readiness_waits_for_every_issuer_unless_partial_is_allowed() {
     b.set_status(500);
 
     let strict = Certbound::start_unready(&two_issuers(&a, &b, "")).await;
-    strict.checker.keys().load_all().await;
+    strict.checker().keys().load_all().await;
     assert_eq!(strict.health("").await, NOT_SERVING);
 
     let partial =

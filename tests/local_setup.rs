@@ -34,7 +34,7 @@ async fn check(
 async fn demo_token_and_certificates_give_the_documented_outcomes() {
     let settings =
         certbound::config::Settings::load("deploy/local/certbound.yaml".as_ref()).unwrap();
-    let checker = certbound::server::build(&settings).unwrap();
+    let checker = certbound::server::App::build(&settings).unwrap().checker();
     checker.keys().load_all().await;
     assert!(checker.keys().all_loaded());
     let bound = read("demo-token.jwt");

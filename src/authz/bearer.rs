@@ -12,6 +12,16 @@ pub enum Authorization {
     Multiple,
 }
 
+impl Authorization {
+    /// The header's value, when there is exactly one.
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            Authorization::One(value) => Some(value),
+            _ => None,
+        }
+    }
+}
+
 /// Why no bearer token could be taken from the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BearerError {

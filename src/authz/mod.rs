@@ -47,6 +47,8 @@ pub struct AccessRequest {
     pub xfcc: Option<String>,
     /// `x-request-id`, for logs.
     pub request_id: Option<String>,
+    /// W3C `traceparent`, for logs.
+    pub traceparent: Option<String>,
     /// RFC 9440 `client-cert` header, if sent.
     pub client_cert: Option<String>,
     pub method: String,
@@ -66,6 +68,8 @@ pub enum DenyReason {
     TokenMissing,
     AuthorizationDuplicate,
     TokenTooLarge,
+    /// A header certbound reads is over `limits.max_header_bytes`.
+    HeaderTooLarge,
     TokenMalformed,
     AlgorithmNotAllowed,
     CritUnsupported,
@@ -100,13 +104,14 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 29] = {
+    pub const ALL: [DenyReason; 30] = {
         use DenyReason::*;
         [
             RequestInvalid,
             TokenMissing,
             AuthorizationDuplicate,
             TokenTooLarge,
+            HeaderTooLarge,
             TokenMalformed,
             AlgorithmNotAllowed,
             CritUnsupported,
@@ -142,6 +147,7 @@ impl DenyReason {
             TokenMissing => "token_missing",
             AuthorizationDuplicate => "authorization_duplicate",
             TokenTooLarge => "token_too_large",
+            HeaderTooLarge => "header_too_large",
             TokenMalformed => "token_malformed",
             AlgorithmNotAllowed => "alg_not_allowed",
             CritUnsupported => "crit_unsupported",
@@ -188,6 +194,8 @@ pub enum UnavailableReason {
     KeysUnavailable,
     /// The introspection endpoint could not give an answer.
     IntrospectionUnavailable,
+    /// `limits.max_concurrent_checks` checks are already being decided.
+    Overloaded,
 }
 
 impl UnavailableReason {
@@ -195,6 +203,7 @@ impl UnavailableReason {
         match self {
             UnavailableReason::KeysUnavailable => "keys_unavailable",
             UnavailableReason::IntrospectionUnavailable => "introspection_unavailable",
+            UnavailableReason::Overloaded => "overloaded",
         }
     }
 }
@@ -259,6 +268,15 @@ impl Decision {
         Self {
             outcome: Outcome::Unavailable(reason),
             facts: Facts::default(),
+        }
+    }
+
+    /// `allow`, `deny` or `unavailable`: for logs, metrics and metadata.
+    pub fn outcome_name(&self) -> &'static str {
+        match self.outcome {
+            Outcome::Allow(_) => "allow",
+            Outcome::Deny(_) => "deny",
+            Outcome::Unavailable(_) => "unavailable",
         }
     }
 
@@ -339,6 +357,8 @@ pub struct Policy {
     pub upstream: UpstreamPolicy,
     /// Tokens longer than this are denied before any parsing.
     pub max_token_bytes: usize,
+    /// Header values (authorization, certificate headers) longer than this are not parsed.
+    pub max_header_bytes: usize,
     pub introspection: Option<IntrospectionPolicy>,
     /// Route rules, scopes and groups.
     pub routes: RoutePolicy,
@@ -372,6 +392,14 @@ impl Policy {
 
     /// Takes the bearer token and says how it is to be validated.
     pub fn credential<'r>(&self, request: &'r AccessRequest) -> Result<Credential<'r>, DenyReason> {
+        let over = |value: Option<&str>| value.is_some_and(|v| v.len() > self.max_header_bytes);
+        if over(request.authorization.value())
+            || over(request.xfcc.as_deref())
+            || over(request.client_cert.as_deref())
+            || request.peer_certificate.len() > self.max_header_bytes
+        {
+            return Err(DenyReason::HeaderTooLarge);
+        }
         let token = bearer::bearer_token(&request.authorization).map_err(|e| match e {
             bearer::BearerError::Missing => DenyReason::TokenMissing,
             bearer::BearerError::Duplicate => DenyReason::AuthorizationDuplicate,

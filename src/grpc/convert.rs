@@ -52,6 +52,7 @@ pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason
         .next()
         .or_else(|| (!http.id.is_empty()).then(|| http.id.clone()));
     let client_cert = header_values(&http, "client-cert").into_iter().next();
+    let traceparent = header_values(&http, "traceparent").into_iter().next();
     let cors_preflight = http.method.eq_ignore_ascii_case("OPTIONS")
         && !header_values(&http, "origin").is_empty()
         && !header_values(&http, "access-control-request-method").is_empty();
@@ -60,6 +61,7 @@ pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason
         peer_certificate,
         xfcc: (!xfcc.is_empty()).then(|| xfcc.join(",")),
         request_id,
+        traceparent,
         client_cert,
         method: http.method,
         path: http.path,

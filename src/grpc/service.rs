@@ -8,22 +8,18 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use super::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
-use crate::authz::{AccessRequest, Decision, Outcome};
-use crate::check::Checker;
+use crate::authz::{AccessRequest, Decision, UnavailableReason};
+use crate::server::App;
 
-/// The ext_authz gRPC service over a shared [`Checker`].
+/// The ext_authz gRPC service over the running [`App`].
 #[derive(Clone)]
 pub struct AuthorizationService {
-    checker: Arc<Checker>,
-    options: convert::ResponseOptions,
+    app: Arc<App>,
 }
 
 impl AuthorizationService {
-    pub fn new(checker: Arc<Checker>) -> Self {
-        let options = convert::ResponseOptions {
-            reason_header: checker.policy().reason_header,
-        };
-        Self { checker, options }
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
     }
 }
 
@@ -34,30 +30,38 @@ impl Authorization for AuthorizationService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
-        let (decision, access) = match convert::access_request(request.into_inner()) {
-            Ok(access) => (self.checker.check(&access).await, Some(access)),
-            Err(reason) => (Decision::deny(reason), None),
+        let metrics = self.app.metrics();
+        let checker = self.app.checker();
+        let (decision, access) = match self.app.limiter.try_acquire() {
+            // Shed load at once rather than queue: Envoy's timeout would only make it worse.
+            Err(_) => (Decision::unavailable(UnavailableReason::Overloaded), None),
+            Ok(_permit) => match convert::access_request(request.into_inner()) {
+                Ok(access) => {
+                    metrics.checks_in_flight.inc();
+                    let decision = checker.check(&access).await;
+                    metrics.checks_in_flight.dec();
+                    (decision, Some(access))
+                }
+                Err(reason) => (Decision::deny(reason), None),
+            },
         };
-        log_decision(&decision, access.as_ref(), started);
-        Ok(Response::new(convert::check_response(
-            &decision,
-            self.options,
-        )))
+        let elapsed = started.elapsed();
+        metrics.record_check(&decision, elapsed.as_secs_f64());
+        log_decision(&decision, access.as_ref(), elapsed.as_micros() as u64);
+        let options = convert::ResponseOptions {
+            reason_header: checker.policy().reason_header,
+        };
+        Ok(Response::new(convert::check_response(&decision, options)))
     }
 }
 
 /// One line per decision. Never the token, the certificate or a secret.
-fn log_decision(decision: &Decision, request: Option<&AccessRequest>, started: Instant) {
+fn log_decision(decision: &Decision, request: Option<&AccessRequest>, latency_us: u64) {
     let facts = &decision.facts;
-    let outcome = match decision.outcome {
-        Outcome::Allow(_) => "allow",
-        Outcome::Deny(_) => "deny",
-        Outcome::Unavailable(_) => "unavailable",
-    };
     let thumbprint = facts.thumbprint.map(|t| t.to_base64url());
     tracing::info!(
         target: "certbound::decision",
-        decision = outcome,
+        decision = decision.outcome_name(),
         reason = decision.reason(),
         rule = facts.rule.as_deref(),
         issuer = facts.issuer.as_deref(),
@@ -66,10 +70,11 @@ fn log_decision(decision: &Decision, request: Option<&AccessRequest>, started: I
         client_id = facts.claim_str("client_id"),
         x5t = thumbprint.as_deref(),
         request_id = request.and_then(|r| r.request_id.as_deref()),
+        traceparent = request.and_then(|r| r.traceparent.as_deref()),
         method = request.map(|r| r.method.as_str()),
         // Without the query: it may carry an access_token (RFC 6750 §2.3).
         path = request.map(|r| r.path.split('?').next().unwrap_or_default()),
-        latency_us = started.elapsed().as_micros() as u64,
+        latency_us,
         "check"
     );
 }

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::set::{JwksError, KeySet};
 use crate::authz::KeyLookup;
 use crate::clock::Clock;
+use crate::metrics::{IssuerLabel, Metrics};
 
 /// Largest discovery or JWKS document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -42,7 +43,7 @@ pub enum Readiness {
 }
 
 /// Timing of fetches.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyTiming {
     /// Time between background refreshes when the JWKS response has no `max-age`.
     pub refresh_interval: Duration,
@@ -116,6 +117,7 @@ pub struct KeyStore {
     http: reqwest::Client,
     timing: KeyTiming,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
     ready: watch::Sender<bool>,
 }
 
@@ -169,6 +171,7 @@ impl KeyStore {
         http: reqwest::Client,
         timing: KeyTiming,
         clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let issuers = issuers
             .into_iter()
@@ -187,6 +190,7 @@ impl KeyStore {
             http,
             timing,
             clock,
+            metrics,
             ready: watch::Sender::new(false),
         }
     }
@@ -216,6 +220,20 @@ impl KeyStore {
         });
     }
 
+    /// Sets the key-age gauges (called when metrics are scraped).
+    pub fn observe(&self) {
+        for (index, issuer) in self.issuers.iter().enumerate() {
+            if let Some(age) = self.key_age(index) {
+                self.metrics
+                    .key_age_seconds
+                    .get_or_create(&IssuerLabel {
+                        issuer: issuer.name.clone(),
+                    })
+                    .set(age as f64);
+            }
+        }
+    }
+
     /// Seconds since issuer `index`'s keys were last fetched successfully.
     pub fn key_age(&self, index: usize) -> Option<i64> {
         let at = self.issuers.get(index)?.fetched_at.load(Ordering::Acquire);
@@ -232,20 +250,15 @@ impl KeyStore {
         self.update_ready();
     }
 
-    /// Refreshes issuers in the background until the returned task is aborted.
-    pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let store = Arc::clone(self);
-        tokio::spawn(async move {
-            let tasks: Vec<_> = (0..store.issuers.len())
-                .map(|index| {
-                    let store = Arc::clone(&store);
-                    tokio::spawn(async move { store.refresh_loop(index).await })
-                })
-                .collect();
-            for task in tasks {
-                let _ = task.await;
-            }
-        })
+    /// Refreshes every issuer in the background. The per-issuer tasks live in a `JoinSet`
+    /// owned by this future: abort the task running it and they stop too.
+    pub async fn run_refresh(self: Arc<Self>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..self.issuers.len() {
+            let store = Arc::clone(&self);
+            tasks.spawn(async move { store.refresh_loop(index).await });
+        }
+        while tasks.join_next().await.is_some() {}
     }
 
     async fn refresh_loop(&self, index: usize) {
@@ -281,6 +294,13 @@ impl KeyStore {
         match self.fetch(issuer).await {
             Ok((set, max_age)) => {
                 tracing::info!(issuer = %issuer.name, keys = set.len(), "keys loaded");
+                self.metrics.key_refresh(&issuer.name, true);
+                self.metrics
+                    .keys_loaded
+                    .get_or_create(&IssuerLabel {
+                        issuer: issuer.name.clone(),
+                    })
+                    .set(set.len() as i64);
                 issuer.current.store(Some(Arc::new(set)));
                 issuer.fetched_at.store(self.clock.now(), Ordering::Release);
                 self.update_ready();
@@ -288,6 +308,7 @@ impl KeyStore {
             }
             Err(error) => {
                 let kept = issuer.current.load().is_some();
+                self.metrics.key_refresh(&issuer.name, false);
                 tracing::warn!(issuer = %issuer.name, %error, kept_previous_keys = kept, "key refresh failed");
                 Err(error)
             }

@@ -376,7 +376,7 @@ async fn jwks(State(state): State<Arc<IdpState>>) -> axum::response::Response {
 /// certbound running in-process on 127.0.0.1:0.
 pub struct Certbound {
     pub addr: SocketAddr,
-    pub checker: Arc<certbound::check::Checker>,
+    pub app: Arc<certbound::server::App>,
     pub client: AuthorizationClient<Channel>,
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -400,13 +400,18 @@ impl Certbound {
     pub async fn start_with_clock(yaml: &str, clock: Arc<dyn certbound::clock::Clock>) -> Self {
         let settings =
             certbound::config::Settings::from_yaml(yaml, Vec::new(), None).expect("valid config");
-        let checker = certbound::server::build_with_clock(&settings, clock).unwrap();
+        let app = certbound::server::App::build_with_clock(&settings, clock).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(certbound::server::serve(checker.clone(), listener, async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(certbound::server::serve(
+            app.clone(),
+            listener,
+            None,
+            async {
+                let _ = rx.await;
+            },
+        ));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -414,12 +419,17 @@ impl Certbound {
             .unwrap();
         Self {
             addr,
-            checker,
+            app,
             client: AuthorizationClient::new(channel.clone()),
             channel,
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// The current checker (its key store, introspector and policy).
+    pub fn checker(&self) -> Arc<certbound::check::Checker> {
+        self.app.checker()
     }
 
     pub async fn health(&self, service: &str) -> i32 {

@@ -1,0 +1,203 @@
+//! Prometheus metrics, served in text format on the admin listener's `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::authz::Decision;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub decision: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabel {
+    pub issuer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerResultLabels {
+    pub issuer: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~0.8 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 15))
+}
+
+/// Every metric certbound exports.
+pub struct Metrics {
+    registry: Registry,
+    pub checks: Family<CheckLabels, Counter>,
+    pub check_duration: HistogramFamily<DecisionLabel>,
+    pub checks_in_flight: Gauge,
+    pub key_refreshes: Family<IssuerResultLabels, Counter>,
+    pub keys_loaded: Family<IssuerLabel, Gauge>,
+    pub key_age_seconds: Family<IssuerLabel, Gauge<f64, AtomicU64>>,
+    pub introspection_requests: Family<ResultLabel, Counter>,
+    pub introspection_cache: Family<ResultLabel, Counter>,
+    pub token_cache: Family<ResultLabel, Counter>,
+    pub config_reloads: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("certbound");
+        let checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "checks",
+            "Checks answered, by decision and reason",
+            checks.clone(),
+        );
+        let check_duration: HistogramFamily<DecisionLabel> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "check_duration",
+            "Time to answer a Check",
+            prometheus_client::registry::Unit::Seconds,
+            check_duration.clone(),
+        );
+        let checks_in_flight = Gauge::default();
+        registry.register(
+            "checks_in_flight",
+            "Checks being decided now",
+            checks_in_flight.clone(),
+        );
+        let key_refreshes = Family::<IssuerResultLabels, Counter>::default();
+        registry.register(
+            "key_refreshes",
+            "JWKS fetches per issuer, by result (success, failure)",
+            key_refreshes.clone(),
+        );
+        let keys_loaded = Family::<IssuerLabel, Gauge>::default();
+        registry.register(
+            "keys_loaded",
+            "Usable keys in the issuer's current key set",
+            keys_loaded.clone(),
+        );
+        let key_age_seconds = Family::<IssuerLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "key_set_age_seconds",
+            "Seconds since the issuer's keys were last fetched successfully",
+            key_age_seconds.clone(),
+        );
+        let introspection_requests = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "introspection_requests",
+            "Calls to the introspection endpoint, by result (active, inactive, error)",
+            introspection_requests.clone(),
+        );
+        let introspection_cache = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "introspection_cache",
+            "Introspection cache lookups, by result (hit, miss)",
+            introspection_cache.clone(),
+        );
+        let token_cache = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "token_cache",
+            "Verified-token cache lookups, by result (hit, miss)",
+            token_cache.clone(),
+        );
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads, by result (applied, rejected)",
+            config_reloads.clone(),
+        );
+        Self {
+            registry,
+            checks,
+            check_duration,
+            checks_in_flight,
+            key_refreshes,
+            keys_loaded,
+            key_age_seconds,
+            introspection_requests,
+            introspection_cache,
+            token_cache,
+            config_reloads,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one answered Check.
+    pub fn record_check(&self, decision: &Decision, seconds: f64) {
+        let name = decision.outcome_name();
+        self.checks
+            .get_or_create(&CheckLabels {
+                decision: name,
+                reason: decision.reason(),
+            })
+            .inc();
+        self.check_duration
+            .get_or_create(&DecisionLabel { decision: name })
+            .observe(seconds);
+    }
+
+    pub fn key_refresh(&self, issuer: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.key_refreshes
+            .get_or_create(&IssuerResultLabels {
+                issuer: issuer.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    pub fn count(family: &Family<ResultLabel, Counter>, result: &'static str) {
+        family.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_are_counted_by_decision_and_reason() {
+        let metrics = Metrics::default();
+        metrics.record_check(
+            &Decision::deny(crate::authz::DenyReason::BindingMismatch),
+            0.001,
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"certbound_checks_total{decision="deny",reason="binding_mismatch"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("certbound_check_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+}
