@@ -11,7 +11,7 @@ bin=${CERTBOUND_BIN:-target/debug/certbound}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 addr="127.0.0.1:$port"
 log=$(mktemp)
-"$bin" serve --config deploy/local/certbound.yaml --listen "$addr" 2>"$log" &
+CERTBOUND_ADMIN_LISTEN=127.0.0.1:0 "$bin" serve --config deploy/local/certbound.yaml --listen "$addr" 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
 

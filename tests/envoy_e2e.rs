@@ -97,11 +97,40 @@ fn shipped_envoy_configs_validate() {
         certbound: "127.0.0.1:50051".parse().unwrap(),
         upstream: "127.0.0.1:8080".parse().unwrap(),
     };
-    for name in ["self-signed", "pki", "xfcc"] {
-        let config = envoy_config(name, &ports, &pki);
-        if let Err(output) = validate_envoy(&config, pki.dir.path()) {
-            panic!("deploy/envoy/{name}.yaml does not validate:\n{output}");
+    // Every Envoy bootstrap anywhere under deploy/ (static_resources at the top level).
+    pki.write("certbound-client", &pki.client("envoy"));
+    let mut found = Vec::new();
+    let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml")
+                && std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .any(|l| l.starts_with("static_resources:"))
+            {
+                let config = point_envoy_config(&path, &ports, &pki);
+                if let Err(output) = validate_envoy(&config, pki.dir.path()) {
+                    panic!("{} does not validate:\n{output}", path.display());
+                }
+                found.push(path.file_name().unwrap().to_string_lossy().into_owned());
+            }
         }
+    }
+    found.sort();
+    for name in [
+        "certbound-mtls.yaml",
+        "pki.yaml",
+        "self-signed.yaml",
+        "xfcc.yaml",
+    ] {
+        assert!(
+            found.contains(&name.to_string()),
+            "{name} not validated: {found:?}"
+        );
     }
 }
 
@@ -322,5 +351,56 @@ async fn per_route_context_extensions_require_a_scope_through_envoy() {
         .await
         .unwrap()
         .upstream_headers();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn envoy_talks_mtls_to_certbound() {
+    let pki = Pki::new("mtls");
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let upstream = EchoUpstream::start().await;
+    // certbound's server certificate, and Envoy's client certificate for it, from the test CA.
+    let (crt, key) = pki.write("certbound-server", &pki.server(&["certbound.auth.svc"]));
+    let envoy_identity = pki.client("envoy");
+    pki.write("certbound-client", &envoy_identity);
+    let yaml = format!(
+        "issuers:\n  - issuer: {}\n    audiences: [{}]\n    jwks_uri: {}\nadmin_listen: ''\ntls:\n  cert_file: {}\n  key_file: {}\n  client_ca_file: {}\n",
+        idp.issuer,
+        common::AUDIENCE,
+        idp.jwks_uri(),
+        crt.display(),
+        key.display(),
+        pki.path("ca.crt").display()
+    );
+    let probe = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+        .domain_name("certbound.auth.svc")
+        .identity(tonic::transport::Identity::from_pem(
+            &envoy_identity.pem,
+            &envoy_identity.key_pem,
+        ));
+    let (_certbound, certbound_addr) =
+        start_certbound_with(&yaml, pki.dir.path(), Some(probe)).await;
+    let ports = EnvoyPorts {
+        listener: free_port(),
+        admin: free_port(),
+        certbound: certbound_addr,
+        upstream: upstream.addr,
+    };
+    let config = envoy_config("certbound-mtls", &ports, &pki);
+    let envoy = start_envoy(&config, &ports, pki.dir.path()).await;
+    let a = pki.client("client-a");
+    let token = signer.sign(&claims(&idp.issuer, Some(&a.x5t())));
+    for http in BOTH {
+        let client = https_client(&pki, Some(&a), http);
+        let auth = format!("Bearer {token}");
+        let seen = get(&client, ports.listener, http, &[("authorization", &auth)])
+            .await
+            .unwrap();
+        assert_eq!(seen.status, 200, "{seen:?}\n{}", envoy.log());
+        let seen = get(&client, ports.listener, http, &[]).await.unwrap();
+        seen.assert_unauthorized("Bearer");
     }
 }

@@ -75,6 +75,22 @@ impl Pki {
         self.dir.path().join(name)
     }
 
+    /// A server certificate issued by this CA for these names.
+    pub fn server(&self, names: &[&str]) -> ClientCert {
+        self.issue(names[0], names, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// Writes a certificate and its key as `NAME.crt` and `NAME.key` in the PKI's folder.
+    pub fn write(&self, name: &str, cert: &ClientCert) -> (PathBuf, PathBuf) {
+        let (crt, key) = (
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key")),
+        );
+        std::fs::write(&crt, &cert.pem).unwrap();
+        std::fs::write(&key, &cert.key_pem).unwrap();
+        (crt, key)
+    }
+
     /// A client certificate issued by this CA.
     pub fn client(&self, name: &str) -> ClientCert {
         self.issue(name, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
@@ -158,6 +174,10 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -188,6 +208,15 @@ fn spawn(name: &'static str, mut command: Command, dir: &Path) -> Process {
 
 /// The real `certbound` binary with a config file, on a free port, once SERVING.
 pub async fn start_certbound(yaml: &str, dir: &Path) -> (Process, SocketAddr) {
+    start_certbound_with(yaml, dir, None).await
+}
+
+/// Like [`start_certbound`]; with `tls`, health is probed over TLS with this client config.
+pub async fn start_certbound_with(
+    yaml: &str,
+    dir: &Path,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> (Process, SocketAddr) {
     let config = dir.join("certbound.yaml");
     std::fs::write(&config, yaml).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -196,12 +225,14 @@ pub async fn start_certbound(yaml: &str, dir: &Path) -> (Process, SocketAddr) {
         .args(["serve", "--config"])
         .arg(&config)
         .args(["--listen", &addr.to_string()]);
+    // Tests run in parallel: never the default admin port.
+    command.env("CERTBOUND_ADMIN_LISTEN", "127.0.0.1:0");
     let mut process = spawn("certbound", command, dir);
     for _ in 0..200 {
         if let Some(status) = process.exited() {
             panic!("certbound exited ({status}): {}", process.log());
         }
-        if serving(addr).await {
+        if serving(addr, tls.clone()).await {
             return (process, addr);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -209,12 +240,22 @@ pub async fn start_certbound(yaml: &str, dir: &Path) -> (Process, SocketAddr) {
     panic!("certbound did not become SERVING: {}", process.log());
 }
 
-async fn serving(addr: SocketAddr) -> bool {
-    let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-    else {
+/// A gRPC channel to certbound, over TLS when `tls` is given.
+pub async fn channel(
+    addr: SocketAddr,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint =
+        tonic::transport::Channel::from_shared(format!("{scheme}://{addr}")).unwrap();
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    endpoint.connect().await
+}
+
+async fn serving(addr: SocketAddr, tls: Option<tonic::transport::ClientTlsConfig>) -> bool {
+    let Ok(channel) = channel(addr, tls).await else {
         return false;
     };
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
@@ -233,13 +274,19 @@ pub struct EnvoyPorts {
 }
 
 /// Reads `deploy/envoy/NAME.yaml` and swaps its documented addresses and paths for the test's.
-/// Each value it swaps must be present, so the test fails if the shipped file drifts.
 pub fn envoy_config(name: &str, ports: &EnvoyPorts, pki: &Pki) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("deploy/envoy")
         .join(format!("{name}.yaml"));
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    let swaps = [
+    point_envoy_config(&path, ports, pki)
+}
+
+/// Swaps the documented addresses and paths of any shipped Envoy config for the test's. The
+/// ports and the server certificate must be present, so the test fails if a file drifts.
+pub fn point_envoy_config(path: &Path, ports: &EnvoyPorts, pki: &Pki) -> String {
+    let mut text = std::fs::read_to_string(path).unwrap();
+    let at = |name: &str| pki.path(name).display().to_string();
+    let required = [
         (
             "port_value: 8443",
             format!("port_value: {}", ports.listener),
@@ -253,28 +300,31 @@ pub fn envoy_config(name: &str, ports: &EnvoyPorts, pki: &Pki) -> String {
             "port_value: 8080",
             format!("port_value: {}", ports.upstream.port()),
         ),
-        (
-            "/etc/envoy/tls/server.crt",
-            pki.path("server.crt").display().to_string(),
-        ),
-        (
-            "/etc/envoy/tls/server.key",
-            pki.path("server.key").display().to_string(),
-        ),
-        (
-            "/etc/envoy/tls/client-ca.crt",
-            pki.path("ca.crt").display().to_string(),
-        ),
+        ("/etc/envoy/tls/server.crt", at("server.crt")),
+        ("/etc/envoy/tls/server.key", at("server.key")),
     ];
-    for (from, to) in swaps {
-        if from.contains("client-ca") && !text.contains(from) {
-            continue; // only the PKI config trusts a client CA
-        }
+    // Only some configs trust a client CA or talk mTLS to certbound.
+    let optional = [
+        ("/etc/envoy/tls/client-ca.crt", at("ca.crt")),
+        (
+            "/etc/envoy/tls/certbound-client.crt",
+            at("certbound-client.crt"),
+        ),
+        (
+            "/etc/envoy/tls/certbound-client.key",
+            at("certbound-client.key"),
+        ),
+        ("/etc/envoy/tls/certbound-ca.crt", at("ca.crt")),
+    ];
+    for (from, to) in required {
         assert!(
             text.contains(from),
             "{} no longer contains {from:?}",
             path.display()
         );
+        text = text.replace(from, &to);
+    }
+    for (from, to) in optional {
         text = text.replace(from, &to);
     }
     text

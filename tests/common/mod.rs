@@ -334,6 +334,10 @@ async fn introspect(
     axum::Form(form): axum::Form<std::collections::HashMap<String, String>>,
 ) -> axum::response::Response {
     state.introspection_hits.fetch_add(1, Ordering::SeqCst);
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let status = StatusCode::from_u16(state.introspection_status.load(Ordering::SeqCst)).unwrap();
     if status != StatusCode::OK {
         return (status, "failing").into_response();
