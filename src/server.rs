@@ -31,6 +31,10 @@ type AuthorizationGrpc = AuthorizationServer<AuthorizationService>;
 /// The gRPC service name clients ask health about, besides "" for the whole server.
 pub const AUTHORIZATION_SERVICE: &str = <AuthorizationGrpc as NamedService>::NAME;
 
+/// A health "service" that is SERVING while the process runs (for liveness probes: an IdP
+/// outage makes certbound not ready, never not alive).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// The running service: the current checker (swapped on reload), metrics and limits.
 pub struct App {
     checker: ArcSwap<Checker>,
@@ -263,6 +267,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::NotServing).await;
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
     app.start_keys();
     let readiness = tokio::spawn(track_readiness(Arc::clone(&app), reporter.clone()));
 

@@ -652,6 +652,11 @@ async fn keys_that_cannot_be_loaded_give_503_and_not_serving() {
             .await,
         2
     );
+    assert_eq!(
+        certbound.health("liveness").await,
+        1,
+        "alive while not ready"
+    );
     let cert = ClientCert::self_signed("c");
     let auth = format!(
         "Bearer {}",

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Offline checks of the deployment manifests (no cluster here):
+# - kustomize renders the base and the overlay;
+# - every rendered object validates against the Kubernetes schemas (kubernetes-validate, strict);
+# - the certbound configuration inside the ConfigMap, and the other shipped certbound configs,
+#   pass `certbound check-config`;
+# - the Istio and Envoy Gateway manifests are well-formed YAML with apiVersion/kind/metadata.
+# Envoy bootstraps under deploy/ are validated by tests/envoy_e2e.rs (envoy --mode validate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=${CERTBOUND_BIN:-target/debug/certbound}
+[ -x "$bin" ] || cargo build --quiet --bin certbound
+venv=.venv/bin
+kubectl=$(command -v kubectl || echo "$venv/kubectl")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+passed=0
+
+for kustomization in deploy/kubernetes/base deploy/kubernetes/overlays/*/; do
+  name=$(echo "$kustomization" | tr '/' '_')
+  "$kubectl" kustomize "$kustomization" >"$work/$name.yaml"
+  "$venv/kubernetes-validate" --strict --quiet "$work/$name.yaml"
+  echo "ok: $kustomization renders and validates ($(grep -c '^kind:' "$work/$name.yaml") objects)"
+  passed=$((passed + 1))
+  # The config in the rendered ConfigMap must be valid certbound configuration.
+  "$venv/python" - "$work/$name.yaml" "$work/$name-certbound.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+maps = [d for d in docs if d["kind"] == "ConfigMap" and "certbound.yaml" in d.get("data", {})]
+assert len(maps) == 1, f"expected one certbound ConfigMap, found {len(maps)}"
+open(sys.argv[2], "w").write(maps[0]["data"]["certbound.yaml"])
+PY
+  "$bin" check-config --config "$work/$name-certbound.yaml" >/dev/null
+  echo "ok: $kustomization ConfigMap passes certbound check-config"
+  passed=$((passed + 1))
+done
+
+for config in deploy/istio/certbound-xfcc.yaml deploy/local/certbound.yaml; do
+  "$bin" check-config --config "$config" >/dev/null
+  echo "ok: $config passes certbound check-config"
+  passed=$((passed + 1))
+done
+
+"$venv/python" - deploy/istio/*.yaml deploy/envoy-gateway/*.yaml <<'PY'
+import sys, yaml
+for path in sys.argv[1:]:
+    for doc in yaml.safe_load_all(open(path)):
+        if doc is None or "static_resources" in doc or "issuers" in doc:
+            continue
+        missing = [k for k in ("apiVersion", "kind") if k not in doc]
+        assert not missing, f"{path}: {doc.get('kind')} lacks {missing}"
+        if doc["kind"] != "IstioOperator":
+            assert doc.get("metadata", {}).get("name"), f"{path}: {doc['kind']} without metadata.name"
+    print(f"ok: {path} is well-formed")
+PY
+passed=$((passed + $(ls deploy/istio/*.yaml deploy/envoy-gateway/*.yaml | wc -l)))
+echo "deploy validation: $passed passed, 0 failed"
