@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::authz::{AccessRequest, Decision, DenyReason, Outcome, Policy, UnavailableReason};
+use crate::authz::{
+    AccessRequest, Decision, DenyReason, Outcome, Policy, TokenCache, UnavailableReason,
+};
 use crate::clock::Clock;
 use crate::introspection::Introspector;
 use crate::keys::KeyStore;
@@ -15,6 +17,8 @@ pub struct Checker {
     policy: Policy,
     keys: Arc<KeyStore>,
     introspector: Option<Arc<Introspector>>,
+    /// Verified JWTs by token hash (`token_cache.max_entries: 0` turns it off).
+    token_cache: Option<TokenCache>,
     clock: Arc<dyn Clock>,
     /// Longest a Check waits for an unknown-`kid` refetch before answering with what it has.
     unknown_kid_wait: Duration,
@@ -25,6 +29,7 @@ impl Checker {
         policy: Policy,
         keys: Arc<KeyStore>,
         introspector: Option<Arc<Introspector>>,
+        token_cache: Option<TokenCache>,
         clock: Arc<dyn Clock>,
         unknown_kid_wait: Duration,
     ) -> Self {
@@ -32,9 +37,14 @@ impl Checker {
             policy,
             keys,
             introspector,
+            token_cache,
             clock,
             unknown_kid_wait,
         }
+    }
+
+    pub fn token_cache(&self) -> Option<&TokenCache> {
+        self.token_cache.as_ref()
     }
 
     pub fn policy(&self) -> &Policy {
@@ -64,9 +74,7 @@ impl Checker {
                 }
             };
         }
-        let decision = self
-            .policy
-            .decide(self.keys.as_ref(), request, self.clock.now());
+        let decision = self.decide_jwt(request);
         let (Outcome::Deny(DenyReason::KeyUnknown), Some(index)) =
             (&decision.outcome, decision.facts.issuer_index)
         else {
@@ -76,10 +84,14 @@ impl Checker {
         let keys = Arc::clone(&self.keys);
         let refetch = tokio::spawn(async move { keys.refetch_unknown_kid(index).await });
         match tokio::time::timeout(self.unknown_kid_wait, refetch).await {
-            Ok(Ok(true)) => self
-                .policy
-                .decide(self.keys.as_ref(), request, self.clock.now()),
+            Ok(Ok(true)) => self.decide_jwt(request),
             _ => decision,
         }
+    }
+
+    fn decide_jwt(&self, request: &AccessRequest) -> Decision {
+        let now = self.clock.now();
+        self.policy
+            .decide_cached(self.keys.as_ref(), self.token_cache.as_ref(), request, now)
     }
 }

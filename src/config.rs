@@ -83,6 +83,8 @@ pub struct FileConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
+    #[serde(default)]
+    pub token_cache: TokenCacheConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -136,6 +138,35 @@ impl Default for ReloadConfig {
             poll_interval_seconds: default_poll(),
         }
     }
+}
+
+/// The verified-token cache (JWTs): a hit skips signature and claim checks, never the binding.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    /// 0 turns the cache off.
+    #[serde(default = "default_token_cache_entries")]
+    pub max_entries: usize,
+    /// Longest an entry lives; never past the token's `exp` either.
+    #[serde(default = "default_token_cache_ttl")]
+    pub ttl_seconds: u64,
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: default_token_cache_entries(),
+            ttl_seconds: default_token_cache_ttl(),
+        }
+    }
+}
+
+fn default_token_cache_entries() -> usize {
+    100_000
+}
+
+fn default_token_cache_ttl() -> u64 {
+    300
 }
 
 fn default_poll() -> u64 {
@@ -522,6 +553,9 @@ pub struct Settings {
     pub key_sources: Vec<(String, KeySource)>,
     pub key_timing: KeyTiming,
     pub unknown_kid_wait: Duration,
+    /// Verified-token cache size (0: off) and entry lifetime bound.
+    pub token_cache_entries: usize,
+    pub token_cache_ttl_seconds: i64,
     pub introspection: Option<IntrospectionSettings>,
     /// PEM bundle of extra CAs for the IdP's HTTPS.
     pub idp_ca_file: Option<PathBuf>,
@@ -540,6 +574,13 @@ const ASYMMETRIC: [Algorithm; 9] = [
 ];
 
 impl Settings {
+    /// A fresh verified-token cache as configured (`None` when turned off).
+    pub fn token_cache(&self) -> Option<crate::authz::TokenCache> {
+        (self.token_cache_entries > 0).then(|| {
+            crate::authz::TokenCache::new(self.token_cache_entries, self.token_cache_ttl_seconds)
+        })
+    }
+
     /// Reads, overrides from the environment, and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -845,6 +886,9 @@ impl FileConfig {
                 ..KeyTiming::default()
             },
             unknown_kid_wait: Duration::from_millis(keys.unknown_kid_wait_ms),
+            token_cache_entries: self.token_cache.max_entries,
+            token_cache_ttl_seconds: i64::try_from(self.token_cache.ttl_seconds)
+                .map_err(|_| ConfigError::new("token_cache.ttl_seconds", "too large"))?,
             introspection,
             idp_ca_file,
         })

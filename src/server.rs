@@ -71,6 +71,7 @@ impl App {
             settings.policy.clone(),
             keys,
             introspector,
+            settings.token_cache(),
             Arc::clone(&clock),
             settings.unknown_kid_wait,
         );
@@ -172,6 +173,7 @@ impl App {
             settings.policy.clone(),
             Arc::clone(&keys),
             introspector,
+            settings.token_cache(),
             Arc::clone(&self.clock),
             settings.unknown_kid_wait,
         );

@@ -241,6 +241,8 @@ pub struct Facts {
     pub rule: Option<String>,
     /// Required scopes the token lacked (for the RFC 6750 `scope` attribute).
     pub missing_scopes: Vec<String>,
+    /// Whether the verified-token cache answered (`None` when it was not consulted).
+    pub token_cache: Option<bool>,
 }
 
 impl Facts {
@@ -368,6 +370,51 @@ pub struct Policy {
     pub reason_header: bool,
 }
 
+/// A verified JWT remembered by the hash of the token.
+#[derive(Clone, Debug)]
+pub struct CachedToken {
+    pub issuer: usize,
+    pub kid: Option<String>,
+    /// The claims decisions read (see `retained_claims`).
+    pub claims: Arc<Map<String, Value>>,
+}
+
+/// The verified-token cache: bounded, entries never past the token's `exp`.
+pub struct TokenCache {
+    entries: crate::cache::TtlCache<CachedToken>,
+    /// Longest an entry lives, whatever the token's `exp`.
+    ttl_seconds: i64,
+}
+
+impl TokenCache {
+    pub fn new(max_entries: usize, ttl_seconds: i64) -> Self {
+        Self {
+            entries: crate::cache::TtlCache::new(max_entries),
+            ttl_seconds,
+        }
+    }
+
+    fn get(&self, key: &crate::cache::TokenKey, now: i64) -> Option<CachedToken> {
+        self.entries.get(key, now)
+    }
+
+    fn insert(&self, key: crate::cache::TokenKey, value: CachedToken, expires_at: i64, now: i64) {
+        self.entries.insert(key, value, expires_at, now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn cache_ttl(cache: &TokenCache) -> i64 {
+    cache.ttl_seconds
+}
+
 /// The key snapshots the core reads; the key store implements it.
 pub trait KeyLookup {
     /// The current key set of issuer `index`, or `None` when none could be loaded.
@@ -417,6 +464,18 @@ impl Policy {
 
     /// Decides one request whose token is a JWT, against the key snapshots at `now` (Unix seconds).
     pub fn decide(&self, keys: &dyn KeyLookup, request: &AccessRequest, now: i64) -> Decision {
+        self.decide_cached(keys, None, request, now)
+    }
+
+    /// [`Policy::decide`] with a verified-token cache: a hit skips the signature and claim checks
+    /// (never the binding, the route's requirements or anything after them).
+    pub fn decide_cached(
+        &self,
+        keys: &dyn KeyLookup,
+        cache: Option<&TokenCache>,
+        request: &AccessRequest,
+        now: i64,
+    ) -> Decision {
         self.finish(|facts| {
             let applied = self.routes.select(request)?;
             facts.rule = Some(applied.rule.clone());
@@ -428,7 +487,10 @@ impl Policy {
                 // The caller introspects these; without an answer there is nothing to accept.
                 Credential::Introspect(_) => return Err(DenyReason::TokenMalformed.into()),
             };
-            let claims = self.verify_jwt(keys, token, now, facts)?;
+            let claims = match cache {
+                Some(cache) => self.verify_jwt_cached(keys, cache, token, now, facts)?,
+                None => self.verify_jwt(keys, token, now, facts)?,
+            };
             self.authorize(request, &applied.requirements, claims, facts)
         })
     }
@@ -492,6 +554,78 @@ impl Policy {
         let verified = jwt.verify(index, issuer, &key_set, now, self.leeway_seconds)?;
         facts.claims = Some(Arc::clone(&verified.claims));
         Ok(verified.claims)
+    }
+
+    /// The cache-aware path: on a hit the token was verified before, is not past its `exp`
+    /// (entries never outlive it) and the key that verified it is still published.
+    fn verify_jwt_cached(
+        &self,
+        keys: &dyn KeyLookup,
+        cache: &TokenCache,
+        token: &str,
+        now: i64,
+        facts: &mut Facts,
+    ) -> Result<Arc<Map<String, Value>>, Refusal> {
+        let key = crate::cache::token_key(token);
+        if let Some(hit) = cache.get(&key, now) {
+            let key_still_published = keys
+                .key_set(hit.issuer)
+                .is_some_and(|set| hit.kid.as_deref().is_none_or(|kid| set.has_kid(kid)));
+            if key_still_published {
+                facts.token_cache = Some(true);
+                facts.issuer_index = Some(hit.issuer);
+                facts.issuer = Some(self.issuers[hit.issuer].issuer.clone());
+                facts.kid = hit.kid;
+                facts.claims = Some(Arc::clone(&hit.claims));
+                return Ok(hit.claims);
+            }
+        }
+        facts.token_cache = Some(false);
+        let claims = self.verify_jwt(keys, token, now, facts)?;
+        if let (Some(issuer), Some(exp)) = (
+            facts.issuer_index,
+            claims.get("exp").and_then(Value::as_i64),
+        ) {
+            let entry = CachedToken {
+                issuer,
+                kid: facts.kid.clone(),
+                claims: Arc::new(self.retained_claims(&claims)),
+            };
+            cache.insert(
+                key,
+                entry,
+                exp.min(now.saturating_add(cache_ttl(cache))),
+                now,
+            );
+        }
+        Ok(claims)
+    }
+
+    /// The claims anything after verification reads; the rest is not kept in the cache.
+    fn retained_claims(&self, claims: &Map<String, Value>) -> Map<String, Value> {
+        const ALWAYS: [&str; 8] = [
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "client_id",
+            "scope",
+            "scp",
+            "cnf",
+        ];
+        claims
+            .iter()
+            .filter(|(name, _)| {
+                ALWAYS.contains(&name.as_str())
+                    || **name == self.routes.groups_claim
+                    || self
+                        .upstream
+                        .claim_headers
+                        .iter()
+                        .any(|(claim, _)| claim == *name)
+            })
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
     }
 
     /// What every validated token goes through, in order: the route's issuer and audience

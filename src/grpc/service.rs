@@ -47,6 +47,9 @@ impl Authorization for AuthorizationService {
         };
         let elapsed = started.elapsed();
         metrics.record_check(&decision, elapsed.as_secs_f64());
+        if let Some(hit) = decision.facts.token_cache {
+            crate::metrics::Metrics::count(&metrics.token_cache, if hit { "hit" } else { "miss" });
+        }
         log_decision(&decision, access.as_ref(), elapsed.as_micros() as u64);
         let options = convert::ResponseOptions {
             reason_header: checker.policy().reason_header,
