@@ -3,7 +3,8 @@
 //! grpcurl request files of the README walk-through.
 //!
 //! `cargo run --example demo_material` (then commit the result). The IdP signing key is not
-//! written anywhere: new demo tokens need a new run.
+//! written anywhere: new demo tokens need a new run. `cargo run --example demo_material -- DIR`
+//! writes the same material elsewhere (the benchmark scripts use a temp dir).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -22,7 +23,8 @@ const EXP: i64 = 4_070_908_800;
 const IAT: i64 = 1_767_225_600; // 2026-01-01
 
 fn main() {
-    let dir = Path::new(DIR);
+    let out = std::env::args().nth(1).unwrap_or_else(|| DIR.to_string());
+    let dir = Path::new(&out);
     fs::create_dir_all(dir.join("requests")).unwrap();
 
     let signing = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -106,7 +108,7 @@ fn main() {
         "no-certificate.json",
         &request(Some(&bound), None),
     );
-    println!("demo material written to {DIR} (x5t#S256 of demo-client.pem: {x5t})");
+    println!("demo material written to {out} (x5t#S256 of demo-client.pem: {x5t})");
 }
 
 fn certificate(name: &str) -> (String, String) {

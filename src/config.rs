@@ -85,6 +85,8 @@ pub struct FileConfig {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub token_cache: TokenCacheConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -138,6 +140,15 @@ impl Default for ReloadConfig {
             poll_interval_seconds: default_poll(),
         }
     }
+}
+
+/// The async runtime.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 means one per CPU the process may use.
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 /// The verified-token cache (JWTs): a hit skips signature and claim checks, never the binding.
@@ -555,6 +566,8 @@ pub struct Settings {
     pub unknown_kid_wait: Duration,
     /// Verified-token cache size (0: off) and entry lifetime bound.
     pub token_cache_entries: usize,
+    /// Tokio worker threads (0: one per CPU).
+    pub worker_threads: usize,
     pub token_cache_ttl_seconds: i64,
     pub introspection: Option<IntrospectionSettings>,
     /// PEM bundle of extra CAs for the IdP's HTTPS.
@@ -887,6 +900,7 @@ impl FileConfig {
             },
             unknown_kid_wait: Duration::from_millis(keys.unknown_kid_wait_ms),
             token_cache_entries: self.token_cache.max_entries,
+            worker_threads: self.runtime.worker_threads,
             token_cache_ttl_seconds: i64::try_from(self.token_cache.ttl_seconds)
                 .map_err(|_| ConfigError::new("token_cache.ttl_seconds", "too large"))?,
             introspection,

@@ -193,10 +193,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         settings.listen = listen;
     }
     init_tracing(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if settings.worker_threads > 0 {
+        builder.worker_threads(settings.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("certbound: cannot start the runtime: {error}");

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::transport::ServerTlsConfig;
@@ -284,6 +285,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    // Checks are small requests answered fast: never let Nagle hold a response back (tonic's
+    // own tcp_nodelay applies only to listeners it binds itself, so set it on each stream).
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            let _ = stream.set_nodelay(true);
+        }
+        stream
+    });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -297,7 +306,7 @@ pub async fn serve(
         .add_service(AuthorizationServer::new(AuthorizationService::new(
             Arc::clone(&app),
         )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, draining in-flight checks");
             draining_app.draining.store(true, Ordering::Release);

@@ -1,0 +1,368 @@
+//! gRPC load generator for certbound's Check: starts the real `certbound` binary (optionally
+//! pinned to a CPU) with a local JWKS, then drives it closed-loop (N in flight) or at a fixed
+//! rate (latency measured from each request's intended send time, so a stall is not hidden).
+//! Reports checks/s, latency percentiles, certbound CPU-µs per check (from /proc) and RSS.
+//!
+//! ```text
+//! cargo build --release --bin certbound --example loadgen
+//! taskset -c 1 target/release/examples/loadgen --server-cpu 0 --mode closed --concurrency 64 \
+//!     --duration 10 --tokens 1 --cache on
+//! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use certbound::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use certbound::grpc::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context,
+};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tonic::transport::Channel;
+
+struct Args {
+    mode: String,
+    concurrency: usize,
+    rate: u64,
+    duration: u64,
+    warmup: u64,
+    tokens: usize,
+    cache: bool,
+    workers: usize,
+    server_cpu: Option<String>,
+    connections: usize,
+    log: String,
+    label: String,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        mode: "closed".into(),
+        concurrency: 64,
+        rate: 2000,
+        duration: 10,
+        warmup: 2,
+        tokens: 1,
+        cache: true,
+        workers: 1,
+        server_cpu: None,
+        connections: 4,
+        log: "info".into(),
+        label: String::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--mode" => a.mode = value(),
+            "--concurrency" => a.concurrency = value().parse().unwrap(),
+            "--rate" => a.rate = value().parse().unwrap(),
+            "--duration" => a.duration = value().parse().unwrap(),
+            "--warmup" => a.warmup = value().parse().unwrap(),
+            "--tokens" => a.tokens = value().parse().unwrap(),
+            "--cache" => a.cache = value() == "on",
+            "--workers" => a.workers = value().parse().unwrap(),
+            "--server-cpu" => a.server_cpu = Some(value()),
+            "--connections" => a.connections = value().parse().unwrap(),
+            "--log" => a.log = value(),
+            "--label" => a.label = value(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+fn url_encode(pem: &str) -> String {
+    pem.replace('\n', "%0A")
+        .replace(' ', "%20")
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+}
+
+/// Everything certbound needs, in a temp dir: JWKS, config; and the requests to send.
+fn prepare(args: &Args, dir: &std::path::Path, port: u16) -> (PathBuf, Vec<CheckRequest>) {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = pair.public_key_raw();
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "bench", "alg": "ES256",
+        "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])}]});
+    std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
+    let config = dir.join("certbound.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin_listen: ''\nissuers:\n  - issuer: https://idp.bench\n    audiences: [https://api.bench]\n    jwks_file: {}\n    algorithms: [ES256]\ntoken_cache:\n  max_entries: {}\nruntime:\n  worker_threads: {}\nlimits:\n  max_concurrent_checks: 100000\n",
+            dir.join("jwks.json").display(),
+            if args.cache { args.tokens.max(1) + 16 } else { 0 },
+            args.workers
+        ),
+    )
+    .unwrap();
+    let cert_key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["client.bench".into()])
+        .unwrap()
+        .self_signed(&cert_key)
+        .unwrap();
+    let x5t = certbound::authz::Thumbprint::of_der(cert.der()).to_base64url();
+    let peer = url_encode(&cert.pem());
+    let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("bench".into());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let requests = (0..args.tokens)
+        .map(|i| {
+            let claims = json!({"iss": "https://idp.bench", "aud": "https://api.bench", "sub": "alice",
+                "client_id": "bench", "scope": "read", "iat": now - 5, "exp": now + 7200,
+                "jti": format!("bench-{i}"), "cnf": {"x5t#S256": x5t}});
+            let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+            let http = attribute_context::HttpRequest {
+                method: "GET".into(),
+                path: "/items".into(),
+                host: "api.bench".into(),
+                headers: [("authorization".to_string(), format!("Bearer {token}"))].into(),
+                ..Default::default()
+            };
+            CheckRequest {
+                attributes: Some(AttributeContext {
+                    source: Some(attribute_context::Peer { certificate: peer.clone(), ..Default::default() }),
+                    request: Some(attribute_context::Request { time: None, http: Some(http) }),
+                    ..Default::default()
+                }),
+            }
+        })
+        .collect();
+    (config, requests)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (1-based) of the whole line: 12 and 13 after "comm".
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    // Nanoseconds to milliseconds.
+    f64::from(sorted[index]) / 1e6
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = parse_args();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (config, requests) = prepare(&args, dir.path(), port);
+    let bin = std::env::var("CERTBOUND_BIN").unwrap_or_else(|_| "target/release/certbound".into());
+    let mut command = match &args.server_cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpu, &bin]);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    command
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", &args.log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let started = Instant::now();
+    let server = Server(command.spawn().expect("start certbound"));
+    let pid = server.0.id();
+
+    // Time to SERVING (local JWKS): the startup target.
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let serving_after = loop {
+        if let Ok(channel) = Channel::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            if let Ok(r) = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                && r.get_ref().status == 1
+            {
+                break started.elapsed();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "certbound did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let channel = Channel::from_shared(endpoint.clone())
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .unwrap();
+        clients.push(AuthorizationClient::new(channel));
+    }
+    // Sanity: the workload is allowed (a benchmark of denials would measure the wrong thing).
+    let answer = clients[0]
+        .check(requests[0].clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        answer.status.map(|s| s.code),
+        Some(0),
+        "the benchmark request is not allowed"
+    );
+
+    let requests = std::sync::Arc::new(requests);
+    let run = |seconds: u64, record: bool| {
+        let clients = clients.clone();
+        let requests = std::sync::Arc::clone(&requests);
+        let mode = args.mode.clone();
+        let concurrency = args.concurrency;
+        let rate = args.rate;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let mut latencies: Vec<u32> = Vec::new();
+            let mut errors = 0u64;
+            if mode == "closed" {
+                let mut tasks = tokio::task::JoinSet::new();
+                for worker in 0..concurrency {
+                    let mut client = clients[worker % clients.len()].clone();
+                    let requests = std::sync::Arc::clone(&requests);
+                    tasks.spawn(async move {
+                        let mut lat = Vec::new();
+                        let mut errors = 0u64;
+                        let mut i = worker;
+                        while Instant::now() < deadline {
+                            let request = requests[i % requests.len()].clone();
+                            i += concurrency;
+                            let t = Instant::now();
+                            match client.check(request).await {
+                                Ok(r) if r.get_ref().status.as_ref().map(|s| s.code) == Some(0) => {
+                                }
+                                _ => errors += 1,
+                            }
+                            if record {
+                                lat.push(t.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32);
+                            }
+                        }
+                        (lat, errors)
+                    });
+                }
+                while let Some(result) = tasks.join_next().await {
+                    let (lat, e) = result.unwrap();
+                    latencies.extend(lat);
+                    errors += e;
+                }
+            } else {
+                let interval = Duration::from_secs_f64(1.0 / rate as f64);
+                let start = Instant::now();
+                let mut tasks = tokio::task::JoinSet::new();
+                let mut i = 0usize;
+                loop {
+                    let intended = start + interval * i as u32;
+                    if intended >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(intended.into()).await;
+                    let mut client = clients[i % clients.len()].clone();
+                    let request = requests[i % requests.len()].clone();
+                    tasks.spawn(async move {
+                        let ok = matches!(client.check(request).await, Ok(r) if r.get_ref().status.as_ref().map(|s| s.code) == Some(0));
+                        // Latency from the intended send time: coordinated omission corrected.
+                        (intended.elapsed().as_nanos().min(u128::from(u32::MAX)) as u32, ok)
+                    });
+                    i += 1;
+                    while let Some(done) = tasks.try_join_next() {
+                        let (ns, ok) = done.unwrap();
+                        if record {
+                            latencies.push(ns);
+                        }
+                        errors += u64::from(!ok);
+                    }
+                }
+                while let Some(done) = tasks.join_next().await {
+                    let (ns, ok) = done.unwrap();
+                    if record {
+                        latencies.push(ns);
+                    }
+                    errors += u64::from(!ok);
+                }
+            }
+            (latencies, errors)
+        }
+    };
+    run(args.warmup, false).await;
+    let ticks_before = cpu_ticks(pid);
+    let t0 = Instant::now();
+    let (mut latencies, errors) = run(args.duration, true).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(pid) - ticks_before;
+    latencies.sort_unstable();
+    let checks = latencies.len() as f64;
+    let cpu_us_per_check = ticks as f64 * 1e6 / clock_ticks_per_second() as f64 / checks.max(1.0);
+    let p = |q| percentile(&latencies, q);
+    println!(
+        "{}",
+        json!({
+            "label": args.label, "mode": args.mode, "concurrency": args.concurrency, "rate": args.rate,
+            "tokens": args.tokens, "cache": args.cache, "workers": args.workers,
+            "checks_per_s": (checks / elapsed).round(), "errors": errors,
+            "p50_ms": p(0.50), "p90_ms": p(0.90), "p99_ms": p(0.99), "p999_ms": p(0.999),
+            "cpu_us_per_check": (cpu_us_per_check * 10.0).round() / 10.0,
+            "rss_mib": (rss_kib(pid) as f64 / 1024.0 * 10.0).round() / 10.0,
+            "serving_after_ms": serving_after.as_secs_f64() * 1000.0,
+        })
+    );
+}

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Through-Envoy benchmark: the same mTLS listener, certificates and tokens, Envoy --concurrency 1
+# pinned to CPU 0 (oha and certbound share CPU 1), configs interleaved, REPS repetitions:
+#   none            Envoy without auth
+#   lua-nocache     Envoy + jwt_authn + Lua binding check (benches/envoy/jwt-authn-lua.yaml)
+#   lua-cache       ... with jwt_authn's jwt_cache_config
+#   certbound-nocache / certbound-cache   Envoy + ext_authz to certbound (deploy/envoy/self-signed.yaml)
+# Each config is first checked for correctness (200 for the bound token, the three 401s). Then
+# oha measures throughput (closed loop, -c CONC) and latency at a fixed 2,000 req/s; Envoy's and
+# certbound's CPU time per request comes from /proc. Results: benches/results/envoy-*.jsonl and
+# a Markdown table + SVG chart (scripts/bench_report.py).
+#
+# Needs: oha (`cargo install oha`), Envoy (scripts/install-tools.sh), curl, taskset.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+REPS=${REPS:-2}
+CONC=${CONC:-32}
+RATE=${RATE:-2000}
+PROTOCOLS=${PROTOCOLS:-"http1 http2"}
+CONFIGS=${CONFIGS:-"none lua-nocache lua-cache certbound-nocache certbound-cache"}
+
+command -v oha >/dev/null || { echo "oha not found: cargo install oha" >&2; exit 1; }
+scripts/install-tools.sh >/dev/null
+cargo build --release --quiet --bin certbound --example demo_material
+envoy=.venv/bin/envoy
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+target/release/examples/demo_material "$work" >/dev/null
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+clk=$(getconf CLK_TCK)
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+LISTEN=$(port); ADMIN=$(port); CB=$(port)
+
+# certbound: one worker thread, pinned to CPU 1, cache on or off (two processes, both idle when unused).
+start_certbound() { # name cache_entries port
+  cat >"$work/$1.yaml" <<YAML
+listen: 127.0.0.1:$3
+admin_listen: ''
+issuers:
+  - issuer: https://idp.example.com
+    audiences: [https://api.example.com]
+    jwks_file: $work/jwks.json
+    algorithms: [ES256]
+token_cache:
+  max_entries: $2
+runtime:
+  worker_threads: 1
+YAML
+  RUST_LOG=info taskset -c 1 target/release/certbound serve --config "$work/$1.yaml" 2>/dev/null &
+  pids+=($!)
+  echo $! >"$work/$1.pid"
+}
+CB_CACHE=$(port)
+start_certbound certbound-nocache 0 "$CB"
+start_certbound certbound-cache 100000 "$CB_CACHE"
+
+# Envoy configs: every route answers 200 itself (direct_response), so only auth is measured.
+python3 - "$work" "$LISTEN" "$ADMIN" "$CB" "$CB_CACHE" <<'PY'
+import re, sys
+work, listen, admin, cb, cb_cache = sys.argv[1:]
+direct = 'direct_response: { status: 200, body: { inline_string: "ok" } }'
+def common(text):
+    text = text.replace("port_value: 8443", f"port_value: {listen}").replace("port_value: 9901", f"port_value: {admin}")
+    text = text.replace("/etc/envoy/tls/server.crt", f"{work}/demo-server.pem").replace("/etc/envoy/tls/server.key", f"{work}/demo-server.key")
+    text = text.replace("/etc/envoy/jwks.json", f"{work}/jwks.json")
+    return re.sub(r"route: \{ cluster: upstream \}", direct, text)
+ext = common(open("deploy/envoy/self-signed.yaml").read())
+open(f"{work}/certbound-nocache.envoy.yaml", "w").write(ext.replace("port_value: 50051", f"port_value: {cb}"))
+open(f"{work}/certbound-cache.envoy.yaml", "w").write(ext.replace("port_value: 50051", f"port_value: {cb_cache}"))
+# No auth: the same listener without the ext_authz filter.
+none = re.sub(r"\n                  - name: envoy.filters.http.ext_authz\n.*?(?=\n                  - name: envoy.filters.http.router)", "", ext, flags=re.S)
+none = re.sub(r"\n                        # Per-route requirements.*?(?=\n                        - match: \{ prefix: \"/\" \})", "", none, flags=re.S)
+assert "envoy.filters.http.ext_authz" not in none, none
+open(f"{work}/none.envoy.yaml", "w").write(none)
+lua = common(open("benches/envoy/jwt-authn-lua.yaml").read())
+open(f"{work}/lua-cache.envoy.yaml", "w").write(lua)
+nocache = re.sub(r"\n *jwt_cache_config:\n *jwt_cache_size: \d+", "", lua)
+assert "jwt_cache_config:\n" not in nocache
+open(f"{work}/lua-nocache.envoy.yaml", "w").write(nocache)
+PY
+
+token=$(cat "$work/demo-token.jwt")
+unbound=$(cat "$work/demo-token-unbound.jwt")
+url="https://127.0.0.1:$LISTEN/items"
+curl_as() { curl -s -o /dev/null -w '%{http_code}' --cacert "$work/demo-ca.pem" --cert "$work/$1.pem" --key "$work/$1.key" "${@:2}" "$url"; }
+check_correct() { # name
+  local ok no_token unbound_ mismatch
+  ok=$(curl_as demo-client -H "authorization: Bearer $token")
+  no_token=$(curl_as demo-client)
+  unbound_=$(curl_as demo-client -H "authorization: Bearer $unbound")
+  mismatch=$(curl_as demo-other-client -H "authorization: Bearer $token")
+  if [ "$1" = none ]; then
+    [ "$ok" = 200 ] || { echo "$1: baseline does not answer 200 ($ok)"; exit 1; }
+  elif [ "$ok$no_token$unbound_$mismatch" != "200401401401" ]; then
+    echo "$1 is not correct: allow=$ok no-token=$no_token unbound=$unbound_ mismatch=$mismatch"; exit 1
+  fi
+  echo "correct: $1 (allow $ok, no token $no_token, unbound $unbound_, mismatch $mismatch)"
+}
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out=benches/results/envoy-$stamp.jsonl
+: >"$out"
+oha_run() { # name proto rep kind extra-args...
+  local name=$1 proto=$2 rep=$3 kind=$4; shift 4
+  local http=(); [ "$proto" = http2 ] && http=(--http2)
+  local cb_pid=""; case $name in certbound-*) cb_pid=$(cat "$work/$name.pid");; esac
+  local e0 c0=0 e1 c1=0
+  e0=$(ticks "$envoy_pid"); [ -n "$cb_pid" ] && c0=$(ticks "$cb_pid")
+  taskset -c 1 oha --no-tui --output-format json -z "${DURATION}s" "${http[@]}" "$@" \
+    --cacert "$work/demo-ca.pem" --cert "$work/demo-client.pem" --key "$work/demo-client.key" \
+    -H "authorization: Bearer $token" "$url" >"$work/oha.json"
+  e1=$(ticks "$envoy_pid"); [ -n "$cb_pid" ] && c1=$(ticks "$cb_pid")
+  python3 - "$work/oha.json" "$name" "$proto" "$rep" "$kind" $((e1 - e0)) $((c1 - c0)) "$clk" >>"$out" <<'PY'
+import json, sys
+path, name, proto, rep, kind, envoy_ticks, cb_ticks, clk = sys.argv[1:]
+r = json.load(open(path))
+s = r["summary"]; p = r.get("latencyPercentiles", {})
+total = sum(r.get("statusCodeDistribution", {}).values()) or 1
+ok = r.get("statusCodeDistribution", {}).get("200", 0)
+us = lambda ticks: int(ticks) * 1e6 / int(clk) / total
+print(json.dumps({"config": name, "protocol": proto, "rep": int(rep), "kind": kind,
+    "rps": round(s["requestsPerSec"]), "ok_ratio": round(ok / total, 4),
+    "p50_ms": round(p.get("p50", 0) * 1000, 3), "p99_ms": round(p.get("p99", 0) * 1000, 3),
+    "envoy_cpu_us": round(us(envoy_ticks), 1), "certbound_cpu_us": round(us(cb_ticks), 1),
+    "cpu_us_per_req": round(us(envoy_ticks) + us(cb_ticks), 1)}))
+PY
+  tail -1 "$out"
+}
+
+for rep in $(seq 1 "$REPS"); do
+  for name in $CONFIGS; do
+    taskset -c 0 "$envoy" -c "$work/$name.envoy.yaml" --concurrency 1 --disable-hot-restart --log-level error >"$work/envoy.log" 2>&1 &
+    envoy_pid=$!
+    for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ADMIN/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+    check_correct "$name"
+    for proto in $PROTOCOLS; do
+      oha_run "$name" "$proto" "$rep" throughput -c "$CONC"
+      oha_run "$name" "$proto" "$rep" fixed-rate -c "$CONC" -q "$RATE" --latency-correction
+    done
+    kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
+  done
+done
+python3 scripts/bench_report.py "$out"
