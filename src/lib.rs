@@ -16,6 +16,7 @@
 //! - [`grpc`]: the Envoy adapter. Generated code, `CheckRequest` -> core, `Decision` ->
 //!   `CheckResponse`, and the tonic service. Nothing else touches proto types.
 //! - [`config`]: YAML + environment -> validated [`config::Settings`].
+//! - [`fuzzing`]: fuzz entry points (cargo-fuzz in `fuzz/`, corpus replayed by a test).
 //! - [`explain`]: `certbound explain`, the real decision for one token, step by step.
 //! - [`server`]: the composition root: builds everything and serves Check, health and reflection.
 
@@ -26,6 +27,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod explain;
+pub mod fuzzing;
 pub mod grpc;
 pub mod introspection;
 pub mod keys;

@@ -8,6 +8,7 @@ pub mod binding;
 pub mod certificate;
 pub mod policy;
 pub mod token;
+pub mod token_cache;
 pub mod xfcc;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ pub use binding::{BindingMode, CertificateOutcome};
 pub use certificate::Thumbprint;
 pub use policy::{Requirements, RoutePolicy, Rule};
 pub use token::{IssuerPolicy, VerifiedToken};
+pub use token_cache::TokenCache;
 
 use crate::keys::KeySet;
 
@@ -370,51 +372,6 @@ pub struct Policy {
     pub reason_header: bool,
 }
 
-/// A verified JWT remembered by the hash of the token.
-#[derive(Clone, Debug)]
-pub struct CachedToken {
-    pub issuer: usize,
-    pub kid: Option<String>,
-    /// The claims decisions read (see `retained_claims`).
-    pub claims: Arc<Map<String, Value>>,
-}
-
-/// The verified-token cache: bounded, entries never past the token's `exp`.
-pub struct TokenCache {
-    entries: crate::cache::TtlCache<CachedToken>,
-    /// Longest an entry lives, whatever the token's `exp`.
-    ttl_seconds: i64,
-}
-
-impl TokenCache {
-    pub fn new(max_entries: usize, ttl_seconds: i64) -> Self {
-        Self {
-            entries: crate::cache::TtlCache::new(max_entries),
-            ttl_seconds,
-        }
-    }
-
-    fn get(&self, key: &crate::cache::TokenKey, now: i64) -> Option<CachedToken> {
-        self.entries.get(key, now)
-    }
-
-    fn insert(&self, key: crate::cache::TokenKey, value: CachedToken, expires_at: i64, now: i64) {
-        self.entries.insert(key, value, expires_at, now);
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
-fn cache_ttl(cache: &TokenCache) -> i64 {
-    cache.ttl_seconds
-}
-
 /// The key snapshots the core reads; the key store implements it.
 pub trait KeyLookup {
     /// The current key set of issuer `index`, or `None` when none could be loaded.
@@ -567,17 +524,17 @@ impl Policy {
         facts: &mut Facts,
     ) -> Result<Arc<Map<String, Value>>, Refusal> {
         let key = crate::cache::token_key(token);
-        if let Some(hit) = cache.get(&key, now) {
+        if let Some((issuer, verified)) = cache.get(&key, now) {
             let key_still_published = keys
-                .key_set(hit.issuer)
-                .is_some_and(|set| hit.kid.as_deref().is_none_or(|kid| set.has_kid(kid)));
+                .key_set(issuer)
+                .is_some_and(|set| verified.kid.as_deref().is_none_or(|kid| set.has_kid(kid)));
             if key_still_published {
                 facts.token_cache = Some(true);
-                facts.issuer_index = Some(hit.issuer);
-                facts.issuer = Some(self.issuers[hit.issuer].issuer.clone());
-                facts.kid = hit.kid;
-                facts.claims = Some(Arc::clone(&hit.claims));
-                return Ok(hit.claims);
+                facts.issuer_index = Some(issuer);
+                facts.issuer = Some(self.issuers[issuer].issuer.clone());
+                facts.kid.clone_from(&verified.kid);
+                facts.claims = Some(Arc::clone(&verified.claims));
+                return Ok(Arc::clone(&verified.claims));
             }
         }
         facts.token_cache = Some(false);
@@ -586,15 +543,12 @@ impl Policy {
             facts.issuer_index,
             claims.get("exp").and_then(Value::as_i64),
         ) {
-            let entry = CachedToken {
-                issuer,
-                kid: facts.kid.clone(),
-                claims: Arc::new(self.retained_claims(&claims)),
-            };
             cache.insert(
                 key,
-                entry,
-                exp.min(now.saturating_add(cache_ttl(cache))),
+                issuer,
+                facts.kid.clone(),
+                self.retained_claims(&claims),
+                exp,
                 now,
             );
         }
@@ -603,16 +557,9 @@ impl Policy {
 
     /// The claims anything after verification reads; the rest is not kept in the cache.
     fn retained_claims(&self, claims: &Map<String, Value>) -> Map<String, Value> {
-        const ALWAYS: [&str; 8] = [
-            "iss",
-            "sub",
-            "aud",
-            "exp",
-            "client_id",
-            "scope",
-            "scp",
-            "cnf",
-        ];
+        // Not exp, iat, nbf or jti: checked at verification, and unique per token, they would
+        // keep successive tokens of a client from sharing one cached value.
+        const ALWAYS: [&str; 7] = ["iss", "sub", "aud", "client_id", "scope", "scp", "cnf"];
         claims
             .iter()
             .filter(|(name, _)| {

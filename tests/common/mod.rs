@@ -97,6 +97,11 @@ impl Signer {
         }
     }
 
+    /// The private key, for tokens built by hand.
+    pub fn encoding_key(&self) -> EncodingKey {
+        self.key.clone()
+    }
+
     /// Signs claims with this key and its `kid`.
     pub fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.alg);

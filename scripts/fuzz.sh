@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Long fuzz runs with cargo-fuzz (libFuzzer), on this machine's stable toolchain through
+# RUSTC_BOOTSTRAP=1. Each target runs FUZZ_SECONDS (default 120) from a copy of its corpus in
+# fuzz/corpus/; findings land in fuzz/artifacts/. Writes the figures to fuzz/RESULTS.md.
+# CI does not run this: tests/fuzz_replay.rs replays the corpus as an ordinary test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FUZZ_SECONDS=${FUZZ_SECONDS:-120}
+TARGETS=${TARGETS:-"xfcc certificate bearer jwt check_request"}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+export RUSTC_BOOTSTRAP=1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+results=fuzz/RESULTS.md
+{
+  echo "# Fuzzing results"
+  echo
+  echo "Run on $(date -u +%Y-%m-%d) with \`scripts/fuzz.sh\` (FUZZ_SECONDS=$FUZZ_SECONDS), cargo-fuzz $(cargo fuzz --version 2>/dev/null | awk '{print $2}'), libFuzzer, address sanitizer, $(nproc) shared cores."
+  echo
+  echo "| target | seconds | executions | exec/s | corpus at end | coverage | crashes |"
+  echo "|---|---|---|---|---|---|---|"
+} >"$results"
+for target in $TARGETS; do
+  cp -r "fuzz/corpus/$target" "$work/$target"
+  log="$work/$target.log"
+  status=0
+  (cd fuzz && cargo fuzz run "$target" "$work/$target" -- -max_total_time="$FUZZ_SECONDS" \
+    -max_len=70000 -print_final_stats=1) >"$log" 2>&1 || status=$?
+  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}' | tail -1)
+  rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | awk '{print $2}' | tail -1)
+  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | awk '{print $2}')
+  corpus=$(ls "$work/$target" | wc -l)
+  crashes=$(ls "fuzz/artifacts/$target" 2>/dev/null | wc -l)
+  echo "| $target | $FUZZ_SECONDS | ${execs:-?} | ${rate:-?} | $corpus | ${cov:-?} | $crashes |" | tee -a "$results"
+  if [ "$status" -ne 0 ]; then echo "fuzz target $target stopped with status $status (see artifacts)"; tail -30 "$log"; fi
+done
+echo >>"$results"
+echo "Crashes are kept in fuzz/artifacts/<target>/ and replayed by adding them to fuzz/corpus/<target>/." >>"$results"
