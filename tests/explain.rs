@@ -87,6 +87,18 @@ async fn each_kind_of_deny_is_explained_with_its_reason_and_answer() {
         w.signer.sign(&c)
     };
     let other = ClientCert::self_signed("b");
+    let garbage = ClientCert {
+        pem: "-----BEGIN CERTIFICATE-----\nAQIDBAUGBwg=\n-----END CERTIFICATE-----\n".into(),
+        der: vec![],
+        key_pem: String::new(),
+    };
+    let header_token = |header: serde_json::Value| {
+        use base64::Engine;
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!("{}.{}.c2ln", b64(&header), b64(&claims(&iss, Some(&x5t))))
+    };
     let cases: Vec<(&str, String, Option<&ClientCert>, &str, &str)> = vec![
         (
             "token_malformed",
@@ -180,6 +192,76 @@ async fn each_kind_of_deny_is_explained_with_its_reason_and_answer() {
             Some(&w.cert),
             "/partner",
             "rule: rules[2]",
+        ),
+        (
+            "token_missing",
+            String::new(),
+            Some(&w.cert),
+            "/",
+            "token: unusable (token_missing)",
+        ),
+        (
+            "token_too_large",
+            "a".repeat(17 * 1024),
+            Some(&w.cert),
+            "/",
+            "token: unusable (token_too_large)",
+        ),
+        (
+            "crit_unsupported",
+            header_token(json!({"alg": "ES256", "crit": ["x"]})),
+            Some(&w.cert),
+            "/",
+            "JWT header rejected (crit_unsupported)",
+        ),
+        (
+            "key_type_mismatch",
+            Signer::ed25519("k1").sign(&claims(&iss, Some(&x5t))),
+            Some(&w.cert),
+            "/",
+            "signature: not verified (key_type_mismatch)",
+        ),
+        (
+            "claims_invalid",
+            sign(&|c| c["exp"] = json!("soon")),
+            Some(&w.cert),
+            "/",
+            "exp: not a number",
+        ),
+        (
+            "token_not_yet_valid",
+            sign(&|c| c["nbf"] = json!(now() + 3600)),
+            Some(&w.cert),
+            "/",
+            "  nbf: ",
+        ),
+        (
+            "token_issued_in_future",
+            sign(&|c| c["iat"] = json!(now() + 3600)),
+            Some(&w.cert),
+            "/",
+            "  iat: ",
+        ),
+        (
+            "cnf_invalid",
+            sign(&|c| c["cnf"] = json!([1])),
+            Some(&w.cert),
+            "/",
+            "cnf: [1]",
+        ),
+        (
+            "x5t_missing",
+            sign(&|c| c["cnf"] = json!({"jkt": "x"})),
+            Some(&w.cert),
+            "/",
+            "cnf: {\"jkt\":\"x\"}",
+        ),
+        (
+            "cert_invalid",
+            sign(&|_| {}),
+            Some(&garbage),
+            "/",
+            "certificate: unusable",
         ),
     ];
     for (reason, token, cert, path, detail) in cases {
