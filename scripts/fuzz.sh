@@ -12,14 +12,16 @@ export RUSTC_BOOTSTRAP=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 results=fuzz/RESULTS.md
+[ -f "$results" ] || printf '# Fuzzing results\n\nEach run appends a section. Crashes are kept in fuzz/artifacts/<target>/ and replayed\nin CI by adding them to fuzz/corpus/<target>/ (tests/fuzz_replay.rs).\n' >"$results"
 {
-  echo "# Fuzzing results"
   echo
-  echo "Run on $(date -u +%Y-%m-%d) with \`scripts/fuzz.sh\` (FUZZ_SECONDS=$FUZZ_SECONDS), cargo-fuzz $(cargo fuzz --version 2>/dev/null | awk '{print $2}'), libFuzzer, address sanitizer, $(nproc) shared cores."
+  echo "## $(date -u +%Y-%m-%dT%H:%MZ): $FUZZ_SECONDS s per target"
+  echo
+  echo "\`scripts/fuzz.sh\`, cargo-fuzz $(cargo fuzz --version 2>/dev/null | awk '{print $2}'), libFuzzer with address sanitizer, $(nproc) shared cores."
   echo
   echo "| target | seconds | executions | exec/s | corpus at end | coverage | crashes |"
   echo "|---|---|---|---|---|---|---|"
-} >"$results"
+} >>"$results"
 for target in $TARGETS; do
   cp -r "fuzz/corpus/$target" "$work/$target"
   log="$work/$target.log"
@@ -27,12 +29,11 @@ for target in $TARGETS; do
   (cd fuzz && cargo fuzz run "$target" "$work/$target" -- -max_total_time="$FUZZ_SECONDS" \
     -max_len=70000 -print_final_stats=1) >"$log" 2>&1 || status=$?
   execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | awk '{print $2}' | tail -1)
-  rate=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | awk '{print $2}' | tail -1)
+  rate=$(( ${execs:-0} / FUZZ_SECONDS ))
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | awk '{print $2}')
   corpus=$(ls "$work/$target" | wc -l)
   crashes=$(ls "fuzz/artifacts/$target" 2>/dev/null | wc -l)
   echo "| $target | $FUZZ_SECONDS | ${execs:-?} | ${rate:-?} | $corpus | ${cov:-?} | $crashes |" | tee -a "$results"
   if [ "$status" -ne 0 ]; then echo "fuzz target $target stopped with status $status (see artifacts)"; tail -30 "$log"; fi
 done
-echo >>"$results"
-echo "Crashes are kept in fuzz/artifacts/<target>/ and replayed by adding them to fuzz/corpus/<target>/." >>"$results"
+

@@ -104,7 +104,7 @@ d_abort, d_err = split(d.get("errorDistribution", {}))
 errors = a_err + d_err
 unexpected = (asent - aok) + (dsent - dok) + errors
 p = a.get("latencyPercentiles", {})
-print(f"{unexpected}|| {seg} | {kid} | {aok} / {asent} | {dok} / {dsent} | {unexpected} | {a_abort + d_abort} | {p.get('p50', 0)*1000:.2f} / {p.get('p99', 0)*1000:.2f} | {rss} |")
+print(f"{unexpected}||| {seg} | {kid} | {aok} / {asent} | {dok} / {dsent} | {unexpected} | {a_abort + d_abort} | {p.get('p50', 0)*1000:.2f} / {p.get('p99', 0)*1000:.2f} | {rss} |")
 PY
 )
   unexpected=${row%%||*}
