@@ -79,7 +79,9 @@ fn main() {
         if let Some(token) = token {
             headers["authorization"] = json!(format!("Bearer {token}"));
         }
-        let cert = cert.map(url_encode).unwrap_or_default();
+        let cert = cert
+            .map(certbound::authz::certificate::envoy_url_encode)
+            .unwrap_or_default();
         serde_json::to_string_pretty(&json!({"attributes": {
             "source": {"certificate": cert},
             "request": {"http": {"method": "GET", "path": "/items", "host": "api.example.com", "headers": headers}},
@@ -149,15 +151,6 @@ fn server_certificate() -> (String, (String, String)) {
     params.not_after = rcgen::date_time_ymd(2099, 1, 1);
     let cert = params.signed_by(&key, &ca).unwrap();
     (ca.pem(), (cert.pem(), key.serialize_pem()))
-}
-
-/// Envoy's escaping of `attributes.source.certificate`.
-fn url_encode(pem: &str) -> String {
-    pem.replace('\n', "%0A")
-        .replace(' ', "%20")
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D")
 }
 
 fn write(dir: &Path, name: &str, text: &str) {

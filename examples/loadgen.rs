@@ -76,14 +76,6 @@ fn parse_args() -> Args {
     a
 }
 
-fn url_encode(pem: &str) -> String {
-    pem.replace('\n', "%0A")
-        .replace(' ', "%20")
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D")
-}
-
 /// Everything certbound needs, in a temp dir: JWKS, config; and the requests to send.
 fn prepare(args: &Args, dir: &std::path::Path, port: u16) -> (PathBuf, Vec<CheckRequest>) {
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -108,7 +100,7 @@ fn prepare(args: &Args, dir: &std::path::Path, port: u16) -> (PathBuf, Vec<Check
         .self_signed(&cert_key)
         .unwrap();
     let x5t = certbound::authz::Thumbprint::of_der(cert.der()).to_base64url();
-    let peer = url_encode(&cert.pem());
+    let peer = certbound::authz::certificate::envoy_url_encode(&cert.pem());
     let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("bench".into());

@@ -83,6 +83,23 @@ pub enum CertificateError {
     NotX509,
 }
 
+/// A PEM text encoded the way Envoy fills `attributes.source.certificate` and XFCC `Cert=`:
+/// only newline, space, `+`, `/` and `=` are escaped.
+pub fn envoy_url_encode(pem: &str) -> String {
+    let mut out = String::with_capacity(pem.len() + pem.len() / 8);
+    for c in pem.chars() {
+        match c {
+            '\n' => out.push_str("%0A"),
+            ' ' => out.push_str("%20"),
+            '+' => out.push_str("%2B"),
+            '/' => out.push_str("%2F"),
+            '=' => out.push_str("%3D"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Decodes `attributes.source.certificate`: URL-encoded PEM of the leaf certificate.
 ///
 /// Returns `Ok(None)` for an empty (or blank) value: Envoy sends "" when the client presented
@@ -163,12 +180,7 @@ mod tests {
     }
 
     fn url_encode(pem: &str) -> String {
-        // Envoy escapes only newline, space, '+', '/' and '='.
-        pem.replace('\n', "%0A")
-            .replace(' ', "%20")
-            .replace('+', "%2B")
-            .replace('/', "%2F")
-            .replace('=', "%3D")
+        envoy_url_encode(pem)
     }
 
     #[test]

@@ -62,122 +62,71 @@ pub struct AccessRequest {
     pub cors_preflight: bool,
 }
 
-/// Why a request was denied: stable, machine-readable, used in logs, metrics and metadata.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DenyReason {
+/// Declares [`DenyReason`] once: each variant with its stable code, and the list of all.
+macro_rules! deny_reasons {
+    ($($(#[doc = $doc:literal])* $variant:ident => $code:literal,)*) => {
+        /// Why a request was denied: stable, machine-readable, used in logs, metrics and metadata.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum DenyReason {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl DenyReason {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [DenyReason] = &[$(DenyReason::$variant,)*];
+
+            /// The stable code (`token_missing`, `binding_mismatch`, ...).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(DenyReason::$variant => $code,)*
+                }
+            }
+        }
+    };
+}
+
+deny_reasons! {
     /// Envoy sent no HTTP attributes.
-    RequestInvalid,
-    TokenMissing,
-    AuthorizationDuplicate,
-    TokenTooLarge,
+    RequestInvalid => "request_invalid",
+    TokenMissing => "token_missing",
+    AuthorizationDuplicate => "authorization_duplicate",
+    TokenTooLarge => "token_too_large",
     /// A header certbound reads is over `limits.max_header_bytes`.
-    HeaderTooLarge,
-    TokenMalformed,
-    AlgorithmNotAllowed,
-    CritUnsupported,
-    TypInvalid,
-    IssuerUnknown,
+    HeaderTooLarge => "header_too_large",
+    TokenMalformed => "token_malformed",
+    AlgorithmNotAllowed => "alg_not_allowed",
+    CritUnsupported => "crit_unsupported",
+    TypInvalid => "typ_invalid",
+    IssuerUnknown => "issuer_unknown",
     /// Introspection said `active: false`.
-    TokenInactive,
-    KeyUnknown,
-    KeyTypeMismatch,
-    SignatureInvalid,
-    ClaimsInvalid,
-    TokenExpired,
-    TokenNotYetValid,
-    TokenIssuedInFuture,
-    AudienceMismatch,
+    TokenInactive => "token_inactive",
+    KeyUnknown => "key_unknown",
+    KeyTypeMismatch => "key_type_mismatch",
+    SignatureInvalid => "signature_invalid",
+    ClaimsInvalid => "claims_invalid",
+    TokenExpired => "token_expired",
+    TokenNotYetValid => "token_not_yet_valid",
+    TokenIssuedInFuture => "token_issued_in_future",
+    AudienceMismatch => "audience_mismatch",
     /// The route accepts only other issuers.
-    IssuerNotAllowed,
+    IssuerNotAllowed => "issuer_not_allowed",
     /// The route requires another audience.
-    AudienceNotAllowed,
-    CertMissing,
-    CertInvalid,
-    CnfMissing,
-    CnfInvalid,
-    X5tMissing,
-    BindingMismatch,
+    AudienceNotAllowed => "audience_not_allowed",
+    CertMissing => "cert_missing",
+    CertInvalid => "cert_invalid",
+    CnfMissing => "cnf_missing",
+    CnfInvalid => "cnf_invalid",
+    X5tMissing => "x5t_missing",
+    BindingMismatch => "binding_mismatch",
     /// A required scope is missing (403).
-    ScopeMissing,
+    ScopeMissing => "scope_missing",
     /// No required group (or not all of them) (403).
-    GroupMissing,
+    GroupMissing => "group_missing",
     /// The route's policy cannot be applied (a bad `context_extensions` value): fail closed.
-    PolicyInvalid,
+    PolicyInvalid => "policy_invalid",
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 30] = {
-        use DenyReason::*;
-        [
-            RequestInvalid,
-            TokenMissing,
-            AuthorizationDuplicate,
-            TokenTooLarge,
-            HeaderTooLarge,
-            TokenMalformed,
-            AlgorithmNotAllowed,
-            CritUnsupported,
-            TypInvalid,
-            IssuerUnknown,
-            TokenInactive,
-            KeyUnknown,
-            KeyTypeMismatch,
-            SignatureInvalid,
-            ClaimsInvalid,
-            TokenExpired,
-            TokenNotYetValid,
-            TokenIssuedInFuture,
-            AudienceMismatch,
-            IssuerNotAllowed,
-            AudienceNotAllowed,
-            CertMissing,
-            CertInvalid,
-            CnfMissing,
-            CnfInvalid,
-            X5tMissing,
-            BindingMismatch,
-            ScopeMissing,
-            GroupMissing,
-            PolicyInvalid,
-        ]
-    };
-
-    pub fn as_str(self) -> &'static str {
-        use DenyReason::*;
-        match self {
-            RequestInvalid => "request_invalid",
-            TokenMissing => "token_missing",
-            AuthorizationDuplicate => "authorization_duplicate",
-            TokenTooLarge => "token_too_large",
-            HeaderTooLarge => "header_too_large",
-            TokenMalformed => "token_malformed",
-            AlgorithmNotAllowed => "alg_not_allowed",
-            CritUnsupported => "crit_unsupported",
-            TypInvalid => "typ_invalid",
-            IssuerUnknown => "issuer_unknown",
-            TokenInactive => "token_inactive",
-            KeyUnknown => "key_unknown",
-            KeyTypeMismatch => "key_type_mismatch",
-            SignatureInvalid => "signature_invalid",
-            ClaimsInvalid => "claims_invalid",
-            TokenExpired => "token_expired",
-            TokenNotYetValid => "token_not_yet_valid",
-            TokenIssuedInFuture => "token_issued_in_future",
-            AudienceMismatch => "audience_mismatch",
-            IssuerNotAllowed => "issuer_not_allowed",
-            AudienceNotAllowed => "audience_not_allowed",
-            CertMissing => "cert_missing",
-            CertInvalid => "cert_invalid",
-            CnfMissing => "cnf_missing",
-            CnfInvalid => "cnf_invalid",
-            X5tMissing => "x5t_missing",
-            BindingMismatch => "binding_mismatch",
-            ScopeMissing => "scope_missing",
-            GroupMissing => "group_missing",
-            PolicyInvalid => "policy_invalid",
-        }
-    }
-
     /// Whether the client sent no bearer token at all: RFC 6750 §3 then gives no error code.
     pub fn is_missing_credentials(self) -> bool {
         matches!(self, DenyReason::TokenMissing | DenyReason::RequestInvalid)

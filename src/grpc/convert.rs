@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn every_deny_sets_a_non_zero_status() {
-        for reason in DenyReason::ALL {
+        for &reason in DenyReason::ALL {
             let response = check_response(&Decision::deny(reason), ResponseOptions::default());
             let status = response.status.expect("status");
             assert_ne!(status.code, code::OK);

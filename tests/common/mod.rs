@@ -149,11 +149,7 @@ impl ClientCert {
 }
 
 pub fn url_encode_pem(pem: &str) -> String {
-    pem.replace('\n', "%0A")
-        .replace(' ', "%20")
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D")
+    certbound::authz::certificate::envoy_url_encode(pem)
 }
 
 /// Claims of a valid access token from `issuer`, bound to `x5t` when given.
