@@ -382,12 +382,7 @@ impl Policy {
         request: &AccessRequest,
         now: i64,
     ) -> Decision {
-        self.finish(|facts| {
-            let applied = self.routes.select(request)?;
-            facts.rule = Some(applied.rule.clone());
-            if applied.requirements.allow_anonymous {
-                return Ok(self.anonymous_upstream());
-            }
+        self.finish(request, |facts, requirements| {
             let token = match self.credential(request)? {
                 Credential::Jwt(token) => token,
                 // The caller introspects these; without an answer there is nothing to accept.
@@ -397,7 +392,7 @@ impl Policy {
                 Some(cache) => self.verify_jwt_cached(keys, cache, token, now, facts)?,
                 None => self.verify_jwt(keys, token, now, facts)?,
             };
-            self.authorize(request, &applied.requirements, claims, facts)
+            self.authorize(request, requirements, claims, facts)
         })
     }
 
@@ -409,26 +404,40 @@ impl Policy {
         answer: &Arc<Map<String, Value>>,
         now: i64,
     ) -> Decision {
-        self.finish(|facts| {
-            let applied = self.routes.select(request)?;
-            facts.rule = Some(applied.rule.clone());
-            if applied.requirements.allow_anonymous {
-                return Ok(self.anonymous_upstream());
-            }
-            let policy = self.introspection.clone().unwrap_or_default();
+        self.finish(request, |facts, requirements| {
+            let default = IntrospectionPolicy::default();
+            let policy = self.introspection.as_ref().unwrap_or(&default);
             if answer.get("active") != Some(&Value::Bool(true)) {
                 return Err(DenyReason::TokenInactive.into());
             }
             facts.issuer = answer.get("iss").and_then(Value::as_str).map(str::to_owned);
             facts.claims = Some(Arc::clone(answer));
-            token::check_introspected(answer, &policy, now, self.leeway_seconds)?;
-            self.authorize(request, &applied.requirements, Arc::clone(answer), facts)
+            token::check_introspected(answer, policy, now, self.leeway_seconds)?;
+            self.authorize(request, requirements, Arc::clone(answer), facts)
         })
     }
 
-    fn finish(&self, decide: impl FnOnce(&mut Facts) -> Result<Upstream, Refusal>) -> Decision {
+    /// Selects the route, answers anonymous routes, and otherwise runs `decide` with the
+    /// route's requirements; collects the facts either way.
+    fn finish(
+        &self,
+        request: &AccessRequest,
+        decide: impl FnOnce(&mut Facts, &Requirements) -> Result<Upstream, Refusal>,
+    ) -> Decision {
         let mut facts = Facts::default();
-        let outcome = match decide(&mut facts) {
+        let routed = self
+            .routes
+            .select(request)
+            .map_err(Refusal::from)
+            .and_then(|applied| {
+                facts.rule = Some(applied.rule);
+                if applied.requirements.allow_anonymous {
+                    Ok(self.anonymous_upstream())
+                } else {
+                    decide(&mut facts, &applied.requirements)
+                }
+            });
+        let outcome = match routed {
             Ok(upstream) => Outcome::Allow(upstream),
             Err(Refusal::Deny(reason)) => Outcome::Deny(reason),
             Err(Refusal::Unavailable(reason)) => Outcome::Unavailable(reason),
