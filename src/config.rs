@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+use crate::authz::certificate::CertificateCache;
 use crate::authz::policy::{HostMatch, PathMatch};
 use crate::authz::{
     BindingMode, CertificateSource, IntrospectionPolicy, IssuerPolicy, Policy, Requirements,
@@ -143,12 +145,25 @@ impl Default for ReloadConfig {
 }
 
 /// The async runtime.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Worker threads; 0 means one per CPU the process may use.
-    #[serde(default)]
+    /// Worker threads: 1 (the default) is the single-threaded scheduler, the most checks per
+    /// CPU-second; more use the work-stealing scheduler; 0 means one per CPU the process may use.
+    #[serde(default = "default_worker_threads")]
     pub worker_threads: usize,
+}
+
+fn default_worker_threads() -> usize {
+    1
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            worker_threads: default_worker_threads(),
+        }
+    }
 }
 
 /// The verified-token cache (JWTs): a hit skips signature and claim checks, never the binding.
@@ -885,6 +900,7 @@ impl FileConfig {
                 routes,
                 xfcc_by: self.certificate.xfcc_by,
                 reason_header,
+                certificates: Arc::new(CertificateCache::new(CertificateCache::DEFAULT_CAPACITY)),
             },
             key_sources,
             key_timing: KeyTiming {

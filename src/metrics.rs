@@ -1,5 +1,6 @@
 //! Prometheus metrics, served in text format on the admin listener's `/metrics`.
 
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -38,6 +39,14 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// Reads how many log lines the non-blocking log writer has dropped so far (set once, by `main`).
+static DROPPED_LOG_LINES: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> = OnceLock::new();
+
+/// Tells the metrics where the dropped-log-line count comes from.
+pub fn count_dropped_log_lines_with(source: impl Fn() -> u64 + Send + Sync + 'static) {
+    let _ = DROPPED_LOG_LINES.set(Box::new(source));
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -58,6 +67,7 @@ pub struct Metrics {
     pub introspection_cache: Family<ResultLabel, Counter>,
     pub token_cache: Family<ResultLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
+    pub log_lines_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -125,6 +135,12 @@ impl Default for Metrics {
             "Configuration reloads, by result (applied, rejected)",
             config_reloads.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer could not keep up",
+            log_lines_dropped.clone(),
+        );
         Self {
             registry,
             checks,
@@ -137,6 +153,7 @@ impl Default for Metrics {
             introspection_cache,
             token_cache,
             config_reloads,
+            log_lines_dropped,
         }
     }
 }
@@ -172,6 +189,12 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        if let Some(dropped) = DROPPED_LOG_LINES.get() {
+            let (total, counted) = (dropped(), self.log_lines_dropped.get());
+            if total > counted {
+                self.log_lines_dropped.inc_by(total - counted);
+            }
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -197,6 +220,10 @@ mod tests {
         );
         assert!(
             text.contains("certbound_check_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(
+            text.contains("certbound_log_lines_dropped_total 0"),
             "{text}"
         );
     }

@@ -1,6 +1,8 @@
 //! Client certificates as Envoy forwards them, and their RFC 8705 thumbprints.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -115,6 +117,80 @@ pub fn decode_url_encoded_pem(value: &str) -> Result<Option<Thumbprint>, Certifi
         .decode_utf8()
         .map_err(|_| CertificateError::BadEncoding)?;
     decode_pem(&decoded).map(Some)
+}
+
+/// Thumbprints of recently seen certificate values, keyed by their exact text.
+///
+/// Envoy forwards the same URL-encoded PEM with every request of a connection. Decoding it
+/// (percent-decoding, base64, X.509 parsing, SHA-256) is about a tenth of a cached Check's CPU;
+/// a lookup is a hash of the text and one comparison. Only values that decoded to a certificate
+/// are remembered, so every other input still goes through [`decode_url_encoded_pem`]. When
+/// full, an arbitrary entry makes room: a flood of distinct certificates costs what decoding
+/// always cost, no more.
+pub struct CertificateCache {
+    capacity: usize,
+    entries: Mutex<HashMap<Box<str>, Thumbprint, foldhash::fast::RandomState>>,
+}
+
+impl CertificateCache {
+    /// Distinct certificates remembered by default (about 2 KiB each).
+    pub const DEFAULT_CAPACITY: usize = 1024;
+
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: Mutex::new(HashMap::default()),
+        }
+    }
+
+    /// [`decode_url_encoded_pem`], remembering certificates it has decoded before.
+    pub fn decode_url_encoded_pem(
+        &self,
+        value: &str,
+    ) -> Result<Option<Thumbprint>, CertificateError> {
+        if self.capacity == 0 || value.len() > MAX_CERTIFICATE_INPUT {
+            return decode_url_encoded_pem(value);
+        }
+        if let Some(thumbprint) = self.lock().get(value) {
+            return Ok(Some(*thumbprint));
+        }
+        let decoded = decode_url_encoded_pem(value)?;
+        if let Some(thumbprint) = decoded {
+            let mut entries = self.lock();
+            if entries.len() >= self.capacity {
+                let victim = entries.keys().next().cloned();
+                if let Some(victim) = victim {
+                    entries.remove(&victim);
+                }
+            }
+            entries.insert(value.into(), thumbprint);
+        }
+        Ok(decoded)
+    }
+
+    /// How many certificates are remembered.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Thumbprint, foldhash::fast::RandomState>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl fmt::Debug for CertificateCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateCache")
+            .field("capacity", &self.capacity)
+            .field("len", &self.len())
+            .finish()
+    }
 }
 
 /// Thumbprint of the first `CERTIFICATE` block of a PEM text (the leaf, in Envoy's order).
@@ -252,6 +328,54 @@ mod tests {
     fn empty_or_blank_means_no_certificate() {
         assert_eq!(decode_url_encoded_pem(""), Ok(None));
         assert_eq!(decode_url_encoded_pem("  \n"), Ok(None));
+    }
+
+    #[test]
+    fn cache_answers_like_the_decoder() {
+        let (pem, der) = self_signed();
+        let (other_pem, other_der) = self_signed();
+        let cache = CertificateCache::new(1);
+        let value = url_encode(&pem);
+        for _ in 0..2 {
+            assert_eq!(
+                cache.decode_url_encoded_pem(&value),
+                Ok(Some(Thumbprint::of_der(&der)))
+            );
+        }
+        assert_eq!(cache.len(), 1);
+        // A second certificate evicts the first; both still decode correctly.
+        assert_eq!(
+            cache.decode_url_encoded_pem(&url_encode(&other_pem)),
+            Ok(Some(Thumbprint::of_der(&other_der)))
+        );
+        assert_eq!(cache.len(), 1);
+        assert_eq!(
+            cache.decode_url_encoded_pem(&value),
+            Ok(Some(Thumbprint::of_der(&der)))
+        );
+        // Failures and "no certificate" are never remembered.
+        assert_eq!(cache.decode_url_encoded_pem(""), Ok(None));
+        let truncated = &value[..value.len() / 2];
+        assert!(cache.decode_url_encoded_pem(truncated).is_err());
+        assert!(cache.decode_url_encoded_pem(truncated).is_err());
+        assert_eq!(cache.len(), 1);
+        // A one-byte change is a different key, decoded on its own.
+        let flipped = value.replacen("MII", "MIJ", 1);
+        assert_ne!(
+            cache.decode_url_encoded_pem(&flipped),
+            Ok(Some(Thumbprint::of_der(&der)))
+        );
+    }
+
+    #[test]
+    fn cache_of_zero_entries_only_decodes() {
+        let (pem, der) = self_signed();
+        let cache = CertificateCache::new(0);
+        assert_eq!(
+            cache.decode_url_encoded_pem(&url_encode(&pem)),
+            Ok(Some(Thumbprint::of_der(&der)))
+        );
+        assert!(cache.is_empty());
     }
 
     #[test]

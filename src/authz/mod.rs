@@ -319,6 +319,8 @@ pub struct Policy {
     pub xfcc_by: Option<String>,
     /// Tell clients the deny reason in `x-certbound-reason`.
     pub reason_header: bool,
+    /// Thumbprints of certificates already decoded (shared by clones of this policy).
+    pub certificates: Arc<certificate::CertificateCache>,
 }
 
 /// The key snapshots the core reads; the key store implements it.
@@ -597,12 +599,14 @@ impl Policy {
     ) -> CertificateOutcome {
         for source in &self.certificate_sources {
             let found = match source {
-                CertificateSource::Peer => {
-                    certificate::decode_url_encoded_pem(&request.peer_certificate)
-                }
-                CertificateSource::Xfcc => {
-                    xfcc_certificate(request.xfcc.as_deref(), self.xfcc_by.as_deref())
-                }
+                CertificateSource::Peer => self
+                    .certificates
+                    .decode_url_encoded_pem(&request.peer_certificate),
+                CertificateSource::Xfcc => xfcc_certificate(
+                    request.xfcc.as_deref(),
+                    self.xfcc_by.as_deref(),
+                    &self.certificates,
+                ),
                 CertificateSource::ClientCert => {
                     certificate::decode_rfc9440(request.client_cert.as_deref())
                 }
@@ -656,7 +660,11 @@ fn header_value(value: &Value) -> Option<String> {
 
 /// The certificate of the last XFCC element (the peer of the proxy nearest to us), or of the
 /// last element added by the proxy whose identity (`By`) is `by`.
-fn xfcc_certificate(header: Option<&str>, by: Option<&str>) -> CertificateOutcome {
+fn xfcc_certificate(
+    header: Option<&str>,
+    by: Option<&str>,
+    certificates: &certificate::CertificateCache,
+) -> CertificateOutcome {
     let Some(header) = header.filter(|h| !h.trim().is_empty()) else {
         return Ok(None);
     };
@@ -672,7 +680,7 @@ fn xfcc_certificate(header: Option<&str>, by: Option<&str>) -> CertificateOutcom
         return Ok(None);
     };
     if let Some(cert) = last.get("cert").filter(|c| !c.is_empty()) {
-        return certificate::decode_url_encoded_pem(cert);
+        return certificates.decode_url_encoded_pem(cert);
     }
     match last.get("hash") {
         Some(hash) => Thumbprint::from_hex(hash)
@@ -717,20 +725,18 @@ mod tests {
         assert_eq!(header_value(&json!("")), None);
     }
 
+    fn xfcc(header: Option<&str>, by: Option<&str>) -> CertificateOutcome {
+        xfcc_certificate(header, by, &certificate::CertificateCache::new(4))
+    }
+
     #[test]
     fn xfcc_can_choose_the_element_of_a_by_identity() {
         let hash = "66840dda154e8a113c31dd0ad32f7f3a366a80e8136979d8f5a101d3d29d6f72";
         let header = format!("By=spiffe://gw;Hash={hash},By=spiffe://sidecar;Hash=00");
         let expected = Ok(Some(Thumbprint::of_der(&[1, 2, 3, 4, 5, 6, 7, 8])));
-        assert_eq!(
-            xfcc_certificate(Some(&header), Some("spiffe://gw")),
-            expected
-        );
-        assert!(xfcc_certificate(Some(&header), None).is_err());
-        assert_eq!(
-            xfcc_certificate(Some(&header), Some("spiffe://other")),
-            Ok(None)
-        );
+        assert_eq!(xfcc(Some(&header), Some("spiffe://gw")), expected);
+        assert!(xfcc(Some(&header), None).is_err());
+        assert_eq!(xfcc(Some(&header), Some("spiffe://other")), Ok(None));
     }
 
     #[test]
@@ -738,12 +744,12 @@ mod tests {
         let hash = "66840dda154e8a113c31dd0ad32f7f3a366a80e8136979d8f5a101d3d29d6f72";
         let header = format!("Hash=00;Cert=\"garbage\",Hash={hash}");
         assert_eq!(
-            xfcc_certificate(Some(&header), None),
+            xfcc(Some(&header), None),
             Ok(Some(Thumbprint::of_der(&[1, 2, 3, 4, 5, 6, 7, 8])))
         );
-        assert_eq!(xfcc_certificate(None, None), Ok(None));
-        assert_eq!(xfcc_certificate(Some("By=spiffe://x"), None), Ok(None));
-        assert!(xfcc_certificate(Some("Cert=\"unterminated"), None).is_err());
-        assert!(xfcc_certificate(Some("Hash=zz"), None).is_err());
+        assert_eq!(xfcc(None, None), Ok(None));
+        assert_eq!(xfcc(Some("By=spiffe://x"), None), Ok(None));
+        assert!(xfcc(Some("Cert=\"unterminated"), None).is_err());
+        assert!(xfcc(Some("Hash=zz"), None).is_err());
     }
 }

@@ -174,15 +174,8 @@ impl UnverifiedJwt<'_> {
                 None => DenyReason::KeyUnknown,
             });
         }
-        let verified = candidates.any(|key| {
-            jsonwebtoken::crypto::verify(
-                self.signature,
-                self.signing_input.as_bytes(),
-                &key.key,
-                self.alg,
-            )
-            .unwrap_or(false)
-        });
+        let verified = candidates
+            .any(|key| key.verify(self.alg, self.signing_input.as_bytes(), self.signature));
         if verified {
             Ok(())
         } else {

@@ -1,5 +1,8 @@
 //! An issuer's verification keys: an immutable snapshot parsed from a JWKS document.
 
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ED25519, ParsedPublicKey,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -35,7 +38,17 @@ pub struct VerificationKey {
     pub kind: KeyKind,
     /// The JWK's `alg`, when it pins one.
     pub alg: Option<Algorithm>,
-    pub key: DecodingKey,
+    pub key: PublicKey,
+}
+
+/// Key material, ready to verify with.
+#[derive(Clone, Debug)]
+pub enum PublicKey {
+    /// EC and Ed25519 keys (one algorithm each): parsed, and the point checked to be on the
+    /// curve, once when the JWKS is loaded instead of on every verification.
+    Parsed(ParsedPublicKey),
+    /// RSA keys, which serve six algorithms, verified through `jsonwebtoken`.
+    Rsa(DecodingKey),
 }
 
 impl VerificationKey {
@@ -43,6 +56,22 @@ impl VerificationKey {
     pub fn accepts(&self, alg: Algorithm) -> bool {
         KeyKind::for_algorithm(alg) == Some(self.kind)
             && self.alg.is_none_or(|pinned| pinned == alg)
+    }
+
+    /// Whether `signature` (base64url, as in the JWS) is this key's signature of `message`
+    /// with `alg`. False for an algorithm the key does not accept.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
+        if !self.accepts(alg) {
+            return false;
+        }
+        match &self.key {
+            PublicKey::Parsed(key) => URL_SAFE_NO_PAD
+                .decode(signature)
+                .is_ok_and(|signature| key.verify_sig(message, &signature).is_ok()),
+            PublicKey::Rsa(key) => {
+                jsonwebtoken::crypto::verify(signature, message, key, alg).unwrap_or(false)
+            }
+        }
     }
 }
 
@@ -148,12 +177,12 @@ fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
                 return Err("RSA modulus shorter than 2048 bits");
             }
             let key = DecodingKey::from_rsa_components(n, e).map_err(|_| "bad RSA components")?;
-            (KeyKind::Rsa, key)
+            (KeyKind::Rsa, PublicKey::Rsa(key))
         }
         Some("EC") => {
-            let (kind, size) = match str_field(entry, "crv") {
-                Some("P-256") => (KeyKind::EcP256, 32),
-                Some("P-384") => (KeyKind::EcP384, 48),
+            let (kind, size, algorithm) = match str_field(entry, "crv") {
+                Some("P-256") => (KeyKind::EcP256, 32, &ECDSA_P256_SHA256_FIXED),
+                Some("P-384") => (KeyKind::EcP384, 48, &ECDSA_P384_SHA384_FIXED),
                 _ => return Err("unsupported EC curve"),
             };
             let (x, y) = str_field(entry, "x")
@@ -162,8 +191,16 @@ fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
             if decoded_len(x) != Some(size) || decoded_len(y) != Some(size) {
                 return Err("EC coordinates do not match the curve");
             }
-            let key = DecodingKey::from_ec_components(x, y).map_err(|_| "bad EC components")?;
-            (kind, key)
+            // The uncompressed SEC1 point: 0x04 || x || y.
+            let mut point = vec![0x04];
+            for coordinate in [x, y] {
+                URL_SAFE_NO_PAD
+                    .decode_vec(coordinate, &mut point)
+                    .map_err(|_| "bad EC components")?;
+            }
+            let key = ParsedPublicKey::new(algorithm, point)
+                .map_err(|_| "EC point is not on the curve")?;
+            (kind, PublicKey::Parsed(key))
         }
         Some("OKP") => {
             if str_field(entry, "crv") != Some("Ed25519") {
@@ -173,8 +210,11 @@ fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
             if decoded_len(x) != Some(32) {
                 return Err("Ed25519 key is not 32 bytes");
             }
-            let key = DecodingKey::from_ed_components(x).map_err(|_| "bad OKP components")?;
-            (KeyKind::Ed25519, key)
+            let x = URL_SAFE_NO_PAD
+                .decode(x)
+                .map_err(|_| "bad OKP components")?;
+            let key = ParsedPublicKey::new(&ED25519, x).map_err(|_| "bad OKP components")?;
+            (KeyKind::Ed25519, PublicKey::Parsed(key))
         }
         Some("oct") => return Err("symmetric keys are never accepted"),
         _ => return Err("unsupported kty"),
@@ -235,6 +275,36 @@ mod tests {
         assert_eq!(set.candidates(Some("a"), Algorithm::RS256).count(), 0);
         assert_eq!(set.candidates(Some("a"), Algorithm::ES384).count(), 0);
         assert_eq!(set.candidates(Some("zz"), Algorithm::ES256).count(), 0);
+    }
+
+    #[test]
+    fn ec_points_off_the_curve_are_ignored_at_load() {
+        // The right length, but y is not the curve's y for this x.
+        let off_curve = "x_FEzRu9m36HLN_tuf659LNpXW6pCyStikYjKIWI5a0";
+        let doc = jwks(serde_json::json!([
+            {"kty": "EC", "crv": "P-256", "x": P256_X, "y": off_curve, "kid": "off"},
+            {"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "on"},
+        ]));
+        let (set, ignored) = KeySet::from_jwks(&doc).expect("parses");
+        assert!(set.has_kid("on") && !set.has_kid("off"));
+        assert_eq!(ignored.len(), 1);
+        assert_eq!(ignored[0].why, "EC point is not on the curve");
+    }
+
+    #[test]
+    fn a_parsed_key_verifies_only_its_own_algorithm() {
+        let doc = jwks(serde_json::json!([
+            {"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "a"},
+        ]));
+        let (set, _) = KeySet::from_jwks(&doc).expect("parses");
+        let key = set
+            .candidates(Some("a"), Algorithm::ES256)
+            .next()
+            .expect("key");
+        // Garbage signatures fail; so does any other algorithm, before looking at the signature.
+        assert!(!key.verify(Algorithm::ES256, b"m", "AAAA"));
+        assert!(!key.verify(Algorithm::ES256, b"m", "not base64!"));
+        assert!(!key.verify(Algorithm::RS256, b"m", "AAAA"));
     }
 
     #[test]
