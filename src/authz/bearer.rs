@@ -45,11 +45,35 @@ pub fn bearer_token(authorization: &Authorization) -> Result<&str, BearerError> 
     if value.contains(',') {
         return Err(BearerError::Duplicate);
     }
-    let mut parts = value.split_whitespace();
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(scheme), Some(token), None) if scheme.eq_ignore_ascii_case("bearer") => Ok(token),
+    match two_words(value) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token),
         _ => Err(BearerError::Missing),
     }
+}
+
+/// `value.split_whitespace()` when it yields exactly two words. An ASCII value (in practice,
+/// every one) is scanned byte by byte, with the same whitespace set, instead of char by char.
+fn two_words(value: &str) -> Option<(&str, &str)> {
+    if !value.is_ascii() {
+        let mut parts = value.split_whitespace();
+        return match (parts.next(), parts.next(), parts.next()) {
+            (Some(first), Some(second), None) => Some((first, second)),
+            _ => None,
+        };
+    }
+    // The ASCII characters with Unicode's White_Space property, as `char::is_whitespace`.
+    let space = |b: u8| matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ');
+    let bytes = value.as_bytes();
+    let start = bytes.iter().position(|&b| !space(b))?;
+    let end = bytes.iter().rposition(|&b| !space(b))? + 1;
+    let words = &value[start..end];
+    let gap = words.bytes().position(space)?;
+    let (first, rest) = words.split_at(gap);
+    let second = rest.trim_start_matches(|c: char| c.is_ascii() && space(c as u8));
+    if second.bytes().any(space) {
+        return None;
+    }
+    Some((first, second))
 }
 
 #[cfg(test)]
@@ -60,6 +84,32 @@ mod tests {
         // Leak is fine in a test: it keeps the borrow simple.
         let auth: &'static Authorization = Box::leak(Box::new(Authorization::One(value.into())));
         bearer_token(auth)
+    }
+
+    #[test]
+    fn two_words_agrees_with_split_whitespace() {
+        for value in [
+            "a b",
+            " a  b ",
+            "a\x0bb",
+            "a\x0c\tb\r\n",
+            "a\x1cb",
+            "a",
+            "",
+            "   ",
+            "a b c",
+            "a  b\x0b",
+            "\u{a0}a b",
+            "a\u{2003}b",
+            "a\u{85}b c",
+        ] {
+            let words: Vec<&str> = value.split_whitespace().collect();
+            let expected = match words.as_slice() {
+                [first, second] => Some((*first, *second)),
+                _ => None,
+            };
+            assert_eq!(two_words(value), expected, "{value:?}");
+        }
     }
 
     #[test]

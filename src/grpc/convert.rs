@@ -36,26 +36,27 @@ pub struct ResponseOptions {
 /// Converts Envoy's request; a request without HTTP attributes cannot be authorized.
 pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason> {
     let attributes = request.attributes.ok_or(DenyReason::RequestInvalid)?;
-    let http = attributes
+    let mut http = attributes
         .request
         .and_then(|r| r.http)
         .ok_or(DenyReason::RequestInvalid)?;
     let peer_certificate = attributes.source.map(|s| s.certificate).unwrap_or_default();
-    let authorization = match header_values(&http, "authorization").as_slice() {
-        [] => Authorization::Absent,
-        [one] => Authorization::One(one.clone()),
+    let mut authorization_values = take_header(&mut http, "authorization");
+    let authorization = match authorization_values.len() {
+        0 => Authorization::Absent,
+        1 => Authorization::One(authorization_values.swap_remove(0)),
         _ => Authorization::Multiple,
     };
-    let xfcc = header_values(&http, "x-forwarded-client-cert");
-    let request_id = header_values(&http, "x-request-id")
+    let xfcc = take_header(&mut http, "x-forwarded-client-cert");
+    let request_id = take_header(&mut http, "x-request-id")
         .into_iter()
         .next()
-        .or_else(|| (!http.id.is_empty()).then(|| http.id.clone()));
-    let client_cert = header_values(&http, "client-cert").into_iter().next();
-    let traceparent = header_values(&http, "traceparent").into_iter().next();
+        .or_else(|| (!http.id.is_empty()).then(|| std::mem::take(&mut http.id)));
+    let client_cert = take_header(&mut http, "client-cert").into_iter().next();
+    let traceparent = take_header(&mut http, "traceparent").into_iter().next();
     let cors_preflight = http.method.eq_ignore_ascii_case("OPTIONS")
-        && !header_values(&http, "origin").is_empty()
-        && !header_values(&http, "access-control-request-method").is_empty();
+        && !take_header(&mut http, "origin").is_empty()
+        && !take_header(&mut http, "access-control-request-method").is_empty();
     Ok(AccessRequest {
         authorization,
         peer_certificate,
@@ -71,11 +72,11 @@ pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason
     })
 }
 
-/// Values of a header: from `headers` (Envoy's default), else from `header_map` (with
-/// `encode_raw_headers: true`), where repeated headers stay separate.
-fn header_values(http: &HttpRequest, name: &str) -> Vec<String> {
-    if let Some(value) = http.headers.get(name) {
-        return vec![value.clone()];
+/// Values of a header: moved out of `headers` (Envoy's default; each header is read once), else
+/// from `header_map` (with `encode_raw_headers: true`), where repeated headers stay separate.
+fn take_header(http: &mut HttpRequest, name: &str) -> Vec<String> {
+    if let Some(value) = http.headers.remove(name) {
+        return vec![value];
     }
     let Some(map) = &http.header_map else {
         return Vec::new();
