@@ -10,6 +10,8 @@
 # certbound's CPU time per request comes from /proc. Results: benches/results/envoy-*.jsonl and
 # a Markdown table + SVG chart (scripts/bench_report.py).
 #
+# CERTBOUND_CPU (default 1) moves certbound to Envoy's core instead of oha's.
+#
 # Needs: oha (`cargo install oha`), Envoy (scripts/install-tools.sh), curl, taskset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +38,7 @@ clk=$(getconf CLK_TCK)
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 LISTEN=$(port); ADMIN=$(port); CB=$(port)
 
-# certbound: one worker thread, pinned to CPU 1, cache on or off (two processes, both idle when unused).
+# certbound: one worker thread, pinned to CPU 1 (CERTBOUND_CPU), cache on or off (two processes, both idle when unused).
 start_certbound() { # name cache_entries port
   cat >"$work/$1.yaml" <<YAML
 listen: 127.0.0.1:$3
@@ -51,7 +53,7 @@ token_cache:
 runtime:
   worker_threads: 1
 YAML
-  RUST_LOG=info taskset -c 1 target/release/certbound serve --config "$work/$1.yaml" 2>/dev/null &
+  RUST_LOG=info taskset -c "${CERTBOUND_CPU:-1}" target/release/certbound serve --config "$work/$1.yaml" 2>/dev/null &
   pids+=($!)
   echo $! >"$work/$1.pid"
 }
