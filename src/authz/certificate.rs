@@ -129,8 +129,10 @@ pub fn decode_url_encoded_pem(value: &str) -> Result<Option<Thumbprint>, Certifi
 /// always cost, no more.
 pub struct CertificateCache {
     capacity: usize,
-    entries: Mutex<HashMap<Box<str>, Thumbprint, foldhash::fast::RandomState>>,
+    entries: Mutex<CertificateEntries>,
 }
+
+type CertificateEntries = HashMap<Box<str>, Thumbprint, foldhash::fast::RandomState>;
 
 impl CertificateCache {
     /// Distinct certificates remembered by default (about 2 KiB each).
@@ -177,9 +179,7 @@ impl CertificateCache {
         self.len() == 0
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Thumbprint, foldhash::fast::RandomState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CertificateEntries> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

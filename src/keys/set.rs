@@ -188,15 +188,15 @@ fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
             let (x, y) = str_field(entry, "x")
                 .zip(str_field(entry, "y"))
                 .ok_or("EC key without x/y")?;
-            if decoded_len(x) != Some(size) || decoded_len(y) != Some(size) {
-                return Err("EC coordinates do not match the curve");
-            }
             // The uncompressed SEC1 point: 0x04 || x || y.
             let mut point = vec![0x04];
             for coordinate in [x, y] {
-                URL_SAFE_NO_PAD
-                    .decode_vec(coordinate, &mut point)
-                    .map_err(|_| "bad EC components")?;
+                let coordinate = URL_SAFE_NO_PAD
+                    .decode(coordinate)
+                    .ok()
+                    .filter(|c| c.len() == size)
+                    .ok_or("EC coordinates do not match the curve")?;
+                point.extend_from_slice(&coordinate);
             }
             let key = ParsedPublicKey::new(algorithm, point)
                 .map_err(|_| "EC point is not on the curve")?;
@@ -207,12 +207,11 @@ fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
                 return Err("unsupported OKP curve");
             }
             let x = str_field(entry, "x").ok_or("OKP key without x")?;
-            if decoded_len(x) != Some(32) {
-                return Err("Ed25519 key is not 32 bytes");
-            }
             let x = URL_SAFE_NO_PAD
                 .decode(x)
-                .map_err(|_| "bad OKP components")?;
+                .ok()
+                .filter(|x| x.len() == 32)
+                .ok_or("Ed25519 key is not 32 bytes")?;
             let key = ParsedPublicKey::new(&ED25519, x).map_err(|_| "bad OKP components")?;
             (KeyKind::Ed25519, PublicKey::Parsed(key))
         }
