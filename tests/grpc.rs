@@ -137,12 +137,8 @@ async fn rsa_and_eddsa_tokens_verify_too() {
     let certbound = Certbound::start(&config_for(&idp, "")).await;
     let cert = ClientCert::self_signed("c");
     for signer in [&es, &rs, &ed] {
-        let auth = format!(
-            "Bearer {}",
-            signer.sign(&claims(&idp.issuer, Some(&cert.x5t())))
-        );
         certbound
-            .check(request(&[("authorization", &auth)], &cert.url_encoded()))
+            .check(bound_request(signer, &idp.issuer, &cert))
             .await
             .assert_allowed();
     }
@@ -658,23 +654,15 @@ async fn keys_that_cannot_be_loaded_give_503_and_not_serving() {
         "alive while not ready"
     );
     let cert = ClientCert::self_signed("c");
-    let auth = format!(
-        "Bearer {}",
-        signer.sign(&claims(&idp.issuer, Some(&cert.x5t())))
-    );
-    let answer = certbound
-        .check(request(&[("authorization", &auth)], &cert.url_encoded()))
-        .await;
+    let bound = bound_request(&signer, &idp.issuer, &cert);
+    let answer = certbound.check(bound.clone()).await;
     answer.assert_unavailable();
     assert_eq!(answer.reason(), "keys_unavailable");
     idp.set_status(200);
     certbound
         .wait_serving(std::time::Duration::from_secs(10))
         .await;
-    certbound
-        .check(request(&[("authorization", &auth)], &cert.url_encoded()))
-        .await
-        .assert_allowed();
+    certbound.check(bound).await.assert_allowed();
 }
 
 #[tokio::test]
@@ -700,12 +688,8 @@ async fn keys_via_oidc_discovery() {
     let certbound = Certbound::start(&yaml).await;
     assert_eq!(idp.discovery_hits(), 1);
     let cert = ClientCert::self_signed("c");
-    let auth = format!(
-        "Bearer {}",
-        signer.sign(&claims(&idp.issuer, Some(&cert.x5t())))
-    );
     certbound
-        .check(request(&[("authorization", &auth)], &cert.url_encoded()))
+        .check(bound_request(&signer, &idp.issuer, &cert))
         .await
         .assert_allowed();
 }

@@ -46,12 +46,8 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     assert_eq!(get(&format!("{url}/readyz")).await, (200, "ready\n".into()));
 
     let cert = ClientCert::self_signed("c");
-    let auth = format!(
-        "Bearer {}",
-        signer.sign(&claims(&idp.issuer, Some(&cert.x5t())))
-    );
     certbound
-        .check(request(&[("authorization", &auth)], &cert.url_encoded()))
+        .check(bound_request(&signer, &idp.issuer, &cert))
         .await
         .assert_allowed();
     certbound
@@ -158,12 +154,8 @@ async fn reload_to_issuers_whose_keys_cannot_load_is_refused() {
     let error = certbound.app.reload(settings).await.unwrap_err();
     assert!(error.contains("could not be loaded"), "{error}");
     let cert = ClientCert::self_signed("c");
-    let auth = format!(
-        "Bearer {}",
-        signer.sign(&claims(&idp.issuer, Some(&cert.x5t())))
-    );
     certbound
-        .check(request(&[("authorization", &auth)], &cert.url_encoded()))
+        .check(bound_request(&signer, &idp.issuer, &cert))
         .await
         .assert_allowed();
 }
@@ -337,16 +329,7 @@ async fn the_binary_reloads_on_sighup_and_file_change_and_keeps_running_on_a_bad
             &[("authorization", &auth), ("traceparent", traceparent)],
             &cert.url_encoded(),
         );
-        let http = req
-            .attributes
-            .as_mut()
-            .unwrap()
-            .request
-            .as_mut()
-            .unwrap()
-            .http
-            .as_mut()
-            .unwrap();
+        let http = http_mut(&mut req);
         http.headers.insert("x-request-id".into(), "req-77".into());
         let mut client = client.clone();
         async move { Answer::from(client.check(req).await.unwrap().into_inner()) }

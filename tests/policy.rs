@@ -217,16 +217,7 @@ async fn cors_preflight_passes_when_enabled() {
         ],
         "",
     );
-    req.attributes
-        .as_mut()
-        .unwrap()
-        .request
-        .as_mut()
-        .unwrap()
-        .http
-        .as_mut()
-        .unwrap()
-        .method = "OPTIONS".into();
+    http_mut(&mut req).method = "OPTIONS".into();
     w.certbound.check(req).await.assert_allowed();
     // An OPTIONS without the preflight headers is an ordinary request.
     w.call("OPTIONS", "h", "/items", None, &[])

@@ -141,14 +141,9 @@ async fn the_cache_is_bounded_and_can_be_turned_off() {
 
     let off = Certbound::start(&config_for(&idp, "token_cache:\n  max_entries: 0\n")).await;
     assert!(off.checker().token_cache().is_none());
-    let auth = format!(
-        "Bearer {}",
-        signer.sign(&claims(&idp.issuer, Some(&cert.x5t())))
-    );
+    let bound = bound_request(&signer, &idp.issuer, &cert);
     for _ in 0..2 {
-        off.check(request(&[("authorization", &auth)], &cert.url_encoded()))
-            .await
-            .assert_allowed();
+        off.check(bound.clone()).await.assert_allowed();
     }
     assert_eq!(hits(&off), (0, 0));
 }

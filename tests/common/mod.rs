@@ -534,10 +534,16 @@ pub fn request(headers: &[(&str, &str)], certificate: &str) -> CheckRequest {
     }
 }
 
-/// A CheckRequest as Envoy builds it with `encode_raw_headers: true`.
-pub fn raw_request(headers: &[(&str, &[u8])], certificate: &str) -> CheckRequest {
-    let mut request = request(&[], certificate);
-    let http = request
+/// A Check from `cert`'s connection carrying a token of `issuer`, signed by `signer` and bound
+/// to `cert`. Each call signs a new token.
+pub fn bound_request(signer: &Signer, issuer: &str, cert: &ClientCert) -> CheckRequest {
+    let auth = format!("Bearer {}", signer.sign(&claims(issuer, Some(&cert.x5t()))));
+    request(&[("authorization", &auth)], &cert.url_encoded())
+}
+
+/// The HTTP attributes of a request, to edit.
+pub fn http_mut(request: &mut CheckRequest) -> &mut attribute_context::HttpRequest {
+    request
         .attributes
         .as_mut()
         .unwrap()
@@ -546,7 +552,13 @@ pub fn raw_request(headers: &[(&str, &[u8])], certificate: &str) -> CheckRequest
         .unwrap()
         .http
         .as_mut()
-        .unwrap();
+        .unwrap()
+}
+
+/// A CheckRequest as Envoy builds it with `encode_raw_headers: true`.
+pub fn raw_request(headers: &[(&str, &[u8])], certificate: &str) -> CheckRequest {
+    let mut request = request(&[], certificate);
+    let http = http_mut(&mut request);
     http.headers.clear();
     http.header_map = Some(ProtoHeaderMap {
         headers: headers
