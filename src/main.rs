@@ -14,6 +14,11 @@ use tracing_subscriber::EnvFilter;
 use certbound::config::{LogFormat, Settings};
 use certbound::server::App;
 
+/// mimalloc: per-thread free lists without glibc's consolidation passes; a Check allocates and
+/// frees dozens of small buffers (HTTP/2 frames, protobuf strings, the response).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration that does not validate (sysexits EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
 
