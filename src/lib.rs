@@ -12,6 +12,7 @@
 //! - [`check`]: the Check use case: decide (JWT or introspected), and refetch once (bounded) on
 //!   an unknown `kid`.
 //! - [`cache`], [`clock`]: the bounded TTL cache and the injected clock.
+//! - [`decision_log`]: the one-line-per-Check log, formatted without tracing's visitors.
 //! - [`metrics`]: the Prometheus metrics; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`grpc`]: the Envoy adapter. Generated code, `CheckRequest` -> core, `Decision` ->
 //!   `CheckResponse`, and the tonic service. Nothing else touches proto types.
@@ -26,6 +27,7 @@ pub mod cache;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod decision_log;
 pub mod explain;
 pub mod fuzzing;
 pub mod grpc;

@@ -363,10 +363,19 @@ fn init_tracing(format: LogFormat) -> WorkerGuard {
     let dropped = writer.error_counter();
     certbound::metrics::count_dropped_log_lines_with(move || dropped.dropped_lines() as u64);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !terminal {
+        // Decision lines skip tracing's formatting (see certbound::decision_log); on a
+        // terminal they go through tracing for its colours.
+        let writer = writer.clone();
+        certbound::decision_log::install(format, move |line| {
+            let _ = std::io::Write::write_all(&mut writer.clone(), line);
+        });
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(terminal);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

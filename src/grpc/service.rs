@@ -9,6 +9,7 @@ use super::convert;
 use super::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use super::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use crate::authz::{AccessRequest, Decision, UnavailableReason};
+use crate::decision_log;
 use crate::server::App;
 
 /// The ext_authz gRPC service over the running [`App`].
@@ -62,22 +63,20 @@ impl Authorization for AuthorizationService {
 fn log_decision(decision: &Decision, request: Option<&AccessRequest>, latency_us: u64) {
     let facts = &decision.facts;
     let thumbprint = facts.thumbprint.map(|t| t.to_base64url());
-    tracing::info!(
-        target: "certbound::decision",
-        decision = decision.outcome_name(),
-        reason = decision.reason(),
-        rule = facts.rule.as_deref(),
-        issuer = facts.issuer.as_deref(),
-        kid = facts.kid.as_deref(),
-        sub = facts.claim_str("sub"),
-        client_id = facts.claim_str("client_id"),
-        x5t = thumbprint.as_deref(),
-        request_id = request.and_then(|r| r.request_id.as_deref()),
-        traceparent = request.and_then(|r| r.traceparent.as_deref()),
-        method = request.map(|r| r.method.as_str()),
+    decision_log::log(&decision_log::Line {
+        decision: decision.outcome_name(),
+        reason: decision.reason(),
+        rule: facts.rule.as_deref(),
+        issuer: facts.issuer.as_deref(),
+        kid: facts.kid.as_deref(),
+        sub: facts.claim_str("sub"),
+        client_id: facts.claim_str("client_id"),
+        x5t: thumbprint.as_deref(),
+        request_id: request.and_then(|r| r.request_id.as_deref()),
+        traceparent: request.and_then(|r| r.traceparent.as_deref()),
+        method: request.map(|r| r.method.as_str()),
         // Without the query: it may carry an access_token (RFC 6750 §2.3).
-        path = request.map(|r| r.path.split('?').next().unwrap_or_default()),
+        path: request.map(|r| r.path.split('?').next().unwrap_or_default()),
         latency_us,
-        "check"
-    );
+    });
 }
