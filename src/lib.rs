@@ -12,7 +12,8 @@
 //! - [`check`]: the Check use case: decide (JWT or introspected), and refetch once (bounded) on
 //!   an unknown `kid`.
 //! - [`cache`], [`clock`]: the bounded TTL cache and the injected clock.
-//! - [`decision_log`]: the one-line-per-Check log, formatted without tracing's visitors.
+//! - [`decision_log`]: the one-line-per-Check log, formatted without tracing's visitors;
+//!   [`log_writer`]: the batching, lossy writer behind all logs.
 //! - [`metrics`]: the Prometheus metrics; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`grpc`]: the Envoy adapter. Generated code, `CheckRequest` -> core, `Decision` ->
 //!   `CheckResponse`, and the tonic service. Nothing else touches proto types.
@@ -33,5 +34,6 @@ pub mod fuzzing;
 pub mod grpc;
 pub mod introspection;
 pub mod keys;
+pub mod log_writer;
 pub mod metrics;
 pub mod server;

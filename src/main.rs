@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use certbound::config::{LogFormat, Settings};
+use certbound::log_writer::{FlushGuard, LogWriter};
 use certbound::server::App;
 
 /// mimalloc: per-thread free lists without glibc's consolidation passes; a Check allocates and
@@ -349,36 +349,47 @@ fn runtime_builder(worker_threads: usize) -> tokio::runtime::Builder {
     builder
 }
 
-/// Logs go to stderr through a writer thread: a Check formats its line and queues it, and never
-/// waits for the write. Lines queued while the thread writes are written together. If stderr
-/// cannot keep up with 16,384 queued lines, further lines are dropped and counted in
+/// Logs go to stderr through a writer thread (certbound::log_writer): a Check appends its line to
+/// a buffer, and the thread writes what accumulated every 100 ms, or at 64 KiB. If stderr
+/// cannot keep up with 4 MiB waiting, further lines are dropped and counted in
 /// `certbound_log_lines_dropped_total` rather than slowing decisions down. The returned guard
-/// writes what is queued when dropped, at exit.
-fn init_tracing(format: LogFormat) -> WorkerGuard {
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(16_384)
-        .thread_name("certbound-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
-    let dropped = writer.error_counter();
-    certbound::metrics::count_dropped_log_lines_with(move || dropped.dropped_lines() as u64);
+/// writes what is waiting when dropped, at exit.
+fn init_tracing(format: LogFormat) -> Option<FlushGuard> {
+    let (writer, guard) =
+        match LogWriter::spawn(std::io::stderr(), Duration::from_millis(100), 4 << 20) {
+            Ok(spawned) => spawned,
+            Err(error) => {
+                // Without a thread, write directly: slower, but nothing is lost.
+                eprintln!("certbound: no log writer thread ({error}); logging synchronously");
+                let filter =
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+                let builder = tracing_subscriber::fmt().with_env_filter(filter);
+                match format {
+                    LogFormat::Text => builder.init(),
+                    LogFormat::Json => builder.json().flatten_event(true).init(),
+                }
+                return None;
+            }
+        };
+    certbound::metrics::count_dropped_log_lines_with({
+        let writer = writer.clone();
+        move || writer.dropped_lines()
+    });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     if !terminal {
         // Decision lines skip tracing's formatting (see certbound::decision_log); on a
         // terminal they go through tracing for its colours.
         let writer = writer.clone();
-        certbound::decision_log::install(format, move |line| {
-            let _ = std::io::Write::write_all(&mut writer.clone(), line);
-        });
+        certbound::decision_log::install(format, move |line| writer.write_line(line));
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(move || writer.clone())
         .with_ansi(terminal);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    guard
+    Some(guard)
 }
