@@ -360,7 +360,7 @@ async fn main() {
         json!({
             "label": args.label, "mode": args.mode, "concurrency": args.concurrency, "rate": args.rate,
             "tokens": args.tokens, "cache": args.cache, "workers": args.workers,
-            "checks_per_s": (checks / elapsed).round(), "errors": errors,
+            "checks": checks, "checks_per_s": (checks / elapsed).round(), "errors": errors,
             "p50_ms": p(0.50), "p90_ms": p(0.90), "p99_ms": p(0.99), "p999_ms": p(0.999),
             "cpu_us_per_check": (cpu_us_per_check * 10.0).round() / 10.0,
             "rss_mib": (rss_kib(pid) as f64 / 1024.0 * 10.0).round() / 10.0,
