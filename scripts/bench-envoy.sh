@@ -70,7 +70,28 @@ def common(text):
     text = text.replace("port_value: 8443", f"port_value: {listen}").replace("port_value: 9901", f"port_value: {admin}")
     text = text.replace("/etc/envoy/tls/server.crt", f"{work}/demo-server.pem").replace("/etc/envoy/tls/server.key", f"{work}/demo-server.key")
     text = text.replace("/etc/envoy/jwks.json", f"{work}/jwks.json")
-    return re.sub(r"route: \{ cluster: upstream \}", direct, text)
+    text = re.sub(r"route: \{ cluster: upstream \}", direct, text)
+    return timed(text)
+# Envoy's own timing of each request, logged only while the runtime key bench.timing_log is
+# 100 (the fixed-rate runs): microseconds from the first request byte to the last response
+# byte, and for ext_authz the Check call as Envoy measured it (emit_filter_state_stats).
+timing_log = """                stat_prefix: ingress
+                access_log:
+                  - name: envoy.access_loggers.file
+                    filter:
+                      runtime_filter:
+                        runtime_key: bench.timing_log
+                        percent_sampled: { numerator: 0, denominator: HUNDRED }
+                        use_independent_randomness: true
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+                      path: WORK/timing.log
+                      log_format: { text_format_source: { inline_string: "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)% %FILTER_STATE(envoy.filters.http.ext_authz:FIELD:latency_us)%\\n" } }
+"""
+def timed(text):
+    out = text.replace("                stat_prefix: ingress\n", timing_log.replace("WORK", work), 1)
+    assert out != text, "no stat_prefix to hang the timing log on"
+    return out.replace("failure_mode_allow: false", "failure_mode_allow: false\n                      emit_filter_state_stats: true")
 ext = common(open("deploy/envoy/self-signed.yaml").read())
 open(f"{work}/certbound-nocache.envoy.yaml", "w").write(ext.replace("port_value: 50051", f"port_value: {cb}"))
 open(f"{work}/certbound-cache.envoy.yaml", "w").write(ext.replace("port_value: 50051", f"port_value: {cb_cache}"))
@@ -104,6 +125,21 @@ check_correct() { # name
   echo "correct: $1 (allow $ok, no token $no_token, unbound $unbound_, mismatch $mismatch)"
 }
 
+# Envoy logs its own timing of each request only during the fixed-rate runs (runtime key
+# bench.timing_log, flipped through the admin API; the file log flushes every second).
+timing_on=""
+timing() { # fixed-rate (log from now on) | off
+  if [ "$1" = fixed-rate ]; then
+    : >"$work/timing.log"
+    curl -fs -X POST "http://127.0.0.1:$ADMIN/runtime_modify?bench.timing_log=100" >/dev/null
+    timing_on=1
+  elif [ -n "$timing_on" ]; then
+    curl -fs -X POST "http://127.0.0.1:$ADMIN/runtime_modify?bench.timing_log=0" >/dev/null
+    sleep 1.5
+    timing_on=""
+  fi
+}
+
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=benches/results/envoy-$stamp.jsonl
 : >"$out"
@@ -112,14 +148,30 @@ oha_run() { # name proto rep kind extra-args...
   local http=(); [ "$proto" = http2 ] && http=(--http2)
   local cb_pid=""; case $name in certbound-*) cb_pid=$(cat "$work/$name.pid");; esac
   local e0 c0=0 e1 c1=0
+  timing "$kind"
   e0=$(ticks "$envoy_pid"); [ -n "$cb_pid" ] && c0=$(ticks "$cb_pid")
   taskset -c 1 oha --no-tui --output-format json -z "${DURATION}s" "${http[@]}" "$@" \
     --cacert "$work/demo-ca.pem" --cert "$work/demo-client.pem" --key "$work/demo-client.key" \
     -H "authorization: Bearer $token" "$url" >"$work/oha.json"
   e1=$(ticks "$envoy_pid"); [ -n "$cb_pid" ] && c1=$(ticks "$cb_pid")
-  python3 - "$work/oha.json" "$name" "$proto" "$rep" "$kind" $((e1 - e0)) $((c1 - c0)) "$clk" >>"$out" <<'PY'
+  timing off
+  python3 - "$work/oha.json" "$name" "$proto" "$rep" "$kind" $((e1 - e0)) $((c1 - c0)) "$clk" "$work/timing.log" >>"$out" <<'PY'
 import json, sys
-path, name, proto, rep, kind, envoy_ticks, cb_ticks, clk = sys.argv[1:]
+path, name, proto, rep, kind, envoy_ticks, cb_ticks, clk, timing_path = sys.argv[1:]
+def envoy_timing(kind, timing_path):
+    """p50/p99 of Envoy's own per-request time and of its ext_authz call, in microseconds."""
+    if kind != "fixed-rate":
+        return {}
+    rows = [line.split() for line in open(timing_path) if line.strip()]
+    def quantiles(prefix, values):
+        values = sorted(values)
+        if not values:
+            return {}
+        pick = lambda q: values[min(len(values) - 1, int(q * len(values)))]
+        return {f"{prefix}_p50_us": pick(0.50), f"{prefix}_p99_us": pick(0.99)}
+    return {"envoy_timed": len(rows),
+            **quantiles("envoy", [int(r[0]) for r in rows if r[0] != "-"]),
+            **quantiles("ext_authz", [int(r[1]) for r in rows if len(r) > 1 and r[1] != "-"])}
 r = json.load(open(path))
 s = r["summary"]; p = r.get("latencyPercentiles", {})
 total = sum(r.get("statusCodeDistribution", {}).values()) or 1
@@ -129,7 +181,7 @@ print(json.dumps({"config": name, "protocol": proto, "rep": int(rep), "kind": ki
     "rps": round(s["requestsPerSec"]), "ok_ratio": round(ok / total, 4),
     "p50_ms": round(p.get("p50", 0) * 1000, 3), "p99_ms": round(p.get("p99", 0) * 1000, 3),
     "envoy_cpu_us": round(us(envoy_ticks), 1), "certbound_cpu_us": round(us(cb_ticks), 1),
-    "cpu_us_per_req": round(us(envoy_ticks) + us(cb_ticks), 1)}))
+    "cpu_us_per_req": round(us(envoy_ticks) + us(cb_ticks), 1), **envoy_timing(kind, timing_path)}))
 PY
   tail -1 "$out"
 }

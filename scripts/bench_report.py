@@ -16,8 +16,20 @@ protocols = list(dict.fromkeys(r["protocol"] for r in rows))
 def mean(key, items):
     return statistics.mean(i[key] for i in items)
 
-lines = ["| config | protocol | throughput req/s (reps) | CPU-µs/req Envoy + certbound | p50 / p99 ms at fixed rate | ok at fixed rate |",
-         "|---|---|---|---|---|---|"]
+lines = ["| config | protocol | throughput req/s (reps) | CPU-µs/req Envoy + certbound | p50 / p99 ms at fixed rate (oha) | Envoy's own p50 / p99 µs at fixed rate (ext_authz call) | ok at fixed rate |",
+         "|---|---|---|---|---|---|---|"]
+
+def envoy_timing(items):
+    """Envoy's access-log timing (bench-envoy.sh), when the run has it."""
+    items = [i for i in items if "envoy_p99_us" in i]
+    if not items:
+        return "-"
+    text = f"{mean('envoy_p50_us', items):.0f} / {mean('envoy_p99_us', items):.0f}"
+    authz = [i for i in items if "ext_authz_p99_us" in i]
+    if authz:
+        text += f" ({mean('ext_authz_p50_us', authz):.0f} / {mean('ext_authz_p99_us', authz):.0f})"
+    return text
+
 for c in configs:
     for p in protocols:
         t = groups.get((c, p, "throughput"), [])
@@ -28,7 +40,7 @@ for c in configs:
         cpu = f"{mean('cpu_us_per_req', t):.0f} ({mean('envoy_cpu_us', t):.0f} + {mean('certbound_cpu_us', t):.0f})"
         lat = f"{mean('p50_ms', f):.2f} / {mean('p99_ms', f):.2f}" if f else "-"
         ok = f"{mean('ok_ratio', f):.3f}" if f else "-"
-        lines.append(f"| {c} | {p} | **{mean('rps', t):.0f}** ({reps}) | {cpu} | {lat} | {ok} |")
+        lines.append(f"| {c} | {p} | **{mean('rps', t):.0f}** ({reps}) | {cpu} | {lat} | {envoy_timing(f)} | {ok} |")
 table = "\n".join(lines)
 print(table)
 open(path.replace(".jsonl", ".md"), "w").write(table + "\n")
