@@ -29,7 +29,8 @@ cargo build --release --quiet --bin certbound --example demo_material
 envoy=.venv/bin/envoy
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+envoy_pid=""
+cleanup() { for p in "${pids[@]}" $envoy_pid; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 target/release/examples/demo_material "$work" >/dev/null
@@ -91,14 +92,17 @@ timing_log = """                stat_prefix: ingress
 def timed(text):
     out = text.replace("                stat_prefix: ingress\n", timing_log.replace("WORK", work), 1)
     assert out != text, "no stat_prefix to hang the timing log on"
-    return out.replace("failure_mode_allow: false", "failure_mode_allow: false\n                      emit_filter_state_stats: true")
+    out = out.replace("failure_mode_allow: false", "failure_mode_allow: false\n                      emit_filter_state_stats: true")
+    # runtime_modify needs an admin layer.
+    assert "layered_runtime" not in out
+    return out + "layered_runtime:\n  layers:\n    - name: admin\n      admin_layer: {}\n"
 ext = common(open("deploy/envoy/self-signed.yaml").read())
 open(f"{work}/certbound-nocache.envoy.yaml", "w").write(ext.replace("port_value: 50051", f"port_value: {cb}"))
 open(f"{work}/certbound-cache.envoy.yaml", "w").write(ext.replace("port_value: 50051", f"port_value: {cb_cache}"))
 # No auth: the same listener without the ext_authz filter.
 none = re.sub(r"\n                  - name: envoy.filters.http.ext_authz\n.*?(?=\n                  - name: envoy.filters.http.router)", "", ext, flags=re.S)
 none = re.sub(r"\n                        # Per-route requirements.*?(?=\n                        - match: \{ prefix: \"/\" \})", "", none, flags=re.S)
-assert "envoy.filters.http.ext_authz" not in none, none
+assert "name: envoy.filters.http.ext_authz" not in none, none
 open(f"{work}/none.envoy.yaml", "w").write(none)
 lua = common(open("benches/envoy/jwt-authn-lua.yaml").read())
 open(f"{work}/lua-cache.envoy.yaml", "w").write(lua)
