@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 use certbound::config::{LogFormat, Settings};
 use certbound::log_writer::{FlushGuard, LogWriter};
@@ -355,41 +356,36 @@ fn runtime_builder(worker_threads: usize) -> tokio::runtime::Builder {
 /// `certbound_log_lines_dropped_total` rather than slowing decisions down. The returned guard
 /// writes what is waiting when dropped, at exit.
 fn init_tracing(format: LogFormat) -> Option<FlushGuard> {
-    let (writer, guard) =
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (make_writer, guard) =
         match LogWriter::spawn(std::io::stderr(), Duration::from_millis(100), 4 << 20) {
-            Ok(spawned) => spawned,
-            Err(error) => {
-                // Without a thread, write directly: slower, but nothing is lost.
-                eprintln!("certbound: no log writer thread ({error}); logging synchronously");
-                let filter =
-                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-                let builder = tracing_subscriber::fmt().with_env_filter(filter);
-                match format {
-                    LogFormat::Text => builder.init(),
-                    LogFormat::Json => builder.json().flatten_event(true).init(),
+            Ok((writer, guard)) => {
+                certbound::metrics::count_dropped_log_lines_with({
+                    let writer = writer.clone();
+                    move || writer.dropped_lines()
+                });
+                if !terminal {
+                    // Decision lines skip tracing's formatting (see certbound::decision_log);
+                    // on a terminal they go through tracing for its colours.
+                    let writer = writer.clone();
+                    certbound::decision_log::install(format, move |line| writer.write_line(line));
                 }
-                return None;
+                (BoxMakeWriter::new(move || writer.clone()), Some(guard))
+            }
+            Err(error) => {
+                // Without the thread, write directly: slower, but nothing is lost.
+                eprintln!("certbound: no log writer thread ({error}); logging synchronously");
+                (BoxMakeWriter::new(std::io::stderr), None)
             }
         };
-    certbound::metrics::count_dropped_log_lines_with({
-        let writer = writer.clone();
-        move || writer.dropped_lines()
-    });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if !terminal {
-        // Decision lines skip tracing's formatting (see certbound::decision_log); on a
-        // terminal they go through tracing for its colours.
-        let writer = writer.clone();
-        certbound::decision_log::install(format, move |line| writer.write_line(line));
-    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(move || writer.clone())
+        .with_writer(make_writer)
         .with_ansi(terminal);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    Some(guard)
+    guard
 }
