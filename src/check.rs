@@ -73,6 +73,7 @@ impl Checker {
                 }
             };
         }
+        let generation = self.keys.generation();
         let decision = self.decide_jwt(request);
         let (Outcome::Deny(DenyReason::KeyUnknown), Some(index)) =
             (&decision.outcome, decision.facts.issuer_index)
@@ -81,7 +82,8 @@ impl Checker {
         };
         // The fetch runs in its own task so that a Check giving up does not cancel it.
         let keys = Arc::clone(&self.keys);
-        let refetch = tokio::spawn(async move { keys.refetch_unknown_kid(index).await });
+        let refetch =
+            tokio::spawn(async move { keys.refetch_unknown_kid(index, generation).await });
         match tokio::time::timeout(self.unknown_kid_wait, refetch).await {
             Ok(Ok(true)) => self.decide_jwt(request),
             _ => decision,

@@ -58,6 +58,37 @@ async fn rotation_new_key_is_accepted_without_restart_and_a_removed_key_stops_wo
         .assert_allowed();
 }
 
+/// Found by the soak (scripts/soak.sh): two Checks meet a new `kid` at once. The first one's
+/// refetch publishes the key after the second has decided (key unknown) but before the second
+/// asks for a refetch, which the rate limit then refuses. The second must decide again with the
+/// new keys, not answer `key_unknown`.
+#[tokio::test]
+async fn a_check_that_decided_with_old_keys_decides_again_after_another_checks_refetch() {
+    let k1 = Signer::es256("k1");
+    let k2 = Signer::es256("k2");
+    let idp = Idp::start(&[&k1]).await;
+    let certbound = Certbound::start(&config_for(&idp, "")).await;
+    let checker = certbound.checker();
+    let keys = checker.keys();
+    // The second Check decides now, with keys that lack k2.
+    let seen_by_second = keys.generation();
+    idp.set_keys(&[&k1, &k2]);
+    let hits = idp.jwks_hits();
+    // The first Check's refetch fetches and publishes k2.
+    assert!(keys.refetch_unknown_kid(0, keys.generation()).await);
+    assert_eq!(idp.jwks_hits(), hits + 1);
+    // The second Check's refetch comes within the rate limit: no fetch, but the keys changed
+    // since it decided, so it is told to decide again.
+    assert!(keys.refetch_unknown_kid(0, seen_by_second).await);
+    assert_eq!(idp.jwks_hits(), hits + 1);
+    // A Check that decided with the current keys gains nothing from deciding again.
+    assert!(!keys.refetch_unknown_kid(0, keys.generation()).await);
+    assert_eq!(idp.jwks_hits(), hits + 1);
+    check_with(&certbound, &k2, &idp.issuer)
+        .await
+        .assert_allowed();
+}
+
 #[tokio::test]
 async fn outage_at_start_is_not_serving_then_serving_once_the_idp_answers() {
     let k1 = Signer::es256("k1");

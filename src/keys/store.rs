@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -114,6 +114,8 @@ struct IssuerKeys {
 /// Every issuer's current keys.
 pub struct KeyStore {
     issuers: Vec<IssuerKeys>,
+    /// Bumped each time any issuer's key set is replaced; see [`KeyStore::generation`].
+    generation: AtomicU64,
     http: reqwest::Client,
     timing: KeyTiming,
     clock: Arc<dyn Clock>,
@@ -187,6 +189,7 @@ impl KeyStore {
             .collect();
         Self {
             issuers,
+            generation: AtomicU64::new(0),
             http,
             timing,
             clock,
@@ -302,6 +305,7 @@ impl KeyStore {
                     })
                     .set(set.len() as i64);
                 issuer.current.store(Some(Arc::new(set)));
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 issuer.fetched_at.store(self.clock.now(), Ordering::Release);
                 self.update_ready();
                 Ok(refresh_delay(max_age, &self.timing))
@@ -315,17 +319,24 @@ impl KeyStore {
         }
     }
 
+    /// Which key sets are current: read it before deciding, and pass it to
+    /// [`KeyStore::refetch_unknown_kid`] when the decision found the `kid` unknown.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Refetches after an unknown `kid`: at most once per `refetch_min_interval` per issuer, and
     /// single-flight (concurrent callers wait for the fetch under way instead of starting another).
-    /// Returns whether the key set may have changed since the caller looked.
-    pub async fn refetch_unknown_kid(&self, index: usize) -> bool {
+    /// `seen` is the [`KeyStore::generation`] the caller decided with. Returns whether the keys
+    /// may have changed since then, i.e. whether deciding again can help.
+    pub async fn refetch_unknown_kid(&self, index: usize, seen: u64) -> bool {
         let Some(issuer) = self.issuers.get(index) else {
             return false;
         };
-        let before = issuer.current.load_full();
         let mut last = issuer.last_refetch.lock().await;
-        let changed_meanwhile = !ptr_eq(&before, &issuer.current.load_full());
-        if changed_meanwhile {
+        // Keys replaced since the caller decided (by a refetch it waited for, or one that ended
+        // between its decision and this call, or a scheduled refresh): decide again with them.
+        if self.generation() != seen {
             return true;
         }
         if last.is_some_and(|at| at.elapsed() < self.timing.refetch_min_interval) {
@@ -460,14 +471,6 @@ impl KeyStore {
 struct Document {
     body: Vec<u8>,
     max_age: Option<Duration>,
-}
-
-fn ptr_eq(a: &Option<Arc<KeySet>>, b: &Option<Arc<KeySet>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
-    }
 }
 
 #[cfg(test)]
