@@ -20,9 +20,9 @@ use tonic_health::server::HealthReporter;
 use crate::check::Checker;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
-use crate::grpc::AuthorizationService;
 use crate::grpc::pb::FILE_DESCRIPTOR_SET;
 use crate::grpc::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use crate::grpc::{AuthorizationService, CheckConnection};
 use crate::introspection::Introspector;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
@@ -286,12 +286,13 @@ pub async fn serve(
         .build_v1alpha()?;
 
     // Checks are small requests answered fast: never let Nagle hold a response back (tonic's
-    // own tcp_nodelay applies only to listeners it binds itself, so set it on each stream).
+    // own tcp_nodelay applies only to listeners it binds itself, so set it on each stream), and
+    // write each answer with one system call (see CheckConnection).
     let incoming = TcpListenerStream::new(listener).map(|stream| {
-        if let Ok(stream) = &stream {
+        stream.map(|stream| {
             let _ = stream.set_nodelay(true);
-        }
-        stream
+            CheckConnection(stream)
+        })
     });
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
