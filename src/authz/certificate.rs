@@ -16,13 +16,29 @@ const PEM_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 const PEM_END: &str = "-----END CERTIFICATE-----";
 
 /// SHA-256 of a certificate's DER encoding: RFC 8705 `x5t#S256`, XFCC `Hash`.
+///
+/// The base64url form is encoded once, when the thumbprint is made: the binding check, the
+/// dynamic metadata and the decision log of every Check read it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Thumbprint([u8; 32]);
+pub struct Thumbprint {
+    digest: [u8; 32],
+    /// `digest` in base64url without padding (32 bytes always make 43 characters).
+    base64url: [u8; 43],
+}
 
 impl Thumbprint {
+    fn from_digest(digest: [u8; 32]) -> Self {
+        let mut base64url = [0u8; 43];
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(digest, &mut base64url)
+            .expect("32 bytes encode to 43 characters");
+        debug_assert_eq!(written, base64url.len());
+        Self { digest, base64url }
+    }
+
     /// The thumbprint of a DER-encoded certificate.
     pub fn of_der(der: &[u8]) -> Self {
-        Self(Sha256::digest(der).into())
+        Self::from_digest(Sha256::digest(der).into())
     }
 
     /// Reads the lower- or upper-case hex digest XFCC carries in `Hash=`.
@@ -37,36 +53,37 @@ impl Thumbprint {
             let lo = (pair[1] as char).to_digit(16)?;
             out[i] = (hi * 16 + lo) as u8;
         }
-        Some(Self(out))
+        Some(Self::from_digest(out))
     }
 
     /// base64url without padding: the form of `cnf["x5t#S256"]`.
+    pub fn as_base64url(&self) -> &str {
+        std::str::from_utf8(&self.base64url).expect("base64url is ASCII")
+    }
+
+    /// [`Thumbprint::as_base64url`], owned.
     pub fn to_base64url(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0)
+        self.as_base64url().to_owned()
     }
 
     /// Whether a token's `x5t#S256` names this certificate, compared in constant time.
     ///
     /// Only the exact RFC 8705 form matches: padded, standard-alphabet or re-cased values do not.
     pub fn matches_x5t_s256(&self, claimed: &str) -> bool {
-        let mut ours = [0u8; 43];
-        // 32 bytes always encode to exactly 43 unpadded characters.
-        let written = URL_SAFE_NO_PAD
-            .encode_slice(self.0, &mut ours)
-            .unwrap_or_default();
-        written == ours.len() && bool::from(ours.as_slice().ct_eq(claimed.as_bytes()))
+        // Unequal lengths differ anyway; ct_eq compares the bytes without early exit.
+        bool::from(self.base64url.as_slice().ct_eq(claimed.as_bytes()))
     }
 }
 
 impl fmt::Debug for Thumbprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Thumbprint({})", self.to_base64url())
+        write!(f, "Thumbprint({})", self.as_base64url())
     }
 }
 
 impl fmt::Display for Thumbprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_base64url())
+        f.write_str(self.as_base64url())
     }
 }
 
@@ -274,7 +291,7 @@ mod tests {
     #[test]
     fn hex_digest_converts_to_the_same_thumbprint() {
         let t = Thumbprint::of_der(&[1, 2, 3, 4, 5, 6, 7, 8]);
-        let hex: String = t.0.iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = t.digest.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(Thumbprint::from_hex(&hex), Some(t));
         assert_eq!(Thumbprint::from_hex(&hex.to_uppercase()), Some(t));
         assert_eq!(Thumbprint::from_hex(&hex[1..]), None);

@@ -134,7 +134,7 @@ fn dynamic_metadata(decision: &Decision) -> Struct {
         }
     }
     if let Some(thumbprint) = facts.thumbprint {
-        fields.insert("x5t#S256".into(), string_value(thumbprint.to_base64url()));
+        fields.insert("x5t#S256".into(), string_value(thumbprint.as_base64url()));
     }
     Struct { fields }
 }

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use super::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
-use crate::authz::{AccessRequest, Decision, UnavailableReason};
+use crate::authz::{AccessRequest, Decision, Thumbprint, UnavailableReason};
 use crate::decision_log;
 use crate::server::App;
 
@@ -62,7 +62,6 @@ impl Authorization for AuthorizationService {
 /// One line per decision. Never the token, the certificate or a secret.
 fn log_decision(decision: &Decision, request: Option<&AccessRequest>, latency_us: u64) {
     let facts = &decision.facts;
-    let thumbprint = facts.thumbprint.map(|t| t.to_base64url());
     decision_log::log(&decision_log::Line {
         decision: decision.outcome_name(),
         reason: decision.reason(),
@@ -71,7 +70,7 @@ fn log_decision(decision: &Decision, request: Option<&AccessRequest>, latency_us
         kid: facts.kid.as_deref(),
         sub: facts.claim_str("sub"),
         client_id: facts.claim_str("client_id"),
-        x5t: thumbprint.as_deref(),
+        x5t: facts.thumbprint.as_ref().map(Thumbprint::as_base64url),
         request_id: request.and_then(|r| r.request_id.as_deref()),
         traceparent: request.and_then(|r| r.traceparent.as_deref()),
         method: request.map(|r| r.method.as_str()),
