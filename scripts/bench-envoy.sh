@@ -5,7 +5,10 @@
 #   lua-nocache     Envoy + jwt_authn + Lua binding check (benches/envoy/jwt-authn-lua.yaml)
 #   lua-cache       ... with jwt_authn's jwt_cache_config
 #   certbound-nocache / certbound-cache   Envoy + ext_authz to certbound (deploy/envoy/self-signed.yaml)
-# Each config is first checked for correctness (200 for the bound token, the three 401s). Then
+#   floor-grpc / floor-http   reference, not a contender: the same ext_authz filter (gRPC, or
+#                   Envoy's HTTP ext_authz) in front of examples/ext_authz_floor.rs, which allows
+#                   everything at once: the least any ext_authz server can cost Envoy
+# Each contender is first checked for correctness (200 for the bound token, the three 401s). Then
 # oha measures throughput (closed loop, -c CONC) and latency at a fixed 2,000 req/s; Envoy's and
 # certbound's CPU time per request comes from /proc. Results: benches/results/envoy-*.jsonl and
 # a Markdown table + SVG chart (scripts/bench_report.py).
@@ -21,11 +24,11 @@ REPS=${REPS:-2}
 CONC=${CONC:-32}
 RATE=${RATE:-2000}
 PROTOCOLS=${PROTOCOLS:-"http1 http2"}
-CONFIGS=${CONFIGS:-"none lua-nocache lua-cache certbound-nocache certbound-cache"}
+CONFIGS=${CONFIGS:-"none lua-nocache lua-cache certbound-nocache certbound-cache floor-grpc floor-http"}
 
 command -v oha >/dev/null || { echo "oha not found: cargo install oha" >&2; exit 1; }
 scripts/install-tools.sh >/dev/null
-cargo build --release --quiet --bin certbound --example demo_material
+cargo build --release --quiet --bin certbound --example demo_material --example ext_authz_floor
 envoy=.venv/bin/envoy
 work=$(mktemp -d)
 pids=()
@@ -61,11 +64,15 @@ YAML
 CB_CACHE=$(port)
 start_certbound certbound-nocache 0 "$CB"
 start_certbound certbound-cache 100000 "$CB_CACHE"
+FLOOR_GRPC=$(port); FLOOR_HTTP=$(port)
+taskset -c "${CERTBOUND_CPU:-1}" target/release/examples/ext_authz_floor --grpc "$FLOOR_GRPC" --http "$FLOOR_HTTP" &
+pids+=($!)
+echo $! >"$work/floor.pid"
 
 # Envoy configs: every route answers 200 itself (direct_response), so only auth is measured.
-python3 - "$work" "$LISTEN" "$ADMIN" "$CB" "$CB_CACHE" <<'PY'
+python3 - "$work" "$LISTEN" "$ADMIN" "$CB" "$CB_CACHE" "$FLOOR_GRPC" "$FLOOR_HTTP" <<'PY'
 import re, sys
-work, listen, admin, cb, cb_cache = sys.argv[1:]
+work, listen, admin, cb, cb_cache, floor_grpc, floor_http = sys.argv[1:]
 direct = 'direct_response: { status: 200, body: { inline_string: "ok" } }'
 def common(text):
     text = text.replace("port_value: 8443", f"port_value: {listen}").replace("port_value: 9901", f"port_value: {admin}")
@@ -99,6 +106,30 @@ def timed(text):
 ext = common(open("deploy/envoy/self-signed.yaml").read())
 open(f"{work}/certbound-nocache.envoy.yaml", "w").write(ext.replace("port_value: 50051", f"port_value: {cb}"))
 open(f"{work}/certbound-cache.envoy.yaml", "w").write(ext.replace("port_value: 50051", f"port_value: {cb_cache}"))
+open(f"{work}/floor-grpc.envoy.yaml", "w").write(ext.replace("port_value: 50051", f"port_value: {floor_grpc}"))
+# The same filter over Envoy's HTTP ext_authz: a 200 from the server allows.
+grpc_service = """                      grpc_service:
+                        envoy_grpc: { cluster_name: certbound }
+                        timeout: 0.25s
+"""
+assert grpc_service in ext
+http = ext.replace(grpc_service, """                      http_service:
+                        server_uri: { uri: "http://127.0.0.1:%s", cluster: floor_http, timeout: 0.25s }
+""" % floor_http)
+http = http.replace("  clusters:\n", """  clusters:
+    - name: floor_http
+      type: STATIC
+      connect_timeout: 0.25s
+      load_assignment:
+        cluster_name: floor_http
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: { address: 127.0.0.1, port_value: %s }
+""" % floor_http, 1)
+assert "floor_http" in http
+open(f"{work}/floor-http.envoy.yaml", "w").write(http)
 # No auth: the same listener without the ext_authz filter.
 none = re.sub(r"\n                  - name: envoy.filters.http.ext_authz\n.*?(?=\n                  - name: envoy.filters.http.router)", "", ext, flags=re.S)
 none = re.sub(r"\n                        # Per-route requirements.*?(?=\n                        - match: \{ prefix: \"/\" \})", "", none, flags=re.S)
@@ -121,8 +152,9 @@ check_correct() { # name
   no_token=$(curl_as demo-client)
   unbound_=$(curl_as demo-client -H "authorization: Bearer $unbound")
   mismatch=$(curl_as demo-other-client -H "authorization: Bearer $token")
-  if [ "$1" = none ]; then
-    [ "$ok" = 200 ] || { echo "$1: baseline does not answer 200 ($ok)"; exit 1; }
+  if [ "$1" = none ] || [[ $1 = floor-* ]]; then
+    # References: no auth, or a server that allows everything.
+    [ "$ok$no_token$unbound_$mismatch" = 200200200200 ] || { echo "$1: reference does not answer 200 ($ok $no_token $unbound_ $mismatch)"; exit 1; }
   elif [ "$ok$no_token$unbound_$mismatch" != "200401401401" ]; then
     echo "$1 is not correct: allow=$ok no-token=$no_token unbound=$unbound_ mismatch=$mismatch"; exit 1
   fi
@@ -150,7 +182,7 @@ out=benches/results/envoy-$stamp.jsonl
 oha_run() { # name proto rep kind extra-args...
   local name=$1 proto=$2 rep=$3 kind=$4; shift 4
   local http=(); [ "$proto" = http2 ] && http=(--http2)
-  local cb_pid=""; case $name in certbound-*) cb_pid=$(cat "$work/$name.pid");; esac
+  local cb_pid=""; case $name in certbound-*) cb_pid=$(cat "$work/$name.pid");; floor-*) cb_pid=$(cat "$work/floor.pid");; esac
   local e0 c0=0 e1 c1=0
   timing "$kind"
   e0=$(ticks "$envoy_pid"); [ -n "$cb_pid" ] && c0=$(ticks "$cb_pid")

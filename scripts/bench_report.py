@@ -46,7 +46,7 @@ print(table)
 open(path.replace(".jsonl", ".md"), "w").write(table + "\n")
 
 # SVG: grouped bars of mean throughput per config, one bar per protocol.
-width, height, left, bottom = 760, 320, 60, 60
+width, height, left, bottom = max(760, 110 * len(configs) + 80), 320, 60, 60
 top = max(mean("rps", groups[(c, p, "throughput")]) for c in configs for p in protocols
           if groups.get((c, p, "throughput"))) * 1.1
 colors = ["#4c78a8", "#f58518", "#54a24b"]
