@@ -22,7 +22,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::grpc::pb::FILE_DESCRIPTOR_SET;
 use crate::grpc::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
-use crate::grpc::{AuthorizationService, CheckConnection};
+use crate::grpc::{AnswerGate, AuthorizationService, CheckConnection};
 use crate::introspection::Introspector;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
@@ -287,13 +287,22 @@ pub async fn serve(
 
     // Checks are small requests answered fast: never let Nagle hold a response back (tonic's
     // own tcp_nodelay applies only to listeners it binds itself, so set it on each stream), and
-    // write each answer with one system call (see CheckConnection).
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
+    // write each answer with one system call (see CheckConnection). On the single-threaded
+    // runtime, an expensive Check's answer goes out before the next expensive Check (AnswerGate).
+    let single_threaded = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::CurrentThread;
+    let gate = single_threaded.then(|| Arc::new(AnswerGate::new()));
+    let connection_gate = gate.clone();
+    let incoming = TcpListenerStream::new(listener).map(move |stream| {
         stream.map(|stream| {
             let _ = stream.set_nodelay(true);
-            CheckConnection(stream)
+            CheckConnection::new(stream, connection_gate.clone())
         })
     });
+    let authorization = match gate {
+        Some(gate) => AuthorizationService::with_gate(Arc::clone(&app), gate),
+        None => AuthorizationService::new(Arc::clone(&app)),
+    };
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -304,9 +313,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AuthorizationServer::new(AuthorizationService::new(
-            Arc::clone(&app),
-        )))
+        .add_service(AuthorizationServer::new(authorization))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, draining in-flight checks");

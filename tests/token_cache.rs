@@ -147,3 +147,31 @@ async fn the_cache_is_bounded_and_can_be_turned_off() {
     }
     assert_eq!(hits(&off), (0, 0));
 }
+
+#[tokio::test]
+async fn a_miss_checks_the_signature_and_a_hit_does_not() {
+    use certbound::authz::{AccessRequest, Authorization, Outcome};
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let certbound = Certbound::start(&config_for(&idp, "")).await;
+    let cert = ClientCert::self_signed("a");
+    let access = AccessRequest {
+        authorization: Authorization::One(format!(
+            "Bearer {}",
+            signer.sign(&claims(&idp.issuer, Some(&cert.x5t())))
+        )),
+        peer_certificate: cert.url_encoded(),
+        method: "GET".into(),
+        path: "/items".into(),
+        ..Default::default()
+    };
+    // The answer gate (src/grpc/answer_gate.rs) closes on exactly this fact.
+    let miss = certbound.checker().check(&access).await;
+    assert!(matches!(miss.outcome, Outcome::Allow(_)), "{miss:?}");
+    assert_eq!(miss.facts.token_cache, Some(false));
+    assert!(miss.facts.signature_checked);
+    let hit = certbound.checker().check(&access).await;
+    assert!(matches!(hit.outcome, Outcome::Allow(_)), "{hit:?}");
+    assert_eq!(hit.facts.token_cache, Some(true));
+    assert!(!hit.facts.signature_checked);
+}

@@ -194,6 +194,8 @@ pub struct Facts {
     pub missing_scopes: Vec<String>,
     /// Whether the verified-token cache answered (`None` when it was not consulted).
     pub token_cache: Option<bool>,
+    /// Whether this decision checked a signature (the expensive step a cache hit skips).
+    pub signature_checked: bool,
 }
 
 impl Facts {
@@ -468,6 +470,7 @@ impl Policy {
         let key_set = keys
             .key_set(index)
             .ok_or(Refusal::Unavailable(UnavailableReason::KeysUnavailable))?;
+        facts.signature_checked = true;
         let verified = jwt.verify(index, issuer, &key_set, now, self.leeway_seconds)?;
         facts.claims = Some(Arc::clone(&verified.claims));
         Ok(verified.claims)

@@ -6,17 +6,31 @@
 //! so each answer went out in two `writev` calls: HEADERS and DATA, then the 10-byte trailers
 //! frame (`grpc-status`). Now it is one write; copying a few hundred bytes costs less than a
 //! system call.
+//!
+//! It also tells the [`AnswerGate`] when bytes go out.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// A [`TcpStream`] without vectored writes.
-pub struct CheckConnection(pub TcpStream);
+use super::AnswerGate;
+
+/// A [`TcpStream`] without vectored writes, that opens the answer gate (if any) when it writes.
+pub struct CheckConnection {
+    stream: TcpStream,
+    gate: Option<Arc<AnswerGate>>,
+}
+
+impl CheckConnection {
+    pub fn new(stream: TcpStream, gate: Option<Arc<AnswerGate>>) -> Self {
+        Self { stream, gate }
+    }
+}
 
 impl AsyncRead for CheckConnection {
     fn poll_read(
@@ -24,7 +38,7 @@ impl AsyncRead for CheckConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -34,15 +48,19 @@ impl AsyncWrite for CheckConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(1..)), Some(gate)) = (&written, &self.gate) {
+            gate.written();
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -54,7 +72,7 @@ impl Connected for CheckConnection {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
+        self.stream.connect_info()
     }
 }
 
@@ -75,7 +93,10 @@ mod tests {
             stream.read_exact(&mut answer).await.unwrap();
             answer
         });
-        let mut connection = CheckConnection(listener.accept().await.unwrap().0);
+        let gate = Arc::new(AnswerGate::new());
+        gate.leave(true);
+        let mut connection =
+            CheckConnection::new(listener.accept().await.unwrap().0, Some(Arc::clone(&gate)));
         assert!(!connection.is_write_vectored());
         assert_eq!(
             connection.connect_info().remote_addr().map(|a| a.ip()),
@@ -87,5 +108,6 @@ mod tests {
         connection.write_all(b"answer").await.unwrap();
         connection.flush().await.unwrap();
         assert_eq!(client.await.unwrap(), b"answer");
+        assert!(!gate.is_closed(), "a write opens the gate");
     }
 }

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use super::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use super::{AnswerGate, convert};
 use crate::authz::{AccessRequest, Decision, Thumbprint, UnavailableReason};
 use crate::decision_log;
 use crate::server::App;
@@ -16,11 +16,21 @@ use crate::server::App;
 #[derive(Clone)]
 pub struct AuthorizationService {
     app: Arc<App>,
+    gate: Option<Arc<AnswerGate>>,
 }
 
 impl AuthorizationService {
     pub fn new(app: Arc<App>) -> Self {
-        Self { app }
+        Self { app, gate: None }
+    }
+
+    /// Orders expensive Checks behind the writing of earlier answers (single-threaded runtime;
+    /// see [`AnswerGate`]).
+    pub fn with_gate(app: Arc<App>, gate: Arc<AnswerGate>) -> Self {
+        Self {
+            app,
+            gate: Some(gate),
+        }
     }
 }
 
@@ -39,7 +49,15 @@ impl Authorization for AuthorizationService {
             Ok(_permit) => match convert::access_request(request.into_inner()) {
                 Ok(access) => {
                     metrics.checks_in_flight.inc();
-                    let decision = checker.check(&access).await;
+                    let decision = match &self.gate {
+                        Some(gate) => {
+                            gate.enter().await;
+                            let decision = checker.check(&access).await;
+                            gate.leave(decision.facts.signature_checked);
+                            decision
+                        }
+                        None => checker.check(&access).await,
+                    };
                     metrics.checks_in_flight.dec();
                     (decision, Some(access))
                 }
