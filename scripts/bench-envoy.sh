@@ -13,7 +13,8 @@
 # certbound's CPU time per request comes from /proc. Results: benches/results/envoy-*.jsonl and
 # a Markdown table + SVG chart (scripts/bench_report.py).
 #
-# CERTBOUND_CPU (default 1) moves certbound to Envoy's core instead of oha's.
+# CERTBOUND_CPU (default 1) moves certbound to Envoy's core instead of oha's. CERTBOUND_BIN runs
+# another certbound build (default: this tree's release build), for A/B runs of two builds.
 #
 # Needs: oha (`cargo install oha`), Envoy (scripts/install-tools.sh), curl, taskset.
 set -euo pipefail
@@ -57,7 +58,7 @@ token_cache:
 runtime:
   worker_threads: 1
 YAML
-  RUST_LOG=info taskset -c "${CERTBOUND_CPU:-1}" target/release/certbound serve --config "$work/$1.yaml" 2>/dev/null &
+  RUST_LOG=info taskset -c "${CERTBOUND_CPU:-1}" "${CERTBOUND_BIN:-target/release/certbound}" serve --config "$work/$1.yaml" 2>/dev/null &
   pids+=($!)
   echo $! >"$work/$1.pid"
 }
