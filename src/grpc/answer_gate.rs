@@ -52,10 +52,12 @@ impl AnswerGate {
         }
         let deadline = Instant::now() + MAX_WAIT;
         while self.is_closed() {
-            self.waiting.fetch_add(1, Ordering::AcqRel);
-            let woken = tokio::time::timeout_at(deadline, self.turn.notified()).await;
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            if woken.is_err() {
+            // Counted while waiting, also when Envoy gives up on the Check and drops it here.
+            let _waiting = Waiting::new(&self.waiting);
+            if tokio::time::timeout_at(deadline, self.turn.notified())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -82,6 +84,22 @@ impl AnswerGate {
         if self.waiting.load(Ordering::Acquire) > 0 {
             self.turn.notify_one();
         }
+    }
+}
+
+/// One waiting Check, counted for as long as it exists.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -163,6 +181,21 @@ mod tests {
             waiter.await.unwrap();
         }
         assert_eq!(passed.load(Ordering::Acquire), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_check_dropped_while_waiting_is_no_longer_counted() {
+        let gate = Arc::new(AnswerGate::new());
+        gate.leave(SLOW);
+        let waiter = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move { gate.enter().await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(gate.waiting.load(Ordering::Acquire), 1);
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(gate.waiting.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]
