@@ -13,7 +13,6 @@ use certbound::grpc::pb::envoy::service::auth::v3::authorization_server::{
 };
 use certbound::grpc::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use certbound::grpc::pb::google::rpc;
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 struct AllowAll;
@@ -26,12 +25,6 @@ impl Authorization for AllowAll {
             ..Default::default()
         }))
     }
-}
-
-async fn listen(port: u16) -> tokio::net::TcpListener {
-    tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"))
 }
 
 fn main() {
@@ -54,21 +47,18 @@ fn main() {
     runtime.block_on(async move {
         if let Some(port) = http {
             // Envoy's HTTP ext_authz: any 200 allows.
-            let listener = listen(port).await;
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap_or_else(|e| panic!("bind 127.0.0.1:{port}: {e}"));
             let app = axum::Router::new().fallback(|| async { "" });
             tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         }
         let port = grpc.expect("--grpc PORT");
-        let incoming =
-            tokio_stream::wrappers::TcpListenerStream::new(listen(port).await).map(|stream| {
-                stream.inspect(|s| {
-                    let _ = s.set_nodelay(true);
-                })
-            });
         tonic::transport::Server::builder()
+            .tcp_nodelay(true)
             .add_service(AuthorizationServer::new(AllowAll))
-            .serve_with_incoming(incoming)
+            .serve(([127, 0, 0, 1], port).into())
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("serve 127.0.0.1:{port}: {e}"));
     });
 }

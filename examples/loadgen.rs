@@ -183,12 +183,12 @@ struct RpcStatus {
 
 /// One HTTP/2 connection to certbound's Check, driven by `h2` directly.
 #[derive(Clone)]
-struct Checker {
+struct CheckClient {
     send: h2::client::SendRequest<Bytes>,
     uri: http::Uri,
 }
 
-impl Checker {
+impl CheckClient {
     async fn connect(port: u16) -> Self {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -246,10 +246,6 @@ fn grpc_frame(request: &CheckRequest) -> Bytes {
     frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
     frame.extend_from_slice(&body);
     Bytes::from(frame)
-}
-
-fn own_cpu_ticks() -> u64 {
-    cpu_ticks(std::process::id())
 }
 
 struct Server(Child);
@@ -348,7 +344,7 @@ async fn main() {
 
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        clients.push(Checker::connect(port).await);
+        clients.push(CheckClient::connect(port).await);
     }
     let requests: Vec<Bytes> = requests.iter().map(grpc_frame).collect();
     let requests = std::sync::Arc::new(requests);
@@ -443,12 +439,12 @@ async fn main() {
     };
     run(args.warmup, false).await;
     let ticks_before = cpu_ticks(pid);
-    let own_before = own_cpu_ticks();
+    let own_before = cpu_ticks(std::process::id());
     let t0 = Instant::now();
     let (mut latencies, errors) = run(args.duration, true).await;
     let elapsed = t0.elapsed().as_secs_f64();
     let ticks = cpu_ticks(pid) - ticks_before;
-    let own_ticks = own_cpu_ticks() - own_before;
+    let own_ticks = cpu_ticks(std::process::id()) - own_before;
     latencies.sort_unstable();
     let checks = latencies.len() as f64;
     let cpu_us_per_check = ticks as f64 * 1e6 / clock_ticks_per_second() as f64 / checks.max(1.0);

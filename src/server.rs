@@ -292,17 +292,13 @@ pub async fn serve(
     let single_threaded = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::CurrentThread;
     let gate = single_threaded.then(|| Arc::new(AnswerGate::new()));
-    let connection_gate = gate.clone();
+    let authorization = AuthorizationService::new(Arc::clone(&app)).with_gate(gate.clone());
     let incoming = TcpListenerStream::new(listener).map(move |stream| {
         stream.map(|stream| {
             let _ = stream.set_nodelay(true);
-            CheckConnection::new(stream, connection_gate.clone())
+            CheckConnection::new(stream, gate.clone())
         })
     });
-    let authorization = match gate {
-        Some(gate) => AuthorizationService::with_gate(Arc::clone(&app), gate),
-        None => AuthorizationService::new(Arc::clone(&app)),
-    };
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;

@@ -150,21 +150,20 @@ async fn the_cache_is_bounded_and_can_be_turned_off() {
 
 #[tokio::test]
 async fn a_miss_checks_the_signature_and_a_hit_does_not() {
-    use certbound::authz::{AccessRequest, Authorization, Outcome};
+    use certbound::authz::Outcome;
     let signer = Signer::es256("k1");
     let idp = Idp::start(&[&signer]).await;
     let certbound = Certbound::start(&config_for(&idp, "")).await;
     let cert = ClientCert::self_signed("a");
-    let access = AccessRequest {
-        authorization: Authorization::One(format!(
-            "Bearer {}",
-            signer.sign(&claims(&idp.issuer, Some(&cert.x5t())))
-        )),
-        peer_certificate: cert.url_encoded(),
-        method: "GET".into(),
-        path: "/items".into(),
-        ..Default::default()
-    };
+    let auth = format!(
+        "Bearer {}",
+        signer.sign(&claims(&idp.issuer, Some(&cert.x5t())))
+    );
+    let access = certbound::grpc::convert::access_request(request(
+        &[("authorization", &auth)],
+        &cert.url_encoded(),
+    ))
+    .unwrap();
     // The answer gate (src/grpc/answer_gate.rs) closes on exactly this fact.
     let miss = certbound.checker().check(&access).await;
     assert!(matches!(miss.outcome, Outcome::Allow(_)), "{miss:?}");

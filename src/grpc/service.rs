@@ -26,11 +26,8 @@ impl AuthorizationService {
 
     /// Orders expensive Checks behind the writing of earlier answers (single-threaded runtime;
     /// see [`AnswerGate`]).
-    pub fn with_gate(app: Arc<App>, gate: Arc<AnswerGate>) -> Self {
-        Self {
-            app,
-            gate: Some(gate),
-        }
+    pub fn with_gate(self, gate: Option<Arc<AnswerGate>>) -> Self {
+        Self { gate, ..self }
     }
 }
 
@@ -49,15 +46,13 @@ impl Authorization for AuthorizationService {
             Ok(_permit) => match convert::access_request(request.into_inner()) {
                 Ok(access) => {
                     metrics.checks_in_flight.inc();
-                    let decision = match &self.gate {
-                        Some(gate) => {
-                            gate.enter().await;
-                            let decision = checker.check(&access).await;
-                            gate.leave(decision.facts.signature_checked);
-                            decision
-                        }
-                        None => checker.check(&access).await,
-                    };
+                    if let Some(gate) = &self.gate {
+                        gate.enter().await;
+                    }
+                    let decision = checker.check(&access).await;
+                    if let Some(gate) = &self.gate {
+                        gate.leave(decision.facts.signature_checked);
+                    }
                     metrics.checks_in_flight.dec();
                     (decision, Some(access))
                 }
