@@ -1,12 +1,16 @@
 # certbound container image: a static-ish Rust binary on a distroless, non-root base.
 #   docker build -t certbound:0.1.0 .
-# (CI has no container engine, so this file is read, not built, there.)
+# No container engine runs in CI: scripts/docker-build-replay.sh (run by scripts/test.sh) replays
+# the build stage below outside a container, so a missing COPY fails the tests.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependencies first, for layer caching.
+# The workspace manifest names every member, and the root package declares the `decision` bench:
+# cargo reads them all before building anything.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY benches/decision.rs ./benches/
 COPY proto ./proto
+COPY core ./core
 COPY src ./src
 RUN cargo build --release --locked --bin certbound \
  && strip target/release/certbound

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use certbound::authz::{
+use certbound::config::Settings;
+use certbound_core::keys::KeySet;
+use certbound_core::{
     AccessRequest, Authorization, KeyLookup, Policy, TokenCache, bearer, certificate, xfcc,
 };
-use certbound::config::Settings;
-use certbound::keys::KeySet;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};

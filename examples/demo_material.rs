@@ -50,7 +50,7 @@ fn main() {
     write(dir, "demo-client.key", &client.1);
     write(dir, "demo-other-client.pem", &other.0);
     write(dir, "demo-other-client.key", &other.1);
-    let x5t = certbound::authz::certificate::decode_pem(&client.0)
+    let x5t = certbound_core::certificate::decode_pem(&client.0)
         .unwrap()
         .to_base64url();
 
@@ -80,7 +80,7 @@ fn main() {
             headers["authorization"] = json!(format!("Bearer {token}"));
         }
         let cert = cert
-            .map(certbound::authz::certificate::envoy_url_encode)
+            .map(certbound_core::certificate::envoy_url_encode)
             .unwrap_or_default();
         serde_json::to_string_pretty(&json!({"attributes": {
             "source": {"certificate": cert},

@@ -106,8 +106,8 @@ fn prepare(args: &Args, dir: &std::path::Path, port: u16) -> (PathBuf, Vec<Check
         .unwrap()
         .self_signed(&cert_key)
         .unwrap();
-    let x5t = certbound::authz::Thumbprint::of_der(cert.der()).to_base64url();
-    let peer = certbound::authz::certificate::envoy_url_encode(&cert.pem());
+    let x5t = certbound_core::Thumbprint::of_der(cert.der()).to_base64url();
+    let peer = certbound_core::certificate::envoy_url_encode(&cert.pem());
     let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("bench".into());

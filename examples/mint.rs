@@ -68,7 +68,7 @@ fn main() {
         "sub": "soak", "client_id": "soak", "iat": now - 5, "exp": now + 7200, "jti": format!("soak-{kid}")});
     if !unbound {
         let pem = std::fs::read_to_string(cert.expect("--cert")).unwrap();
-        let x5t = certbound::authz::certificate::decode_pem(&pem)
+        let x5t = certbound_core::certificate::decode_pem(&pem)
             .unwrap()
             .to_base64url();
         claims["cnf"] = json!({"x5t#S256": x5t});

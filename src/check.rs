@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::authz::{
-    AccessRequest, Decision, DenyReason, Outcome, Policy, TokenCache, UnavailableReason,
-};
-use crate::clock::Clock;
 use crate::introspection::Introspector;
 use crate::keys::KeyStore;
+use certbound_core::clock::Clock;
+use certbound_core::{
+    AccessRequest, Decision, DenyReason, Outcome, Policy, TokenCache, UnavailableReason,
+};
 
 /// Decides checks; shared by every connection.
 pub struct Checker {

@@ -10,14 +10,14 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
-use crate::authz::certificate::CertificateCache;
-use crate::authz::policy::{HostMatch, PathMatch};
-use crate::authz::{
+use crate::introspection::{AuthMethod, IntrospectionSettings, Secret};
+use crate::keys::{KeySource, KeyTiming, Readiness};
+use certbound_core::certificate::CertificateCache;
+use certbound_core::routes::{HostMatch, PathMatch};
+use certbound_core::{
     BindingMode, CertificateSource, IntrospectionPolicy, IssuerPolicy, Policy, Requirements,
     RoutePolicy, Rule, UpstreamPolicy,
 };
-use crate::introspection::{AuthMethod, IntrospectionSettings, Secret};
-use crate::keys::{KeySource, KeyTiming, Readiness};
 
 /// Top-level keys that `CERTBOUND_<KEY>` may override (nested keys use `__`: `BINDING__MODE`).
 const ENV_OVERRIDES: &[&str] = &[
@@ -603,9 +603,9 @@ const ASYMMETRIC: [Algorithm; 9] = [
 
 impl Settings {
     /// A fresh verified-token cache as configured (`None` when turned off).
-    pub fn token_cache(&self) -> Option<crate::authz::TokenCache> {
+    pub fn token_cache(&self) -> Option<certbound_core::TokenCache> {
         (self.token_cache_entries > 0).then(|| {
-            crate::authz::TokenCache::new(self.token_cache_entries, self.token_cache_ttl_seconds)
+            certbound_core::TokenCache::new(self.token_cache_entries, self.token_cache_ttl_seconds)
         })
     }
 

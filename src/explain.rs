@@ -5,12 +5,12 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::authz::{
-    AccessRequest, Authorization, Credential, Decision, DenyReason, Outcome, Policy, policy, token,
-};
 use crate::check::Checker;
-use crate::clock::{Clock, SystemClock};
 use crate::grpc::convert;
+use certbound_core::clock::{Clock, SystemClock};
+use certbound_core::{
+    AccessRequest, Authorization, Credential, Decision, DenyReason, Outcome, Policy, routes, token,
+};
 
 /// What to explain.
 pub struct ExplainRequest {
@@ -116,9 +116,9 @@ pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
 
     describe_binding(&mut out, policy, &request, &decision);
     if let Some(claims) = &decision.facts.claims {
-        let scopes = policy::token_scopes(claims);
+        let scopes = routes::token_scopes(claims);
         let _ = writeln!(out, "scopes in token: {scopes:?}");
-        let groups = policy::token_groups(claims, &policy.routes.groups_claim);
+        let groups = routes::token_groups(claims, &policy.routes.groups_claim);
         let _ = writeln!(
             out,
             "groups in token ({}): {groups:?}",
@@ -161,7 +161,7 @@ fn describe_jwt(out: &mut String, checker: &Checker, policy: &Policy, token: &st
         "issuer: {iss} (configured; audiences {:?}, algorithms {:?})",
         issuer.audiences, issuer.algorithms
     );
-    let keys = crate::authz::KeyLookup::key_set(checker.keys().as_ref(), index);
+    let keys = certbound_core::KeyLookup::key_set(checker.keys().as_ref(), index);
     let Some(keys) = keys else {
         let _ = writeln!(out, "keys: none loaded for this issuer (IdP unreachable?)");
         return;

@@ -6,10 +6,10 @@ use std::sync::{Arc, OnceLock};
 
 use prost::Message;
 
-use crate::authz::{Authorization, KeyLookup, Outcome, Policy, bearer, certificate, token, xfcc};
 use crate::grpc::convert;
 use crate::grpc::pb::envoy::service::auth::v3::CheckRequest;
-use crate::keys::KeySet;
+use certbound_core::keys::KeySet;
+use certbound_core::{Authorization, KeyLookup, Outcome, Policy, bearer, certificate, token, xfcc};
 
 /// A fixed public key nobody holds the private half of (RFC 7517 appendix A.1 example).
 const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"fuzz",
@@ -84,7 +84,7 @@ pub fn check_request(data: &[u8]) {
     let (policy, keys) = fixture();
     let decision = match convert::access_request(request) {
         Ok(access) => policy.decide(keys, &access, 1_800_000_000),
-        Err(reason) => crate::authz::Decision::deny(reason),
+        Err(reason) => certbound_core::Decision::deny(reason),
     };
     assert!(
         !matches!(decision.outcome, Outcome::Allow(_)),

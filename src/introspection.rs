@@ -15,8 +15,8 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::cache::{TtlCache, token_key};
 use crate::metrics::Metrics;
+use certbound_core::cache::{TtlCache, token_key};
 
 /// A secret that never shows in logs or `Debug` output.
 #[derive(Clone, PartialEq, Eq)]

@@ -2,16 +2,16 @@
 //! token only when it is valid **and bound to the TLS client certificate** of the connection
 //! (RFC 8705 certificate-bound access tokens).
 //!
+//! This package is the ext_authz adapter over the decision core, [`certbound_core`] (`core/`):
+//! bearer parsing, certificates and thumbprints, XFCC, JWT verification against key snapshots,
+//! the `cnf` binding, route policy and the `Decision` live there. Here is what needs I/O.
+//!
 //! # Layout
-//! - [`authz`]: the decision core. Pure and synchronous over key snapshots, clock passed in:
-//!   bearer parsing, certificates and thumbprints, XFCC, JWT verification, the `cnf` binding,
-//!   and [`authz::Decision`].
-//! - [`keys`]: JWKS parsing into immutable [`keys::KeySet`] snapshots, and the [`keys::KeyStore`]
-//!   that fetches (file, URL, OIDC discovery) and refreshes them in the background.
+//! - [`keys`]: the [`keys::KeyStore`] that fetches (file, URL, OIDC discovery) and refreshes the
+//!   core's key snapshots in the background.
 //! - [`introspection`]: RFC 7662 introspection of opaque tokens, cached by token digest.
 //! - [`check`]: the Check use case: decide (JWT or introspected), and refetch once (bounded) on
 //!   an unknown `kid`.
-//! - [`cache`], [`clock`]: the bounded TTL cache and the injected clock.
 //! - [`decision_log`]: the one-line-per-Check log, formatted without tracing's visitors;
 //!   [`log_writer`]: the batching, lossy writer behind all logs.
 //! - [`metrics`]: the Prometheus metrics; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
@@ -23,10 +23,7 @@
 //! - [`server`]: the composition root: builds everything and serves Check, health and reflection.
 
 pub mod admin;
-pub mod authz;
-pub mod cache;
 pub mod check;
-pub mod clock;
 pub mod config;
 pub mod decision_log;
 pub mod explain;

@@ -150,7 +150,7 @@ fn explain(args: ExplainArgs) -> ExitCode {
         Ok(explanation) => {
             print!("{}", explanation.report);
             match explanation.decision.outcome {
-                certbound::authz::Outcome::Allow(_) => ExitCode::SUCCESS,
+                certbound_core::Outcome::Allow(_) => ExitCode::SUCCESS,
                 _ => ExitCode::FAILURE,
             }
         }
@@ -174,7 +174,7 @@ fn load(path: &Path) -> Result<Settings, ExitCode> {
 fn thumbprint(file: &Path) -> ExitCode {
     let result = std::fs::read(file)
         .map_err(anyhow::Error::from)
-        .and_then(|bytes| Ok(certbound::authz::certificate::decode_file(&bytes)?));
+        .and_then(|bytes| Ok(certbound_core::certificate::decode_file(&bytes)?));
     match result {
         Ok(thumbprint) => {
             println!("{thumbprint}");

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::authz::Decision;
+use certbound_core::Decision;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CheckLabels {
@@ -210,7 +210,7 @@ mod tests {
     fn checks_are_counted_by_decision_and_reason() {
         let metrics = Metrics::default();
         metrics.record_check(
-            &Decision::deny(crate::authz::DenyReason::BindingMismatch),
+            &Decision::deny(certbound_core::DenyReason::BindingMismatch),
             0.001,
         );
         let text = metrics.encode();

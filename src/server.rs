@@ -18,7 +18,6 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::check::Checker;
-use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::grpc::pb::FILE_DESCRIPTOR_SET;
 use crate::grpc::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -26,6 +25,7 @@ use crate::grpc::{AnswerGate, AuthorizationService, CheckConnection};
 use crate::introspection::Introspector;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
+use certbound_core::clock::{Clock, SystemClock};
 
 type AuthorizationGrpc = AuthorizationServer<AuthorizationService>;
 

@@ -46,7 +46,7 @@ async fn run(w: &World, token: &str, cert: Option<&ClientCert>, path: &str) -> (
     let explanation = explain(&w.checker, &request).await;
     let allowed = matches!(
         explanation.decision.outcome,
-        certbound::authz::Outcome::Allow(_)
+        certbound_core::Outcome::Allow(_)
     );
     (allowed, explanation.report)
 }

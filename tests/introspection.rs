@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use certbound::clock::ManualClock;
+use certbound_core::clock::ManualClock;
 use common::*;
 use serde_json::{Value, json};
 

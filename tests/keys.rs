@@ -8,8 +8,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use certbound::authz::KeyLookup;
-use certbound::clock::ManualClock;
+use certbound_core::KeyLookup;
+use certbound_core::clock::ManualClock;
 use common::*;
 
 const NOT_SERVING: i32 = 2;

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use certbound::clock::ManualClock;
+use certbound_core::clock::ManualClock;
 use common::*;
 
 fn hits(certbound: &Certbound) -> (u64, u64) {
@@ -95,7 +95,7 @@ async fn entries_never_outlive_exp() {
 }
 
 fn clock_now(clock: &ManualClock) -> i64 {
-    use certbound::clock::Clock;
+    use certbound_core::clock::Clock;
     clock.now()
 }
 
@@ -150,7 +150,7 @@ async fn the_cache_is_bounded_and_can_be_turned_off() {
 
 #[tokio::test]
 async fn a_miss_checks_the_signature_and_a_hit_does_not() {
-    use certbound::authz::Outcome;
+    use certbound_core::Outcome;
     let signer = Signer::es256("k1");
     let idp = Idp::start(&[&signer]).await;
     let certbound = Certbound::start(&config_for(&idp, "")).await;

@@ -2,9 +2,9 @@
 //! what Envoy encodes we decode, and what we encode Envoy decodes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use certbound::authz::{Decision, DenyReason, Facts, Outcome, UnavailableReason, Upstream};
 use certbound::grpc::convert;
 use certbound::grpc::pb::envoy::service::auth::v3 as ours;
+use certbound_core::{Decision, DenyReason, Facts, Outcome, UnavailableReason, Upstream};
 use envoy_types::pb::envoy::config::core::v3 as up_core;
 use envoy_types::pb::envoy::service::auth::v3 as upstream;
 use prost::Message;

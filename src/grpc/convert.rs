@@ -12,7 +12,7 @@ use super::pb::envoy::service::auth::v3::{
 };
 use super::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
 use super::pb::google::rpc;
-use crate::authz::{AccessRequest, Authorization, Decision, DenyReason, Outcome};
+use certbound_core::{AccessRequest, Authorization, Decision, DenyReason, Outcome};
 
 /// gRPC status codes used in `CheckResponse.status` (an absent status would ALLOW).
 pub mod code {

@@ -8,9 +8,9 @@ use tonic::{Request, Response, Status};
 use super::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use super::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use super::{AnswerGate, convert};
-use crate::authz::{AccessRequest, Decision, Thumbprint, UnavailableReason};
 use crate::decision_log;
 use crate::server::App;
+use certbound_core::{AccessRequest, Decision, Thumbprint, UnavailableReason};
 
 /// The ext_authz gRPC service over the running [`App`].
 #[derive(Clone)]

@@ -1,8 +1,6 @@
-//! Issuer keys: the immutable snapshot the core verifies against, and the store that fetches
-//! and refreshes it.
+//! Issuer keys: the store that fetches (file, URL, OIDC discovery) and refreshes the immutable
+//! [`certbound_core::keys::KeySet`] snapshots the core verifies against.
 
-mod set;
 mod store;
 
-pub use set::{IgnoredKey, JwksError, KeyKind, KeySet, VerificationKey};
 pub use store::{FetchError, KeySource, KeyStore, KeyTiming, Readiness, max_age, refresh_delay};

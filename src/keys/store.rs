@@ -12,10 +12,10 @@ use serde_json::Value;
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
-use super::set::{JwksError, KeySet};
-use crate::authz::KeyLookup;
-use crate::clock::Clock;
 use crate::metrics::{IssuerLabel, Metrics};
+use certbound_core::KeyLookup;
+use certbound_core::clock::Clock;
+use certbound_core::keys::{JwksError, KeySet};
 
 /// Largest discovery or JWKS document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;

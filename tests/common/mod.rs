@@ -139,7 +139,7 @@ impl ClientCert {
 
     /// The RFC 8705 thumbprint.
     pub fn x5t(&self) -> String {
-        certbound::authz::Thumbprint::of_der(&self.der).to_base64url()
+        certbound_core::Thumbprint::of_der(&self.der).to_base64url()
     }
 
     /// The PEM as Envoy URL-encodes it in `attributes.source.certificate`.
@@ -149,7 +149,7 @@ impl ClientCert {
 }
 
 pub fn url_encode_pem(pem: &str) -> String {
-    certbound::authz::certificate::envoy_url_encode(pem)
+    certbound_core::certificate::envoy_url_encode(pem)
 }
 
 /// Claims of a valid access token from `issuer`, bound to `x5t` when given.
@@ -398,11 +398,14 @@ impl Certbound {
 
     /// Starts certbound without waiting for its keys.
     pub async fn start_unready(yaml: &str) -> Self {
-        Self::start_with_clock(yaml, Arc::new(certbound::clock::SystemClock)).await
+        Self::start_with_clock(yaml, Arc::new(certbound_core::clock::SystemClock)).await
     }
 
     /// Starts certbound with an injected clock, without waiting for its keys.
-    pub async fn start_with_clock(yaml: &str, clock: Arc<dyn certbound::clock::Clock>) -> Self {
+    pub async fn start_with_clock(
+        yaml: &str,
+        clock: Arc<dyn certbound_core::clock::Clock>,
+    ) -> Self {
         let settings =
             certbound::config::Settings::from_yaml(yaml, Vec::new(), None).expect("valid config");
         let app = certbound::server::App::build_with_clock(&settings, clock).unwrap();

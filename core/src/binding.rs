@@ -3,8 +3,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::DenyReason;
-use super::certificate::{CertificateError, Thumbprint};
+use crate::certificate::{CertificateError, Thumbprint};
+use crate::decision::DenyReason;
 
 /// How strictly tokens must be bound to the client certificate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -4,7 +4,9 @@
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use super::{AccessRequest, BindingMode, DenyReason};
+use crate::binding::BindingMode;
+use crate::decision::DenyReason;
+use crate::request::AccessRequest;
 
 /// `context_extensions` keys that Envoy routes may set (`check_settings.context_extensions`).
 pub const EXT_SCOPES: &str = "certbound.scopes";

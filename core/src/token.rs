@@ -7,7 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use super::DenyReason;
+use crate::decision::DenyReason;
 use crate::keys::KeySet;
 
 /// What certbound requires of one issuer's tokens.
@@ -188,7 +188,7 @@ impl UnverifiedJwt<'_> {
 /// policy asks for them (`active` is the caller's to check).
 pub fn check_introspected(
     answer: &Map<String, Value>,
-    policy: &crate::authz::IntrospectionPolicy,
+    policy: &crate::policy::IntrospectionPolicy,
     now: i64,
     leeway: i64,
 ) -> Result<(), DenyReason> {

@@ -1,0 +1,220 @@
+//! A decision: its outcome (allow, deny with a reason, or unavailable), and the facts behind it.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::certificate::Thumbprint;
+use crate::request::CertificateSource;
+
+/// Declares [`DenyReason`] once: each variant with its stable code, and the list of all.
+macro_rules! deny_reasons {
+    ($($(#[doc = $doc:literal])* $variant:ident => $code:literal,)*) => {
+        /// Why a request was denied: stable, machine-readable, used in logs, metrics and metadata.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum DenyReason {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl DenyReason {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [DenyReason] = &[$(DenyReason::$variant,)*];
+
+            /// The stable code (`token_missing`, `binding_mismatch`, ...).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(DenyReason::$variant => $code,)*
+                }
+            }
+        }
+    };
+}
+
+deny_reasons! {
+    /// Envoy sent no HTTP attributes.
+    RequestInvalid => "request_invalid",
+    TokenMissing => "token_missing",
+    AuthorizationDuplicate => "authorization_duplicate",
+    TokenTooLarge => "token_too_large",
+    /// A header certbound reads is over `limits.max_header_bytes`.
+    HeaderTooLarge => "header_too_large",
+    TokenMalformed => "token_malformed",
+    AlgorithmNotAllowed => "alg_not_allowed",
+    CritUnsupported => "crit_unsupported",
+    TypInvalid => "typ_invalid",
+    IssuerUnknown => "issuer_unknown",
+    /// Introspection said `active: false`.
+    TokenInactive => "token_inactive",
+    KeyUnknown => "key_unknown",
+    KeyTypeMismatch => "key_type_mismatch",
+    SignatureInvalid => "signature_invalid",
+    ClaimsInvalid => "claims_invalid",
+    TokenExpired => "token_expired",
+    TokenNotYetValid => "token_not_yet_valid",
+    TokenIssuedInFuture => "token_issued_in_future",
+    AudienceMismatch => "audience_mismatch",
+    /// The route accepts only other issuers.
+    IssuerNotAllowed => "issuer_not_allowed",
+    /// The route requires another audience.
+    AudienceNotAllowed => "audience_not_allowed",
+    CertMissing => "cert_missing",
+    CertInvalid => "cert_invalid",
+    CnfMissing => "cnf_missing",
+    CnfInvalid => "cnf_invalid",
+    X5tMissing => "x5t_missing",
+    BindingMismatch => "binding_mismatch",
+    /// A required scope is missing (403).
+    ScopeMissing => "scope_missing",
+    /// No required group (or not all of them) (403).
+    GroupMissing => "group_missing",
+    /// The route's policy cannot be applied (a bad `context_extensions` value): fail closed.
+    PolicyInvalid => "policy_invalid",
+}
+
+impl DenyReason {
+    /// Whether the client sent no bearer token at all: RFC 6750 §3 then gives no error code.
+    pub fn is_missing_credentials(self) -> bool {
+        matches!(self, DenyReason::TokenMissing | DenyReason::RequestInvalid)
+    }
+
+    /// A valid, bound token without the rights the route needs: 403, not 401.
+    pub fn is_forbidden(self) -> bool {
+        matches!(self, DenyReason::ScopeMissing | DenyReason::GroupMissing)
+    }
+}
+
+/// Why no decision could be made: the response is 503 and Envoy's failure mode applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnavailableReason {
+    /// The issuer's keys are not loaded, or older than `keys.max_stale_seconds`.
+    KeysUnavailable,
+    /// The introspection endpoint could not give an answer.
+    IntrospectionUnavailable,
+    /// `limits.max_concurrent_checks` checks are already being decided.
+    Overloaded,
+}
+
+impl UnavailableReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnavailableReason::KeysUnavailable => "keys_unavailable",
+            UnavailableReason::IntrospectionUnavailable => "introspection_unavailable",
+            UnavailableReason::Overloaded => "overloaded",
+        }
+    }
+}
+
+/// What an allowed request carries to the upstream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Upstream {
+    /// Headers to set, overwriting anything the client sent under these names.
+    pub set_headers: Vec<(String, String)>,
+    /// Headers to strip: mapped headers whose claim is absent (so a client cannot supply them),
+    /// and `authorization` when configured.
+    pub remove_headers: Vec<String>,
+}
+
+/// The outcome of one check.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Allow(Upstream),
+    Deny(DenyReason),
+    Unavailable(UnavailableReason),
+}
+
+/// What was learnt while deciding, for logs, metadata and the upstream.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    /// Index of the token's issuer in the configuration.
+    pub issuer_index: Option<usize>,
+    pub issuer: Option<String>,
+    pub kid: Option<String>,
+    /// Verified claims (only after the signature checked out).
+    pub claims: Option<Arc<Map<String, Value>>>,
+    pub thumbprint: Option<Thumbprint>,
+    pub certificate_source: Option<CertificateSource>,
+    /// The route rule that applied (`default` when none matched).
+    pub rule: Option<String>,
+    /// Required scopes the token lacked (for the RFC 6750 `scope` attribute).
+    pub missing_scopes: Vec<String>,
+    /// Whether the verified-token cache answered (`None` when it was not consulted).
+    pub token_cache: Option<bool>,
+    /// Whether this decision checked a signature (the expensive step a cache hit skips).
+    pub signature_checked: bool,
+}
+
+impl Facts {
+    pub fn claim_str(&self, name: &str) -> Option<&str> {
+        self.claims.as_ref()?.get(name)?.as_str()
+    }
+}
+
+/// A decision: the outcome and the facts behind it.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub facts: Facts,
+}
+
+impl Decision {
+    pub fn deny(reason: DenyReason) -> Self {
+        Self {
+            outcome: Outcome::Deny(reason),
+            facts: Facts::default(),
+        }
+    }
+
+    pub fn unavailable(reason: UnavailableReason) -> Self {
+        Self {
+            outcome: Outcome::Unavailable(reason),
+            facts: Facts::default(),
+        }
+    }
+
+    /// `allow`, `deny` or `unavailable`: for logs, metrics and metadata.
+    pub fn outcome_name(&self) -> &'static str {
+        match self.outcome {
+            Outcome::Allow(_) => "allow",
+            Outcome::Deny(_) => "deny",
+            Outcome::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The HTTP status Envoy sends the client.
+    pub fn http_status(&self) -> u16 {
+        match &self.outcome {
+            Outcome::Allow(_) => 200,
+            Outcome::Deny(reason) if reason.is_forbidden() => 403,
+            Outcome::Deny(_) => 401,
+            Outcome::Unavailable(_) => 503,
+        }
+    }
+
+    /// The RFC 6750 `WWW-Authenticate` challenge of a deny.
+    pub fn challenge(&self) -> Option<String> {
+        let Outcome::Deny(reason) = &self.outcome else {
+            return None;
+        };
+        Some(if reason.is_missing_credentials() {
+            "Bearer".to_string()
+        } else if reason.is_forbidden() && !self.facts.missing_scopes.is_empty() {
+            format!(
+                r#"Bearer error="insufficient_scope", scope="{}""#,
+                self.facts.missing_scopes.join(" ")
+            )
+        } else if reason.is_forbidden() {
+            r#"Bearer error="insufficient_scope""#.to_string()
+        } else {
+            r#"Bearer error="invalid_token""#.to_string()
+        })
+    }
+
+    /// The stable reason code of a deny or unavailable outcome, `"ok"` for an allow.
+    pub fn reason(&self) -> &'static str {
+        match &self.outcome {
+            Outcome::Allow(_) => "ok",
+            Outcome::Deny(reason) => reason.as_str(),
+            Outcome::Unavailable(reason) => reason.as_str(),
+        }
+    }
+}
