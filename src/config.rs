@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::Algorithm;
+use certbound_core::jwa::Algorithm;
 use serde::Deserialize;
 
 use crate::introspection::{AuthMethod, IntrospectionSettings, Secret};
@@ -589,18 +589,6 @@ pub struct Settings {
     pub idp_ca_file: Option<PathBuf>,
 }
 
-const ASYMMETRIC: [Algorithm; 9] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
-
 impl Settings {
     /// A fresh verified-token cache as configured (`None` when turned off).
     pub fn token_cache(&self) -> Option<certbound_core::TokenCache> {
@@ -721,22 +709,22 @@ impl FileConfig {
                 ));
             }
             let algorithms = match &issuer.algorithms {
-                None => ASYMMETRIC.to_vec(),
+                None => Algorithm::ALL.to_vec(),
                 Some(names) if names.is_empty() => {
                     return Err(ConfigError::new(key("algorithms"), "must not be empty"));
                 }
                 Some(names) => names
                     .iter()
                     .map(|name| {
-                        name.parse::<Algorithm>()
-                            .ok()
-                            .filter(|alg| ASYMMETRIC.contains(alg))
-                            .ok_or_else(|| {
-                                ConfigError::new(
-                                    key("algorithms"),
-                                    format!("{name:?} is not an asymmetric JWS algorithm"),
-                                )
-                            })
+                        Algorithm::from_name(name).ok_or_else(|| {
+                            ConfigError::new(
+                                key("algorithms"),
+                                format!(
+                                    "{name:?} is not a supported JWS algorithm (supported: {})",
+                                    supported_algorithms()
+                                ),
+                            )
+                        })
                     })
                     .collect::<Result<_, _>>()?,
             };
@@ -1022,6 +1010,11 @@ impl IntrospectionConfig {
     }
 }
 
+/// The supported `alg` names, for error messages.
+fn supported_algorithms() -> String {
+    Algorithm::ALL.map(Algorithm::as_str).join(", ")
+}
+
 /// A relative path is taken as written when it exists, else relative to the config file.
 fn resolve(path: PathBuf, base: Option<&Path>) -> PathBuf {
     match base {
@@ -1057,7 +1050,7 @@ issuers:
         assert_eq!(s.policy.leeway_seconds, 60);
         assert_eq!(s.policy.binding, BindingMode::Required);
         assert_eq!(s.policy.certificate_sources, [CertificateSource::Peer]);
-        assert_eq!(s.policy.issuers[0].algorithms.len(), 9);
+        assert_eq!(s.policy.issuers[0].algorithms, Algorithm::ALL);
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(
             s.key_sources[0].1,
@@ -1102,6 +1095,26 @@ upstream:
             [("sub".to_string(), "x-sub".to_string())]
         );
         assert!(s.policy.upstream.remove_authorization);
+    }
+
+    #[test]
+    fn every_supported_algorithm_can_be_pinned() {
+        let s = load(&format!(
+            "{MINIMAL}    algorithms: [ES512, Ed25519, EdDSA, ES256, PS512]\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            s.policy.issuers[0].algorithms,
+            [
+                Algorithm::ES512,
+                Algorithm::Ed25519,
+                Algorithm::EdDSA,
+                Algorithm::ES256,
+                Algorithm::PS512
+            ]
+        );
+        let err = load(&format!("{MINIMAL}    algorithms: [HS256]\n")).expect_err("hmac");
+        assert!(err.message.contains("supported: RS256"), "{err}");
     }
 
     #[test]

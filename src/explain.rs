@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::check::Checker;
 use crate::grpc::convert;
 use certbound_core::clock::{Clock, SystemClock};
+use certbound_core::jwa::Algorithm;
 use certbound_core::{
     AccessRequest, Authorization, Credential, Decision, DenyReason, Outcome, Policy, routes, token,
 };
@@ -133,16 +134,31 @@ pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
 }
 
 fn describe_jwt(out: &mut String, checker: &Checker, policy: &Policy, token: &str, now: i64) {
-    let jwt = match token::parse(token) {
+    let mut claimed = token::Claimed::default();
+    let jwt = match token::parse_claimed(token, &mut claimed) {
         Ok(jwt) => jwt,
         Err(reason) => {
-            let _ = writeln!(out, "token: JWT header rejected ({})", reason.as_str());
+            let _ = writeln!(
+                out,
+                "token: JWT rejected ({}): alg={} kid={} iss={}",
+                reason.as_str(),
+                claimed.alg.as_deref().unwrap_or("(none)"),
+                claimed.kid.as_deref().unwrap_or("(none)"),
+                claimed.iss.as_deref().unwrap_or("(none)"),
+            );
+            if reason == DenyReason::AlgorithmNotAllowed {
+                let _ = writeln!(
+                    out,
+                    "  certbound verifies only {} (never none or HMAC)",
+                    Algorithm::ALL.map(Algorithm::as_str).join(", ")
+                );
+            }
             return;
         }
     };
     let _ = writeln!(
         out,
-        "token: JWT alg={:?} kid={} typ={}",
+        "token: JWT alg={} kid={} typ={}",
         jwt.alg,
         jwt.kid.as_deref().unwrap_or("(none)"),
         jwt.typ.as_deref().unwrap_or("(none)")
@@ -158,9 +174,23 @@ fn describe_jwt(out: &mut String, checker: &Checker, policy: &Policy, token: &st
     let issuer = &policy.issuers[index];
     let _ = writeln!(
         out,
-        "issuer: {iss} (configured; audiences {:?}, algorithms {:?})",
-        issuer.audiences, issuer.algorithms
+        "issuer: {iss} (configured; audiences {:?}, algorithms [{}])",
+        issuer.audiences,
+        issuer
+            .algorithms
+            .iter()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
+    if !issuer.algorithms.contains(&jwt.alg) {
+        let _ = writeln!(
+            out,
+            "  alg {} (kid {}) is not among this issuer's algorithms: alg_not_allowed",
+            jwt.alg,
+            jwt.kid.as_deref().unwrap_or("(none)")
+        );
+    }
     let keys = certbound_core::KeyLookup::key_set(checker.keys().as_ref(), index);
     let Some(keys) = keys else {
         let _ = writeln!(out, "keys: none loaded for this issuer (IdP unreachable?)");

@@ -99,20 +99,29 @@ async fn each_kind_of_deny_is_explained_with_its_reason_and_answer() {
         };
         format!("{}.{}.c2ln", b64(&header), b64(&claims(&iss, Some(&x5t))))
     };
+    // A refused algorithm is named with the kid and the issuer the token claims.
+    let hs256_detail = format!("JWT rejected (alg_not_allowed): alg=HS256 kid=k-hmac iss={iss}");
     let cases: Vec<(&str, String, Option<&ClientCert>, &str, &str)> = vec![
         (
             "token_malformed",
             "abc.def".into(),
             Some(&w.cert),
             "/",
-            "JWT header rejected (token_malformed)",
+            "JWT rejected (token_malformed)",
         ),
         (
             "alg_not_allowed",
             "eyJhbGciOiJub25lIn0.e30.".into(),
             Some(&w.cert),
             "/",
-            "JWT header rejected",
+            "JWT rejected (alg_not_allowed): alg=none",
+        ),
+        (
+            "alg_not_allowed",
+            header_token(json!({"alg": "HS256", "kid": "k-hmac"})),
+            Some(&w.cert),
+            "/",
+            &hs256_detail,
         ),
         (
             "issuer_unknown",
@@ -212,7 +221,7 @@ async fn each_kind_of_deny_is_explained_with_its_reason_and_answer() {
             header_token(json!({"alg": "ES256", "crit": ["x"]})),
             Some(&w.cert),
             "/",
-            "JWT header rejected (crit_unsupported)",
+            "JWT rejected (crit_unsupported)",
         ),
         (
             "key_type_mismatch",

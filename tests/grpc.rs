@@ -144,6 +144,48 @@ async fn rsa_and_eddsa_tokens_verify_too() {
     }
 }
 
+/// What a current IdP (oidc-provider) signs with: ES512 (P-521), and EdDSA under RFC 9864's
+/// fully specified name `Ed25519`; by default and when pinned.
+#[tokio::test]
+async fn es512_and_ed25519_tokens_verify_by_default_and_when_pinned() {
+    let p521 = Signer::es512("p521");
+    let ed = Signer::ed25519_fully_specified("ed");
+    let idp = Idp::start(&[&p521, &ed]).await;
+    let cert = ClientCert::self_signed("c");
+    for extra in ["", "    algorithms: [ES512, Ed25519, EdDSA]\n"] {
+        let certbound = Certbound::start(&config_for(&idp, extra)).await;
+        for signer in [&p521, &ed] {
+            certbound
+                .check(bound_request(signer, &idp.issuer, &cert))
+                .await
+                .assert_allowed();
+        }
+    }
+    let only_es256 = Certbound::start(&config_for(&idp, "    algorithms: [ES256]\n")).await;
+    only_es256
+        .check(bound_request(&p521, &idp.issuer, &cert))
+        .await
+        .assert_invalid_token("alg_not_allowed");
+}
+
+/// An algorithm refusal names what the token claimed (alg, kid, issuer) in the decision's facts,
+/// which the decision log and `explain` print.
+#[tokio::test]
+async fn alg_not_allowed_names_the_algorithm_kid_and_issuer() {
+    let p521 = Signer::es512("p521");
+    let idp = Idp::start(&[&p521]).await;
+    let certbound = Certbound::start(&config_for(&idp, "    algorithms: [ES256]\n")).await;
+    let cert = ClientCert::self_signed("c");
+    let access =
+        certbound::grpc::convert::access_request(bound_request(&p521, &idp.issuer, &cert)).unwrap();
+    let decision = certbound.checker().check(&access).await;
+    assert_eq!(decision.reason(), "alg_not_allowed");
+    let facts = &decision.facts;
+    assert_eq!(facts.alg.as_deref(), Some("ES512"));
+    assert_eq!(facts.kid.as_deref(), Some("p521"));
+    assert_eq!(facts.issuer.as_deref(), Some(idp.issuer.as_str()));
+}
+
 #[tokio::test]
 async fn remove_authorization_strips_it_and_absent_claims_clear_their_headers() {
     let w = World::start(

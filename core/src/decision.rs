@@ -127,8 +127,11 @@ pub enum Outcome {
 pub struct Facts {
     /// Index of the token's issuer in the configuration.
     pub issuer_index: Option<usize>,
+    /// The token's issuer: as the token claims it until the signature checked out.
     pub issuer: Option<String>,
+    /// The JWT's `kid` and `alg` headers, as sent (`alg` is not known on a cache hit).
     pub kid: Option<String>,
+    pub alg: Option<String>,
     /// Verified claims (only after the signature checked out).
     pub claims: Option<Arc<Map<String, Value>>>,
     pub thumbprint: Option<Thumbprint>,

@@ -1,35 +1,16 @@
 //! An issuer's verification keys: an immutable snapshot parsed from a JWKS document.
 
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ED25519, ParsedPublicKey,
+    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ECDSA_P521_SHA512_FIXED, ED25519,
+    ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_2048_8192_SHA384,
+    RSA_PKCS1_2048_8192_SHA512, RSA_PSS_2048_8192_SHA256, RSA_PSS_2048_8192_SHA384,
+    RSA_PSS_2048_8192_SHA512, VerificationAlgorithm,
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
-/// The kind of public key, which decides the algorithms it may verify.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyKind {
-    Rsa,
-    EcP256,
-    EcP384,
-    Ed25519,
-}
-
-impl KeyKind {
-    /// The key kind an algorithm needs: the token's `alg` never chooses the key type by itself.
-    pub fn for_algorithm(alg: Algorithm) -> Option<Self> {
-        use Algorithm::*;
-        match alg {
-            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => Some(Self::Rsa),
-            ES256 => Some(Self::EcP256),
-            ES384 => Some(Self::EcP384),
-            EdDSA => Some(Self::Ed25519),
-            _ => None,
-        }
-    }
-}
+pub use crate::jwa::{Algorithm, KeyKind};
 
 /// One usable verification key.
 #[derive(Clone, Debug)]
@@ -41,21 +22,30 @@ pub struct VerificationKey {
     pub key: PublicKey,
 }
 
-/// Key material, ready to verify with.
+/// Key material, parsed once when the JWKS is loaded (and, for EC keys, checked to be on the
+/// curve) instead of on every verification.
 #[derive(Clone, Debug)]
 pub enum PublicKey {
-    /// EC and Ed25519 keys (one algorithm each): parsed, and the point checked to be on the
-    /// curve, once when the JWKS is loaded instead of on every verification.
-    Parsed(ParsedPublicKey),
-    /// RSA keys, which serve six algorithms, verified through `jsonwebtoken`.
-    Rsa(DecodingKey),
+    /// EC and Ed25519 keys: one algorithm each.
+    Single(ParsedPublicKey),
+    /// RSA keys serve six algorithms; the key is parsed for each, in [`RSA_ALGORITHMS`] order.
+    Rsa(Box<[ParsedPublicKey; 6]>),
 }
+
+/// The RSA algorithms in the order [`PublicKey::Rsa`] holds their parsed keys.
+const RSA_ALGORITHMS: [(Algorithm, &dyn VerificationAlgorithm); 6] = [
+    (Algorithm::RS256, &RSA_PKCS1_2048_8192_SHA256),
+    (Algorithm::RS384, &RSA_PKCS1_2048_8192_SHA384),
+    (Algorithm::RS512, &RSA_PKCS1_2048_8192_SHA512),
+    (Algorithm::PS256, &RSA_PSS_2048_8192_SHA256),
+    (Algorithm::PS384, &RSA_PSS_2048_8192_SHA384),
+    (Algorithm::PS512, &RSA_PSS_2048_8192_SHA512),
+];
 
 impl VerificationKey {
     /// Whether this key may verify a signature made with `alg`.
     pub fn accepts(&self, alg: Algorithm) -> bool {
-        KeyKind::for_algorithm(alg) == Some(self.kind)
-            && self.alg.is_none_or(|pinned| pinned == alg)
+        alg.key_kind() == self.kind && self.alg.is_none_or(|pinned| alg.satisfies_pin(pinned))
     }
 
     /// Whether `signature` (base64url, as in the JWS) is this key's signature of `message`
@@ -64,14 +54,16 @@ impl VerificationKey {
         if !self.accepts(alg) {
             return false;
         }
-        match &self.key {
-            PublicKey::Parsed(key) => URL_SAFE_NO_PAD
-                .decode(signature)
-                .is_ok_and(|signature| key.verify_sig(message, &signature).is_ok()),
-            PublicKey::Rsa(key) => {
-                jsonwebtoken::crypto::verify(signature, message, key, alg).unwrap_or(false)
-            }
-        }
+        let key = match &self.key {
+            PublicKey::Single(key) => key,
+            PublicKey::Rsa(keys) => match RSA_ALGORITHMS.iter().position(|(a, _)| *a == alg) {
+                Some(index) => &keys[index],
+                None => return false,
+            },
+        };
+        URL_SAFE_NO_PAD
+            .decode(signature)
+            .is_ok_and(|signature| key.verify_sig(message, &signature).is_ok())
     }
 }
 
@@ -165,7 +157,7 @@ fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
     }
     let alg = match str_field(entry, "alg") {
         None => None,
-        Some(name) => Some(name.parse::<Algorithm>().map_err(|_| "unsupported alg")?),
+        Some(name) => Some(Algorithm::from_name(name).ok_or("unsupported alg")?),
     };
     let (kind, key) = match str_field(entry, "kty") {
         Some("RSA") => {
@@ -176,13 +168,23 @@ fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
             if decoded_len(n).is_none_or(|len| len < 256) {
                 return Err("RSA modulus shorter than 2048 bits");
             }
-            let key = DecodingKey::from_rsa_components(n, e).map_err(|_| "bad RSA components")?;
-            (KeyKind::Rsa, PublicKey::Rsa(key))
+            let der = rsa_public_key_der(n, e).ok_or("bad RSA components")?;
+            let keys = RSA_ALGORITHMS
+                .iter()
+                .map(|(_, algorithm)| ParsedPublicKey::new(*algorithm, &der))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| "bad RSA components")?;
+            let keys = keys
+                .into_boxed_slice()
+                .try_into()
+                .map_err(|_| "bad RSA components")?;
+            (KeyKind::Rsa, PublicKey::Rsa(keys))
         }
         Some("EC") => {
             let (kind, size, algorithm) = match str_field(entry, "crv") {
                 Some("P-256") => (KeyKind::EcP256, 32, &ECDSA_P256_SHA256_FIXED),
                 Some("P-384") => (KeyKind::EcP384, 48, &ECDSA_P384_SHA384_FIXED),
+                Some("P-521") => (KeyKind::EcP521, 66, &ECDSA_P521_SHA512_FIXED),
                 _ => return Err("unsupported EC curve"),
             };
             let (x, y) = str_field(entry, "x")
@@ -200,7 +202,7 @@ fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
             }
             let key = ParsedPublicKey::new(algorithm, point)
                 .map_err(|_| "EC point is not on the curve")?;
-            (kind, PublicKey::Parsed(key))
+            (kind, PublicKey::Single(key))
         }
         Some("OKP") => {
             if str_field(entry, "crv") != Some("Ed25519") {
@@ -213,13 +215,13 @@ fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
                 .filter(|x| x.len() == 32)
                 .ok_or("Ed25519 key is not 32 bytes")?;
             let key = ParsedPublicKey::new(&ED25519, x).map_err(|_| "bad OKP components")?;
-            (KeyKind::Ed25519, PublicKey::Parsed(key))
+            (KeyKind::Ed25519, PublicKey::Single(key))
         }
         Some("oct") => return Err("symmetric keys are never accepted"),
         _ => return Err("unsupported kty"),
     };
     if let Some(alg) = alg
-        && KeyKind::for_algorithm(alg) != Some(kind)
+        && alg.key_kind() != kind
     {
         return Err("alg does not fit the key type");
     }
@@ -229,6 +231,49 @@ fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
         alg,
         key,
     })
+}
+
+/// DER of a PKCS#1 `RSAPublicKey` (`SEQUENCE { n INTEGER, e INTEGER }`) from a JWK's base64url
+/// `n` and `e`: the form aws-lc-rs parses.
+fn rsa_public_key_der(n: &str, e: &str) -> Option<Vec<u8>> {
+    fn length(out: &mut Vec<u8>, len: usize) {
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|&b| b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+    }
+    fn integer(out: &mut Vec<u8>, magnitude: &[u8]) {
+        let magnitude = &magnitude[magnitude.iter().take_while(|&&b| b == 0).count()..];
+        // A set high bit would make the INTEGER negative: prefix a zero byte.
+        let pad = magnitude.first().is_none_or(|&b| b & 0x80 != 0);
+        out.push(0x02);
+        length(out, magnitude.len() + usize::from(pad));
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(magnitude);
+    }
+    let (n, e) = (
+        URL_SAFE_NO_PAD.decode(n).ok()?,
+        URL_SAFE_NO_PAD.decode(e).ok()?,
+    );
+    if n.iter().all(|&b| b == 0) || e.iter().all(|&b| b == 0) {
+        return None;
+    }
+    let mut body = Vec::with_capacity(n.len() + e.len() + 16);
+    integer(&mut body, &n);
+    integer(&mut body, &e);
+    let mut der = vec![0x30];
+    length(&mut der, body.len());
+    der.extend(body);
+    Some(der)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod cache;
 pub mod certificate;
 pub mod clock;
 pub mod decision;
+pub mod jwa;
 pub mod keys;
 pub mod policy;
 pub mod request;

@@ -197,8 +197,13 @@ impl Policy {
         now: i64,
         facts: &mut Facts,
     ) -> Result<Arc<Map<String, Value>>, Refusal> {
-        let jwt = token::parse(token)?;
-        facts.kid = jwt.kid.clone();
+        let mut claimed = token::Claimed::default();
+        let parsed = token::parse_claimed(token, &mut claimed);
+        // Named in logs and metadata even when the token is refused for its header.
+        facts.alg = claimed.alg;
+        facts.kid = claimed.kid;
+        facts.issuer = claimed.iss;
+        let jwt = parsed?;
         let issuer_name = jwt.issuer().ok_or(DenyReason::ClaimsInvalid)?;
         let index = self
             .issuers

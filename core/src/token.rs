@@ -4,10 +4,10 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
 use crate::decision::DenyReason;
+use crate::jwa::Algorithm;
 use crate::keys::KeySet;
 
 /// What certbound requires of one issuer's tokens.
@@ -59,8 +59,25 @@ pub fn looks_like_jwt(token: &str) -> bool {
     token.split('.').count() == 3
 }
 
+/// What a token says about itself before anything is verified: its `alg` and `kid` headers and
+/// its `iss` claim, as sent. For logs and `explain` (a denial names them); never trusted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claimed {
+    pub alg: Option<String>,
+    pub kid: Option<String>,
+    pub iss: Option<String>,
+}
+
 /// Decodes a compact JWS: header checks that need no key happen here.
 pub fn parse(token: &str) -> Result<UnverifiedJwt<'_>, DenyReason> {
+    parse_claimed(token, &mut Claimed::default())
+}
+
+/// [`parse`], noting in `claimed` what the token says about itself, whether it parses or not.
+pub fn parse_claimed<'t>(
+    token: &'t str,
+    claimed: &mut Claimed,
+) -> Result<UnverifiedJwt<'t>, DenyReason> {
     let mut parts = token.split('.');
     let (Some(header_b64), Some(claims_b64), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -68,20 +85,22 @@ pub fn parse(token: &str) -> Result<UnverifiedJwt<'_>, DenyReason> {
         return Err(DenyReason::TokenMalformed);
     };
     let header = decode_object(header_b64)?;
+    // Decoded now so that a denial for the header can still name the issuer; a claims part that
+    // does not decode is reported after the header checks, as before.
+    let claims = decode_object(claims_b64);
+    let string = |map: &Map<String, Value>, name: &str| {
+        map.get(name).and_then(Value::as_str).map(str::to_owned)
+    };
+    claimed.alg = string(&header, "alg");
+    claimed.kid = string(&header, "kid");
+    claimed.iss = claims.as_ref().ok().and_then(|c| string(c, "iss"));
     let alg_name = header
         .get("alg")
         .and_then(Value::as_str)
         .ok_or(DenyReason::TokenMalformed)?;
-    if alg_name.eq_ignore_ascii_case("none") {
-        return Err(DenyReason::AlgorithmNotAllowed);
-    }
-    let alg: Algorithm = alg_name
-        .parse()
-        .map_err(|_| DenyReason::AlgorithmNotAllowed)?;
-    if crate::keys::KeyKind::for_algorithm(alg).is_none() {
-        // HS256/384/512: a public key must never be used as an HMAC secret.
-        return Err(DenyReason::AlgorithmNotAllowed);
-    }
+    // `none` (in any case) and the HMAC algorithms are not in the supported set: a public key
+    // must never be used as an HMAC secret.
+    let alg = Algorithm::from_name(alg_name).ok_or(DenyReason::AlgorithmNotAllowed)?;
     // certbound understands no JWS extensions, so any `crit` header is fatal (RFC 7515 §4.1.11).
     if header.contains_key("crit") {
         return Err(DenyReason::CritUnsupported);
@@ -99,12 +118,11 @@ pub fn parse(token: &str) -> Result<UnverifiedJwt<'_>, DenyReason> {
         Some(Value::String(typ)) => Some(typ.clone()),
         Some(_) => return Err(DenyReason::TypInvalid),
     };
-    let claims = decode_object(claims_b64)?;
     Ok(UnverifiedJwt {
         alg,
         kid,
         typ,
-        claims,
+        claims: claims?,
         signing_input: &token[..header_b64.len() + 1 + claims_b64.len()],
         signature,
     })
@@ -256,14 +274,14 @@ fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{EncodingKey, Header};
+    use jsonwebtoken::{Algorithm as Jws, EncodingKey, Header};
     use serde_json::json;
 
     const NOW: i64 = 1_800_000_000;
 
     struct Signer {
         kid: &'static str,
-        alg: Algorithm,
+        alg: Jws,
         key: EncodingKey,
         jwk: Value,
     }
@@ -273,7 +291,7 @@ mod tests {
         let raw = pair.public_key_raw();
         Signer {
             kid,
-            alg: Algorithm::ES256,
+            alg: Jws::ES256,
             key: EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("pem"),
             jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid,
                         "x": URL_SAFE_NO_PAD.encode(&raw[1..33]),
@@ -285,7 +303,7 @@ mod tests {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
         Signer {
             kid,
-            alg: Algorithm::EdDSA,
+            alg: Jws::EdDSA,
             key: EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).expect("pem"),
             jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
                         "x": URL_SAFE_NO_PAD.encode(pair.public_key_raw())}),
@@ -348,6 +366,140 @@ mod tests {
     fn eddsa_verifies() {
         let s = ed25519("ed");
         assert!(check(&sign(&s, &claims()), &key_set(&[&s])).is_ok());
+    }
+
+    /// A compact JWS with this header, signed by `sign` over the signing input.
+    fn signed_raw(header: Value, claims: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = URL_SAFE_NO_PAD.encode(sign(input.as_bytes()));
+        format!("{input}.{signature}")
+    }
+
+    fn pinned(algorithms: &[Algorithm]) -> IssuerPolicy {
+        IssuerPolicy {
+            algorithms: algorithms.to_vec(),
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn es512_verifies_with_a_p521_key() {
+        use aws_lc_rs::signature::{ECDSA_P521_SHA512_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let pair = EcdsaKeyPair::generate(&ECDSA_P521_SHA512_FIXED_SIGNING).expect("key");
+        let point = pair.public_key().as_ref();
+        assert_eq!(point.len(), 133, "0x04 || x || y");
+        let jwk = json!({"kty": "EC", "crv": "P-521", "kid": "p521", "alg": "ES512",
+                         "x": URL_SAFE_NO_PAD.encode(&point[1..67]),
+                         "y": URL_SAFE_NO_PAD.encode(&point[67..])});
+        let keys = KeySet::from_jwks(json!({"keys": [jwk]}).to_string().as_bytes())
+            .expect("jwks")
+            .0;
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let sign = |m: &[u8]| pair.sign(&rng, m).expect("sign").as_ref().to_vec();
+        let token = signed_raw(json!({"alg": "ES512", "kid": "p521"}), &claims(), sign);
+        let verify = |p: &IssuerPolicy| parse(&token).and_then(|t| t.verify(0, p, &keys, NOW, 60));
+        assert!(verify(&pinned(&Algorithm::ALL)).is_ok());
+        assert_eq!(
+            verify(&pinned(&[Algorithm::ES256])).err(),
+            Some(DenyReason::AlgorithmNotAllowed)
+        );
+        // The same signature presented as ES384 finds no key of that kind.
+        let relabelled = signed_raw(json!({"alg": "ES384", "kid": "p521"}), &claims(), sign);
+        assert_eq!(
+            parse(&relabelled)
+                .and_then(|t| t.verify(0, &pinned(&Algorithm::ALL), &keys, NOW, 60))
+                .err(),
+            Some(DenyReason::KeyTypeMismatch)
+        );
+    }
+
+    #[test]
+    fn ed25519_verifies_under_both_of_its_names() {
+        use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+        let pair = Ed25519KeyPair::generate().expect("key");
+        // A JWK pinned to the fully specified name verifies tokens under either name.
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "alg": "Ed25519",
+                         "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())});
+        let keys = KeySet::from_jwks(json!({"keys": [jwk]}).to_string().as_bytes())
+            .expect("jwks")
+            .0;
+        let sign = |m: &[u8]| pair.sign(m).as_ref().to_vec();
+        for name in ["Ed25519", "EdDSA"] {
+            let token = signed_raw(json!({"alg": name, "kid": "ed"}), &claims(), sign);
+            let result =
+                parse(&token).and_then(|t| t.verify(0, &pinned(&Algorithm::ALL), &keys, NOW, 60));
+            assert!(result.is_ok(), "{name}: {result:?}");
+        }
+        let token = signed_raw(json!({"alg": "Ed25519", "kid": "ed"}), &claims(), sign);
+        let only_eddsa = pinned(&[Algorithm::EdDSA]);
+        assert_eq!(
+            parse(&token)
+                .and_then(|t| t.verify(0, &only_eddsa, &keys, NOW, 60))
+                .err(),
+            Some(DenyReason::AlgorithmNotAllowed),
+            "the issuer's pin is by name"
+        );
+    }
+
+    #[test]
+    fn rsa_pkcs1_and_pss_tokens_from_another_library_verify() {
+        use x509_parser::prelude::FromDer;
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("key");
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&pair);
+        let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki).expect("spki");
+        let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = spki.parsed() else {
+            panic!("not an RSA key");
+        };
+        let strip = |b: &[u8]| {
+            b.iter()
+                .skip_while(|&&x| x == 0)
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        let jwk = json!({"kty": "RSA", "kid": "rsa", "n": URL_SAFE_NO_PAD.encode(strip(rsa.modulus)),
+                         "e": URL_SAFE_NO_PAD.encode(strip(rsa.exponent))});
+        let keys = KeySet::from_jwks(json!({"keys": [jwk]}).to_string().as_bytes())
+            .expect("jwks")
+            .0;
+        let key = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).expect("pem");
+        for alg in [
+            Jws::RS256,
+            Jws::RS384,
+            Jws::RS512,
+            Jws::PS256,
+            Jws::PS384,
+            Jws::PS512,
+        ] {
+            let mut header = Header::new(alg);
+            header.kid = Some("rsa".into());
+            let token = jsonwebtoken::encode(&header, &claims(), &key).expect("sign");
+            let result =
+                parse(&token).and_then(|t| t.verify(0, &pinned(&Algorithm::ALL), &keys, NOW, 60));
+            assert!(result.is_ok(), "{alg:?}: {result:?}");
+            // A PKCS#1 signature presented as PSS (or SHA-256 as SHA-512) does not verify.
+            let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+            let swapped = match alg {
+                Jws::RS256 => "PS256",
+                _ => "RS512",
+            };
+            let mut h: Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[0]).expect("b64"))
+                    .expect("json");
+            h["alg"] = json!(swapped);
+            parts[0] = URL_SAFE_NO_PAD.encode(h.to_string());
+            let forged = parts.join(".");
+            assert_eq!(
+                parse(&forged)
+                    .and_then(|t| t.verify(0, &pinned(&Algorithm::ALL), &keys, NOW, 60))
+                    .err(),
+                Some(DenyReason::SignatureInvalid),
+                "{alg:?} as {swapped}"
+            );
+        }
     }
 
     #[test]
@@ -459,7 +611,7 @@ mod tests {
     fn missing_kid_tries_each_key_of_the_right_type() {
         let a = es256("a");
         let b = es256("b");
-        let token = sign_with(&b, Header::new(Algorithm::ES256), &claims());
+        let token = sign_with(&b, Header::new(Jws::ES256), &claims());
         assert!(check(&token, &key_set(&[&a, &b])).is_ok());
     }
 
@@ -546,7 +698,7 @@ mod tests {
             (Some("JWT"), false),
             (None, false),
         ] {
-            let mut header = Header::new(Algorithm::ES256);
+            let mut header = Header::new(Jws::ES256);
             header.kid = Some("k1".into());
             header.typ = typ.map(str::to_owned);
             let token = sign_with(&s, header, &claims());

@@ -81,6 +81,7 @@ fn log_decision(decision: &Decision, request: Option<&AccessRequest>, latency_us
         rule: facts.rule.as_deref(),
         issuer: facts.issuer.as_deref(),
         kid: facts.kid.as_deref(),
+        alg: facts.alg.as_deref(),
         sub: facts.claim_str("sub"),
         client_id: facts.claim_str("client_id"),
         x5t: facts.thumbprint.as_ref().map(Thumbprint::as_base64url),

@@ -45,7 +45,12 @@ pub struct Signer {
     pub alg: Algorithm,
     key: EncodingKey,
     pub jwk: Value,
+    /// Signs with an `alg` name jsonwebtoken does not know (ES512, Ed25519), through aws-lc-rs.
+    raw: Option<(&'static str, RawSign)>,
 }
+
+/// Signs a JWS signing input with a key jsonwebtoken cannot use.
+type RawSign = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
 
 impl Signer {
     pub fn es256(kid: &str) -> Self {
@@ -58,6 +63,40 @@ impl Signer {
             jwk: json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
                         "x": URL_SAFE_NO_PAD.encode(&raw[1..33]),
                         "y": URL_SAFE_NO_PAD.encode(&raw[33..65])}),
+            raw: None,
+        }
+    }
+
+    /// ES512 (P-521), signed through aws-lc-rs.
+    pub fn es512(kid: &str) -> Self {
+        use aws_lc_rs::signature::{ECDSA_P521_SHA512_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let pair = EcdsaKeyPair::generate(&ECDSA_P521_SHA512_FIXED_SIGNING).unwrap();
+        let point = pair.public_key().as_ref().to_vec();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        Self {
+            jwk: json!({"kty": "EC", "crv": "P-521", "kid": kid, "use": "sig", "alg": "ES512",
+                        "x": URL_SAFE_NO_PAD.encode(&point[1..67]),
+                        "y": URL_SAFE_NO_PAD.encode(&point[67..])}),
+            raw: Some((
+                "ES512",
+                Arc::new(move |m: &[u8]| pair.sign(&rng, m).unwrap().as_ref().to_vec()),
+            )),
+            ..Self::es256(kid)
+        }
+    }
+
+    /// EdDSA over Ed25519 under RFC 9864's fully specified name, `alg: Ed25519`.
+    pub fn ed25519_fully_specified(kid: &str) -> Self {
+        use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+        let pair = Ed25519KeyPair::generate().unwrap();
+        Self {
+            jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": "Ed25519",
+                        "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())}),
+            raw: Some((
+                "Ed25519",
+                Arc::new(move |m: &[u8]| pair.sign(m).as_ref().to_vec()),
+            )),
+            ..Self::es256(kid)
         }
     }
 
@@ -69,6 +108,7 @@ impl Signer {
             key: EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap(),
             jwk: json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
                         "x": URL_SAFE_NO_PAD.encode(pair.public_key_raw())}),
+            raw: None,
         }
     }
 
@@ -94,6 +134,7 @@ impl Signer {
             jwk: json!({"kty": "RSA", "kid": kid,
                         "n": URL_SAFE_NO_PAD.encode(strip(rsa.modulus)),
                         "e": URL_SAFE_NO_PAD.encode(strip(rsa.exponent))}),
+            raw: None,
         }
     }
 
@@ -104,6 +145,14 @@ impl Signer {
 
     /// Signs claims with this key and its `kid`.
     pub fn sign(&self, claims: &Value) -> String {
+        if let Some((alg, sign)) = &self.raw {
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(json!({"alg": alg, "kid": self.kid}).to_string()),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            );
+            return format!("{input}.{}", URL_SAFE_NO_PAD.encode(sign(input.as_bytes())));
+        }
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
         self.sign_with(header, claims)
