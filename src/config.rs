@@ -462,6 +462,10 @@ pub struct KeysConfig {
     /// Longest a Check waits for an unknown-`kid` refetch.
     #[serde(default = "default_unknown_kid_wait")]
     pub unknown_kid_wait_ms: u64,
+    /// Longest back-off between retries after failed fetches: at most `max_refresh_seconds`
+    /// (default 30, or `max_refresh_seconds` when that is shorter). While keys are unusable,
+    /// retries come at least every `min_refresh_seconds` whatever this says.
+    pub retry_max_seconds: Option<u64>,
 }
 
 impl Default for KeysConfig {
@@ -475,6 +479,7 @@ impl Default for KeysConfig {
             refetch_min_interval_seconds: default_refetch(),
             fetch_timeout_ms: default_fetch_timeout(),
             unknown_kid_wait_ms: default_unknown_kid_wait(),
+            retry_max_seconds: None,
         }
     }
 }
@@ -557,6 +562,9 @@ fn default_refetch() -> u64 {
 }
 fn default_fetch_timeout() -> u64 {
     5000
+}
+fn default_retry_max() -> u64 {
+    30
 }
 fn default_unknown_kid_wait() -> u64 {
     1000
@@ -810,6 +818,16 @@ impl FileConfig {
                 "must not exceed keys.max_refresh_seconds",
             ));
         }
+        let retry_max = match keys.retry_max_seconds {
+            None => default_retry_max().min(keys.max_refresh_seconds),
+            Some(seconds) if seconds == 0 || seconds > keys.max_refresh_seconds => {
+                return Err(ConfigError::new(
+                    "keys.retry_max_seconds",
+                    "must be between 1 and keys.max_refresh_seconds",
+                ));
+            }
+            Some(seconds) => seconds,
+        };
         let (introspection_policy, introspection) = match self.introspection {
             None => (None, None),
             Some(config) => {
@@ -900,7 +918,7 @@ impl FileConfig {
                 max_stale_seconds: i64::try_from(keys.max_stale_seconds)
                     .map_err(|_| ConfigError::new("keys.max_stale_seconds", "too large"))?,
                 readiness: keys.ready_when,
-                ..KeyTiming::default()
+                retry_max: Duration::from_secs(retry_max),
             },
             unknown_kid_wait: Duration::from_millis(keys.unknown_kid_wait_ms),
             token_cache_entries: self.token_cache.max_entries,
@@ -1224,6 +1242,21 @@ introspection:
         .expect("valid");
         assert_eq!(s.key_timing.max_stale_seconds, 60);
         assert_eq!(s.key_timing.readiness, Readiness::Any);
+        assert_eq!(s.key_timing.retry_max, Duration::from_secs(30));
+        let s = load(&format!(
+            "{MINIMAL}keys:\n  min_refresh_seconds: 1\n  max_refresh_seconds: 10\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            s.key_timing.retry_max,
+            Duration::from_secs(10),
+            "bounded by max_refresh"
+        );
+        let err = load(&format!(
+            "{MINIMAL}keys:\n  min_refresh_seconds: 1\n  max_refresh_seconds: 10\n  retry_max_seconds: 11\n"
+        ))
+        .expect_err("above max_refresh");
+        assert_eq!(err.key, "keys.retry_max_seconds");
     }
 
     #[test]

@@ -98,7 +98,8 @@ impl App {
         &self.metrics
     }
 
-    /// Ready to answer: keys loaded (as `keys.ready_when` says) and not shutting down.
+    /// Ready to answer: issuers have usable keys (loaded, and not older than
+    /// `keys.max_stale_seconds`) as `keys.ready_when` says, and not shutting down.
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::Acquire) && self.checker().keys().is_ready()
     }
@@ -333,24 +334,34 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
         .await;
 }
 
-/// Keeps gRPC health equal to [`App::is_ready`], following key stores across reloads.
+/// How often readiness is looked at again: keys go stale with time alone, without an event.
+const READINESS_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Keeps gRPC health equal to [`App::is_ready`], following key stores across reloads: at once
+/// when a fetch changes it, within [`READINESS_POLL`] when keys pass `keys.max_stale_seconds`.
 async fn track_readiness(app: Arc<App>, reporter: HealthReporter) {
     let mut generation = app.generation.subscribe();
+    let mut shown = None;
     loop {
-        let mut ready = app.checker().keys().readiness();
+        let mut fetched = app.checker().keys().readiness();
         loop {
-            let status = if *ready.borrow_and_update() && !app.draining.load(Ordering::Acquire) {
+            fetched.borrow_and_update();
+            let status = if app.is_ready() {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
-            set_health(&reporter, status).await;
+            if shown != Some(status) {
+                set_health(&reporter, status).await;
+                shown = Some(status);
+            }
             tokio::select! {
-                changed = ready.changed() => if changed.is_err() { break },
+                changed = fetched.changed() => if changed.is_err() { break },
                 changed = generation.changed() => {
                     if changed.is_err() { return }
                     break;
                 }
+                () = tokio::time::sleep(READINESS_POLL) => {}
             }
         }
     }

@@ -147,6 +147,83 @@ async fn outage_mid_run_keeps_stale_keys_until_max_stale_then_answers_503() {
         .assert_allowed();
 }
 
+/// Readiness follows whether keys are usable, not whether they were ever loaded: once they pass
+/// `keys.max_stale_seconds` every Check for the issuer answers 503, so gRPC health and /readyz
+/// say NOT_SERVING; the first good fetch makes them SERVING again. Liveness never changes.
+#[tokio::test]
+async fn readiness_follows_usable_keys_and_returns_after_the_first_good_fetch() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let k1 = Signer::es256("k1");
+    let idp = Idp::start(&[&k1]).await;
+    let clock = ManualClock::new(now());
+    let yaml = config_for(
+        &idp,
+        "keys:\n  max_stale_seconds: 3\n  min_refresh_seconds: 1\n  max_refresh_seconds: 2\n  \
+         refresh_interval_seconds: 1\n",
+    );
+    let certbound = Certbound::start_with_clock(&yaml, Arc::new(clock.clone())).await;
+    certbound.wait_serving(Duration::from_secs(10)).await;
+    let (admin, _stop) = admin(Arc::clone(&certbound.app)).await;
+    assert_eq!(get(&format!("{admin}/readyz")).await.0, 200);
+
+    idp.set_status(503);
+    clock.advance(4);
+    certbound
+        .wait_health(ServingStatus::NotServing, Duration::from_secs(3))
+        .await;
+    assert_eq!(get(&format!("{admin}/readyz")).await.0, 503);
+    assert_eq!(certbound.health("liveness").await, SERVING);
+    let answer = check_with(&certbound, &k1, &idp.issuer).await;
+    answer.assert_unavailable();
+    assert_eq!(answer.reason(), "keys_unavailable");
+
+    idp.set_status(200);
+    certbound
+        .wait_health(ServingStatus::Serving, Duration::from_secs(5))
+        .await;
+    assert_eq!(get(&format!("{admin}/readyz")).await.0, 200);
+    check_with(&certbound, &k1, &idp.issuer)
+        .await
+        .assert_allowed();
+}
+
+/// The fault-injection finding: after failed refreshes the store used to back off 1, 2, 4, 8 s
+/// (up to a hidden 30 s), so checks stayed at 503 for seconds after the IdP came back. While keys
+/// are unusable it now retries at least every `keys.min_refresh_seconds`.
+#[tokio::test]
+async fn after_an_outage_longer_than_the_back_off_service_resumes_within_one_retry_interval() {
+    let k1 = Signer::es256("k1");
+    let idp = Idp::start(&[&k1]).await;
+    let clock = ManualClock::new(now());
+    let yaml = config_for(
+        &idp,
+        "keys:\n  max_stale_seconds: 3\n  min_refresh_seconds: 1\n  max_refresh_seconds: 2\n  \
+         refresh_interval_seconds: 1\n",
+    );
+    let certbound = Certbound::start_with_clock(&yaml, Arc::new(clock.clone())).await;
+    certbound.wait_serving(Duration::from_secs(10)).await;
+
+    // Six seconds of outage: the old schedule would be waiting 8 s after its fourth failure.
+    idp.set_status(503);
+    clock.advance(4);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    check_with(&certbound, &k1, &idp.issuer)
+        .await
+        .assert_unavailable();
+    let failed = idp.jwks_hits();
+    assert!(
+        failed >= 5,
+        "retried at least every second: {failed} fetches"
+    );
+
+    idp.set_status(200);
+    // One retry interval (min_refresh_seconds: 1), plus slack for this noisy machine.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    check_with(&certbound, &k1, &idp.issuer)
+        .await
+        .assert_allowed();
+}
+
 #[tokio::test]
 async fn a_jwks_that_fails_to_parse_keeps_the_last_good_keys() {
     let k1 = Signer::es256("k1");

@@ -12,21 +12,6 @@ use common::envoy::{Pki, channel, start_certbound, start_certbound_with};
 use common::*;
 use serde_json::json;
 
-async fn admin(app: Arc<certbound::server::App>) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(certbound::admin::serve(app, listener, async {
-        let _ = rx.await;
-    }));
-    (url, tx)
-}
-
-async fn get(url: &str) -> (u16, String) {
-    let response = reqwest::get(url).await.unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
 #[tokio::test]
 async fn admin_endpoints_report_health_readiness_and_metrics() {
     let signer = Signer::es256("k1");

@@ -1,6 +1,7 @@
-//! Issuer keys: the store that fetches (file, URL, OIDC discovery) and refreshes the immutable
-//! [`certbound_core::keys::KeySet`] snapshots the core verifies against.
+//! Issuer keys: the store that fetches (file, URL, OIDC discovery) and refreshes the core's
+//! [`certbound_core::keys::KeySnapshots`] in the background.
 
 mod store;
 
-pub use store::{FetchError, KeySource, KeyStore, KeyTiming, Readiness, max_age, refresh_delay};
+pub use certbound_core::keys::{KeyTiming, Readiness};
+pub use store::{FetchError, KeySource, KeyStore};

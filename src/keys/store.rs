@@ -1,21 +1,21 @@
-//! Fetches each issuer's keys (JWKS file, JWKS URL or OIDC discovery), refreshes them in the
-//! background and publishes immutable snapshots that the Check path reads without locking.
+//! Fetches each issuer's keys (JWKS file, JWKS URL or OIDC discovery) with the service's HTTP
+//! client, refreshes them in the background, and publishes them into the core's
+//! [`KeySnapshots`], which the Check path reads without locking. When to fetch is the core's
+//! schedule ([`KeySnapshots::after_success`], [`KeySnapshots::after_failure`]).
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use serde_json::Value;
+use certbound_core::KeyLookup;
+use certbound_core::clock::Clock;
+use certbound_core::keys::discovery::{self, DiscoveryError};
+use certbound_core::keys::{JwksError, KeySet, KeySnapshots, KeyTiming, max_age};
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
 use crate::metrics::{IssuerLabel, Metrics};
-use certbound_core::KeyLookup;
-use certbound_core::clock::Clock;
-use certbound_core::keys::{JwksError, KeySet};
 
 /// Largest discovery or JWKS document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -29,51 +29,6 @@ pub enum KeySource {
     Discovery {
         issuer: String,
     },
-}
-
-/// When the service reports SERVING.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Readiness {
-    /// Once every issuer has keys.
-    #[default]
-    All,
-    /// Once at least one issuer has keys (the others answer 503 until theirs load).
-    Any,
-}
-
-/// Timing of fetches.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyTiming {
-    /// Time between background refreshes when the JWKS response has no `max-age`.
-    pub refresh_interval: Duration,
-    /// Bounds on a JWKS response's `Cache-Control: max-age`.
-    pub min_refresh: Duration,
-    pub max_refresh: Duration,
-    /// Seconds the last good keys stay usable after the last successful fetch.
-    pub max_stale_seconds: i64,
-    pub readiness: Readiness,
-    /// An unknown `kid` triggers at most one refetch per issuer within this interval.
-    pub refetch_min_interval: Duration,
-    /// Bound on one HTTP fetch.
-    pub fetch_timeout: Duration,
-    /// Longest delay between retries while an issuer's keys are not loaded.
-    pub max_retry_interval: Duration,
-}
-
-impl Default for KeyTiming {
-    fn default() -> Self {
-        Self {
-            refresh_interval: Duration::from_secs(300),
-            min_refresh: Duration::from_secs(60),
-            max_refresh: Duration::from_secs(3600),
-            max_stale_seconds: 86_400,
-            readiness: Readiness::All,
-            refetch_min_interval: Duration::from_secs(30),
-            fetch_timeout: Duration::from_secs(5),
-            max_retry_interval: Duration::from_secs(30),
-        }
-    }
 }
 
 /// Why a key fetch failed.
@@ -90,80 +45,36 @@ pub enum FetchError {
     Status { url: String, status: u16 },
     #[error("GET {url}: document larger than {MAX_DOCUMENT_BYTES} bytes")]
     TooLarge { url: String },
-    #[error("discovery document at {url}: {what}")]
-    Discovery { url: String, what: &'static str },
+    #[error("discovery document at {url}: {source}")]
+    Discovery { url: String, source: DiscoveryError },
     #[error("JWKS from {from}: {source}")]
     Jwks { from: String, source: JwksError },
 }
 
-struct IssuerKeys {
-    /// The issuer's `iss`, for logs.
-    name: String,
+/// How one issuer's keys are fetched.
+struct IssuerSource {
     source: KeySource,
-    current: ArcSwapOption<KeySet>,
-    /// Clock time of the last successful fetch (`i64::MIN` before the first).
-    fetched_at: AtomicI64,
-    /// Ignored JWKS entries already logged, so each is logged once.
-    logged_ignored: std::sync::Mutex<HashSet<(Option<String>, &'static str)>>,
     /// `jwks_uri` learnt from discovery.
     discovered_jwks_uri: ArcSwapOption<String>,
     /// When the last unknown-`kid` refetch started; the lock makes refetches single-flight.
     last_refetch: Mutex<Option<Instant>>,
 }
 
-/// Every issuer's current keys.
+/// Every issuer's current keys, and the fetching behind them.
 pub struct KeyStore {
-    issuers: Vec<IssuerKeys>,
-    /// Bumped each time any issuer's key set is replaced; see [`KeyStore::generation`].
-    generation: AtomicU64,
+    snapshots: KeySnapshots,
+    sources: Vec<IssuerSource>,
     http: reqwest::Client,
-    timing: KeyTiming,
-    clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    /// Changes when a fetch may have changed readiness; staleness also changes it with time
+    /// alone, so readers poll [`KeyStore::is_ready`] as well.
     ready: watch::Sender<bool>,
 }
 
 impl KeyLookup for KeyStore {
-    /// The issuer's keys, unless none were ever loaded or the last success is older than
-    /// `max_stale` (stale-if-error has a limit).
     fn key_set(&self, index: usize) -> Option<Arc<KeySet>> {
-        let issuer = self.issuers.get(index)?;
-        let age = self
-            .clock
-            .now()
-            .saturating_sub(issuer.fetched_at.load(Ordering::Acquire));
-        if age > self.timing.max_stale_seconds {
-            return None;
-        }
-        issuer.current.load_full()
+        self.snapshots.key_set(index)
     }
-}
-
-/// How long to wait before the next refresh: `max-age` within bounds, else the default interval.
-pub fn refresh_delay(max_age: Option<Duration>, timing: &KeyTiming) -> Duration {
-    match max_age {
-        Some(max_age) => max_age.clamp(timing.min_refresh, timing.max_refresh),
-        None => timing.refresh_interval,
-    }
-}
-
-/// `max-age` of a `Cache-Control` header value (`no-cache`/`no-store` count as zero).
-pub fn max_age(cache_control: &str) -> Option<Duration> {
-    let mut result = None;
-    for directive in cache_control.split(',').map(str::trim) {
-        let lower = directive.to_ascii_lowercase();
-        if lower == "no-cache" || lower == "no-store" {
-            return Some(Duration::ZERO);
-        }
-        if let Some(value) = lower.strip_prefix("max-age=") {
-            result = value
-                .trim_matches('"')
-                .parse::<u64>()
-                .ok()
-                .map(Duration::from_secs);
-        }
-    }
-    result
 }
 
 impl KeyStore {
@@ -175,45 +86,44 @@ impl KeyStore {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let issuers = issuers
+        let (names, sources): (Vec<_>, Vec<_>) = issuers
             .into_iter()
-            .map(|(name, source)| IssuerKeys {
-                name,
-                source,
-                current: ArcSwapOption::empty(),
-                fetched_at: AtomicI64::new(i64::MIN),
-                logged_ignored: Default::default(),
-                discovered_jwks_uri: ArcSwapOption::empty(),
-                last_refetch: Mutex::new(None),
+            .map(|(name, source)| {
+                let source = IssuerSource {
+                    source,
+                    discovered_jwks_uri: ArcSwapOption::empty(),
+                    last_refetch: Mutex::new(None),
+                };
+                (name, source)
             })
-            .collect();
+            .unzip();
         Self {
-            issuers,
-            generation: AtomicU64::new(0),
+            snapshots: KeySnapshots::new(names, timing, clock),
+            sources,
             http,
-            timing,
-            clock,
             metrics,
             ready: watch::Sender::new(false),
         }
     }
 
-    /// Becomes `true` once issuers have keys as `readiness` asks (every one, or any).
+    /// The snapshots the core reads.
+    pub fn snapshots(&self) -> &KeySnapshots {
+        &self.snapshots
+    }
+
+    /// Sends when a fetch may have changed [`KeyStore::is_ready`].
     pub fn readiness(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
     }
 
+    /// Whether every issuer ever had keys (usable or not).
     pub fn all_loaded(&self) -> bool {
-        self.issuers.iter().all(|i| i.current.load().is_some())
+        (0..self.snapshots.len()).all(|i| self.snapshots.loaded(i))
     }
 
+    /// Issuers have usable keys as `keys.ready_when` asks (every one, or any).
     pub fn is_ready(&self) -> bool {
-        match self.timing.readiness {
-            Readiness::All => self.all_loaded(),
-            Readiness::Any => {
-                self.issuers.is_empty() || self.issuers.iter().any(|i| i.current.load().is_some())
-            }
-        }
+        self.snapshots.is_ready()
     }
 
     fn update_ready(&self) {
@@ -225,12 +135,12 @@ impl KeyStore {
 
     /// Sets the key-age gauges (called when metrics are scraped).
     pub fn observe(&self) {
-        for (index, issuer) in self.issuers.iter().enumerate() {
-            if let Some(age) = self.key_age(index) {
+        for (index, issuer) in self.snapshots.issuer_names().enumerate() {
+            if let Some(age) = self.snapshots.key_age(index) {
                 self.metrics
                     .key_age_seconds
                     .get_or_create(&IssuerLabel {
-                        issuer: issuer.name.clone(),
+                        issuer: issuer.to_owned(),
                     })
                     .set(age as f64);
             }
@@ -239,17 +149,16 @@ impl KeyStore {
 
     /// Seconds since issuer `index`'s keys were last fetched successfully.
     pub fn key_age(&self, index: usize) -> Option<i64> {
-        let at = self.issuers.get(index)?.fetched_at.load(Ordering::Acquire);
-        (at != i64::MIN).then(|| self.clock.now().saturating_sub(at))
+        self.snapshots.key_age(index)
     }
 
     pub fn issuer_names(&self) -> impl Iterator<Item = &str> {
-        self.issuers.iter().map(|i| i.name.as_str())
+        self.snapshots.issuer_names()
     }
 
     /// Fetches every issuer's keys once, concurrently; failures are logged and retried later.
     pub async fn load_all(&self) {
-        futures_util::future::join_all((0..self.issuers.len()).map(|i| self.refresh(i))).await;
+        futures_util::future::join_all((0..self.sources.len()).map(|i| self.refresh(i))).await;
         self.update_ready();
     }
 
@@ -257,63 +166,64 @@ impl KeyStore {
     /// owned by this future: abort the task running it and they stop too.
     pub async fn run_refresh(self: Arc<Self>) {
         let mut tasks = tokio::task::JoinSet::new();
-        for index in 0..self.issuers.len() {
+        for index in 0..self.sources.len() {
             let store = Arc::clone(&self);
             tasks.spawn(async move { store.refresh_loop(index).await });
         }
         while tasks.join_next().await.is_some() {}
     }
 
+    /// The schedule is the core's: after a success, the response's `max-age` within bounds
+    /// (never past the moment the keys would go stale); after failures, a back-off that never
+    /// waits past staleness, and at most `min_refresh` while the keys are unusable.
     async fn refresh_loop(&self, index: usize) {
-        let retry_start = Duration::from_secs(1);
-        let mut retry = retry_start;
-        // The initial load has just happened; its max-age is not known here, so start with the
-        // default interval (or the retry delay when it failed).
-        let mut wait = if self.issuers[index].current.load().is_some() {
-            self.timing.refresh_interval
+        // The initial load has just happened; its max-age is not known here.
+        let mut failures = u32::from(!self.snapshots.loaded(index));
+        let mut wait = if failures == 0 {
+            self.snapshots.after_success(None)
         } else {
-            retry_start
+            self.snapshots.after_failure(index, failures)
         };
         loop {
             tokio::time::sleep(wait).await;
             wait = match self.refresh(index).await {
                 Ok(next) => {
-                    retry = retry_start;
+                    failures = 0;
                     next
                 }
                 Err(_) => {
-                    let this = retry;
-                    retry = (retry * 2).min(self.timing.max_retry_interval);
-                    this
+                    failures = failures.saturating_add(1);
+                    self.snapshots.after_failure(index, failures)
                 }
             };
+            // Staleness may have made the issuer unusable while waiting.
+            self.update_ready();
         }
     }
 
     /// Fetches issuer `index`'s keys now and publishes them; on failure the last good set stays.
     /// Returns when the next refresh is due.
     pub async fn refresh(&self, index: usize) -> Result<Duration, FetchError> {
-        let issuer = &self.issuers[index];
-        match self.fetch(issuer).await {
+        let name = self.snapshots.name(index).to_owned();
+        match self.fetch(index).await {
             Ok((set, max_age)) => {
-                tracing::info!(issuer = %issuer.name, keys = set.len(), "keys loaded");
-                self.metrics.key_refresh(&issuer.name, true);
+                tracing::info!(issuer = %name, keys = set.len(), "keys loaded");
+                self.metrics.key_refresh(&name, true);
                 self.metrics
                     .keys_loaded
                     .get_or_create(&IssuerLabel {
-                        issuer: issuer.name.clone(),
+                        issuer: name.clone(),
                     })
                     .set(set.len() as i64);
-                issuer.current.store(Some(Arc::new(set)));
-                self.generation.fetch_add(1, Ordering::AcqRel);
-                issuer.fetched_at.store(self.clock.now(), Ordering::Release);
+                self.snapshots.publish(index, set);
                 self.update_ready();
-                Ok(refresh_delay(max_age, &self.timing))
+                Ok(self.snapshots.after_success(max_age))
             }
             Err(error) => {
-                let kept = issuer.current.load().is_some();
-                self.metrics.key_refresh(&issuer.name, false);
-                tracing::warn!(issuer = %issuer.name, %error, kept_previous_keys = kept, "key refresh failed");
+                let kept = self.snapshots.loaded(index);
+                self.metrics.key_refresh(&name, false);
+                tracing::warn!(issuer = %name, %error, kept_previous_keys = kept, "key refresh failed");
+                self.update_ready();
                 Err(error)
             }
         }
@@ -322,7 +232,7 @@ impl KeyStore {
     /// Which key sets are current: read it before deciding, and pass it to
     /// [`KeyStore::refetch_unknown_kid`] when the decision found the `kid` unknown.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.snapshots.generation()
     }
 
     /// Refetches after an unknown `kid`: at most once per `refetch_min_interval` per issuer, and
@@ -330,24 +240,25 @@ impl KeyStore {
     /// `seen` is the [`KeyStore::generation`] the caller decided with. Returns whether the keys
     /// may have changed since then, i.e. whether deciding again can help.
     pub async fn refetch_unknown_kid(&self, index: usize, seen: u64) -> bool {
-        let Some(issuer) = self.issuers.get(index) else {
+        let Some(source) = self.sources.get(index) else {
             return false;
         };
-        let mut last = issuer.last_refetch.lock().await;
+        let mut last = source.last_refetch.lock().await;
         // Keys replaced since the caller decided (by a refetch it waited for, or one that ended
         // between its decision and this call, or a scheduled refresh): decide again with them.
         if self.generation() != seen {
             return true;
         }
-        if last.is_some_and(|at| at.elapsed() < self.timing.refetch_min_interval) {
+        if last.is_some_and(|at| at.elapsed() < self.snapshots.timing().refetch_min_interval) {
             return false;
         }
         *last = Some(Instant::now());
-        tracing::info!(issuer = %issuer.name, "unknown kid: refetching keys");
+        tracing::info!(issuer = %self.snapshots.name(index), "unknown kid: refetching keys");
         self.refresh(index).await.is_ok()
     }
 
-    async fn fetch(&self, issuer: &IssuerKeys) -> Result<(KeySet, Option<Duration>), FetchError> {
+    async fn fetch(&self, index: usize) -> Result<(KeySet, Option<Duration>), FetchError> {
+        let issuer = &self.sources[index];
         let (document, from) = match &issuer.source {
             KeySource::File(path) => {
                 let body = tokio::fs::read(path)
@@ -389,43 +300,16 @@ impl KeyStore {
                 from: from.clone(),
                 source,
             })?;
-        let mut logged = issuer
-            .logged_ignored
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for key in ignored {
-            if logged.insert((key.kid.clone(), key.why)) {
-                tracing::warn!(issuer = %issuer.name, kid = key.kid.as_deref().unwrap_or(""), why = key.why, "JWKS key ignored");
-            }
+        for key in self.snapshots.first_reports(index, ignored) {
+            tracing::warn!(issuer = %self.snapshots.name(index), kid = key.kid.as_deref().unwrap_or(""), why = key.why, "JWKS key ignored");
         }
         Ok((set, document.max_age))
     }
 
     async fn discover(&self, issuer: &str) -> Result<String, FetchError> {
-        let url = format!(
-            "{}/.well-known/openid-configuration",
-            issuer.trim_end_matches('/')
-        );
+        let url = discovery::discovery_url(issuer);
         let body = self.get(&url).await?.body;
-        let document: Value = serde_json::from_slice(&body).map_err(|_| FetchError::Discovery {
-            url: url.clone(),
-            what: "not JSON",
-        })?;
-        // OpenID Connect Discovery §4.3: the document's issuer must be the one we asked about.
-        if document.get("issuer").and_then(Value::as_str) != Some(issuer) {
-            return Err(FetchError::Discovery {
-                url,
-                what: "issuer does not match",
-            });
-        }
-        document
-            .get("jwks_uri")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or(FetchError::Discovery {
-                url,
-                what: "no jwks_uri",
-            })
+        discovery::jwks_uri(&body, issuer).map_err(|source| FetchError::Discovery { url, source })
     }
 
     async fn get(&self, url: &str) -> Result<Document, FetchError> {
@@ -436,7 +320,7 @@ impl KeyStore {
         let mut response = self
             .http
             .get(url)
-            .timeout(self.timing.fetch_timeout)
+            .timeout(self.snapshots.timing().fetch_timeout)
             .send()
             .await
             .map_err(http_error)?;
@@ -471,39 +355,4 @@ impl KeyStore {
 struct Document {
     body: Vec<u8>,
     max_age: Option<Duration>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn max_age_is_read_from_cache_control() {
-        assert_eq!(
-            max_age("public, max-age=600"),
-            Some(Duration::from_secs(600))
-        );
-        assert_eq!(max_age("Max-Age=\"30\""), Some(Duration::from_secs(30)));
-        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
-        assert_eq!(max_age("public"), None);
-        assert_eq!(max_age("max-age=abc"), None);
-    }
-
-    #[test]
-    fn refresh_delay_keeps_max_age_within_bounds() {
-        let timing = KeyTiming::default();
-        assert_eq!(
-            refresh_delay(Some(Duration::from_secs(600)), &timing),
-            Duration::from_secs(600)
-        );
-        assert_eq!(
-            refresh_delay(Some(Duration::ZERO), &timing),
-            timing.min_refresh
-        );
-        assert_eq!(
-            refresh_delay(Some(Duration::from_secs(999_999)), &timing),
-            timing.max_refresh
-        );
-        assert_eq!(refresh_delay(None, &timing), timing.refresh_interval);
-    }
 }

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -259,8 +259,8 @@ impl Idp {
             max_age: Mutex::new(None),
         });
         let app = Router::new()
-            .route("/.well-known/openid-configuration", get(discovery))
-            .route("/jwks.json", get(jwks))
+            .route("/.well-known/openid-configuration", routing::get(discovery))
+            .route("/jwks.json", routing::get(jwks))
             .route("/introspect", axum::routing::post(introspect))
             .with_state(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -501,13 +501,24 @@ impl Certbound {
     }
 
     pub async fn wait_serving(&self, within: Duration) {
+        self.wait_health(
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            within,
+        )
+        .await;
+    }
+
+    /// Waits until gRPC health for "" reports `status`.
+    pub async fn wait_health(
+        &self,
+        status: tonic_health::pb::health_check_response::ServingStatus,
+        within: Duration,
+    ) {
         let deadline = tokio::time::Instant::now() + within;
-        while self.health("").await
-            != tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-        {
+        while self.health("").await != status as i32 {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "certbound did not become SERVING"
+                "certbound did not become {status:?} within {within:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -540,6 +551,23 @@ impl Drop for Certbound {
             let _ = tx.send(());
         }
     }
+}
+
+/// The admin endpoints of `app` on 127.0.0.1:0: their base URL, and the sender that stops them.
+pub async fn admin(app: Arc<certbound::server::App>) -> (String, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(certbound::admin::serve(app, listener, async {
+        let _ = rx.await;
+    }));
+    (url, tx)
+}
+
+/// GET `url`: the status and the body.
+pub async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
 }
 
 /// A configuration for one issuer whose keys come from `idp`'s JWKS URL.

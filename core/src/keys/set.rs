@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
-pub use crate::jwa::{Algorithm, KeyKind};
+use crate::jwa::{Algorithm, KeyKind};
 
 /// One usable verification key.
 #[derive(Clone, Debug)]
