@@ -113,7 +113,7 @@ fn token(signer: &Signer, x5t: &str) -> String {
 fn request(token: &str, cert: &str) -> AccessRequest {
     AccessRequest {
         authorization: Authorization::One(format!("Bearer {token}")),
-        peer_certificate: cert.to_owned(),
+        peer_certificate: certbound_core::PeerCertificate::UrlEncodedPem(cert.to_owned()),
         method: "GET".into(),
         path: "/items".into(),
         host: "api.bench".into(),

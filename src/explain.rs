@@ -10,7 +10,8 @@ use crate::grpc::convert;
 use certbound_core::clock::{Clock, SystemClock};
 use certbound_core::jwa::Algorithm;
 use certbound_core::{
-    AccessRequest, Authorization, Credential, Decision, DenyReason, Outcome, Policy, routes, token,
+    AccessRequest, Authorization, Credential, Decision, DenyReason, Outcome, PeerCertificate,
+    Policy, routes, token,
 };
 
 /// What to explain.
@@ -33,7 +34,7 @@ impl ExplainRequest {
     /// The request as Envoy would send it: the certificate URL-encoded in the peer field.
     fn access_request(&self) -> AccessRequest {
         let peer_certificate = match &self.certificate {
-            None => String::new(),
+            None => PeerCertificate::Absent,
             Some(bytes) => {
                 let pem = match std::str::from_utf8(bytes) {
                     Ok(text) if text.contains("-----BEGIN") => text.to_owned(),
@@ -43,8 +44,10 @@ impl ExplainRequest {
                         format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
                     }
                 };
-                percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string()
+                PeerCertificate::UrlEncodedPem(
+                    percent_encoding::utf8_percent_encode(&pem, percent_encoding::NON_ALPHANUMERIC)
+                        .to_string(),
+                )
             }
         };
         AccessRequest {

@@ -251,6 +251,19 @@ pub fn decode_rfc9440(value: Option<&str>) -> Result<Option<Thumbprint>, Certifi
     decode_der(&der).map(Some)
 }
 
+/// Reads the hex SHA-256 digest of the peer certificate's DER that Envoy computed during the
+/// handshake (`connection.sha256_peer_certificate_digest`). Empty means no certificate; anything
+/// but 64 hex digits is unusable. Envoy has already parsed the certificate, so the digest is
+/// trusted as the one of an X.509 certificate.
+pub fn decode_sha256_hex(hex: &str) -> Result<Option<Thumbprint>, CertificateError> {
+    if hex.is_empty() {
+        return Ok(None);
+    }
+    Thumbprint::from_hex(hex)
+        .map(Some)
+        .ok_or(CertificateError::BadEncoding)
+}
+
 /// Thumbprint of a certificate file's bytes, PEM (first certificate of a chain) or DER.
 pub fn decode_file(bytes: &[u8]) -> Result<Thumbprint, CertificateError> {
     match std::str::from_utf8(bytes) {
@@ -262,6 +275,20 @@ pub fn decode_file(bytes: &[u8]) -> Result<Thumbprint, CertificateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn envoys_peer_digest_in_hex_is_the_thumbprint() {
+        let hex = "66840dda154e8a113c31dd0ad32f7f3a366a80e8136979d8f5a101d3d29d6f72";
+        let expected = Thumbprint::of_der(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(decode_sha256_hex(hex), Ok(Some(expected)));
+        assert_eq!(decode_sha256_hex(&hex.to_uppercase()), Ok(Some(expected)));
+        assert_eq!(decode_sha256_hex(""), Ok(None));
+        assert_eq!(decode_sha256_hex("zz"), Err(CertificateError::BadEncoding));
+        assert_eq!(
+            decode_sha256_hex(&hex[..62]),
+            Err(CertificateError::BadEncoding)
+        );
+    }
 
     fn self_signed() -> (String, Vec<u8>) {
         let key = rcgen::KeyPair::generate().expect("key");

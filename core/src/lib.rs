@@ -16,10 +16,11 @@
 //! - [`binding`]: the `cnf` binding check.
 //! - [`routes`]: route rules, scopes and groups.
 //! - [`policy`]: the validated [`Policy`] and the decision over it.
-//! - [`decision`]: [`Decision`], its deny reasons and outcomes.
+//! - [`decision`]: [`Decision`], its deny reasons and outcomes; [`answer`]: what it answers.
 //! - [`token_cache`], [`cache`]: the verified-token cache and the bounded TTL cache under it.
 //! - [`clock`]: the injected clock.
 
+pub mod answer;
 pub mod bearer;
 pub mod binding;
 pub mod cache;
@@ -40,7 +41,7 @@ pub use binding::{BindingMode, CertificateOutcome};
 pub use certificate::Thumbprint;
 pub use decision::{Decision, DenyReason, Facts, Outcome, UnavailableReason, Upstream};
 pub use policy::{Credential, IntrospectionPolicy, KeyLookup, Policy, UpstreamPolicy};
-pub use request::{AccessRequest, CertificateSource};
+pub use request::{AccessRequest, CertificateSource, PeerCertificate};
 pub use routes::{Requirements, RoutePolicy, Rule};
 pub use token::{IssuerPolicy, VerifiedToken};
 pub use token_cache::TokenCache;

@@ -9,7 +9,7 @@ use crate::binding::{self, BindingMode, CertificateOutcome};
 use crate::certificate::{self, Thumbprint};
 use crate::decision::{Decision, DenyReason, Facts, Outcome, UnavailableReason, Upstream};
 use crate::keys::KeySet;
-use crate::request::{AccessRequest, CertificateSource};
+use crate::request::{AccessRequest, CertificateSource, PeerCertificate};
 use crate::routes::{self, Requirements, RoutePolicy};
 use crate::token::{self, IssuerPolicy};
 use crate::token_cache::TokenCache;
@@ -348,9 +348,13 @@ impl Policy {
     ) -> CertificateOutcome {
         for source in &self.certificate_sources {
             let found = match source {
-                CertificateSource::Peer => self
-                    .certificates
-                    .decode_url_encoded_pem(&request.peer_certificate),
+                CertificateSource::Peer => match &request.peer_certificate {
+                    PeerCertificate::Absent => Ok(None),
+                    PeerCertificate::UrlEncodedPem(pem) => {
+                        self.certificates.decode_url_encoded_pem(pem)
+                    }
+                    PeerCertificate::Sha256Hex(hex) => certificate::decode_sha256_hex(hex),
+                },
                 CertificateSource::Xfcc => xfcc_certificate(
                     request.xfcc.as_deref(),
                     self.xfcc_by.as_deref(),

@@ -10,7 +10,9 @@ use crate::bearer::Authorization;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CertificateSource {
-    /// `attributes.source.certificate` (needs `include_peer_certificate: true` in Envoy).
+    /// The connection's certificate: `attributes.source.certificate` for the ext_authz service
+    /// (needs `include_peer_certificate: true` in Envoy), the connection's certificate digest for
+    /// the dynamic module.
     Peer,
     /// `Cert=` (or `Hash=`) of the last `x-forwarded-client-cert` element (or the one added by
     /// the configured `By` identity); trust it only behind a proxy that sanitizes the header.
@@ -19,12 +21,40 @@ pub enum CertificateSource {
     ClientCert,
 }
 
-/// The request as the core sees it: converted once from Envoy's `CheckRequest`.
+/// The client certificate of this connection, as the host reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum PeerCertificate {
+    /// None was presented (or the host does not report it).
+    #[default]
+    Absent,
+    /// URL-encoded PEM of the leaf, as ext_authz sends `attributes.source.certificate`.
+    UrlEncodedPem(String),
+    /// Hex SHA-256 of the leaf's DER, as Envoy's `connection.sha256_peer_certificate_digest`
+    /// attribute gives it to a dynamic module.
+    Sha256Hex(String),
+}
+
+impl PeerCertificate {
+    /// The size of the value as sent, for the header-size limit.
+    pub fn len(&self) -> usize {
+        match self {
+            PeerCertificate::Absent => 0,
+            PeerCertificate::UrlEncodedPem(text) | PeerCertificate::Sha256Hex(text) => text.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The request as the core sees it: converted once from what the host sends (Envoy's
+/// `CheckRequest`, or the headers and connection a dynamic module reads).
 #[derive(Clone, Debug, Default)]
 pub struct AccessRequest {
     pub authorization: Authorization,
-    /// URL-encoded PEM of the peer's leaf certificate; empty when there was none.
-    pub peer_certificate: String,
+    /// The peer's leaf certificate.
+    pub peer_certificate: PeerCertificate,
     /// The `x-forwarded-client-cert` header, if sent.
     pub xfcc: Option<String>,
     /// `x-request-id`, for logs.

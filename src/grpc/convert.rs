@@ -10,9 +10,12 @@ use super::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
     attribute_context::HttpRequest, check_response::HttpResponse,
 };
-use super::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
+use super::pb::envoy::r#type::v3::HttpStatus;
 use super::pb::google::rpc;
-use certbound_core::{AccessRequest, Authorization, Decision, DenyReason, Outcome};
+use certbound_core::answer::HttpAnswer;
+use certbound_core::{
+    AccessRequest, Authorization, Decision, DenyReason, Outcome, PeerCertificate,
+};
 
 /// gRPC status codes used in `CheckResponse.status` (an absent status would ALLOW).
 pub mod code {
@@ -22,9 +25,7 @@ pub mod code {
     pub const UNAUTHENTICATED: i32 = 16;
 }
 
-pub const UNAUTHORIZED_BODY: &str = r#"{"message":"unauthorized"}"#;
-pub const FORBIDDEN_BODY: &str = r#"{"message":"forbidden"}"#;
-pub const UNAVAILABLE_BODY: &str = r#"{"message":"service unavailable"}"#;
+pub use certbound_core::answer::{FORBIDDEN_BODY, UNAUTHORIZED_BODY, UNAVAILABLE_BODY};
 
 /// How deny responses are shaped.
 #[derive(Clone, Copy, Debug, Default)]
@@ -40,7 +41,11 @@ pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason
         .request
         .and_then(|r| r.http)
         .ok_or(DenyReason::RequestInvalid)?;
-    let peer_certificate = attributes.source.map(|s| s.certificate).unwrap_or_default();
+    let peer_certificate = match attributes.source.map(|s| s.certificate) {
+        Some(pem) if !pem.is_empty() => PeerCertificate::UrlEncodedPem(pem),
+        // Envoy sends "" when the client presented no certificate.
+        _ => PeerCertificate::Absent,
+    };
     let mut authorization_values = take_header(&mut http, "authorization");
     let authorization = match authorization_values.len() {
         0 => Authorization::Absent,
@@ -106,56 +111,42 @@ fn header(key: &str, value: impl Into<String>, action: HeaderAppendAction) -> He
     }
 }
 
-fn string_value(s: impl Into<String>) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(s.into())),
-    }
-}
-
 /// Metadata for Envoy's access log and later filters (namespace `envoy.filters.http.ext_authz`).
 fn dynamic_metadata(decision: &Decision) -> Struct {
-    let mut fields = std::collections::BTreeMap::new();
-    let decision_name = match decision.outcome {
-        Outcome::Allow(_) => "allow",
-        Outcome::Deny(_) => "deny",
-        Outcome::Unavailable(_) => "unavailable",
-    };
-    fields.insert("decision".into(), string_value(decision_name));
-    fields.insert("reason".into(), string_value(decision.reason()));
-    let facts = &decision.facts;
-    if let Some(issuer) = &facts.issuer {
-        fields.insert("iss".into(), string_value(issuer.clone()));
-    }
-    if matches!(decision.outcome, Outcome::Allow(_)) {
-        for claim in ["sub", "client_id", "scope"] {
-            if let Some(value) = facts.claim_str(claim) {
-                fields.insert(claim.into(), string_value(value));
-            }
-        }
-    }
-    if let Some(thumbprint) = facts.thumbprint {
-        fields.insert("x5t#S256".into(), string_value(thumbprint.as_base64url()));
-    }
+    let fields = decision
+        .metadata()
+        .into_iter()
+        .map(|(name, value)| {
+            let value = Value {
+                kind: Some(Kind::StringValue(value.to_owned())),
+            };
+            (name.to_owned(), value)
+        })
+        .collect();
     Struct { fields }
 }
 
-/// The answer Envoy acts on. Every non-allow sets a non-zero status code.
+/// The answer Envoy acts on. Every non-allow sets a non-zero status code; the client's response
+/// to a refusal is the core's [`Decision::http_answer`], byte for byte.
 pub fn check_response(decision: &Decision, options: ResponseOptions) -> CheckResponse {
-    let metadata = Some(dynamic_metadata(decision));
-    let json = || {
-        header(
-            "content-type",
-            "application/json",
-            HeaderAppendAction::OverwriteIfExistsOrAdd,
-        )
+    let dynamic_metadata = Some(dynamic_metadata(decision));
+    let refused = |answer: HttpAnswer| DeniedHttpResponse {
+        status: Some(HttpStatus {
+            code: i32::from(answer.status),
+        }),
+        headers: answer
+            .headers
+            .into_iter()
+            .map(|(name, value)| header(name, value, HeaderAppendAction::OverwriteIfExistsOrAdd))
+            .collect(),
+        body: answer.body.to_owned(),
     };
-    match &decision.outcome {
-        Outcome::Allow(upstream) => CheckResponse {
-            status: Some(rpc::Status {
-                code: code::OK,
-                ..Default::default()
-            }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+    let (code, message, http_response) = match (
+        &decision.outcome,
+        decision.http_answer(options.reason_header),
+    ) {
+        (Outcome::Allow(upstream), _) => {
+            let ok = OkHttpResponse {
                 headers: upstream
                     .set_headers
                     .iter()
@@ -163,67 +154,33 @@ pub fn check_response(decision: &Decision, options: ResponseOptions) -> CheckRes
                     .collect(),
                 headers_to_remove: upstream.remove_headers.clone(),
                 ..Default::default()
-            })),
-            dynamic_metadata: metadata,
-        },
-        Outcome::Deny(reason) => {
-            let forbidden = reason.is_forbidden();
-            let challenge = decision.challenge().unwrap_or_default();
-            let mut headers = vec![
-                json(),
-                header(
-                    "www-authenticate",
-                    challenge,
-                    HeaderAppendAction::OverwriteIfExistsOrAdd,
-                ),
-            ];
-            if options.reason_header {
-                headers.push(header(
-                    "x-certbound-reason",
-                    reason.as_str(),
-                    HeaderAppendAction::OverwriteIfExistsOrAdd,
-                ));
-            }
-            CheckResponse {
-                status: Some(rpc::Status {
-                    code: if forbidden {
-                        code::PERMISSION_DENIED
-                    } else {
-                        code::UNAUTHENTICATED
-                    },
-                    message: reason.as_str().into(),
-                    details: Vec::new(),
-                }),
-                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-                    status: Some(HttpStatus {
-                        code: i32::from(decision.http_status()),
-                    }),
-                    headers,
-                    body: if forbidden {
-                        FORBIDDEN_BODY
-                    } else {
-                        UNAUTHORIZED_BODY
-                    }
-                    .into(),
-                })),
-                dynamic_metadata: metadata,
-            }
+            };
+            (code::OK, "", Some(HttpResponse::OkResponse(ok)))
         }
-        Outcome::Unavailable(reason) => CheckResponse {
-            status: Some(rpc::Status {
-                code: code::UNAVAILABLE,
-                message: reason.as_str().into(),
-                details: Vec::new(),
-            }),
-            http_response: Some(HttpResponse::ErrorResponse(DeniedHttpResponse {
-                status: Some(HttpStatus {
-                    code: StatusCode::ServiceUnavailable as i32,
-                }),
-                headers: vec![json()],
-                body: UNAVAILABLE_BODY.into(),
-            })),
-            dynamic_metadata: metadata,
-        },
+        (Outcome::Deny(reason), Some(answer)) => {
+            let code = if reason.is_forbidden() {
+                code::PERMISSION_DENIED
+            } else {
+                code::UNAUTHENTICATED
+            };
+            let denied = HttpResponse::DeniedResponse(refused(answer));
+            (code, reason.as_str(), Some(denied))
+        }
+        (Outcome::Unavailable(reason), Some(answer)) => {
+            let error = HttpResponse::ErrorResponse(refused(answer));
+            (code::UNAVAILABLE, reason.as_str(), Some(error))
+        }
+        // Every refusal has an answer; should one not, Envoy's failure mode decides (closed).
+        (Outcome::Deny(_) | Outcome::Unavailable(_), None) => (code::UNAVAILABLE, "", None),
+    };
+    CheckResponse {
+        status: Some(rpc::Status {
+            code,
+            message: message.to_owned(),
+            details: Vec::new(),
+        }),
+        http_response,
+        dynamic_metadata,
     }
 }
 

@@ -1,0 +1,122 @@
+//! What a decision answers: the client's response to a refusal, and the metadata for access logs.
+//! Every adapter sends exactly these bytes, so the service and the Envoy module answer alike.
+
+use crate::decision::{Decision, Outcome};
+
+pub const UNAUTHORIZED_BODY: &str = r#"{"message":"unauthorized"}"#;
+pub const FORBIDDEN_BODY: &str = r#"{"message":"forbidden"}"#;
+pub const UNAVAILABLE_BODY: &str = r#"{"message":"service unavailable"}"#;
+
+/// The response a refused request gets instead of reaching the upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Lower-case names; each replaces any header of that name.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: &'static str,
+}
+
+impl Decision {
+    /// The client's response to a deny (401/403 with the RFC 6750 challenge) or to an
+    /// unavailable outcome (503); `None` for an allow. With `reason_header`, denies carry
+    /// `x-certbound-reason`.
+    pub fn http_answer(&self, reason_header: bool) -> Option<HttpAnswer> {
+        let json = ("content-type", "application/json".to_owned());
+        match &self.outcome {
+            Outcome::Allow(_) => None,
+            Outcome::Deny(reason) => {
+                let mut headers = vec![
+                    json,
+                    ("www-authenticate", self.challenge().unwrap_or_default()),
+                ];
+                if reason_header {
+                    headers.push(("x-certbound-reason", reason.as_str().to_owned()));
+                }
+                Some(HttpAnswer {
+                    status: self.http_status(),
+                    headers,
+                    body: if reason.is_forbidden() {
+                        FORBIDDEN_BODY
+                    } else {
+                        UNAUTHORIZED_BODY
+                    },
+                })
+            }
+            Outcome::Unavailable(_) => Some(HttpAnswer {
+                status: 503,
+                headers: vec![json],
+                body: UNAVAILABLE_BODY,
+            }),
+        }
+    }
+
+    /// What access logs and later filters may read: the decision and its reason always, the
+    /// issuer and the client thumbprint when known, `sub`, `client_id` and `scope` of an allowed
+    /// token. Never the token or the certificate.
+    pub fn metadata(&self) -> Vec<(&'static str, &str)> {
+        let mut fields = vec![("decision", self.outcome_name()), ("reason", self.reason())];
+        let facts = &self.facts;
+        if let Some(issuer) = &facts.issuer {
+            fields.push(("iss", issuer));
+        }
+        if matches!(self.outcome, Outcome::Allow(_)) {
+            for claim in ["sub", "client_id", "scope"] {
+                if let Some(value) = facts.claim_str(claim) {
+                    fields.push((claim, value));
+                }
+            }
+        }
+        if let Some(thumbprint) = &facts.thumbprint {
+            fields.push(("x5t#S256", thumbprint.as_base64url()));
+        }
+        fields
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{DenyReason, UnavailableReason, Upstream};
+
+    #[test]
+    fn every_deny_is_json_with_a_challenge() {
+        for &reason in DenyReason::ALL {
+            let answer = Decision::deny(reason).http_answer(false).expect("answer");
+            assert_eq!(
+                answer.headers[0],
+                ("content-type", "application/json".into())
+            );
+            assert_eq!(answer.headers[1].0, "www-authenticate");
+            assert_eq!(answer.headers.len(), 2);
+            if reason.is_forbidden() {
+                assert_eq!((answer.status, answer.body), (403, FORBIDDEN_BODY));
+            } else {
+                assert_eq!((answer.status, answer.body), (401, UNAUTHORIZED_BODY));
+            }
+        }
+        let with_reason = Decision::deny(DenyReason::BindingMismatch).http_answer(true);
+        assert_eq!(
+            with_reason.expect("answer").headers[2],
+            ("x-certbound-reason", "binding_mismatch".into())
+        );
+    }
+
+    #[test]
+    fn unavailable_is_a_json_503_and_allow_has_no_answer() {
+        let answer = Decision::unavailable(UnavailableReason::KeysUnavailable)
+            .http_answer(true)
+            .expect("answer");
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.body, UNAVAILABLE_BODY);
+        assert_eq!(
+            answer.headers,
+            [("content-type", "application/json".into())]
+        );
+        let allow = Decision {
+            outcome: Outcome::Allow(Upstream::default()),
+            facts: Default::default(),
+        };
+        assert_eq!(allow.http_answer(true), None);
+        assert_eq!(allow.metadata(), [("decision", "allow"), ("reason", "ok")]);
+    }
+}
