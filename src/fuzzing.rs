@@ -26,7 +26,7 @@ impl KeyLookup for FixedKeys {
 fn fixture() -> &'static (Policy, FixedKeys) {
     static FIXTURE: OnceLock<(Policy, FixedKeys)> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let yaml = "issuers:\n  - issuer: https://idp.fuzz\n    audiences: [https://api.fuzz]\n    jwks_file: unused.json\n\
+        let yaml = "issuers:\n  - issuer: https://idp.fuzz\n    audiences: [https://api.fuzz]\n    jwks_uri: https://idp.fuzz/jwks\n\
                     certificate:\n  sources: [peer, xfcc, client_cert]\n\
                     policy:\n  rules:\n    - path_prefix: /admin\n      scopes: [admin]\n      groups: [ops]\n";
         let settings = crate::config::Settings::from_yaml(yaml, Vec::new(), None).expect("fuzz policy");

@@ -49,7 +49,8 @@ enum Command {
         file: PathBuf,
     },
     /// Run the real decision for one token and certificate and print each step.
-    /// Exit 0 when allowed, 1 otherwise.
+    /// Exit 0 when allowed, 1 when denied (or unavailable), 64 for a usage error or input that
+    /// cannot be read (configuration, token file, certificate file).
     Explain(ExplainArgs),
 }
 
@@ -64,10 +65,13 @@ struct ExplainArgs {
     /// The client certificate (PEM or DER); without it, no certificate.
     #[arg(long)]
     cert: Option<PathBuf>,
+    /// The request path (with or without a query), to select the route rule.
     #[arg(long, default_value = "/")]
     path: String,
+    /// The request method, to select the route rule.
     #[arg(long, default_value = "GET")]
     method: String,
+    /// The request's host (`:authority`), to select the route rule.
     #[arg(long, default_value = "")]
     host: String,
 }
@@ -94,7 +98,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => serve(args),
         Command::CheckConfig(args) => match load(&args.config) {
-            Ok(_) => {
+            Ok(settings) => {
+                for warning in &settings.warnings {
+                    eprintln!("certbound: warning: {warning}");
+                }
                 println!("{}: ok", args.config.display());
                 ExitCode::SUCCESS
             }
@@ -155,8 +162,9 @@ fn explain(args: ExplainArgs) -> ExitCode {
             }
         }
         Err(error) => {
+            // Only unreadable input gets here (an idp_ca_file that does not parse).
             eprintln!("certbound: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_BAD_CONFIG)
         }
     }
 }
@@ -200,6 +208,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         settings.listen = listen;
     }
     let _log_writer = init_tracing(settings.log_format);
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let mut builder = runtime_builder(settings.worker_threads);
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
@@ -224,10 +235,28 @@ async fn run(
 ) -> anyhow::Result<()> {
     let app = App::build(&settings)?;
     let tls = certbound::server::tls_config(&settings)?;
+    // Every listener is bound before certbound says it serves: a busy admin port stops it here.
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("binding {}", settings.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), "certbound serving gRPC");
+        .with_context(|| format!("binding listen {}", settings.listen))?;
+    let admin_listener = match settings.admin_listen {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding admin_listen {addr}"))?,
+        ),
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        tls = tls.is_some(),
+        admin_listen = %admin_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        "certbound serving gRPC (Check, health, reflection) and the admin endpoints (/metrics /healthz /readyz)"
+    );
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {
@@ -236,20 +265,13 @@ async fn run(
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
-    let admin = match settings.admin_listen {
-        None => None,
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding admin_listen {addr}"))?;
-            tracing::info!(admin_listen = %listener.local_addr()?, "admin endpoints: /metrics /healthz /readyz");
-            Some(tokio::spawn(certbound::admin::serve(
-                Arc::clone(&app),
-                listener,
-                until_stopped(),
-            )))
-        }
-    };
+    let admin = admin_listener.map(|listener| {
+        tokio::spawn(certbound::admin::serve(
+            Arc::clone(&app),
+            listener,
+            until_stopped(),
+        ))
+    });
     let reloads = tokio::spawn(reload_loop(
         Arc::clone(&app),
         config,
@@ -303,6 +325,9 @@ async fn reload_loop(
             Ok(mut settings) => {
                 if let Some(listen) = listen_override {
                     settings.listen = listen;
+                }
+                for warning in &settings.warnings {
+                    tracing::warn!("{warning}");
                 }
                 app.reload(settings).await
             }

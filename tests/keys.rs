@@ -224,6 +224,33 @@ async fn after_an_outage_longer_than_the_back_off_service_resumes_within_one_ret
         .assert_allowed();
 }
 
+/// A real IdP configured with a slightly different issuer (a trailing slash, `localhost` for
+/// `127.0.0.1`) is refused by OIDC discovery; the error shows both values so that the fix is
+/// obvious.
+#[tokio::test]
+async fn a_discovery_issuer_mismatch_names_both_issuers() {
+    let k1 = Signer::es256("k1");
+    let idp = Idp::start(&[&k1]).await;
+    let published = idp.issuer.replace("127.0.0.1", "localhost");
+    idp.set_discovery_issuer(&published);
+    let yaml = format!(
+        "issuers:\n  - issuer: {}\n    audiences: [{AUDIENCE}]\n",
+        idp.issuer
+    );
+    let certbound = Certbound::start_unready(&yaml).await;
+    let error = certbound
+        .checker()
+        .keys()
+        .refresh(0)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(&format!("{published:?}")) && error.contains(&format!("{:?}", idp.issuer)),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn a_jwks_that_fails_to_parse_keeps_the_last_good_keys() {
     let k1 = Signer::es256("k1");

@@ -264,17 +264,58 @@ pub fn decode_sha256_hex(hex: &str) -> Result<Option<Thumbprint>, CertificateErr
         .ok_or(CertificateError::BadEncoding)
 }
 
+/// Why a file does not hold a usable certificate (`certbound thumbprint`, `explain --cert`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FileError {
+    /// A PEM file whose blocks are something else: a private key, a CSR...
+    #[error("a PEM file without a CERTIFICATE block (it holds: {})", .0.join(", "))]
+    NoCertificateInPem(Vec<String>),
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+}
+
 /// Thumbprint of a certificate file's bytes, PEM (first certificate of a chain) or DER.
-pub fn decode_file(bytes: &[u8]) -> Result<Thumbprint, CertificateError> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) if text.contains(PEM_BEGIN) => decode_pem(text),
-        _ => decode_der(bytes),
+pub fn decode_file(bytes: &[u8]) -> Result<Thumbprint, FileError> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Ok(decode_der(bytes)?);
+    };
+    if text.contains(PEM_BEGIN) {
+        return Ok(decode_pem(text)?);
+    }
+    let labels: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("-----BEGIN "))
+        .filter_map(|rest| rest.strip_suffix("-----"))
+        .map(str::to_owned)
+        .collect();
+    if labels.is_empty() {
+        Ok(decode_der(bytes)?)
+    } else {
+        Err(FileError::NoCertificateInPem(labels))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pem_file_without_a_certificate_says_what_it_holds() {
+        let key =
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+        assert_eq!(
+            decode_file(key.as_bytes()),
+            Err(FileError::NoCertificateInPem(vec!["PRIVATE KEY".into()]))
+        );
+        assert_eq!(
+            decode_file(key.as_bytes()).expect_err("key").to_string(),
+            "a PEM file without a CERTIFICATE block (it holds: PRIVATE KEY)"
+        );
+        assert_eq!(
+            decode_file(b"\x30\x03\x02\x01\x01"),
+            Err(FileError::Certificate(CertificateError::NotX509))
+        );
+    }
 
     #[test]
     fn envoys_peer_digest_in_hex_is_the_thumbprint() {

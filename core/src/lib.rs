@@ -18,6 +18,7 @@
 //! - [`policy`]: the validated [`Policy`] and the decision over it.
 //! - [`decision`]: [`Decision`], its deny reasons and outcomes; [`answer`]: what it answers.
 //! - [`token_cache`], [`cache`]: the verified-token cache and the bounded TTL cache under it.
+//! - [`config`]: the configuration schema both adapters read, and its shared validation.
 //! - [`clock`]: the injected clock.
 
 pub mod answer;
@@ -26,6 +27,7 @@ pub mod binding;
 pub mod cache;
 pub mod certificate;
 pub mod clock;
+pub mod config;
 pub mod decision;
 pub mod jwa;
 pub mod keys;

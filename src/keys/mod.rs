@@ -3,5 +3,5 @@
 
 mod store;
 
-pub use certbound_core::keys::{KeyTiming, Readiness};
-pub use store::{FetchError, KeySource, KeyStore};
+pub use certbound_core::keys::{KeySource, KeyTiming, Readiness};
+pub use store::{FetchError, KeyStore};

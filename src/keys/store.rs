@@ -3,7 +3,6 @@
 //! [`KeySnapshots`], which the Check path reads without locking. When to fetch is the core's
 //! schedule ([`KeySnapshots::after_success`], [`KeySnapshots::after_failure`]).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use arc_swap::ArcSwapOption;
 use certbound_core::KeyLookup;
 use certbound_core::clock::Clock;
 use certbound_core::keys::discovery::{self, DiscoveryError};
-use certbound_core::keys::{JwksError, KeySet, KeySnapshots, KeyTiming, max_age};
+use certbound_core::keys::{JwksError, KeySet, KeySnapshots, KeySource, KeyTiming, max_age};
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
@@ -19,17 +18,6 @@ use crate::metrics::{IssuerLabel, Metrics};
 
 /// Largest discovery or JWKS document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
-
-/// Where an issuer's keys come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeySource {
-    File(PathBuf),
-    Uri(String),
-    /// `{issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
-    Discovery {
-        issuer: String,
-    },
-}
 
 /// Why a key fetch failed.
 #[derive(Debug, thiserror::Error)]

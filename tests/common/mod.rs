@@ -295,6 +295,11 @@ impl Idp {
         *self.state.jwks.lock().unwrap() = document;
     }
 
+    /// The `issuer` the discovery document names (the IdP's own by default).
+    pub fn set_discovery_issuer(&self, issuer: &str) {
+        *self.state.issuer.lock().unwrap() = issuer.to_owned();
+    }
+
     pub fn set_status(&self, status: u16) {
         self.state.status.store(status, Ordering::SeqCst);
     }

@@ -9,3 +9,14 @@ pub use set::{IgnoredKey, JwksError, KeySet, PublicKey, VerificationKey};
 pub use snapshots::{KeySnapshots, KeyTiming, Readiness, max_age};
 
 pub use crate::jwa::{Algorithm, KeyKind};
+
+/// Where an issuer's keys come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    File(std::path::PathBuf),
+    Uri(String),
+    /// `{issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
+    Discovery {
+        issuer: String,
+    },
+}

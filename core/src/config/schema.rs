@@ -1,0 +1,459 @@
+//! The configuration file as written: one schema for both adapters. Every key is documented
+//! here and in the README; which adapter accepts which key is decided by its validation
+//! ([`FileConfig::decision_settings`] for what both share, the adapters for the rest).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::binding::BindingMode;
+use crate::keys::Readiness;
+use crate::request::CertificateSource;
+
+/// The configuration file as written. Keys only the service understands are `Option`s without
+/// defaults here, so that the Envoy module can tell that they were written and refuse them; the
+/// service applies their defaults when it validates.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Service: gRPC listen address (default `127.0.0.1:50051`).
+    pub listen: Option<String>,
+    /// JWT issuers; may be empty when every token is introspected.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Service: opaque tokens (and optionally JWTs) are checked by RFC 7662 introspection.
+    pub introspection: Option<IntrospectionConfig>,
+    /// Service: extra CA certificates (PEM) trusted for the IdP (discovery, JWKS, introspection).
+    pub idp_ca_file: Option<PathBuf>,
+    /// Service: admin HTTP listener, `/metrics`, `/healthz`, `/readyz`; empty to turn it off
+    /// (default `127.0.0.1:9090`).
+    pub admin_listen: Option<String>,
+    /// Service: TLS on the gRPC listener (Envoy to certbound).
+    pub tls: Option<TlsConfig>,
+    /// Service: reload when the file changes.
+    pub reload: Option<ReloadConfig>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    #[serde(default)]
+    pub binding: BindingConfig,
+    #[serde(default)]
+    pub certificate: CertificateConfig,
+    /// Service: `text` (default) or `json` logs.
+    pub log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub token_cache: TokenCacheConfig,
+    /// Service: the async runtime.
+    pub runtime: Option<RuntimeConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// `aud` must contain at least one of these.
+    pub audiences: Vec<String>,
+    /// Local JWKS file (demo, air-gapped setups).
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL; without it and `jwks_file`, OIDC discovery at `{issuer}/.well-known/openid-configuration`.
+    pub jwks_uri: Option<String>,
+    /// Allowed algorithms; default every asymmetric one.
+    pub algorithms: Option<Vec<String>>,
+    /// `at+jwt` to require RFC 9068 `typ`.
+    pub require_typ: Option<String>,
+    /// Accept `http://` for the issuer's discovery and `jwks_uri` on a host that is not
+    /// loopback: anyone on the path could swap the keys. For test setups only.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// Envoy module: the Envoy cluster through which `jwks_uri` and discovery are fetched.
+    pub cluster: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, Envoy must present a client certificate issued by this CA (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Reload when the configuration file changes (SIGHUP always reloads).
+    #[serde(default = "yes")]
+    pub watch: bool,
+    #[serde(default = "default_poll")]
+    pub poll_interval_seconds: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            poll_interval_seconds: default_poll(),
+        }
+    }
+}
+
+/// The async runtime.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads: 1 (the default) is the single-threaded scheduler, the most checks per
+    /// CPU-second; more use the work-stealing scheduler; 0 means one per CPU the process may use.
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: usize,
+}
+
+fn default_worker_threads() -> usize {
+    1
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            worker_threads: default_worker_threads(),
+        }
+    }
+}
+
+/// The verified-token cache (JWTs): a hit skips signature and claim checks, never the binding.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheConfig {
+    /// 0 turns the cache off.
+    #[serde(default = "default_token_cache_entries")]
+    pub max_entries: usize,
+    /// Longest an entry lives; never past the token's `exp` either.
+    #[serde(default = "default_token_cache_ttl")]
+    pub ttl_seconds: u64,
+}
+
+impl Default for TokenCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: default_token_cache_entries(),
+            ttl_seconds: default_token_cache_ttl(),
+        }
+    }
+}
+
+fn default_token_cache_entries() -> usize {
+    100_000
+}
+
+fn default_token_cache_ttl() -> u64 {
+    300
+}
+
+fn default_poll() -> u64 {
+    5
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The endpoint; without it, `introspection_endpoint` from `issuer`'s discovery document.
+    pub endpoint: Option<String>,
+    /// The authorization server: discovery source, and (with `check_issuer`) the required `iss`.
+    pub issuer: Option<String>,
+    #[serde(default = "yes")]
+    pub check_issuer: bool,
+    /// When not empty, the answer's `aud` must contain one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub client_id: String,
+    /// File holding the client secret (trailing newline ignored).
+    pub client_secret_file: Option<PathBuf>,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub auth_method: AuthMethod,
+    /// Introspect JWTs too, not only tokens that are not three-part JWTs.
+    #[serde(default)]
+    pub introspect_jwts: bool,
+    #[serde(default = "default_introspection_ttl")]
+    pub cache_ttl_seconds: u64,
+    #[serde(default = "default_inactive_ttl")]
+    pub inactive_cache_ttl_seconds: u64,
+    #[serde(default = "default_cache_entries")]
+    pub cache_max_entries: usize,
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout_ms: u64,
+    /// Accept an `http://` endpoint (or discovery issuer) on a host that is not loopback.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+/// How certbound authenticates to the introspection endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// HTTP Basic with the form-encoded client id and secret.
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingConfig {
+    #[serde(default)]
+    pub mode: BindingMode,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    #[serde(default = "default_sources")]
+    pub sources: Vec<CertificateSource>,
+    /// With `xfcc`: use the element added by this proxy identity (`By=`), not the last one.
+    pub xfcc_by: Option<String>,
+}
+
+impl Default for CertificateConfig {
+    fn default() -> Self {
+        Self {
+            sources: default_sources(),
+            xfcc_by: None,
+        }
+    }
+}
+
+/// Route rules and how denials are shown.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Checked in order; the first match applies, else `default`.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub default: RequirementsConfig,
+    /// Claim holding the groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// CORS preflights pass without a token.
+    #[serde(default)]
+    pub allow_cors_preflight: bool,
+    /// Send the deny reason to the client in `x-certbound-reason` (off: it helps attackers too).
+    #[serde(default)]
+    pub reason_header: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: Option<String>,
+    /// Exact hosts, or `*.example.com`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Exact path (the query string is never matched).
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    /// A regex that must match the whole path.
+    pub path_regex: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(flatten)]
+    pub requirements: RequirementsConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RequirementsConfig {
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// All `groups` instead of any one.
+    #[serde(default)]
+    pub match_all: bool,
+    pub binding: Option<BindingMode>,
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            rules: Vec::new(),
+            default: RequirementsConfig::default(),
+            groups_claim: default_groups_claim(),
+            allow_cors_preflight: false,
+            reason_header: false,
+        }
+    }
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Claim name -> request header set on the upstream request.
+    #[serde(default = "default_claim_headers")]
+    pub claim_headers: BTreeMap<String, String>,
+    /// Strip `authorization` before the upstream sees the request.
+    #[serde(default)]
+    pub remove_authorization: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            claim_headers: default_claim_headers(),
+            remove_authorization: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Refresh interval when the JWKS response has no `Cache-Control: max-age`.
+    #[serde(default = "default_refresh")]
+    pub refresh_interval_seconds: u64,
+    /// Bounds applied to the JWKS `Cache-Control: max-age`.
+    #[serde(default = "default_min_refresh")]
+    pub min_refresh_seconds: u64,
+    #[serde(default = "default_max_refresh")]
+    pub max_refresh_seconds: u64,
+    /// How long the last good keys stay usable when refreshes fail; then checks answer 503.
+    #[serde(default = "default_max_stale")]
+    pub max_stale_seconds: u64,
+    /// `all`: SERVING once every issuer has keys; `any`: once one has.
+    #[serde(default)]
+    pub ready_when: Readiness,
+    #[serde(default = "default_refetch")]
+    pub refetch_min_interval_seconds: u64,
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout_ms: u64,
+    /// Longest a Check waits for an unknown-`kid` refetch.
+    #[serde(default = "default_unknown_kid_wait")]
+    pub unknown_kid_wait_ms: u64,
+    /// Longest back-off between retries after failed fetches: at most `max_refresh_seconds`
+    /// (default 30, or `max_refresh_seconds` when that is shorter). While keys are unusable,
+    /// retries come at least every `min_refresh_seconds` whatever this says.
+    pub retry_max_seconds: Option<u64>,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval_seconds: default_refresh(),
+            min_refresh_seconds: default_min_refresh(),
+            max_refresh_seconds: default_max_refresh(),
+            max_stale_seconds: default_max_stale(),
+            ready_when: Readiness::default(),
+            refetch_min_interval_seconds: default_refetch(),
+            fetch_timeout_ms: default_fetch_timeout(),
+            unknown_kid_wait_ms: default_unknown_kid_wait(),
+            retry_max_seconds: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Longest header value certbound reads (authorization, certificate headers).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Service: checks decided at once; more get 503 (`overloaded`) at once instead of queueing
+    /// (default 4096).
+    pub max_concurrent_checks: Option<usize>,
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_token_bytes: default_max_token_bytes(),
+            max_header_bytes: default_max_header_bytes(),
+            max_concurrent_checks: None,
+        }
+    }
+}
+
+fn default_leeway() -> u64 {
+    60
+}
+fn default_sources() -> Vec<CertificateSource> {
+    vec![CertificateSource::Peer]
+}
+fn default_claim_headers() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("sub".into(), "x-certbound-subject".into()),
+        ("client_id".into(), "x-certbound-client-id".into()),
+    ])
+}
+fn default_refresh() -> u64 {
+    300
+}
+fn default_min_refresh() -> u64 {
+    60
+}
+fn default_max_refresh() -> u64 {
+    3600
+}
+fn default_max_stale() -> u64 {
+    86_400
+}
+fn yes() -> bool {
+    true
+}
+fn default_introspection_ttl() -> u64 {
+    60
+}
+fn default_inactive_ttl() -> u64 {
+    10
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_introspection_timeout() -> u64 {
+    2000
+}
+fn default_refetch() -> u64 {
+    30
+}
+fn default_fetch_timeout() -> u64 {
+    5000
+}
+fn default_unknown_kid_wait() -> u64 {
+    1000
+}
+fn default_max_token_bytes() -> usize {
+    16 * 1024
+}

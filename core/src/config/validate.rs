@@ -1,0 +1,463 @@
+//! What both adapters validate the same way: issuers and their keys, the binding, certificate
+//! sources, upstream headers, limits, key timing, route policy and the token cache.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ConfigError;
+use super::schema::{FileConfig, IssuerConfig, PolicyConfig, RequirementsConfig};
+use crate::binding::BindingMode;
+use crate::certificate::CertificateCache;
+use crate::jwa::Algorithm;
+use crate::keys::{KeySet, KeySource, KeyTiming};
+use crate::policy::{Policy, UpstreamPolicy};
+use crate::routes::{HostMatch, PathMatch, Requirements, RoutePolicy, Rule};
+use crate::token::IssuerPolicy;
+use crate::token_cache::TokenCache;
+
+/// Default bound on the retry back-off when `keys.retry_max_seconds` is not set.
+const DEFAULT_RETRY_MAX_SECONDS: u64 = 30;
+
+/// What the decision core needs, validated; shared by both adapters.
+#[derive(Clone, Debug)]
+pub struct DecisionSettings {
+    pub policy: Policy,
+    /// `(iss, where its keys come from)`, in configuration order.
+    pub key_sources: Vec<(String, KeySource)>,
+    pub key_timing: KeyTiming,
+    /// Longest a check waits for an unknown-`kid` refetch.
+    pub unknown_kid_wait: Duration,
+    /// Verified-token cache size (0: off) and entry lifetime bound.
+    pub token_cache_entries: usize,
+    pub token_cache_ttl_seconds: i64,
+    /// Things the configuration allows that weaken security (opt-ins); logged at start.
+    pub warnings: Vec<String>,
+}
+
+impl DecisionSettings {
+    /// A fresh verified-token cache as configured (`None` when turned off).
+    pub fn token_cache(&self) -> Option<TokenCache> {
+        (self.token_cache_entries > 0)
+            .then(|| TokenCache::new(self.token_cache_entries, self.token_cache_ttl_seconds))
+    }
+}
+
+/// A relative path is taken as written when it exists, else relative to the config file's folder.
+pub fn resolve(path: PathBuf, base: Option<&Path>) -> PathBuf {
+    match base {
+        Some(base) if path.is_relative() && !path.exists() => base.join(path),
+        _ => path,
+    }
+}
+
+/// Checks a URL certbound will fetch from (keys, discovery, introspection): `https://`, or
+/// `http://` to a loopback host (127.0.0.0/8, `::1`, `localhost`). Plain HTTP to any other host
+/// lets anyone on the path swap the keys, so it needs `allow_insecure_http`; the returned
+/// warning says so and is logged at start.
+pub fn check_url(
+    url: &str,
+    allow_insecure_http: bool,
+    key: &str,
+    opt_in_key: &str,
+) -> Result<Option<String>, ConfigError> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| ConfigError::new(key, format!("{url:?} is not a URL: {e}")))?;
+    match parsed.scheme() {
+        "https" => Ok(None),
+        "http" => {
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback {
+                Ok(None)
+            } else if allow_insecure_http {
+                Ok(Some(format!(
+                    "{key}: {url} is fetched over plain HTTP ({opt_in_key}: true): anyone on the \
+                     path can change what certbound trusts; use https outside tests"
+                )))
+            } else {
+                Err(ConfigError::new(
+                    key,
+                    format!(
+                        "{url} uses plain http to a host that is not loopback: anyone on the path \
+                         could change what certbound trusts; use https (or, for a test setup \
+                         only, set {opt_in_key}: true)"
+                    ),
+                ))
+            }
+        }
+        other => Err(ConfigError::new(
+            key,
+            format!("must be an http(s) URL, not {other}:"),
+        )),
+    }
+}
+
+impl FileConfig {
+    /// Validates what both adapters share. Relative paths resolve against `base` (the config
+    /// file's folder) when they do not exist relative to the working directory. `jwks_file`s
+    /// are read and must hold usable keys.
+    pub fn decision_settings(&self, base: Option<&Path>) -> Result<DecisionSettings, ConfigError> {
+        if self.certificate.sources.is_empty() && self.binding.mode != BindingMode::Disabled {
+            return Err(ConfigError::new(
+                "certificate.sources",
+                "at least one source is required unless binding.mode is disabled",
+            ));
+        }
+        let mut warnings = Vec::new();
+        let mut issuers: Vec<IssuerPolicy> = Vec::new();
+        let mut key_sources = Vec::new();
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let key = |field: &str| format!("issuers[{i}].{field}");
+            if issuers.iter().any(|p| p.issuer == issuer.issuer) {
+                return Err(ConfigError::new(key("issuer"), "duplicate issuer"));
+            }
+            let (policy, source) = validate_issuer(issuer, &key, base, &mut warnings)?;
+            issuers.push(policy);
+            key_sources.push((issuer.issuer.clone(), source));
+        }
+        let mut claim_headers = Vec::new();
+        for (claim, header) in &self.upstream.claim_headers {
+            let valid = !header.is_empty()
+                && header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid || header.eq_ignore_ascii_case("authorization") {
+                return Err(ConfigError::new(
+                    format!("upstream.claim_headers.{claim}"),
+                    format!("{header:?} is not a usable header name"),
+                ));
+            }
+            claim_headers.push((claim.clone(), header.to_ascii_lowercase()));
+        }
+        if self.limits.max_token_bytes == 0 {
+            return Err(ConfigError::new(
+                "limits.max_token_bytes",
+                "must be positive",
+            ));
+        }
+        if self.limits.max_header_bytes == 0 {
+            return Err(ConfigError::new(
+                "limits.max_header_bytes",
+                "must be positive",
+            ));
+        }
+        let key_timing = self.key_timing()?;
+        let routes = validate_policy(&self.policy, &issuers)?;
+        let seconds = |value: u64, key: &str| {
+            i64::try_from(value).map_err(|_| ConfigError::new(key, "too large"))
+        };
+        Ok(DecisionSettings {
+            policy: Policy {
+                issuers,
+                leeway_seconds: seconds(self.leeway_seconds, "leeway_seconds")?,
+                binding: self.binding.mode,
+                certificate_sources: self.certificate.sources.clone(),
+                upstream: UpstreamPolicy {
+                    claim_headers,
+                    remove_authorization: self.upstream.remove_authorization,
+                },
+                max_token_bytes: self.limits.max_token_bytes,
+                max_header_bytes: self.limits.max_header_bytes,
+                introspection: None,
+                routes,
+                xfcc_by: self.certificate.xfcc_by.clone(),
+                reason_header: self.policy.reason_header,
+                certificates: Arc::new(CertificateCache::new(CertificateCache::DEFAULT_CAPACITY)),
+            },
+            key_sources,
+            key_timing,
+            unknown_kid_wait: Duration::from_millis(self.keys.unknown_kid_wait_ms),
+            token_cache_entries: self.token_cache.max_entries,
+            token_cache_ttl_seconds: seconds(
+                self.token_cache.ttl_seconds,
+                "token_cache.ttl_seconds",
+            )?,
+            warnings,
+        })
+    }
+
+    fn key_timing(&self) -> Result<KeyTiming, ConfigError> {
+        let keys = &self.keys;
+        if keys.refresh_interval_seconds == 0
+            || keys.fetch_timeout_ms == 0
+            || keys.min_refresh_seconds == 0
+        {
+            return Err(ConfigError::new(
+                "keys",
+                "intervals and timeouts must be positive",
+            ));
+        }
+        if keys.min_refresh_seconds > keys.max_refresh_seconds {
+            return Err(ConfigError::new(
+                "keys.min_refresh_seconds",
+                "must not exceed keys.max_refresh_seconds",
+            ));
+        }
+        let retry_max = match keys.retry_max_seconds {
+            None => DEFAULT_RETRY_MAX_SECONDS.min(keys.max_refresh_seconds),
+            Some(seconds) if seconds == 0 || seconds > keys.max_refresh_seconds => {
+                return Err(ConfigError::new(
+                    "keys.retry_max_seconds",
+                    "must be between 1 and keys.max_refresh_seconds",
+                ));
+            }
+            Some(seconds) => seconds,
+        };
+        Ok(KeyTiming {
+            refresh_interval: Duration::from_secs(keys.refresh_interval_seconds),
+            refetch_min_interval: Duration::from_secs(keys.refetch_min_interval_seconds),
+            fetch_timeout: Duration::from_millis(keys.fetch_timeout_ms),
+            min_refresh: Duration::from_secs(keys.min_refresh_seconds),
+            max_refresh: Duration::from_secs(keys.max_refresh_seconds),
+            max_stale_seconds: i64::try_from(keys.max_stale_seconds)
+                .map_err(|_| ConfigError::new("keys.max_stale_seconds", "too large"))?,
+            readiness: keys.ready_when,
+            retry_max: Duration::from_secs(retry_max),
+        })
+    }
+}
+
+fn validate_issuer(
+    issuer: &IssuerConfig,
+    key: &dyn Fn(&str) -> String,
+    base: Option<&Path>,
+    warnings: &mut Vec<String>,
+) -> Result<(IssuerPolicy, KeySource), ConfigError> {
+    if issuer.issuer.is_empty() {
+        return Err(ConfigError::new(key("issuer"), "must not be empty"));
+    }
+    if issuer.audiences.is_empty() || issuer.audiences.iter().any(String::is_empty) {
+        return Err(ConfigError::new(
+            key("audiences"),
+            "at least one non-empty audience is required",
+        ));
+    }
+    let algorithms = match &issuer.algorithms {
+        None => Algorithm::ALL.to_vec(),
+        Some(names) if names.is_empty() => {
+            return Err(ConfigError::new(key("algorithms"), "must not be empty"));
+        }
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                Algorithm::from_name(name).ok_or_else(|| {
+                    ConfigError::new(
+                        key("algorithms"),
+                        format!(
+                            "{name:?} is not a supported JWS algorithm (supported: {})",
+                            Algorithm::ALL.map(Algorithm::as_str).join(", ")
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let require_typ = match issuer.require_typ.as_deref() {
+        None => false,
+        Some("at+jwt") => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                key("require_typ"),
+                format!("only \"at+jwt\" is supported, not {other:?}"),
+            ));
+        }
+    };
+    let source = match (&issuer.jwks_file, &issuer.jwks_uri) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                key("jwks_file"),
+                "set jwks_file or jwks_uri, not both",
+            ));
+        }
+        (Some(path), None) => {
+            let path = resolve(path.clone(), base);
+            check_jwks_file(&path).map_err(|why| ConfigError::new(key("jwks_file"), why))?;
+            KeySource::File(path)
+        }
+        (None, Some(uri)) => {
+            let warning = check_url(
+                uri,
+                issuer.allow_insecure_http,
+                &key("jwks_uri"),
+                &key("allow_insecure_http"),
+            )?;
+            warnings.extend(warning);
+            KeySource::Uri(uri.clone())
+        }
+        (None, None) => {
+            if !(issuer.issuer.starts_with("https://") || issuer.issuer.starts_with("http://")) {
+                return Err(ConfigError::new(
+                    key("issuer"),
+                    "discovery needs an http(s) issuer; or set jwks_file / jwks_uri",
+                ));
+            }
+            let warning = check_url(
+                &issuer.issuer,
+                issuer.allow_insecure_http,
+                &key("issuer"),
+                &key("allow_insecure_http"),
+            )?;
+            warnings.extend(warning);
+            KeySource::Discovery {
+                issuer: issuer.issuer.clone(),
+            }
+        }
+    };
+    let policy = IssuerPolicy {
+        issuer: issuer.issuer.clone(),
+        audiences: issuer.audiences.clone(),
+        algorithms,
+        require_typ,
+    };
+    Ok((policy, source))
+}
+
+/// A `jwks_file` must exist and hold a JWKS with at least one usable key.
+fn check_jwks_file(path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let (set, ignored) =
+        KeySet::from_jwks(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if set.is_empty() {
+        let why: Vec<String> = ignored
+            .iter()
+            .map(|k| format!("{} ({})", k.kid.as_deref().unwrap_or("no kid"), k.why))
+            .collect();
+        return Err(format!(
+            "{} has no usable signing key{}",
+            path.display(),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", why.join(", "))
+            }
+        ));
+    }
+    Ok(())
+}
+
+fn validate_requirements(
+    config: &RequirementsConfig,
+    key: &str,
+    issuers: &[IssuerPolicy],
+) -> Result<Requirements, ConfigError> {
+    if let Some(unknown) = config
+        .issuers
+        .iter()
+        .find(|i| !issuers.iter().any(|p| &p.issuer == *i))
+    {
+        return Err(ConfigError::new(
+            format!("{key}.issuers"),
+            format!("{unknown:?} is not a configured issuer"),
+        ));
+    }
+    if config
+        .scopes
+        .iter()
+        .chain(&config.groups)
+        .any(|s| s.is_empty() || s.contains(' '))
+    {
+        return Err(ConfigError::new(
+            key,
+            "scopes and groups must be non-empty words",
+        ));
+    }
+    Ok(Requirements {
+        allow_anonymous: config.allow_anonymous,
+        scopes: config.scopes.clone(),
+        groups: config.groups.clone(),
+        groups_match_all: config.match_all,
+        binding: config.binding,
+        issuers: config.issuers.clone(),
+        audiences: config.audiences.clone(),
+    })
+}
+
+fn validate_policy(
+    config: &PolicyConfig,
+    issuers: &[IssuerPolicy],
+) -> Result<RoutePolicy, ConfigError> {
+    let mut rules = Vec::new();
+    for (i, rule) in config.rules.iter().enumerate() {
+        let key = format!("policy.rules[{i}]");
+        let path = match (&rule.path, &rule.path_prefix, &rule.path_regex) {
+            (None, None, None) => None,
+            (Some(exact), None, None) => Some(PathMatch::Exact(exact.clone())),
+            (None, Some(prefix), None) => Some(PathMatch::Prefix(prefix.clone())),
+            (None, None, Some(pattern)) => {
+                let regex = regex::Regex::new(&format!("^(?:{pattern})$"))
+                    .map_err(|e| ConfigError::new(format!("{key}.path_regex"), e.to_string()))?;
+                Some(PathMatch::Regex(regex))
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    format!("{key}.path"),
+                    "set one of path, path_prefix, path_regex",
+                ));
+            }
+        };
+        rules.push(Rule {
+            name: rule.name.clone().unwrap_or_else(|| format!("rules[{i}]")),
+            hosts: rule.hosts.iter().map(|h| HostMatch::parse(h)).collect(),
+            path,
+            methods: rule
+                .methods
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect(),
+            requirements: validate_requirements(&rule.requirements, &key, issuers)?,
+        });
+    }
+    Ok(RoutePolicy {
+        rules,
+        default: validate_requirements(&config.default, "policy.default", issuers)?,
+        groups_claim: config.groups_claim.clone(),
+        allow_cors_preflight: config.allow_cors_preflight,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(u: &str, allow: bool) -> Result<Option<String>, ConfigError> {
+        check_url(
+            u,
+            allow,
+            "issuers[0].jwks_uri",
+            "issuers[0].allow_insecure_http",
+        )
+    }
+
+    #[test]
+    fn plain_http_is_for_loopback_hosts_only() {
+        for ok in [
+            "https://idp.example.com/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://127.1.2.3/jwks",
+            "http://localhost:3000/jwks",
+            "http://LOCALHOST/jwks",
+            "http://[::1]:8080/jwks",
+        ] {
+            assert_eq!(url(ok, false), Ok(None), "{ok}");
+        }
+        for bad in [
+            "http://idp.example.com/jwks",
+            "http://10.0.0.1/jwks",
+            "http://localhost.evil.com/jwks",
+            "http://[::2]/jwks",
+        ] {
+            let error = url(bad, false).expect_err(bad);
+            assert_eq!(error.key, "issuers[0].jwks_uri");
+            assert!(error.message.contains("allow_insecure_http"), "{error}");
+            let warning = url(bad, true).expect("opted in").expect("a warning");
+            assert!(warning.contains("plain HTTP"), "{warning}");
+        }
+        assert!(url("ftp://idp/jwks", true).is_err());
+        assert!(url("not a url", true).is_err());
+    }
+}

@@ -1,0 +1,680 @@
+//! The service's configuration: the YAML file (certbound's one schema,
+//! [`certbound_core::config::FileConfig`]), then `CERTBOUND_<KEY>` environment overrides
+//! ([`env`]), validated into the [`Settings`] the service is built from. The core validates what
+//! both adapters share; here are the keys only the service reads (listeners, TLS, reload, the
+//! runtime, introspection, the IdP's CA bundle). Unknown keys are errors, and errors name the
+//! key and, when it can be told, the line.
+
+pub mod env;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use certbound_core::config::{self as schema, FileConfig, IntrospectionConfig, check_url, resolve};
+use certbound_core::keys::KeySource;
+use certbound_core::{IntrospectionPolicy, Policy};
+
+pub use certbound_core::config::{ConfigError, LogFormat};
+pub use certbound_core::keys::{KeyTiming, Readiness};
+
+use crate::introspection::{IntrospectionSettings, Secret};
+
+/// Validated TLS settings for the gRPC listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The validated settings everything is built from.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub tls: Option<TlsSettings>,
+    pub max_concurrent_checks: usize,
+    /// Poll interval for config file changes; `None` when watching is off.
+    pub watch_interval: Option<Duration>,
+    pub log_format: LogFormat,
+    pub policy: Policy,
+    pub key_sources: Vec<(String, KeySource)>,
+    pub key_timing: KeyTiming,
+    pub unknown_kid_wait: Duration,
+    /// Verified-token cache size (0: off) and entry lifetime bound.
+    pub token_cache_entries: usize,
+    pub token_cache_ttl_seconds: i64,
+    /// Tokio worker threads (0: one per CPU).
+    pub worker_threads: usize,
+    pub introspection: Option<IntrospectionSettings>,
+    /// PEM bundle of extra CAs for the IdP's HTTPS.
+    pub idp_ca_file: Option<PathBuf>,
+    /// What `check-config` prints and `serve` logs at start: opt-ins to weaker settings, and
+    /// environment variables that match no key.
+    pub warnings: Vec<String>,
+}
+
+impl Settings {
+    /// A fresh verified-token cache as configured (`None` when turned off).
+    pub fn token_cache(&self) -> Option<certbound_core::TokenCache> {
+        (self.token_cache_entries > 0).then(|| {
+            certbound_core::TokenCache::new(self.token_cache_entries, self.token_cache_ttl_seconds)
+        })
+    }
+
+    /// Reads, overrides from the environment, and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("config", format!("cannot read {}: {e}", path.display()))
+        })?;
+        Self::from_yaml(&text, std::env::vars(), path.parent())
+    }
+
+    /// Parses YAML text with the given environment; relative paths resolve against `base`
+    /// (the config file's folder) when they do not exist relative to the working directory.
+    pub fn from_yaml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        base: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        let mut file = schema::parse(text)?;
+        let env_warnings = env::apply(&mut file, &env)?;
+        let mut settings = validate(file, base, &env).map_err(|e| e.locate(text))?;
+        settings.warnings.extend(env_warnings);
+        Ok(settings)
+    }
+}
+
+fn validate(
+    file: FileConfig,
+    base: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<Settings, ConfigError> {
+    if file.issuers.is_empty() && file.introspection.is_none() {
+        return Err(ConfigError::new(
+            "issuers",
+            "at least one issuer (or introspection) is required",
+        ));
+    }
+    if let Some(i) = file.issuers.iter().position(|i| i.cluster.is_some()) {
+        return Err(ConfigError::new(
+            format!("issuers[{i}].cluster"),
+            "only the Envoy module fetches keys through an Envoy cluster; the service fetches \
+             jwks_uri and discovery itself (remove cluster)",
+        ));
+    }
+    let decision = file.decision_settings(base)?;
+    let mut warnings = decision.warnings;
+    let mut policy = decision.policy;
+    let listen_text = file.listen.as_deref().unwrap_or("127.0.0.1:50051");
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        ConfigError::new("listen", format!("not a socket address: {listen_text:?}"))
+    })?;
+    let admin_listen = match file
+        .admin_listen
+        .as_deref()
+        .unwrap_or("127.0.0.1:9090")
+        .trim()
+    {
+        "" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::new("admin_listen", format!("not a socket address: {text:?}"))
+        })?),
+    };
+    let tls = match file.tls {
+        None => None,
+        Some(tls) => {
+            let settings = TlsSettings {
+                cert_file: resolve(tls.cert_file, base),
+                key_file: resolve(tls.key_file, base),
+                client_ca_file: tls.client_ca_file.map(|p| resolve(p, base)),
+            };
+            for (key, path) in [
+                ("tls.cert_file", Some(&settings.cert_file)),
+                ("tls.key_file", Some(&settings.key_file)),
+                ("tls.client_ca_file", settings.client_ca_file.as_ref()),
+            ] {
+                if let Some(path) = path
+                    && !path.exists()
+                {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("{} does not exist", path.display()),
+                    ));
+                }
+            }
+            Some(settings)
+        }
+    };
+    let max_concurrent_checks = file.limits.max_concurrent_checks.unwrap_or(4096);
+    if max_concurrent_checks == 0 {
+        return Err(ConfigError::new(
+            "limits.max_concurrent_checks",
+            "must be positive",
+        ));
+    }
+    let idp_ca_file = file.idp_ca_file.map(|path| resolve(path, base));
+    if let Some(path) = &idp_ca_file
+        && !path.exists()
+    {
+        return Err(ConfigError::new(
+            "idp_ca_file",
+            format!("{} does not exist", path.display()),
+        ));
+    }
+    let introspection = match file.introspection {
+        None => None,
+        Some(config) => {
+            let (introspection_policy, settings, warning) = introspection(config, base, env)?;
+            policy.introspection = Some(introspection_policy);
+            warnings.extend(warning);
+            Some(settings)
+        }
+    };
+    let reload = file.reload.unwrap_or_default();
+    Ok(Settings {
+        listen,
+        admin_listen,
+        tls,
+        max_concurrent_checks,
+        watch_interval: reload
+            .watch
+            .then(|| Duration::from_secs(reload.poll_interval_seconds.max(1))),
+        log_format: file.log_format.unwrap_or_default(),
+        policy,
+        key_sources: decision.key_sources,
+        key_timing: decision.key_timing,
+        unknown_kid_wait: decision.unknown_kid_wait,
+        token_cache_entries: decision.token_cache_entries,
+        token_cache_ttl_seconds: decision.token_cache_ttl_seconds,
+        worker_threads: file.runtime.unwrap_or_default().worker_threads,
+        introspection,
+        idp_ca_file,
+        warnings,
+    })
+}
+
+/// RFC 7662 settings: where the endpoint is (URL rules as for keys), the client's credentials
+/// (from a file or an environment variable, never logged), and what answers must say.
+fn introspection(
+    config: IntrospectionConfig,
+    base: Option<&Path>,
+    env: &BTreeMap<String, String>,
+) -> Result<(IntrospectionPolicy, IntrospectionSettings, Option<String>), ConfigError> {
+    let opt_in = "introspection.allow_insecure_http";
+    let warning = match (&config.endpoint, &config.issuer) {
+        (Some(endpoint), _) => check_url(
+            endpoint,
+            config.allow_insecure_http,
+            "introspection.endpoint",
+            opt_in,
+        )?,
+        (None, Some(issuer)) => check_url(
+            issuer,
+            config.allow_insecure_http,
+            "introspection.issuer",
+            opt_in,
+        )?,
+        (None, None) => {
+            return Err(ConfigError::new(
+                "introspection.endpoint",
+                "set endpoint, or issuer for discovery",
+            ));
+        }
+    };
+    if config.client_id.is_empty() {
+        return Err(ConfigError::new(
+            "introspection.client_id",
+            "must not be empty",
+        ));
+    }
+    let secret = match (&config.client_secret_file, &config.client_secret_env) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "introspection.client_secret_file",
+                "set client_secret_file or client_secret_env, not both",
+            ));
+        }
+        (Some(path), None) => {
+            let path = resolve(path.clone(), base);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::new(
+                    "introspection.client_secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            text.trim_end_matches(['\r', '\n']).to_owned()
+        }
+        (None, Some(name)) => env.get(name).cloned().ok_or_else(|| {
+            ConfigError::new(
+                "introspection.client_secret_env",
+                format!("environment variable {name} is not set"),
+            )
+        })?,
+        (None, None) => {
+            return Err(ConfigError::new(
+                "introspection.client_secret_file",
+                "a client secret is required (client_secret_file or client_secret_env)",
+            ));
+        }
+    };
+    if secret.is_empty() {
+        return Err(ConfigError::new(
+            "introspection.client_secret_file",
+            "the client secret is empty",
+        ));
+    }
+    let seconds = |v: u64, key: &str| {
+        i64::try_from(v).map_err(|_| ConfigError::new(format!("introspection.{key}"), "too large"))
+    };
+    let policy = IntrospectionPolicy {
+        introspect_jwts: config.introspect_jwts,
+        issuer: config.issuer.clone().filter(|_| config.check_issuer),
+        audiences: config.audiences,
+    };
+    let settings = IntrospectionSettings {
+        endpoint: config.endpoint,
+        discovery_issuer: config.issuer,
+        client_id: config.client_id,
+        client_secret: Secret::new(secret),
+        auth_method: config.auth_method,
+        cache_ttl_seconds: seconds(config.cache_ttl_seconds, "cache_ttl_seconds")?,
+        inactive_cache_ttl_seconds: seconds(
+            config.inactive_cache_ttl_seconds,
+            "inactive_cache_ttl_seconds",
+        )?,
+        cache_max_entries: config.cache_max_entries,
+        timeout: Duration::from_millis(config.timeout_ms.max(1)),
+    };
+    Ok((policy, settings, warning))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certbound_core::jwa::Algorithm;
+    use certbound_core::{BindingMode, CertificateSource};
+
+    const MINIMAL: &str = "
+issuers:
+  - issuer: https://idp.example.com
+    audiences: [https://api.example.com]
+    jwks_file: deploy/local/jwks.json
+";
+
+    fn load(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_yaml(text, Vec::new(), None)
+    }
+
+    fn load_env(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::from_yaml(text, env, None)
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let s = load(MINIMAL).expect("valid");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.policy.leeway_seconds, 60);
+        assert_eq!(s.policy.binding, BindingMode::Required);
+        assert_eq!(s.policy.certificate_sources, [CertificateSource::Peer]);
+        assert_eq!(s.policy.issuers[0].algorithms, Algorithm::ALL);
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert_eq!(
+            s.key_sources[0].1,
+            KeySource::File("deploy/local/jwks.json".into())
+        );
+    }
+
+    #[test]
+    fn the_full_documented_schema_parses() {
+        let text = "
+listen: 0.0.0.0:9000
+issuers:
+  - issuer: https://idp.example.com
+    audiences: [https://api.example.com]
+    algorithms: [ES256, RS256]
+    require_typ: at+jwt
+  - issuer: https://other.example.com
+    audiences: [a]
+    jwks_uri: https://other.example.com/keys
+leeway_seconds: 30
+binding:
+  mode: when_present
+certificate:
+  sources: [xfcc, peer]
+log_format: json
+upstream:
+  claim_headers: {sub: x-sub}
+  remove_authorization: true
+";
+        let s = load(text).expect("valid");
+        assert_eq!(s.policy.issuers.len(), 2);
+        assert!(s.policy.issuers[0].require_typ);
+        assert_eq!(
+            s.key_sources[0].1,
+            KeySource::Discovery {
+                issuer: "https://idp.example.com".into()
+            }
+        );
+        assert_eq!(s.policy.binding, BindingMode::WhenPresent);
+        assert_eq!(
+            s.policy.upstream.claim_headers,
+            [("sub".to_string(), "x-sub".to_string())]
+        );
+        assert!(s.policy.upstream.remove_authorization);
+    }
+
+    #[test]
+    fn every_supported_algorithm_can_be_pinned() {
+        let s = load(&format!(
+            "{MINIMAL}    algorithms: [ES512, Ed25519, EdDSA, ES256, PS512]\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            s.policy.issuers[0].algorithms,
+            [
+                Algorithm::ES512,
+                Algorithm::Ed25519,
+                Algorithm::EdDSA,
+                Algorithm::ES256,
+                Algorithm::PS512
+            ]
+        );
+        let err = load(&format!("{MINIMAL}    algorithms: [HS256]\n")).expect_err("hmac");
+        assert!(err.message.contains("supported: RS256"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = load(&format!("{MINIMAL}bogus: 1\n")).expect_err("invalid");
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = load(&MINIMAL.replace("jwks_file", "jwks_fil")).expect_err("invalid");
+        assert!(err.to_string().contains("issuers[0]"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let cases = [
+            (
+                MINIMAL.replace("[https://api.example.com]", "[]"),
+                "issuers[0].audiences",
+            ),
+            (
+                format!("{MINIMAL}    algorithms: [HS256]\n"),
+                "issuers[0].algorithms",
+            ),
+            (
+                format!("{MINIMAL}    algorithms: [none]\n"),
+                "issuers[0].algorithms",
+            ),
+            (
+                format!("{MINIMAL}    jwks_uri: https://x\n"),
+                "issuers[0].jwks_file",
+            ),
+            (
+                format!("{MINIMAL}    require_typ: JWT\n"),
+                "issuers[0].require_typ",
+            ),
+            (format!("{MINIMAL}listen: nope\n"), "listen"),
+            (
+                format!("{MINIMAL}binding: {{mode: sometimes}}\n"),
+                "binding.mode",
+            ),
+            ("issuers: []\n".to_string(), "issuers"),
+        ];
+        for (text, key) in cases {
+            let err = load(&text).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_top_level_scalars() {
+        let s = load_env(
+            MINIMAL,
+            &[
+                ("CERTBOUND_LISTEN", "127.0.0.1:6000"),
+                ("CERTBOUND_LEEWAY_SECONDS", "5"),
+                ("CERTBOUND_BINDING__MODE", "disabled"),
+                ("CERTBOUND_UNRELATED", "ignored"),
+                ("CERTBOUND_CONFIG", "/etc/certbound/certbound.yaml"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:6000");
+        assert_eq!(s.policy.leeway_seconds, 5);
+        assert_eq!(s.policy.binding, BindingMode::Disabled);
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].contains("CERTBOUND_UNRELATED"),
+            "{:?}",
+            s.warnings
+        );
+    }
+
+    #[test]
+    fn a_bad_environment_override_names_its_variable() {
+        let err = load_env(MINIMAL, &[("CERTBOUND_LEEWAY_SECONDS", "abc")]).expect_err("bad");
+        assert_eq!(err.key, "CERTBOUND_LEEWAY_SECONDS", "{err}");
+        assert!(err.message.contains("\"abc\""), "{err}");
+        let err = load_env(MINIMAL, &[("CERTBOUND_BINDING__MODE", "sometimes")]).expect_err("bad");
+        assert_eq!(err.key, "CERTBOUND_BINDING__MODE", "{err}");
+        let err = load_env(MINIMAL, &[("CERTBOUND_LISTEN", "nope")]).expect_err("bad");
+        assert_eq!(
+            err.key, "listen",
+            "a listen value is validated as the key it sets"
+        );
+    }
+
+    /// Kubernetes sets these in every pod of a namespace that has a Service named `certbound`:
+    /// they must never stop certbound, only be mentioned.
+    #[test]
+    fn kubernetes_service_links_are_warnings_not_errors() {
+        let links = [
+            ("CERTBOUND_SERVICE_HOST", "10.96.0.12"),
+            ("CERTBOUND_SERVICE_PORT", "50051"),
+            ("CERTBOUND_SERVICE_PORT_GRPC", "50051"),
+            ("CERTBOUND_PORT", "tcp://10.96.0.12:50051"),
+            ("CERTBOUND_PORT_50051_TCP", "tcp://10.96.0.12:50051"),
+            ("CERTBOUND_PORT_50051_TCP_PROTO", "tcp"),
+            ("CERTBOUND_PORT_50051_TCP_PORT", "50051"),
+            ("CERTBOUND_PORT_50051_TCP_ADDR", "10.96.0.12"),
+        ];
+        let s = load_env(MINIMAL, &links).expect("service links never stop certbound");
+        assert_eq!(s.warnings.len(), links.len());
+        for (name, _) in links {
+            assert!(
+                s.warnings
+                    .iter()
+                    .any(|w| w.contains(name) && w.contains("enableServiceLinks")),
+                "{name}: {:?}",
+                s.warnings
+            );
+        }
+    }
+
+    #[test]
+    fn a_jwks_file_must_exist_and_hold_usable_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.json");
+        let config = |path: &Path| {
+            format!(
+                "issuers:\n  - issuer: https://idp.example.com\n    audiences: [a]\n    jwks_file: {}\n",
+                path.display()
+            )
+        };
+        let err = load(&config(&missing)).expect_err("missing");
+        assert_eq!(err.key, "issuers[0].jwks_file");
+        assert_eq!(err.line, Some(4), "{err}");
+        assert!(err.message.contains("cannot read"), "{err}");
+        for (name, content, why) in [
+            ("text.json", "not json", "not JSON"),
+            ("nokeys.json", "{}", "no \"keys\""),
+            (
+                "hmac.json",
+                r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#,
+                "no usable signing key: h (symmetric keys are never accepted)",
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            let err = load(&config(&path)).expect_err(name);
+            assert_eq!(err.key, "issuers[0].jwks_file", "{err}");
+            assert!(err.message.contains(why), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn plain_http_needs_loopback_or_an_explicit_opt_in() {
+        let issuer = |extra: &str| {
+            format!("issuers:\n  - issuer: http://idp.example.com\n    audiences: [a]\n{extra}")
+        };
+        let err = load(&issuer("")).expect_err("http discovery");
+        assert_eq!(err.key, "issuers[0].issuer");
+        let err = load(&issuer("    jwks_uri: http://keys.example.com/jwks\n")).expect_err("http");
+        assert_eq!(
+            (err.key.as_str(), err.line),
+            ("issuers[0].jwks_uri", Some(4))
+        );
+        let s = load(&issuer("    allow_insecure_http: true\n")).expect("opted in");
+        assert!(
+            s.warnings.iter().any(|w| w.contains("plain HTTP")),
+            "{:?}",
+            s.warnings
+        );
+        let loopback = "issuers:\n  - issuer: http://127.0.0.1:8080\n    audiences: [a]\n";
+        assert!(load(loopback).expect("loopback").warnings.is_empty());
+        let intro = "introspection:\n  endpoint: http://idp.example.com/introspect\n  client_id: c\n  client_secret_env: S\n";
+        let err = load_env(intro, &[("S", "x")]).expect_err("http introspection");
+        assert_eq!(err.key, "introspection.endpoint");
+        let opted = format!("{intro}  allow_insecure_http: true\n");
+        let s = load_env(&opted, &[("S", "x")]).expect("opted in");
+        assert_eq!(s.warnings.len(), 1);
+    }
+
+    #[test]
+    fn the_module_only_cluster_key_is_refused() {
+        let err = load(&format!("{MINIMAL}    cluster: idp\n")).expect_err("cluster");
+        assert_eq!(err.key, "issuers[0].cluster");
+    }
+
+    #[test]
+    fn bad_claim_header_names_are_rejected() {
+        let err = load(&format!(
+            "{MINIMAL}upstream: {{claim_headers: {{sub: \"bad header\"}}}}\n"
+        ))
+        .expect_err("invalid");
+        assert_eq!(err.key, "upstream.claim_headers.sub");
+    }
+
+    #[test]
+    fn introspection_reads_its_secret_from_the_environment_and_redacts_it() {
+        let text = "
+introspection:
+  endpoint: https://idp.example.com/introspect
+  client_id: certbound
+  client_secret_env: IDP_SECRET
+";
+        let s = load_env(text, &[("IDP_SECRET", "hunter2")]).expect("valid");
+        let introspection = s.introspection.expect("configured");
+        assert_eq!(introspection.client_secret.expose(), "hunter2");
+        assert!(!format!("{introspection:?}").contains("hunter2"));
+        assert!(s.policy.issuers.is_empty());
+        let err = load(text).expect_err("secret missing");
+        assert_eq!(err.key, "introspection.client_secret_env");
+    }
+
+    #[test]
+    fn introspection_needs_an_endpoint_or_an_issuer() {
+        let text = "introspection:\n  client_id: c\n  client_secret_env: S\n";
+        let err = load_env(text, &[("S", "x")]).expect_err("no endpoint");
+        assert_eq!(err.key, "introspection.endpoint");
+    }
+
+    #[test]
+    fn key_timing_bounds_are_validated() {
+        let err = load(&format!(
+            "{MINIMAL}keys:\n  min_refresh_seconds: 100\n  max_refresh_seconds: 10\n"
+        ))
+        .expect_err("invalid");
+        assert_eq!(err.key, "keys.min_refresh_seconds");
+        let s = load(&format!(
+            "{MINIMAL}keys:\n  max_stale_seconds: 60\n  ready_when: any\n"
+        ))
+        .expect("valid");
+        assert_eq!(s.key_timing.max_stale_seconds, 60);
+        assert_eq!(s.key_timing.readiness, Readiness::Any);
+        assert_eq!(s.key_timing.retry_max, Duration::from_secs(30));
+        let s = load(&format!(
+            "{MINIMAL}keys:\n  min_refresh_seconds: 1\n  max_refresh_seconds: 10\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            s.key_timing.retry_max,
+            Duration::from_secs(10),
+            "bounded by max_refresh"
+        );
+        let err = load(&format!(
+            "{MINIMAL}keys:\n  min_refresh_seconds: 1\n  max_refresh_seconds: 10\n  retry_max_seconds: 11\n"
+        ))
+        .expect_err("above max_refresh");
+        assert_eq!(err.key, "keys.retry_max_seconds");
+    }
+
+    #[test]
+    fn policy_rules_parse_and_validate() {
+        let text = format!(
+            "{MINIMAL}policy:
+  groups_claim: roles
+  rules:
+    - name: health
+      path: /healthz
+      allow_anonymous: true
+    - hosts: ['*.example.com']
+      path_regex: /items/[0-9]+
+      methods: [put]
+      scopes: [items:write]
+      groups: [a, b]
+      match_all: true
+      binding: when_present
+      issuers: [https://idp.example.com]
+  default:
+    scopes: [read]
+"
+        );
+        let s = load(&text).expect("valid");
+        let routes = &s.policy.routes;
+        assert_eq!(routes.groups_claim, "roles");
+        assert_eq!(routes.rules.len(), 2);
+        assert_eq!(routes.rules[1].name, "rules[1]");
+        assert_eq!(routes.rules[1].methods, ["PUT"]);
+        assert!(routes.rules[1].requirements.groups_match_all);
+        assert_eq!(routes.default.scopes, ["read"]);
+    }
+
+    #[test]
+    fn policy_errors_name_the_rule() {
+        let cases = [
+            (
+                "    - path: /a\n      path_prefix: /b\n",
+                "policy.rules[0].path",
+            ),
+            ("    - path_regex: '('\n", "policy.rules[0].path_regex"),
+            (
+                "    - issuers: [https://unknown]\n",
+                "policy.rules[0].issuers",
+            ),
+        ];
+        for (rule, key) in cases {
+            let err = load(&format!("{MINIMAL}policy:\n  rules:\n{rule}")).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+        }
+        let err =
+            load(&format!("{MINIMAL}policy:\n  rules:\n    - bogus: 1\n")).expect_err("unknown");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}
