@@ -1,0 +1,252 @@
+//! One HTTP stream: the request as the core sees it (read from Envoy's headers and the
+//! connection's certificate digest), the core's decision, and the answer, the same bytes as the
+//! ext_authz service's.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use certbound_core::{
+    AccessRequest, Authorization, CertificateSource, Decision, DenyReason, Outcome,
+    PeerCertificate, Thumbprint, UnavailableReason,
+};
+
+use crate::abi::{self, ATTRIBUTE_PEER_CERTIFICATE_SHA256, Level, Stream, StreamScheduler};
+use crate::module::{EVENT_RESUME, FilterConfig, Park};
+
+/// Dynamic metadata namespace (`%DYNAMIC_METADATA(certbound:reason)%` in access logs).
+pub const METADATA_NAMESPACE: &str = "certbound";
+
+/// A request waiting for an unknown-`kid` refetch.
+struct Parked {
+    request: AccessRequest,
+    waiter: u64,
+    started: Instant,
+}
+
+/// This module's state for one stream.
+pub struct Filter {
+    config: Arc<FilterConfig>,
+    parked: Option<Parked>,
+    /// Kept until the stream ends once created (deleting it inside its own event is avoided).
+    scheduler: Option<StreamScheduler>,
+}
+
+impl Filter {
+    pub fn new(config: Arc<FilterConfig>) -> Self {
+        Self {
+            config,
+            parked: None,
+            scheduler: None,
+        }
+    }
+
+    /// Decides the request; `true` lets it continue to the upstream, `false` stops it (answered,
+    /// or parked until an unknown-`kid` refetch ends).
+    pub fn on_request_headers(&mut self, stream: &Stream<'_>) -> bool {
+        let started = Instant::now();
+        let request = read_request(stream, &self.config);
+        let generation = self.config.keys.generation();
+        let decision = self.config.decide(&request);
+        if let (Outcome::Deny(DenyReason::KeyUnknown), Some(index)) =
+            (&decision.outcome, decision.facts.issuer_index)
+        {
+            let scheduler = match self.scheduler.take() {
+                Some(scheduler) => Some(scheduler),
+                None => stream.scheduler(),
+            };
+            if let Some(scheduler) = scheduler {
+                let park = self
+                    .config
+                    .park_for_refetch(index, generation, scheduler.waker());
+                self.scheduler = Some(scheduler);
+                match park {
+                    Park::Parked(waiter) => {
+                        self.parked = Some(Parked {
+                            request,
+                            waiter,
+                            started,
+                        });
+                        return false;
+                    }
+                    Park::DecideAgain => {
+                        let decision = self.config.decide(&request);
+                        return answer(stream, &self.config, &request, &decision, started);
+                    }
+                    Park::No => {}
+                }
+            }
+        }
+        answer(stream, &self.config, &request, &decision, started)
+    }
+
+    /// The refetch this stream waited for ended, or its wait is over: decide again with the keys
+    /// there are now, and answer or resume.
+    pub fn on_scheduled(&mut self, stream: &Stream<'_>, event: u64) {
+        if event != EVENT_RESUME {
+            return;
+        }
+        let Some(parked) = self.parked.take() else {
+            return;
+        };
+        self.config.unpark(parked.waiter);
+        let decision = self.config.decide(&parked.request);
+        if answer(
+            stream,
+            &self.config,
+            &parked.request,
+            &decision,
+            parked.started,
+        ) {
+            stream.continue_decoding();
+        }
+    }
+
+    /// The stream is gone: a parked request stops waiting before its scheduler is deleted.
+    pub fn destroy(self) {
+        if let Some(parked) = &self.parked {
+            self.config.unpark(parked.waiter);
+        }
+        drop(self.scheduler);
+    }
+}
+
+/// The request as the core sees it. Only what the policy reads is fetched from Envoy.
+fn read_request(stream: &Stream<'_>, config: &FilterConfig) -> AccessRequest {
+    let first = |name: &str| stream.request_header(name).into_iter().next();
+    let mut authorization = stream.request_header("authorization");
+    let authorization = match authorization.len() {
+        0 => Authorization::Absent,
+        1 => Authorization::One(authorization.swap_remove(0)),
+        _ => Authorization::Multiple,
+    };
+    let sources = &config.policy.certificate_sources;
+    let peer_certificate = if sources.contains(&CertificateSource::Peer) {
+        match stream.attribute(ATTRIBUTE_PEER_CERTIFICATE_SHA256) {
+            Some(hex) if !hex.is_empty() => PeerCertificate::Sha256Hex(hex),
+            _ => PeerCertificate::Absent,
+        }
+    } else {
+        PeerCertificate::Absent
+    };
+    let xfcc = if sources.contains(&CertificateSource::Xfcc) {
+        let values = stream.request_header("x-forwarded-client-cert");
+        (!values.is_empty()).then(|| values.join(","))
+    } else {
+        None
+    };
+    let client_cert = if sources.contains(&CertificateSource::ClientCert) {
+        first("client-cert")
+    } else {
+        None
+    };
+    let method = first(":method").unwrap_or_default();
+    let cors_preflight = config.policy.routes.allow_cors_preflight
+        && method.eq_ignore_ascii_case("OPTIONS")
+        && first("origin").is_some()
+        && first("access-control-request-method").is_some();
+    AccessRequest {
+        authorization,
+        peer_certificate,
+        xfcc,
+        // Only the debug log reads it.
+        request_id: abi::log_enabled(Level::Debug)
+            .then(|| first("x-request-id"))
+            .flatten(),
+        traceparent: None,
+        client_cert,
+        method,
+        path: first(":path").unwrap_or_default(),
+        host: first(":authority").unwrap_or_default(),
+        context_extensions: stream
+            .route_settings()
+            .map(|route| route.extensions.clone())
+            .unwrap_or_default(),
+        cors_preflight,
+    }
+}
+
+/// Applies the decision: an allow sets the upstream's headers and continues (`true`); anything
+/// else answers the client now (`false`). Metadata and counters either way.
+fn answer(
+    stream: &Stream<'_>,
+    config: &FilterConfig,
+    request: &AccessRequest,
+    decision: &Decision,
+    started: Instant,
+) -> bool {
+    stream.set_metadata(METADATA_NAMESPACE, &decision.metadata());
+    if let Some(id) = config.counters.checks {
+        stream.increment_counter(id, &[decision.outcome_name(), decision.reason()]);
+    }
+    log_decision(request, decision, started);
+    match &decision.outcome {
+        Outcome::Allow(upstream) => {
+            for name in &upstream.remove_headers {
+                stream.remove_request_header(name);
+            }
+            for (name, value) in &upstream.set_headers {
+                stream.set_request_header(name, value);
+            }
+            true
+        }
+        Outcome::Deny(_) | Outcome::Unavailable(_) => {
+            match decision.http_answer(config.policy.reason_header) {
+                Some(refusal) => {
+                    let headers: Vec<(&str, &str)> = refusal
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (*name, value.as_str()))
+                        .collect();
+                    let details = format!("certbound_{}", decision.reason());
+                    stream.send_response(refusal.status, &headers, refusal.body, &details);
+                }
+                None => answer_internal_error(stream),
+            }
+            false
+        }
+    }
+}
+
+/// A check that could not be completed (a panic was caught): 503, never an allow.
+pub fn answer_internal_error(stream: &Stream<'_>) {
+    let decision = Decision::unavailable(UnavailableReason::KeysUnavailable);
+    let (status, body) = decision
+        .http_answer(false)
+        .map_or((503, certbound_core::answer::UNAVAILABLE_BODY), |a| {
+            (a.status, a.body)
+        });
+    stream.send_response(
+        status,
+        &[("content-type", "application/json")],
+        body,
+        "certbound_internal_error",
+    );
+}
+
+/// One debug line per decision (Envoy's access log is the per-request record). Never the token,
+/// the certificate or a secret; the path without its query.
+fn log_decision(request: &AccessRequest, decision: &Decision, started: Instant) {
+    if !abi::log_enabled(Level::Debug) {
+        return;
+    }
+    let facts = &decision.facts;
+    let field = |value: Option<&str>| format!("{:?}", value.unwrap_or(""));
+    abi::log(
+        Level::Debug,
+        &format!(
+            "certbound: decision={} reason={} rule={} issuer={} kid={} alg={} sub={} x5t={} request_id={} method={:?} path={:?} latency_us={}",
+            decision.outcome_name(),
+            decision.reason(),
+            field(facts.rule.as_deref()),
+            field(facts.issuer.as_deref()),
+            field(facts.kid.as_deref()),
+            field(facts.alg.as_deref()),
+            field(facts.claim_str("sub")),
+            field(facts.thumbprint.as_ref().map(Thumbprint::as_base64url)),
+            field(request.request_id.as_deref()),
+            request.method,
+            request.path.split('?').next().unwrap_or_default(),
+            started.elapsed().as_micros()
+        ),
+    );
+}

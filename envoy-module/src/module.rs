@@ -1,0 +1,443 @@
+//! The filter configuration Envoy creates from `filter_config`: the core's policy, one key
+//! snapshot set and one token cache shared by every worker, and the machinery that keeps the keys
+//! fresh (HTTP callouts on the main thread, woken by a timer thread through Envoy's config
+//! scheduler).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use certbound_core::clock::SystemClock;
+use certbound_core::keys::KeySnapshots;
+use certbound_core::{AccessRequest, Decision, Policy, TokenCache};
+
+use crate::abi::{self, CalloutResponse, ConfigHandle, ConfigScheduler, Level, StreamWaker};
+use crate::keys::{Fetch, Fetched, Fetches, Step, Waiters};
+use crate::settings::ModuleSettings;
+pub use crate::settings::RouteSettings;
+
+/// The event a parked stream is woken with.
+pub const EVENT_RESUME: u64 = 1;
+
+/// Envoy counters of this configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    /// `checks{decision, reason}`.
+    pub checks: Option<usize>,
+    /// `key_refreshes{issuer, result}`.
+    pub key_refreshes: Option<usize>,
+}
+
+/// What the timer thread, the main thread and parking streams share, under one lock.
+struct Schedule {
+    fetches: Fetches,
+    waiters: Waiters<StreamWaker>,
+    /// Callouts under way: id -> issuer.
+    callouts: Vec<(u64, usize)>,
+    /// Runs events on the main thread; taken (and deleted) when the configuration goes away,
+    /// so that nothing commits to it after.
+    scheduler: Option<ConfigScheduler>,
+}
+
+impl Schedule {
+    /// Has the main thread fetch issuer `index`'s keys.
+    fn ask_main_thread(&self, index: usize) {
+        if let Some(scheduler) = &self.scheduler {
+            scheduler.commit(index as u64);
+        }
+    }
+}
+
+/// Key fetching, absent in `--mode validate` (nothing is started there).
+struct Fetching {
+    schedule: Arc<(Mutex<Schedule>, Condvar)>,
+    timer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// One filter configuration, shared (read-only but for the caches) by every worker's streams.
+pub struct FilterConfig {
+    envoy: ConfigHandle,
+    pub policy: Policy,
+    pub keys: KeySnapshots,
+    pub token_cache: Option<TokenCache>,
+    pub unknown_kid_wait: Duration,
+    pub refetch_min_interval: Duration,
+    pub fetch_timeout: Duration,
+    pub counters: Counters,
+    fetching: Option<Fetching>,
+    /// Set once Envoy destroys the configuration: streams still running decide with what they
+    /// have, nothing new is fetched.
+    closed: AtomicBool,
+}
+
+/// The outcome of asking for an unknown-`kid` refetch.
+pub enum Park {
+    /// The keys changed since the decision: decide again now.
+    DecideAgain,
+    /// The stream waits; it is woken when the refetch ends or its wait is over.
+    Parked(u64),
+    /// No refetch now (one was made recently, or there is no fetching): answer as decided.
+    No,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Builds the configuration from `filter_config`; `None` (logged) refuses it.
+pub fn new_config(envoy: ConfigHandle, name: &[u8], config: &[u8]) -> Option<Arc<FilterConfig>> {
+    let name = String::from_utf8_lossy(name);
+    let text = match std::str::from_utf8(config) {
+        Ok(text) => text,
+        Err(_) => {
+            abi::log(Level::Error, "certbound: filter_config is not UTF-8 text");
+            return None;
+        }
+    };
+    let settings = match ModuleSettings::from_yaml(text) {
+        Ok(settings) => settings,
+        Err(error) => {
+            abi::log(
+                Level::Error,
+                &format!("certbound: filter {name:?}: invalid configuration: {error}"),
+            );
+            return None;
+        }
+    };
+    for warning in &settings.decision.warnings {
+        abi::log(Level::Warn, &format!("certbound: {warning}"));
+    }
+    let decision = settings.decision;
+    let names = decision
+        .key_sources
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    let keys = KeySnapshots::new(names, decision.key_timing.clone(), Arc::new(SystemClock));
+    let counters = Counters {
+        checks: envoy.define_counter("checks", &["decision", "reason"]),
+        key_refreshes: envoy.define_counter("key_refreshes", &["issuer", "result"]),
+    };
+    let fetching = if abi::is_validation_mode() {
+        None
+    } else {
+        let Some(scheduler) = envoy.scheduler() else {
+            abi::log(Level::Error, "certbound: Envoy gave no config scheduler");
+            return None;
+        };
+        let sources = decision
+            .key_sources
+            .iter()
+            .zip(&settings.clusters)
+            .map(|((_, source), cluster)| (source.clone(), cluster.clone()))
+            .collect();
+        let schedule = Schedule {
+            fetches: Fetches::new(sources, Instant::now()),
+            waiters: Waiters::default(),
+            callouts: Vec::new(),
+            scheduler: Some(scheduler),
+        };
+        Some(Fetching {
+            schedule: Arc::new((Mutex::new(schedule), Condvar::new())),
+            timer: Mutex::new(None),
+        })
+    };
+    let config = Arc::new(FilterConfig {
+        envoy,
+        token_cache: decision.token_cache(),
+        unknown_kid_wait: decision.unknown_kid_wait,
+        refetch_min_interval: decision.key_timing.refetch_min_interval,
+        fetch_timeout: decision.key_timing.fetch_timeout,
+        policy: decision.policy,
+        keys,
+        counters,
+        fetching,
+        closed: AtomicBool::new(false),
+    });
+    if let Some(fetching) = &config.fetching {
+        // Local files load now, so that the first request already has their keys; fetched
+        // keys are requested at once and arrive through callouts.
+        {
+            let mut schedule = lock(&fetching.schedule.0);
+            let due = schedule.fetches.take_due(Instant::now());
+            for index in due {
+                if settings.clusters[index].is_none() {
+                    let first = schedule.fetches.start(index);
+                    config.run_fetch(&mut schedule, index, first);
+                } else {
+                    schedule.ask_main_thread(index);
+                }
+            }
+        }
+        let schedule = Arc::clone(&fetching.schedule);
+        let timer = std::thread::Builder::new()
+            .name("certbound-keys".into())
+            .spawn(move || run_timer(&schedule));
+        match timer {
+            Ok(handle) => *lock(&fetching.timer) = Some(handle),
+            Err(error) => {
+                abi::log(
+                    Level::Error,
+                    &format!("certbound: cannot start the key refresh thread: {error}"),
+                );
+                return None;
+            }
+        }
+    }
+    Some(config)
+}
+
+/// Sleeps until the next refresh or parked stream is due, then has the main thread fetch, or
+/// wakes the stream. Ends when the configuration is destroyed.
+fn run_timer(schedule: &(Mutex<Schedule>, Condvar)) {
+    let (mutex, changed) = schedule;
+    let mut state = lock(mutex);
+    while state.scheduler.is_some() {
+        let now = Instant::now();
+        for index in state.fetches.take_due(now) {
+            state.ask_main_thread(index);
+        }
+        for waker in state.waiters.take_expired(now) {
+            waker.wake(EVENT_RESUME);
+        }
+        let next = [state.fetches.next_due(), state.waiters.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        state = match next {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                changed
+                    .wait_timeout(state, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+        };
+    }
+}
+
+pub fn new_route_settings(name: &[u8], config: &[u8]) -> Option<RouteSettings> {
+    let text = String::from_utf8_lossy(config);
+    match RouteSettings::from_yaml(&text) {
+        Ok(route) => Some(route),
+        Err(error) => {
+            abi::log(
+                Level::Error,
+                &format!(
+                    "certbound: per-route config {:?}: {error}",
+                    String::from_utf8_lossy(name)
+                ),
+            );
+            None
+        }
+    }
+}
+
+impl FilterConfig {
+    /// The core's decision over the current keys, with the shared token cache.
+    pub fn decide(&self, request: &AccessRequest) -> Decision {
+        let now = certbound_core::clock::Clock::now(&SystemClock);
+        self.policy
+            .decide_cached(&self.keys, self.token_cache.as_ref(), request, now)
+    }
+
+    /// A stream found the `kid` of issuer `index` unknown after deciding with keys of
+    /// `generation`: refetch (single-flight, rate-limited) and park the stream, or not.
+    pub fn park_for_refetch(&self, index: usize, generation: u64, waker: StreamWaker) -> Park {
+        let Some(fetching) = &self.fetching else {
+            return Park::No;
+        };
+        let mut schedule = lock(&fetching.schedule.0);
+        if schedule.scheduler.is_none() {
+            return Park::No;
+        }
+        // Checked under the lock the fetch's wake-up takes: a refetch cannot end unseen between
+        // this check and the parking below.
+        if self.keys.generation() != generation {
+            return Park::DecideAgain;
+        }
+        let now = Instant::now();
+        match schedule
+            .fetches
+            .refetch(index, now, self.refetch_min_interval)
+        {
+            None => return Park::No,
+            Some(true) => {
+                abi::log(
+                    Level::Info,
+                    &format!(
+                        "certbound: unknown kid: refetching the keys of {}",
+                        self.keys.name(index)
+                    ),
+                );
+                schedule.ask_main_thread(index);
+            }
+            Some(false) => {}
+        }
+        let id = schedule
+            .waiters
+            .park(index, now + self.unknown_kid_wait, waker);
+        fetching.schedule.1.notify_all();
+        Park::Parked(id)
+    }
+
+    /// A parked stream is done waiting (woken, or gone): forget it.
+    pub fn unpark(&self, id: u64) {
+        if let Some(fetching) = &self.fetching {
+            lock(&fetching.schedule.0).waiters.unpark(id);
+        }
+    }
+
+    /// Main thread: the timer (or a refetch) asked for issuer `event`'s keys.
+    pub fn on_scheduled(&self, event: u64) {
+        let Some(fetching) = &self.fetching else {
+            return;
+        };
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut schedule = lock(&fetching.schedule.0);
+        if let Ok(index) = usize::try_from(event)
+            && index < self.keys.len()
+        {
+            let first = schedule.fetches.start(index);
+            self.run_fetch(&mut schedule, index, first);
+        }
+    }
+
+    /// Main thread: runs issuer `index`'s fetch from step `next` until it waits for a callout
+    /// or ends (a file is read at once).
+    fn run_fetch(&self, schedule: &mut Schedule, index: usize, mut next: Result<Fetch, String>) {
+        loop {
+            let fetched: Fetched = match next {
+                Ok(Fetch::File(path)) => std::fs::read(&path)
+                    .map(|body| (body, None))
+                    .map_err(|e| format!("reading {}: {e}", path.display())),
+                Ok(Fetch::Get {
+                    cluster,
+                    authority,
+                    path,
+                }) => {
+                    let timeout = self.fetch_timeout.as_millis().max(1) as u64;
+                    match self.envoy.get(&cluster, &authority, &path, timeout) {
+                        Ok(id) => {
+                            schedule.callouts.push((id, index));
+                            return;
+                        }
+                        Err(refused) => {
+                            Err(format!("GET {path} through cluster {cluster:?}: {refused}"))
+                        }
+                    }
+                }
+                Err(error) => Err(error),
+            };
+            match self.finished(schedule, index, fetched) {
+                Some(fetch) => next = Ok(fetch),
+                None => return,
+            }
+        }
+    }
+
+    /// Main thread: a callout of this configuration answered.
+    pub fn on_callout_done(&self, callout: u64, response: CalloutResponse) {
+        let Some(fetching) = &self.fetching else {
+            return;
+        };
+        let mut schedule = lock(&fetching.schedule.0);
+        let Some(at) = schedule.callouts.iter().position(|(id, _)| *id == callout) else {
+            return;
+        };
+        let (_, index) = schedule.callouts.swap_remove(at);
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let fetched = match response.status {
+            Some(200) => Ok((response.body, response.cache_control)),
+            Some(status) => Err(format!("HTTP {status}")),
+            None => Err("no answer (connection failed, reset or timed out)".to_owned()),
+        };
+        if let Some(next) = self.finished(&mut schedule, index, fetched) {
+            self.run_fetch(&mut schedule, index, Ok(next));
+        }
+    }
+
+    /// A fetch step ended: publish, log, count, wake the streams waiting on this issuer.
+    /// Returns the next step when there is one (discovery, then the JWKS).
+    fn finished(&self, schedule: &mut Schedule, index: usize, fetched: Fetched) -> Option<Fetch> {
+        let issuer = self.keys.name(index).to_owned();
+        let step = schedule
+            .fetches
+            .finish(index, fetched, &self.keys, Instant::now());
+        let result = match step {
+            Step::Next(fetch) => return Some(fetch),
+            Step::Loaded {
+                keys,
+                ignored,
+                next,
+            } => {
+                abi::log(
+                    Level::Info,
+                    &format!(
+                        "certbound: keys loaded: issuer {issuer}, {keys} keys; next refresh in {}s",
+                        next.as_secs()
+                    ),
+                );
+                for key in self.keys.first_reports(index, ignored) {
+                    abi::log(
+                        Level::Warn,
+                        &format!(
+                            "certbound: JWKS key ignored: issuer {issuer}, kid {:?}: {}",
+                            key.kid.as_deref().unwrap_or(""),
+                            key.why
+                        ),
+                    );
+                }
+                "success"
+            }
+            Step::Failed { error, next } => {
+                abi::log(
+                    Level::Warn,
+                    &format!(
+                        "certbound: key refresh failed: issuer {issuer}: {error}; keeping the last good keys; retry in {}s",
+                        next.as_secs()
+                    ),
+                );
+                "failure"
+            }
+        };
+        if let Some(id) = self.counters.key_refreshes {
+            self.envoy.increment_counter(id, &[&issuer, result]);
+        }
+        for waker in schedule.waiters.take_issuer(index) {
+            waker.wake(EVENT_RESUME);
+        }
+        if let Some(fetching) = &self.fetching {
+            fetching.schedule.1.notify_all();
+        }
+        None
+    }
+
+    /// Envoy destroys the configuration: wake every parked stream (they answer with the keys
+    /// there are), stop the timer, and delete the scheduler once nothing can use it.
+    pub fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        let Some(fetching) = &self.fetching else {
+            return;
+        };
+        let scheduler = {
+            let mut schedule = lock(&fetching.schedule.0);
+            for waker in schedule.waiters.take_all() {
+                waker.wake(EVENT_RESUME);
+            }
+            fetching.schedule.1.notify_all();
+            schedule.scheduler.take()
+        };
+        if let Some(timer) = lock(&fetching.timer).take() {
+            let _ = timer.join();
+        }
+        // Deleted on the main thread, after the timer thread ended and under no lock.
+        drop(scheduler);
+    }
+}
