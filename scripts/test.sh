@@ -21,6 +21,8 @@ if [ -n "$forbidden" ]; then
   echo "certbound-core must not depend on: $forbidden" >&2
   exit 1
 fi
+# The Envoy module the module end-to-end tests load (tests/module_e2e.rs finds it in target/debug).
+cargo build --locked -p certbound-envoy
 # --include-ignored: the end-to-end tests are #[ignore]d for a plain `cargo test` without Envoy.
 cargo test --workspace --all-targets --locked -- --include-ignored
 scripts/grpcurl-smoke.sh

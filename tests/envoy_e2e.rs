@@ -40,8 +40,9 @@ impl Stack {
         let ports = EnvoyPorts {
             listener: free_port(),
             admin: free_port(),
-            certbound: certbound_addr,
-            upstream: upstream.addr,
+            certbound: Some(certbound_addr),
+            upstream: Some(upstream.addr),
+            ..Default::default()
         };
         let config = envoy_config(envoy_name, &ports, &pki);
         let envoy = start_envoy(&config, &ports, pki.dir.path()).await;
@@ -94,8 +95,9 @@ fn shipped_envoy_configs_validate() {
     let ports = EnvoyPorts {
         listener: 8443,
         admin: 9901,
-        certbound: "127.0.0.1:50051".parse().unwrap(),
-        upstream: "127.0.0.1:8080".parse().unwrap(),
+        certbound: Some("127.0.0.1:50051".parse().unwrap()),
+        upstream: Some("127.0.0.1:8080".parse().unwrap()),
+        idp: Some("127.0.0.1:8081".parse().unwrap()),
     };
     // Every Envoy bootstrap anywhere under deploy/ (static_resources at the top level).
     pki.write("certbound-client", &pki.client("envoy"));
@@ -123,6 +125,7 @@ fn shipped_envoy_configs_validate() {
     found.sort();
     for name in [
         "certbound-mtls.yaml",
+        "module.yaml",
         "pki.yaml",
         "self-signed.yaml",
         "xfcc.yaml",
@@ -386,8 +389,9 @@ async fn envoy_talks_mtls_to_certbound() {
     let ports = EnvoyPorts {
         listener: free_port(),
         admin: free_port(),
-        certbound: certbound_addr,
-        upstream: upstream.addr,
+        certbound: Some(certbound_addr),
+        upstream: Some(upstream.addr),
+        ..Default::default()
     };
     let config = envoy_config("certbound-mtls", &ports, &pki);
     let envoy = start_envoy(&config, &ports, pki.dir.path()).await;

@@ -266,11 +266,15 @@ async fn serving(addr: SocketAddr, tls: Option<tonic::transport::ClientTlsConfig
 }
 
 /// Where the shipped Envoy config is pointed for a test run.
+#[derive(Default)]
 pub struct EnvoyPorts {
     pub listener: u16,
     pub admin: u16,
-    pub certbound: SocketAddr,
-    pub upstream: SocketAddr,
+    /// The ext_authz service (configs with a certbound cluster).
+    pub certbound: Option<SocketAddr>,
+    pub upstream: Option<SocketAddr>,
+    /// The TLS identity provider behind the module's `idp` cluster (module configs).
+    pub idp: Option<SocketAddr>,
 }
 
 /// Reads `deploy/envoy/NAME.yaml` and swaps its documented addresses and paths for the test's.
@@ -286,6 +290,7 @@ pub fn envoy_config(name: &str, ports: &EnvoyPorts, pki: &Pki) -> String {
 pub fn point_envoy_config(path: &Path, ports: &EnvoyPorts, pki: &Pki) -> String {
     let mut text = std::fs::read_to_string(path).unwrap();
     let at = |name: &str| pki.path(name).display().to_string();
+    let port = |addr: Option<SocketAddr>| addr.map_or(1, |a| a.port());
     let required = [
         (
             "port_value: 8443",
@@ -293,18 +298,24 @@ pub fn point_envoy_config(path: &Path, ports: &EnvoyPorts, pki: &Pki) -> String 
         ),
         ("port_value: 9901", format!("port_value: {}", ports.admin)),
         (
-            "port_value: 50051",
-            format!("port_value: {}", ports.certbound.port()),
-        ),
-        (
             "port_value: 8080",
-            format!("port_value: {}", ports.upstream.port()),
+            format!("port_value: {}", port(ports.upstream)),
         ),
         ("/etc/envoy/tls/server.crt", at("server.crt")),
         ("/etc/envoy/tls/server.key", at("server.key")),
     ];
-    // Only some configs trust a client CA or talk mTLS to certbound.
+    // Only some configs call certbound, trust a client CA, talk mTLS to certbound, or fetch keys
+    // through an IdP cluster (the module's).
     let optional = [
+        (
+            "port_value: 50051",
+            format!("port_value: {}", port(ports.certbound)),
+        ),
+        (
+            "address: idp.example.com, port_value: 443",
+            format!("address: 127.0.0.1, port_value: {}", port(ports.idp)),
+        ),
+        ("/etc/ssl/certs/ca-certificates.crt", at("ca.crt")),
         ("/etc/envoy/tls/client-ca.crt", at("ca.crt")),
         (
             "/etc/envoy/tls/certbound-client.crt",
@@ -330,11 +341,56 @@ pub fn point_envoy_config(path: &Path, ports: &EnvoyPorts, pki: &Pki) -> String 
     text
 }
 
-/// `envoy --mode validate` on a config text.
+/// The folder holding `libcertbound_envoy.so`: `$CERTBOUND_MODULE_DIR`, else the debug build's
+/// (scripts/test.sh builds it with `cargo build -p certbound-envoy` before the tests).
+pub fn module_dir() -> PathBuf {
+    let dir = std::env::var_os("CERTBOUND_MODULE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug"));
+    assert!(
+        dir.join("libcertbound_envoy.so").exists(),
+        "libcertbound_envoy.so not found in {}: run `cargo build -p certbound-envoy` \
+         (scripts/test.sh does) or set CERTBOUND_MODULE_DIR",
+        dir.display()
+    );
+    dir
+}
+
+/// Replaces the certbound YAML of a module config's `filter_config` (the `value: |` block under
+/// `filter_name: certbound`) with `yaml`.
+pub fn with_filter_config(envoy: &str, yaml: &str) -> String {
+    let lines: Vec<&str> = envoy.lines().collect();
+    let filter = lines
+        .iter()
+        .position(|l| l.trim() == "filter_name: certbound")
+        .expect("a certbound module filter");
+    let value = (filter..lines.len())
+        .find(|&i| lines[i].trim() == "value: |")
+        .expect("filter_config value block");
+    let indent = lines[value].len() - lines[value].trim_start().len() + 2;
+    let end = (value + 1..lines.len())
+        .find(|&i| {
+            let line = lines[i];
+            !line.trim().is_empty() && line.len() - line.trim_start().len() < indent
+        })
+        .unwrap_or(lines.len());
+    let pad = " ".repeat(indent);
+    let block: Vec<String> = yaml.lines().map(|l| format!("{pad}{l}")).collect();
+    let mut out: Vec<String> = lines[..=value].iter().map(|l| l.to_string()).collect();
+    out.extend(block);
+    out.extend(lines[end..].iter().map(|l| l.to_string()));
+    out.join("\n") + "\n"
+}
+
+/// `envoy --mode validate` on a config text (the module is found as at run time).
 pub fn validate_envoy(config: &str, dir: &Path) -> Result<(), String> {
     let file = dir.join("envoy-validate.yaml");
     std::fs::write(&file, config).unwrap();
-    let output = Command::new(envoy_bin())
+    let mut command = Command::new(envoy_bin());
+    if config.contains("certbound_envoy") {
+        command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir());
+    }
+    let output = command
         .args(["--mode", "validate", "--disable-hot-restart", "-c"])
         .arg(&file)
         .output()
@@ -350,11 +406,15 @@ pub fn validate_envoy(config: &str, dir: &Path) -> Result<(), String> {
     }
 }
 
-/// Starts Envoy with a config text and waits until its admin endpoint says LIVE.
+/// Starts Envoy with a config text and waits until its admin endpoint says LIVE. A config with
+/// certbound's module finds it in [`module_dir`].
 pub async fn start_envoy(config: &str, ports: &EnvoyPorts, dir: &Path) -> Process {
     let file = dir.join("envoy.yaml");
     std::fs::write(&file, config).unwrap();
     let mut command = Command::new(envoy_bin());
+    if config.contains("certbound_envoy") {
+        command.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir());
+    }
     command
         .args([
             "--concurrency",
@@ -414,6 +474,8 @@ pub struct Seen {
     pub version: reqwest::Version,
     pub content_type: Option<String>,
     pub www_authenticate: Option<String>,
+    /// `x-certbound-reason`, sent on denies with `policy.reason_header: true`.
+    pub reason: Option<String>,
     pub body: String,
 }
 
@@ -486,11 +548,13 @@ pub async fn get_path(
     };
     let content_type = header("content-type");
     let www_authenticate = header("www-authenticate");
+    let reason = header("x-certbound-reason");
     Ok(Seen {
         status: response.status().as_u16(),
         version,
         content_type,
         www_authenticate,
+        reason,
         body: response.text().await?,
     })
 }

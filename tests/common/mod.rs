@@ -246,6 +246,44 @@ impl Idp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let issuer = format!("http://{addr}");
+        Self::serve(listener, addr, issuer, signers)
+    }
+
+    /// An IdP at `https://{name}`, served over TLS with a certificate `pki` issues for `name`, on
+    /// 127.0.0.1 (clients reach it as `name` through their own routing, like Envoy's cluster).
+    pub async fn start_tls(signers: &[&Signer], pki: &envoy::Pki, name: &str) -> Self {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let server = pki.server(&[name]);
+        let chain = vec![CertificateDer::from_pem_slice(server.pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let listener = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        };
+        Self::serve(listener, addr, format!("https://{name}"), signers)
+    }
+
+    fn serve<L: axum::serve::Listener>(
+        listener: L,
+        addr: SocketAddr,
+        issuer: String,
+        signers: &[&Signer],
+    ) -> Self
+    where
+        L::Addr: std::fmt::Debug,
+    {
         let state = Arc::new(IdpState {
             jwks: Mutex::new(Value::Null),
             answers: Mutex::new(Default::default()),
@@ -261,6 +299,7 @@ impl Idp {
         let app = Router::new()
             .route("/.well-known/openid-configuration", routing::get(discovery))
             .route("/jwks.json", routing::get(jwks))
+            .route("/.well-known/jwks.json", routing::get(jwks))
             .route("/introspect", axum::routing::post(introspect))
             .with_state(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -351,6 +390,32 @@ impl Drop for Idp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// TCP with a TLS handshake on each connection; failed handshakes are dropped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(stream).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
     }
 }
 
