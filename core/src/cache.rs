@@ -1,10 +1,14 @@
-//! A small bounded cache with per-entry expiry, keyed by SHA-256 digests of tokens.
+//! A bounded cache with per-entry expiry, keyed by SHA-256 digests of tokens.
 //!
 //! Tokens themselves are never stored as keys. Expiry is checked against the injected clock on
 //! every read; when full, expired entries are dropped first, then the oldest insertions.
+//!
+//! Large caches are split into shards by the key's first byte (a digest, so evenly), each with
+//! its own lock and its share of the capacity: threads checking different tokens (Envoy's
+//! workers, with the module; the multi-threaded runtime) rarely meet on a lock.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 
@@ -15,41 +19,62 @@ pub fn token_key(token: &str) -> TokenKey {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Most shards a cache is split into.
+const MAX_SHARDS: usize = 16;
+/// Fewest entries per shard: small caches keep one shard (and exact oldest-first eviction).
+const MIN_SHARD_CAPACITY: usize = 1024;
+
 struct Entry<V> {
     value: V,
     expires_at: i64,
 }
 
-struct Inner<V> {
+struct Shard<V> {
+    capacity: usize,
     entries: HashMap<TokenKey, Entry<V>>,
     /// Insertion order, for eviction; may hold keys already removed.
     order: VecDeque<TokenKey>,
+    /// When expired entries were last swept out (at most once a second: a full shard of live
+    /// entries must not cost a scan per insert).
+    swept_at: i64,
 }
 
 /// Bounded map from token digest to a value that expires at a Unix time.
 pub struct TtlCache<V> {
-    capacity: usize,
-    inner: Mutex<Inner<V>>,
+    shards: Box<[Mutex<Shard<V>>]>,
 }
 
 impl<V: Clone> TtlCache<V> {
+    /// A cache of at most `capacity` entries (0: it stores nothing).
     pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            inner: Mutex::new(Inner {
-                entries: HashMap::new(),
-                order: VecDeque::new(),
-            }),
-        }
+        let count = (capacity / MIN_SHARD_CAPACITY).clamp(1, MAX_SHARDS);
+        let shards = (0..count)
+            .map(|i| {
+                Mutex::new(Shard {
+                    // The capacity spread over the shards, the remainder to the first ones.
+                    capacity: capacity / count + usize::from(i < capacity % count),
+                    entries: HashMap::new(),
+                    order: VecDeque::new(),
+                    swept_at: i64::MIN,
+                })
+            })
+            .collect();
+        Self { shards }
+    }
+
+    fn shard(&self, key: &TokenKey) -> MutexGuard<'_, Shard<V>> {
+        self.shards[usize::from(key[0]) % self.shards.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The live value for `key` at `now`; an expired entry is removed.
     pub fn get(&self, key: &TokenKey, now: i64) -> Option<V> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match inner.entries.get(key) {
+        let mut shard = self.shard(key);
+        match shard.entries.get(key) {
             Some(entry) if entry.expires_at > now => Some(entry.value.clone()),
             Some(_) => {
-                inner.entries.remove(key);
+                shard.entries.remove(key);
                 None
             }
             None => None,
@@ -58,39 +83,45 @@ impl<V: Clone> TtlCache<V> {
 
     /// Stores `value` until `expires_at` (ignored when already past or capacity is zero).
     pub fn insert(&self, key: TokenKey, value: V, expires_at: i64, now: i64) {
-        if self.capacity == 0 || expires_at <= now {
+        if expires_at <= now {
             return;
         }
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if !inner.entries.contains_key(&key) && inner.entries.len() >= self.capacity {
-            inner.entries.retain(|_, e| e.expires_at > now);
-            while inner.entries.len() >= self.capacity {
-                let Some(oldest) = inner.order.pop_front() else {
+        let mut shard = self.shard(&key);
+        let capacity = shard.capacity;
+        if capacity == 0 {
+            return;
+        }
+        if !shard.entries.contains_key(&key) && shard.entries.len() >= capacity {
+            if shard.swept_at < now {
+                shard.swept_at = now;
+                shard.entries.retain(|_, e| e.expires_at > now);
+            }
+            while shard.entries.len() >= capacity {
+                let Some(oldest) = shard.order.pop_front() else {
                     break;
                 };
-                inner.entries.remove(&oldest);
+                shard.entries.remove(&oldest);
             }
         }
-        if inner
+        if shard
             .entries
             .insert(key, Entry { value, expires_at })
             .is_none()
         {
-            inner.order.push_back(key);
+            shard.order.push_back(key);
         }
         // Keep the order queue from growing without bound through removals.
-        if inner.order.len() > self.capacity.saturating_mul(2) {
-            let Inner { entries, order } = &mut *inner;
+        if shard.order.len() > capacity.saturating_mul(2) {
+            let Shard { entries, order, .. } = &mut *shard;
             order.retain(|k| entries.contains_key(k));
         }
     }
 
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entries
-            .len()
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).entries.len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -142,6 +173,23 @@ mod tests {
             cache.insert(token_key(&i.to_string()), i, 1_000, 0);
         }
         assert_eq!(cache.len(), 100);
+    }
+
+    #[test]
+    fn large_caches_are_sharded_and_still_bounded() {
+        let cache = TtlCache::new(100_000);
+        assert_eq!(cache.shards.len(), 16);
+        let total: usize = cache
+            .shards
+            .iter()
+            .map(|s| s.lock().expect("lock").capacity)
+            .sum();
+        assert_eq!(total, 100_000);
+        for i in 0..200_000 {
+            cache.insert(token_key(&i.to_string()), i, 1_000, 0);
+        }
+        assert_eq!(cache.len(), 100_000);
+        assert_eq!(TtlCache::<u8>::new(3).shards.len(), 1);
     }
 
     #[test]
