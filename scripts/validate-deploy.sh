@@ -4,6 +4,8 @@
 # - every rendered object validates against the Kubernetes schemas (kubernetes-validate, strict);
 # - the certbound configuration inside the ConfigMap, and the other shipped certbound configs,
 #   pass `certbound check-config`;
+# - the Envoy module's filter_config, wherever it is shipped (deploy/envoy/module.yaml, the
+#   Istio EnvoyFilter, the Envoy Gateway EnvoyExtensionPolicy), passes `check-config --module`;
 # - the Istio and Envoy Gateway manifests are well-formed YAML with apiVersion/kind/metadata.
 # Envoy bootstraps under deploy/ are validated by tests/envoy_e2e.rs (envoy --mode validate).
 set -euo pipefail
@@ -41,6 +43,40 @@ for config in deploy/istio/certbound-xfcc.yaml deploy/local/certbound.yaml; do
   echo "ok: $config passes certbound check-config"
   passed=$((passed + 1))
 done
+
+# The Envoy module's filter_config in every place it is shipped passes `check-config --module`.
+("$venv/python" - "$work" <<'PY'
+import json, os, sys, yaml
+out = sys.argv[1]
+found = []
+def walk(node, path):
+    if isinstance(node, dict):
+        if node.get("filter_name") == "certbound" and "filter_config" in node:
+            found.append((path, node["filter_config"]["value"]))
+        if "dynamicModule" in node:
+            for module in node["dynamicModule"]:
+                found.append((path, yaml.safe_dump(module["config"])))
+        for value in node.values():
+            walk(value, path)
+    elif isinstance(node, list):
+        for value in node:
+            walk(value, path)
+for path in ["deploy/envoy/module.yaml", "deploy/istio/module-envoy-filter.yaml",
+             "deploy/envoy-gateway/module-extension-policy.yaml"]:
+    for doc in yaml.safe_load_all(open(path)):
+        walk(doc, path)
+for i, (path, text) in enumerate(found):
+    name = os.path.join(out, f"module-{i}.yaml")
+    open(name, "w").write(text)
+    print(f"{path}\t{name}")
+PY
+) >"$work/module-configs.tsv"
+[ -s "$work/module-configs.tsv" ] || { echo "no module filter_config found" >&2; exit 1; }
+while IFS=$'\t' read -r source config; do
+  "$bin" check-config --module --config "$config" >/dev/null
+  echo "ok: the module filter_config in $source passes certbound check-config --module"
+  passed=$((passed + 1))
+done <"$work/module-configs.tsv"
 
 "$venv/python" - deploy/istio/*.yaml deploy/envoy-gateway/*.yaml <<'PY'
 import sys, yaml

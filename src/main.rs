@@ -41,8 +41,8 @@ struct Cli {
 enum Command {
     /// Serve Envoy's Authorization/Check, health and reflection (the default).
     Serve(ServeArgs),
-    /// Validate a configuration: exit 0, or 64 naming the offending key.
-    CheckConfig(ConfigArg),
+    /// Validate a configuration: exit 0, or 64 naming the offending key (and its line).
+    CheckConfig(CheckConfigArgs),
     /// Print the x5t#S256 thumbprint of a PEM or DER certificate (first of a PEM chain).
     Thumbprint {
         /// Certificate file.
@@ -77,10 +77,14 @@ struct ExplainArgs {
 }
 
 #[derive(Args)]
-struct ConfigArg {
+struct CheckConfigArgs {
     /// Configuration file (YAML).
     #[arg(long, env = "CERTBOUND_CONFIG")]
     config: PathBuf,
+    /// Check it as the Envoy module's `filter_config` instead (keys only the service reads are
+    /// refused; issuers with jwks_uri or discovery need a cluster).
+    #[arg(long)]
+    module: bool,
 }
 
 #[derive(Args)]
@@ -97,16 +101,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => serve(args),
-        Command::CheckConfig(args) => match load(&args.config) {
-            Ok(settings) => {
-                for warning in &settings.warnings {
-                    eprintln!("certbound: warning: {warning}");
+        Command::CheckConfig(args) => {
+            let warnings = if args.module {
+                load_module(&args.config)
+            } else {
+                load(&args.config).map(|settings| settings.warnings)
+            };
+            match warnings {
+                Ok(warnings) => {
+                    for warning in &warnings {
+                        eprintln!("certbound: warning: {warning}");
+                    }
+                    println!("{}: ok", args.config.display());
+                    ExitCode::SUCCESS
                 }
-                println!("{}: ok", args.config.display());
-                ExitCode::SUCCESS
+                Err(code) => code,
             }
-            Err(code) => code,
-        },
+        }
         Command::Thumbprint { file } => thumbprint(&file),
         Command::Explain(args) => explain(args),
     }
@@ -177,6 +188,21 @@ fn load(path: &Path) -> Result<Settings, ExitCode> {
         );
         ExitCode::from(EXIT_BAD_CONFIG)
     })
+}
+
+/// Validates a file as the Envoy module's `filter_config`; its warnings on success.
+fn load_module(path: &Path) -> Result<Vec<String>, ExitCode> {
+    let invalid = |error: &dyn std::fmt::Display| {
+        eprintln!(
+            "certbound: invalid module configuration {}: {error}",
+            path.display()
+        );
+        ExitCode::from(EXIT_BAD_CONFIG)
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(&e))?;
+    certbound_core::config::ModuleSettings::from_yaml(&text)
+        .map(|settings| settings.decision.warnings)
+        .map_err(|e| invalid(&e))
 }
 
 fn thumbprint(file: &Path) -> ExitCode {

@@ -230,3 +230,38 @@ fn serve_fails_with_the_reason_when_the_admin_port_is_busy() {
     );
     drop(busy);
 }
+
+#[test]
+fn check_config_checks_a_module_configuration_as_the_module_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("filter_config.yaml");
+    let module = |yaml: &str| {
+        std::fs::write(&path, yaml).unwrap();
+        certbound(
+            &[
+                "check-config",
+                "--module",
+                "--config",
+                path.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let fetched = "issuers:\n  - issuer: https://idp.example.com\n    audiences: [a]\n    jwks_uri: https://idp.example.com/jwks\n";
+    let output = module(fetched);
+    assert_eq!(output.status.code(), Some(EXIT_USAGE));
+    assert!(
+        stderr(&output).contains("line 2: issuers[0].cluster: required"),
+        "{}",
+        stderr(&output)
+    );
+    let output = module(&format!("{fetched}    cluster: idp\n"));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let output = module(&format!("{fetched}    cluster: idp\nadmin_listen: ''\n"));
+    assert_eq!(output.status.code(), Some(EXIT_USAGE));
+    assert!(
+        stderr(&output).contains("admin_listen: only the ext_authz service"),
+        "{}",
+        stderr(&output)
+    );
+}

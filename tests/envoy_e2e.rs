@@ -274,6 +274,73 @@ async fn xfcc_mode_uses_the_sanitized_header_and_rejects_a_forged_one() {
     }
 }
 
+/// What Envoy Gateway's `clientValidation.mode: Request` amounts to in Envoy: a listener that
+/// trusts a client CA but accepts certificates that do not chain (ACCEPT_UNTRUSTED), with XFCC
+/// SANITIZE_SET. A self-signed client certificate (RFC 8705 §2.2) passes the handshake, reaches
+/// certbound in XFCC, and a token bound to it is accepted; one bound to another is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn xfcc_mode_passes_a_certificate_that_does_not_chain() {
+    let pki = Pki::new("request-mode");
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let upstream = EchoUpstream::start().await;
+    let yaml = format!(
+        "issuers:\n  - issuer: {}\n    audiences: [{}]\n    jwks_uri: {}\ncertificate:\n  sources: [xfcc]\n",
+        idp.issuer,
+        common::AUDIENCE,
+        idp.jwks_uri()
+    );
+    let (_certbound, certbound_addr) = start_certbound(&yaml, pki.dir.path()).await;
+    let ports = EnvoyPorts {
+        listener: free_port(),
+        admin: free_port(),
+        certbound: Some(certbound_addr),
+        upstream: Some(upstream.addr),
+        ..Default::default()
+    };
+    let untrusted = "trust_chain_verification: ACCEPT_UNTRUSTED";
+    let config = envoy_config("xfcc", &ports, &pki).replace(
+        untrusted,
+        &format!(
+            "trusted_ca: {{ filename: {} }}\n                  {untrusted}",
+            pki.path("ca.crt").display()
+        ),
+    );
+    assert!(
+        config.contains("trusted_ca"),
+        "the xfcc config changed shape"
+    );
+    let envoy = start_envoy(&config, &ports, pki.dir.path()).await;
+    let self_signed = ClientCert::self_signed("not-from-the-ca");
+    let from_the_ca = pki.client("client-a");
+    for http in BOTH {
+        for cert in [&self_signed, &from_the_ca] {
+            let client = https_client(&pki, Some(cert), http);
+            let token = signer.sign(&claims(&idp.issuer, Some(&cert.x5t())));
+            let auth = format!("Bearer {token}");
+            let seen = get(&client, ports.listener, http, &[("authorization", &auth)])
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}\n{}", envoy.log()));
+            let upstream = seen.upstream_headers();
+            let xfcc = upstream["x-forwarded-client-cert"].as_str().unwrap();
+            assert!(xfcc.contains("Cert="), "{xfcc}");
+        }
+        // The self-signed certificate with a token bound to the CA client's: refused.
+        let client = https_client(&pki, Some(&self_signed), http);
+        let token = signer.sign(&claims(&idp.issuer, Some(&from_the_ca.x5t())));
+        get(
+            &client,
+            ports.listener,
+            http,
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
+        .unwrap()
+        .assert_invalid_token();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Envoy 1.40: run scripts/test.sh"]
 async fn pki_method_admits_the_ca_clients_only() {

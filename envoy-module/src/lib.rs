@@ -8,8 +8,8 @@
 //! # Layout
 //! - [`abi`]: the C ABI, written by hand (no SDK): types, Envoy's callbacks, the exported hooks,
 //!   safe handles. The only `unsafe` code of the crate.
-//! - [`settings`]: `filter_config` (certbound's YAML) -> the core's settings and the clusters;
-//!   per-route requirements.
+//! - The configuration (`filter_config`, per-route settings) is validated by the core's
+//!   [`certbound_core::config::ModuleSettings`] and [`certbound_core::config::RouteSettings`].
 //! - [`module`]: the filter configuration shared by all workers: policy, key snapshots, token
 //!   cache, and the fetching machinery (main-thread callouts, a timer thread).
 //! - [`keys`]: what to fetch and when, with no I/O (unit-tested).
@@ -24,4 +24,3 @@ mod filter;
 mod keys;
 #[cfg(not(test))]
 mod module;
-mod settings;

@@ -14,8 +14,8 @@ use certbound_core::{AccessRequest, Decision, Policy, TokenCache};
 
 use crate::abi::{self, CalloutResponse, ConfigHandle, ConfigScheduler, Level, StreamWaker};
 use crate::keys::{Fetch, Fetched, Fetches, Step, Waiters};
-use crate::settings::ModuleSettings;
-pub use crate::settings::RouteSettings;
+use certbound_core::config::ModuleSettings;
+pub use certbound_core::config::RouteSettings;
 
 /// The event a parked stream is woken with.
 pub const EVENT_RESUME: u64 = 1;

@@ -1,13 +1,16 @@
 //! Configuration: certbound's one YAML schema ([`FileConfig`]), parsed with errors that point at
 //! the user's line, and validated into what the decision core needs ([`DecisionSettings`]).
-//! Each adapter validates the keys only it understands on top (the service: listeners, TLS,
-//! introspection, ...; the Envoy module: the cluster keys are fetched through).
+//! Each adapter validates the keys only it understands on top: the service its listeners, TLS,
+//! introspection...; the Envoy module's rules ([`ModuleSettings`]) are here, so that the
+//! service's `check-config --module` can check a module configuration too.
 
 mod locate;
+mod module;
 mod schema;
 mod validate;
 
 pub use locate::line_of;
+pub use module::{ModuleSettings, RouteSettings};
 pub use schema::*;
 pub use validate::{DecisionSettings, check_url, resolve};
 
@@ -33,10 +36,16 @@ impl ConfigError {
         }
     }
 
-    /// Points the error at the line of its key in `text`, when it has none yet and can be found.
+    /// Points the error at the line of its key in `text`, when it has none yet and can be found;
+    /// a key that is missing is pointed at the entry it is missing from.
     pub fn locate(mut self, text: &str) -> Self {
-        if self.line.is_none() {
-            self.line = line_of(text, &self.key);
+        let mut path = self.key.as_str();
+        while self.line.is_none() && !path.is_empty() {
+            self.line = line_of(text, path);
+            path = match path.rfind(['.', '[']) {
+                Some(at) => &path[..at],
+                None => "",
+            };
         }
         self
     }
@@ -147,5 +156,7 @@ certificate:
         let text = "issuers:\n  - issuer: x\n    audiences: []\n";
         let error = ConfigError::new("issuers[0].audiences", "empty").locate(text);
         assert_eq!(error.to_string(), "line 3: issuers[0].audiences: empty");
+        let missing = ConfigError::new("issuers[0].cluster", "required").locate(text);
+        assert_eq!(missing.line, Some(2), "a missing key points at its entry");
     }
 }

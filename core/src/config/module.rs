@@ -1,14 +1,16 @@
-//! The module's configuration: certbound's own YAML schema (the `filter_config` string), minus
-//! what only the ext_authz service understands, plus the Envoy cluster each issuer's keys are
-//! fetched through. A key the module cannot honour is refused with a message naming it, so that
-//! Envoy rejects the configuration instead of silently ignoring part of it.
+//! The Envoy module's validation of the schema: certbound's own YAML (the filter's
+//! `filter_config`), minus what only the ext_authz service understands, plus the Envoy cluster
+//! each issuer's keys are fetched through. A key the module cannot honour is refused with a
+//! message naming it, so that Envoy rejects the configuration instead of silently ignoring part of
+//! it. Here (not in the module) so that `certbound check-config --module` can run it too.
 
 use std::collections::HashMap;
 
-use certbound_core::config::{self, ConfigError, DecisionSettings, FileConfig};
-use certbound_core::keys::KeySource;
-use certbound_core::routes::{EXT_BINDING, EXT_GROUPS, EXT_SCOPES};
 use serde::Deserialize;
+
+use super::{ConfigError, DecisionSettings, FileConfig};
+use crate::keys::KeySource;
+use crate::routes::{EXT_BINDING, EXT_GROUPS, EXT_SCOPES};
 
 /// The validated module configuration.
 #[derive(Debug)]
@@ -59,7 +61,7 @@ impl ModuleSettings {
     /// Parses and validates the filter's configuration text. `jwks_file` paths are relative to
     /// Envoy's working directory.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        Self::validate(config::parse(text)?).map_err(|e| e.locate(text))
+        Self::validate(super::parse(text)?).map_err(|e| e.locate(text))
     }
 
     fn validate(file: FileConfig) -> Result<Self, ConfigError> {
@@ -191,6 +193,14 @@ mod tests {
             ModuleSettings::from_yaml(&file).expect("valid").clusters,
             [None]
         );
+    }
+
+    #[test]
+    fn json_is_accepted_as_envoy_gateway_hands_it_over() {
+        let json = r#"{"issuers":[{"issuer":"https://idp.example.com","audiences":["a"],
+            "jwks_uri":"https://idp.example.com/jwks","cluster":"idp"}],"certificate":{"sources":["peer"]}}"#;
+        let settings = ModuleSettings::from_yaml(json).expect("JSON is YAML");
+        assert_eq!(settings.clusters, [Some("idp".to_owned())]);
     }
 
     #[test]
