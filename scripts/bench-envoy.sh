@@ -5,6 +5,8 @@
 #   lua-nocache     Envoy + jwt_authn + Lua binding check (benches/envoy/jwt-authn-lua.yaml)
 #   lua-cache       ... with jwt_authn's jwt_cache_config
 #   certbound-nocache / certbound-cache   Envoy + ext_authz to certbound (deploy/envoy/self-signed.yaml)
+#   module-nocache / module-cache   Envoy + certbound's dynamic module (deploy/envoy/module.yaml,
+#                   keys from the demo JWKS file; token_cache off / on)
 #   floor-grpc / floor-http   reference, not a contender: the same ext_authz filter (gRPC, or
 #                   Envoy's HTTP ext_authz) in front of examples/ext_authz_floor.rs, which allows
 #                   everything at once: the least any ext_authz server can cost Envoy
@@ -25,11 +27,13 @@ REPS=${REPS:-2}
 CONC=${CONC:-32}
 RATE=${RATE:-2000}
 PROTOCOLS=${PROTOCOLS:-"http1 http2"}
-CONFIGS=${CONFIGS:-"none lua-nocache lua-cache certbound-nocache certbound-cache floor-grpc floor-http"}
+CONFIGS=${CONFIGS:-"none lua-nocache lua-cache module-nocache module-cache certbound-nocache certbound-cache floor-grpc floor-http"}
 
 command -v oha >/dev/null || { echo "oha not found: cargo install oha" >&2; exit 1; }
 scripts/install-tools.sh >/dev/null
 cargo build --release --quiet --bin certbound --example demo_material --example ext_authz_floor
+cargo build --release --quiet -p certbound-envoy
+module_dir=$PWD/target/release
 envoy=.venv/bin/envoy
 work=$(mktemp -d)
 pids=()
@@ -136,6 +140,25 @@ none = re.sub(r"\n                  - name: envoy.filters.http.ext_authz\n.*?(?=
 none = re.sub(r"\n                        # Per-route requirements.*?(?=\n                        - match: \{ prefix: \"/\" \})", "", none, flags=re.S)
 assert "name: envoy.filters.http.ext_authz" not in none, none
 open(f"{work}/none.envoy.yaml", "w").write(none)
+# The module: the shipped config, keys from the demo JWKS file (no callouts), cache off or on.
+module = common(open("deploy/envoy/module.yaml").read())
+module = module.replace("address: idp.example.com, port_value: 443", "address: 127.0.0.1, port_value: 1")
+module = module.replace("/etc/ssl/certs/ca-certificates.crt", f"{work}/demo-ca.pem")
+start = module.index("                        value: |\n", module.index("filter_name: certbound"))
+end = module.index("                  - name: envoy.filters.http.router")
+def module_config(entries):
+    yaml = f"""                        value: |
+                          issuers:
+                            - issuer: https://idp.example.com
+                              audiences: [https://api.example.com]
+                              jwks_file: {work}/jwks.json
+                              algorithms: [ES256]
+                          token_cache:
+                            max_entries: {entries}
+"""
+    return module[:start] + yaml + module[end:]
+open(f"{work}/module-nocache.envoy.yaml", "w").write(module_config(0))
+open(f"{work}/module-cache.envoy.yaml", "w").write(module_config(100000))
 lua = common(open("benches/envoy/jwt-authn-lua.yaml").read())
 open(f"{work}/lua-cache.envoy.yaml", "w").write(lua)
 nocache = re.sub(r"\n *jwt_cache_config:\n *jwt_cache_size: \d+", "", lua)
@@ -225,7 +248,7 @@ PY
 
 for rep in $(seq 1 "$REPS"); do
   for name in $CONFIGS; do
-    taskset -c 0 "$envoy" -c "$work/$name.envoy.yaml" --concurrency 1 --disable-hot-restart --log-level error >"$work/envoy.log" 2>&1 &
+    ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$module_dir taskset -c 0 "$envoy" -c "$work/$name.envoy.yaml" --concurrency 1 --disable-hot-restart --log-level error >"$work/envoy.log" 2>&1 &
     envoy_pid=$!
     for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ADMIN/ready" >/dev/null 2>&1 && break; sleep 0.1; done
     check_correct "$name"
