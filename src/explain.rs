@@ -7,7 +7,10 @@ use serde_json::Value;
 
 use crate::check::Checker;
 use crate::grpc::convert;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use certbound_core::clock::{Clock, SystemClock};
+use certbound_core::dpop::{self, DpopPolicy};
 use certbound_core::jwa::Algorithm;
 use certbound_core::{
     AccessRequest, Authorization, Credential, Decision, DenyReason, Outcome, PeerCertificate,
@@ -20,8 +23,34 @@ pub struct ExplainRequest {
     /// PEM (or DER) of the client certificate, if any.
     pub certificate: Option<Vec<u8>>,
     pub method: String,
+    /// `https` unless a URL said otherwise.
+    pub scheme: String,
     pub path: String,
     pub host: String,
+    /// A DPoP proof: the token is presented with the `DPoP` scheme.
+    pub dpop: Option<String>,
+}
+
+/// `(scheme, host[:port], path?query)` of an absolute http(s) URL.
+pub fn split_url(url: &str) -> Result<(String, String, String), String> {
+    let bad = || format!("--url {url:?} is not an absolute http(s) URL");
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let scheme = scheme.to_ascii_lowercase();
+    if !matches!(scheme.as_str(), "http" | "https") {
+        return Err(bad());
+    }
+    let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, path) = rest.split_at(split);
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let path = path.split('#').next().unwrap_or_default();
+    let path = match path {
+        "" => "/".to_owned(),
+        p if p.starts_with('?') => format!("/{p}"),
+        p => p.to_owned(),
+    };
+    Ok((scheme, host.to_owned(), path))
 }
 
 /// The decision and the report lines.
@@ -39,7 +68,6 @@ impl ExplainRequest {
                 let pem = match std::str::from_utf8(bytes) {
                     Ok(text) if text.contains("-----BEGIN") => text.to_owned(),
                     _ => {
-                        use base64::Engine;
                         let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
                         format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
                     }
@@ -50,28 +78,36 @@ impl ExplainRequest {
                 )
             }
         };
+        let scheme = if self.dpop.is_some() {
+            "DPoP"
+        } else {
+            "Bearer"
+        };
         AccessRequest {
-            authorization: Authorization::One(format!("Bearer {}", self.token)),
+            authorization: Authorization::One(format!("{scheme} {}", self.token)),
             peer_certificate,
             method: self.method.clone(),
             path: self.path.clone(),
             host: self.host.clone(),
+            scheme: self.scheme.clone(),
+            dpop_proofs: self.dpop.iter().cloned().collect(),
             ..Default::default()
         }
     }
 }
 
-/// Runs the real check (keys must be loaded) and describes each step.
+/// Runs the real check (keys must be loaded) and describes each step. A DPoP proof is checked
+/// like any other, except that it is not recorded against replay.
 pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
     let request = input.access_request();
-    let decision = checker.check(&request).await;
+    let decision = checker.decide(&request).await;
     let policy = checker.policy();
     let mut out = String::new();
     let now = SystemClock.now();
     let _ = writeln!(
         out,
-        "request: {} {} (host {:?})",
-        input.method, input.path, input.host
+        "request: {} {} (host {:?}, scheme {})",
+        input.method, input.path, input.host, input.scheme
     );
 
     match policy.routes.select(&request) {
@@ -118,6 +154,14 @@ pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
         }
     }
 
+    if let Some(dpop) = &policy.dpop {
+        describe_dpop(&mut out, dpop, &request, &decision, now);
+    } else if input.dpop.is_some() {
+        let _ = writeln!(
+            out,
+            "dpop: not enabled in this configuration (dpop.enabled: false)"
+        );
+    }
     describe_binding(&mut out, policy, &request, &decision);
     if let Some(claims) = &decision.facts.claims {
         let scopes = routes::token_scopes(claims);
@@ -256,6 +300,135 @@ fn describe_claims(out: &mut String, claims: &serde_json::Map<String, Value>, no
             let _ = writeln!(out, "  cnf: absent (token not bound)");
         }
     }
+}
+
+/// The proof's fields next to what the request says, then the first RFC 9449 step that fails.
+fn describe_dpop(
+    out: &mut String,
+    dpop: &DpopPolicy,
+    request: &AccessRequest,
+    decision: &Decision,
+    now: i64,
+) {
+    let Some(proof) = request.dpop_proofs.first() else {
+        let _ = writeln!(
+            out,
+            "dpop: no proof given (--dpop); the token is sent as Bearer"
+        );
+        return;
+    };
+    let htu = certbound_core::policy::request_htu(dpop, request);
+    let _ = writeln!(
+        out,
+        "dpop: proof of {} bytes; request htm {} htu {}",
+        proof.len(),
+        request.method,
+        htu.as_deref().unwrap_or("(not a valid URL)")
+    );
+    let decode = |part: Option<&str>| {
+        part.and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    };
+    let mut parts = proof.split('.');
+    let (header, claims) = (decode(parts.next()), decode(parts.next()));
+    if let Some(header) = &header {
+        let field = |name: &str| header.get(name).map_or("(none)".into(), Value::to_string);
+        let jwk = header.get("jwk").and_then(Value::as_object);
+        let _ = writeln!(
+            out,
+            "  header: typ={} alg={} jwk kty={} crv={} thumbprint={}",
+            field("typ"),
+            field("alg"),
+            jwk.and_then(|j| j.get("kty"))
+                .map_or("(none)".into(), Value::to_string),
+            jwk.and_then(|j| j.get("crv"))
+                .map_or("-".into(), Value::to_string),
+            jwk.and_then(dpop::jwk_thumbprint)
+                .unwrap_or_else(|| "(none)".into()),
+        );
+    }
+    if let Some(claims) = &claims {
+        let field = |name: &str| claims.get(name).map_or("(none)".into(), Value::to_string);
+        let _ = writeln!(out, "  htm: {}  htu: {}", field("htm"), field("htu"));
+        match claims.get("iat").and_then(Value::as_i64) {
+            Some(iat) => {
+                let _ = writeln!(
+                    out,
+                    "  iat: {iat} (now {:+} s; accepted from -{} s to +{} s)",
+                    iat - now,
+                    dpop.max_age_seconds,
+                    dpop.future_seconds
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  iat: {}", field("iat"));
+            }
+        }
+        let token = certbound_core::bearer::credentials(&request.authorization, true)
+            .map(|(_, token)| token)
+            .unwrap_or_default();
+        let ath_matches = claims
+            .get("ath")
+            .and_then(Value::as_str)
+            .is_some_and(|a| a == dpop::access_token_hash(token));
+        let _ = writeln!(
+            out,
+            "  ath: {} ({})",
+            field("ath"),
+            if ath_matches {
+                "matches the token"
+            } else {
+                "does not match the token"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "  jti: {}  nonce: {}",
+            if claims.get("jti").is_some() {
+                "present"
+            } else {
+                "(none)"
+            },
+            field("nonce")
+        );
+    }
+    if header.is_none() || claims.is_none() {
+        let _ = writeln!(out, "  not a compact JWS with JSON header and claims");
+    }
+    let context = dpop::ProofContext {
+        proofs: &request.dpop_proofs,
+        method: &request.method,
+        htu: htu.as_deref().unwrap_or_default(),
+        access_token: certbound_core::bearer::credentials(&request.authorization, true)
+            .map(|(_, token)| token)
+            .unwrap_or_default(),
+        now,
+    };
+    match dpop.verify_proof(&context) {
+        Ok(proof) => {
+            let _ = writeln!(out, "proof check: passed (key thumbprint {})", proof.jkt);
+        }
+        Err(reason) => {
+            let _ = writeln!(out, "proof check: failed ({})", reason.as_str());
+        }
+    }
+    let claimed = decision
+        .facts
+        .claims
+        .as_ref()
+        .and_then(|c| certbound_core::binding::claimed_jkt(c.get("cnf")));
+    match claimed {
+        Some(jkt) => {
+            let _ = writeln!(out, "token cnf.jkt: {jkt}");
+        }
+        None => {
+            let _ = writeln!(out, "token cnf.jkt: absent (the token is not DPoP-bound)");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "replay: not checked by explain (the proof's jti is not recorded)"
+    );
 }
 
 fn describe_binding(

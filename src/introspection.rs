@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -60,6 +61,12 @@ pub enum IntrospectionError {
     Transport(#[from] reqwest::Error),
     #[error("introspection endpoint answered HTTP {0}")]
     Status(u16),
+    /// HTTP 400 `{"error": "unsupported_token_type"}`: the server does not introspect tokens of
+    /// this type (some refuse JWTs they issued).
+    #[error(
+        "introspection endpoint does not introspect this type of token (unsupported_token_type)"
+    )]
+    UnsupportedTokenType,
     #[error(
         "introspection endpoint rejected certbound's client credentials (HTTP {0}): check \
          introspection.client_id and the client secret"
@@ -78,7 +85,13 @@ pub struct Introspector {
     endpoint: ArcSwapOption<String>,
     cache: TtlCache<Arc<Map<String, Value>>>,
     metrics: Arc<Metrics>,
+    /// Until when (Unix seconds) JWTs are verified locally because the endpoint refused to
+    /// introspect one (`unsupported_token_type`).
+    jwts_refused_until: AtomicI64,
 }
+
+/// How long a refusal to introspect JWTs is remembered before the endpoint is asked again.
+pub const JWT_REFUSAL_MEMORY_SECONDS: i64 = 300;
 
 impl Introspector {
     pub fn new(
@@ -94,7 +107,21 @@ impl Introspector {
             endpoint,
             cache,
             metrics,
+            jwts_refused_until: AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// Whether the endpoint refused to introspect a JWT less than
+    /// [`JWT_REFUSAL_MEMORY_SECONDS`] ago (JWTs are then verified locally).
+    pub fn refuses_jwts(&self, now: i64) -> bool {
+        now < self.jwts_refused_until.load(Ordering::Relaxed)
+    }
+
+    /// Remembers that the endpoint refused to introspect a JWT; `true` the first time (for
+    /// one log line per refusal period).
+    pub fn remember_jwts_refused(&self, now: i64) -> bool {
+        let until = now.saturating_add(JWT_REFUSAL_MEMORY_SECONDS);
+        self.jwts_refused_until.swap(until, Ordering::Relaxed) <= now
     }
 
     /// The authorization server's answer for `token` at `now`, cached or fresh.
@@ -173,6 +200,16 @@ impl Introspector {
                 let error = IntrospectionError::CredentialsRejected(status);
                 tracing::error!(%error, "introspection");
                 return Err(error);
+            }
+            400 => {
+                let body = response.bytes().await.unwrap_or_default();
+                let error = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned));
+                return Err(match error.as_deref() {
+                    Some("unsupported_token_type") => IntrospectionError::UnsupportedTokenType,
+                    _ => IntrospectionError::Status(status),
+                });
             }
             _ => return Err(IntrospectionError::Status(status)),
         }

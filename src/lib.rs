@@ -12,6 +12,7 @@
 //! - [`introspection`]: RFC 7662 introspection of opaque tokens, cached by token digest.
 //! - [`check`]: the Check use case: decide (JWT or introspected), and refetch once (bounded) on
 //!   an unknown `kid`.
+//! - [`replay`]: where used DPoP proofs are remembered (memory, or Redis shared by replicas).
 //! - [`decision_log`]: the one-line-per-Check log, formatted without tracing's visitors;
 //!   [`log_writer`]: the batching, lossy writer behind all logs.
 //! - [`metrics`]: the Prometheus metrics; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
@@ -33,4 +34,5 @@ pub mod introspection;
 pub mod keys;
 pub mod log_writer;
 pub mod metrics;
+pub mod replay;
 pub mod server;

@@ -74,6 +74,14 @@ struct ExplainArgs {
     /// The request's host (`:authority`), to select the route rule.
     #[arg(long, default_value = "")]
     host: String,
+    /// The whole request URL (`https://api.example.com/items?page=2`): sets the scheme, host and
+    /// path at once (what a DPoP proof's `htu` is compared with).
+    #[arg(long, conflicts_with_all = ["path", "host"])]
+    url: Option<String>,
+    /// A DPoP proof (RFC 9449), or @FILE: the token is then presented with the `DPoP` scheme
+    /// and the proof is checked step by step (its `jti` is not recorded against replay).
+    #[arg(long)]
+    dpop: Option<String>,
 }
 
 #[derive(Args)]
@@ -129,24 +137,34 @@ fn explain(args: ExplainArgs) -> ExitCode {
         Err(code) => return code,
     };
     let read = |path: &Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
-    let token = match args.token.strip_prefix('@') {
+    let text = |value: &str| match value.strip_prefix('@') {
         Some(path) => read(Path::new(path)).map(|b| String::from_utf8_lossy(&b).trim().to_string()),
-        None => Ok(args.token.trim().to_string()),
+        None => Ok(value.trim().to_string()),
     };
-    let certificate = args.cert.as_deref().map(read).transpose();
-    let (token, certificate) = match (token, certificate) {
-        (Ok(token), Ok(certificate)) => (token, certificate),
-        (Err(error), _) | (_, Err(error)) => {
+    let input = (|| {
+        let token = text(&args.token)?;
+        let certificate = args.cert.as_deref().map(read).transpose()?;
+        let dpop = args.dpop.as_deref().map(text).transpose()?;
+        let (scheme, host, path) = match &args.url {
+            None => ("https".to_owned(), args.host, args.path),
+            Some(url) => certbound::explain::split_url(url)?,
+        };
+        Ok::<_, String>(certbound::explain::ExplainRequest {
+            token,
+            certificate,
+            method: args.method,
+            scheme,
+            path,
+            host,
+            dpop,
+        })
+    })();
+    let request = match input {
+        Ok(request) => request,
+        Err(error) => {
             eprintln!("certbound: {error}");
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
-    };
-    let request = certbound::explain::ExplainRequest {
-        token,
-        certificate,
-        method: args.method,
-        path: args.path,
-        host: args.host,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

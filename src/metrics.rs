@@ -35,6 +35,12 @@ pub struct IssuerResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreResultLabels {
+    pub store: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -67,6 +73,7 @@ pub struct Metrics {
     pub introspection_cache: Family<ResultLabel, Counter>,
     pub token_cache: Family<ResultLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
+    pub replay_checks: Family<StoreResultLabels, Counter>,
     pub log_lines_dropped: Counter,
 }
 
@@ -135,6 +142,13 @@ impl Default for Metrics {
             "Configuration reloads, by result (applied, rejected)",
             config_reloads.clone(),
         );
+        let replay_checks = Family::<StoreResultLabels, Counter>::default();
+        registry.register(
+            "dpop_replay_checks",
+            "DPoP proofs recorded against replay, by store (memory, redis) and result \
+             (first_use, replayed, error)",
+            replay_checks.clone(),
+        );
         let log_lines_dropped = Counter::default();
         registry.register(
             "log_lines_dropped",
@@ -153,6 +167,7 @@ impl Default for Metrics {
             introspection_cache,
             token_cache,
             config_reloads,
+            replay_checks,
             log_lines_dropped,
         }
     }
@@ -180,6 +195,12 @@ impl Metrics {
                 issuer: issuer.to_owned(),
                 result,
             })
+            .inc();
+    }
+
+    pub fn replay_check(&self, store: &'static str, result: &'static str) {
+        self.replay_checks
+            .get_or_create(&StoreResultLabels { store, result })
             .inc();
     }
 

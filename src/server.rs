@@ -17,7 +17,7 @@ use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::check::Checker;
+use crate::check::{Checker, CheckerParts};
 use crate::config::Settings;
 use crate::grpc::pb::FILE_DESCRIPTOR_SET;
 use crate::grpc::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
@@ -25,6 +25,7 @@ use crate::grpc::{AnswerGate, AuthorizationService, CheckConnection};
 use crate::introspection::Introspector;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
+use crate::replay::Replay;
 use certbound_core::clock::{Clock, SystemClock};
 
 type AuthorizationGrpc = AuthorizationServer<AuthorizationService>;
@@ -68,14 +69,17 @@ impl App {
         let http = http_client(settings)?;
         let keys = new_key_store(settings, &http, &clock, &metrics);
         let introspector = new_introspector(settings, &http, &metrics);
-        let checker = Checker::new(
-            settings.policy.clone(),
+        let replay = new_replay(settings)?;
+        let checker = Checker::new(CheckerParts {
+            policy: settings.policy.clone(),
             keys,
             introspector,
-            settings.token_cache(),
-            Arc::clone(&clock),
-            settings.unknown_kid_wait,
-        );
+            token_cache: settings.token_cache(),
+            clock: Arc::clone(&clock),
+            unknown_kid_wait: settings.unknown_kid_wait,
+            replay,
+            metrics: Arc::clone(&metrics),
+        });
         Ok(Arc::new(Self {
             checker: ArcSwap::from_pointee(checker),
             applied: Mutex::new(settings.clone()),
@@ -171,14 +175,22 @@ impl App {
             }
             _ => new_introspector(&settings, &self.http, &self.metrics),
         };
-        let checker = Checker::new(
-            settings.policy.clone(),
-            Arc::clone(&keys),
+        // The replay store outlives reloads that keep its settings: a fresh in-memory store
+        // would forget the proofs already used.
+        let replay = match current.replay() {
+            Some(existing) if applied.replay == settings.replay => Some(Arc::clone(existing)),
+            _ => new_replay(&settings).map_err(|e| format!("{e:#}"))?,
+        };
+        let checker = Checker::new(CheckerParts {
+            policy: settings.policy.clone(),
+            keys: Arc::clone(&keys),
             introspector,
-            settings.token_cache(),
-            Arc::clone(&self.clock),
-            settings.unknown_kid_wait,
-        );
+            token_cache: settings.token_cache(),
+            clock: Arc::clone(&self.clock),
+            unknown_kid_wait: settings.unknown_kid_wait,
+            replay,
+            metrics: Arc::clone(&self.metrics),
+        });
         self.checker.store(Arc::new(checker));
         if !same_keys {
             self.replace_refresh(tokio::spawn(async move { keys.run_refresh().await }));
@@ -213,6 +225,18 @@ fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
         http = http.tls_certs_merge(certs);
     }
     Ok(http.build()?)
+}
+
+fn new_replay(settings: &Settings) -> anyhow::Result<Option<Arc<Replay>>> {
+    settings
+        .replay
+        .as_ref()
+        .map(|replay| {
+            Replay::new(replay)
+                .map(Arc::new)
+                .map_err(anyhow::Error::msg)
+        })
+        .transpose()
 }
 
 fn new_key_store(

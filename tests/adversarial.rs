@@ -863,3 +863,441 @@ fn hex(der: &[u8]) -> String {
 fn leak(s: &str) -> &'static str {
     Box::leak(s.to_string().into_boxed_str())
 }
+
+/// DPoP (RFC 9449) hostile inputs: every broken proof, token and scheme combination gets its
+/// exact reason and RFC 9449 challenge; none is allowed.
+#[tokio::test]
+async fn hostile_dpop_inputs_get_exactly_the_expected_answer_and_no_wrong_allow() {
+    use common::dpop::{DpopKey, ath};
+    const HTU: &str = "https://api.test/api/items";
+    let es = Signer::es256("es");
+    let idp = Idp::start(&[&es]).await;
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "0123456789abcdef0123456789abcdef").unwrap();
+    let plain = Certbound::start(&config_for(&idp, "dpop:\n  enabled: true\n")).await;
+    let nonced = Certbound::start(&config_for(
+        &idp,
+        &format!(
+            "dpop:\n  enabled: true\n  nonce:\n    secret_file: {}\n    lifetime_seconds: 60\n",
+            secret.path().display()
+        ),
+    ))
+    .await;
+    let key = DpopKey::es256();
+    let other = DpopKey::es256();
+    let token = {
+        let mut c = claims(&idp.issuer, None);
+        c["cnf"] = json!({"jkt": key.jkt()});
+        es.sign(&c)
+    };
+    let dpop_req = |token: &str, proof: &str| {
+        request(
+            &[("authorization", &format!("DPoP {token}")), ("dpop", proof)],
+            "",
+        )
+    };
+    let b = || key.build("GET", HTU, &token);
+    let invalid_proof = r#"DPoP error="invalid_dpop_proof""#;
+    let invalid_token = r#"DPoP error="invalid_token""#;
+    let use_nonce = r#"DPoP error="use_dpop_nonce""#;
+    // (name, request, reason, challenge prefix)
+    let mut cases: Vec<(String, CheckRequest, &str, &str)> = Vec::new();
+    let mut add = |name: &str, request: CheckRequest, reason: &'static str, challenge| {
+        cases.push((name.to_string(), request, reason, challenge));
+    };
+    let proof_cases: Vec<(&str, String, &str)> = vec![
+        (
+            "htm POST for GET",
+            key.proof("POST", HTU, &token),
+            "dpop_method_mismatch",
+        ),
+        (
+            "htm lower case",
+            key.proof("get", HTU, &token),
+            "dpop_method_mismatch",
+        ),
+        (
+            "htu another path",
+            key.proof("GET", "https://api.test/api/other", &token),
+            "dpop_url_mismatch",
+        ),
+        (
+            "htu another host",
+            key.proof("GET", "https://evil.test/api/items", &token),
+            "dpop_url_mismatch",
+        ),
+        (
+            "htu http for https",
+            key.proof("GET", "http://api.test/api/items", &token),
+            "dpop_url_mismatch",
+        ),
+        (
+            "htu another port",
+            key.proof("GET", "https://api.test:8443/api/items", &token),
+            "dpop_url_mismatch",
+        ),
+        (
+            "htu relative",
+            key.proof("GET", "/api/items", &token),
+            "dpop_url_mismatch",
+        ),
+        (
+            "htu not a string",
+            b().claim("htu", json!(["https://api.test/api/items"]))
+                .sign(),
+            "dpop_proof_invalid",
+        ),
+        (
+            "iat 301 s old",
+            b().claim("iat", json!(now() - 301)).sign(),
+            "dpop_iat_too_old",
+        ),
+        (
+            "iat 1 day old",
+            b().claim("iat", json!(now() - 86_400)).sign(),
+            "dpop_iat_too_old",
+        ),
+        (
+            "iat 60 s ahead",
+            b().claim("iat", json!(now() + 60)).sign(),
+            "dpop_iat_in_future",
+        ),
+        (
+            "iat a string",
+            b().claim("iat", json!("now")).sign(),
+            "dpop_proof_invalid",
+        ),
+        (
+            "no iat",
+            b().without_claim("iat").sign(),
+            "dpop_proof_invalid",
+        ),
+        (
+            "no jti",
+            b().without_claim("jti").sign(),
+            "dpop_proof_invalid",
+        ),
+        (
+            "empty jti",
+            b().claim("jti", json!("")).sign(),
+            "dpop_proof_invalid",
+        ),
+        (
+            "jti 1 KiB",
+            b().claim("jti", json!("j".repeat(1024))).sign(),
+            "dpop_proof_invalid",
+        ),
+        (
+            "no htm",
+            b().without_claim("htm").sign(),
+            "dpop_proof_invalid",
+        ),
+        (
+            "typ JWT",
+            b().header("typ", json!("JWT")).sign(),
+            "dpop_typ_invalid",
+        ),
+        (
+            "typ DPOP+JWT",
+            b().header("typ", json!("DPOP+JWT")).sign(),
+            "dpop_typ_invalid",
+        ),
+        (
+            "typ at+jwt",
+            b().header("typ", json!("at+jwt")).sign(),
+            "dpop_typ_invalid",
+        ),
+        (
+            "no typ",
+            b().without_header("typ").sign(),
+            "dpop_typ_invalid",
+        ),
+        ("alg none", b().unsigned(), "dpop_alg_not_allowed"),
+        (
+            "alg HS256 keyed with the jwk",
+            b().hmac(),
+            "dpop_alg_not_allowed",
+        ),
+        (
+            "alg ES384 on a P-256 key",
+            b().header("alg", json!("ES384")).sign(),
+            "dpop_jwk_invalid",
+        ),
+        (
+            "alg RS256 on an EC key",
+            b().header("alg", json!("RS256")).sign(),
+            "dpop_jwk_invalid",
+        ),
+        (
+            "private key in the jwk",
+            b().header("jwk", {
+                let mut jwk = key.jwk.clone();
+                jwk["d"] = json!("c2VjcmV0");
+                jwk
+            })
+            .sign(),
+            "dpop_jwk_invalid",
+        ),
+        (
+            "symmetric jwk",
+            b().header("jwk", json!({"kty": "oct", "k": "c2VjcmV0"}))
+                .sign(),
+            "dpop_jwk_invalid",
+        ),
+        (
+            "no jwk",
+            b().without_header("jwk").sign(),
+            "dpop_jwk_invalid",
+        ),
+        (
+            "jwk a string",
+            b().header("jwk", json!("key")).sign(),
+            "dpop_jwk_invalid",
+        ),
+        (
+            "jwk off the curve",
+            b().header("jwk", {
+                let mut jwk = key.jwk.clone();
+                jwk["y"] = jwk["x"].clone();
+                jwk
+            })
+            .sign(),
+            "dpop_jwk_invalid",
+        ),
+        (
+            "another key's jwk in the header",
+            b().header("jwk", other.jwk.clone()).sign(),
+            "dpop_signature_invalid",
+        ),
+        (
+            "crit header",
+            b().header("crit", json!(["exp"])).sign(),
+            "dpop_proof_invalid",
+        ),
+        (
+            "no ath",
+            b().without_claim("ath").sign(),
+            "dpop_ath_mismatch",
+        ),
+        (
+            "ath of another token",
+            b().claim("ath", json!(ath("another"))).sign(),
+            "dpop_ath_mismatch",
+        ),
+        (
+            "ath not base64url",
+            b().claim("ath", json!("!!")).sign(),
+            "dpop_ath_mismatch",
+        ),
+        (
+            "signature cut off",
+            {
+                let p = key.proof("GET", HTU, &token);
+                p[..=p.rfind('.').unwrap()].to_string()
+            },
+            "dpop_signature_invalid",
+        ),
+        (
+            "signature of another proof",
+            {
+                let p = key.proof("GET", HTU, &token);
+                let q = key.proof("GET", HTU, &token);
+                format!(
+                    "{}{}",
+                    &p[..=p.rfind('.').unwrap()],
+                    &q[q.rfind('.').unwrap() + 1..]
+                )
+            },
+            "dpop_signature_invalid",
+        ),
+        (
+            "two parts",
+            "eyJhIjoxfQ.eyJhIjoxfQ".to_string(),
+            "dpop_proof_invalid",
+        ),
+        (
+            "four parts",
+            format!("{}.x", key.proof("GET", HTU, &token)),
+            "dpop_proof_invalid",
+        ),
+        (
+            "not base64",
+            "%%%.%%%.%%%".to_string(),
+            "dpop_proof_invalid",
+        ),
+        (
+            "header not JSON",
+            format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode("x")),
+            "dpop_proof_invalid",
+        ),
+        ("16 KiB proof", "a".repeat(16 * 1024), "dpop_proof_invalid"),
+        (
+            "proof by another key (jkt mismatch)",
+            other.proof("GET", HTU, &token),
+            "dpop_key_mismatch",
+        ),
+        (
+            "two proofs joined by a comma",
+            format!(
+                "{},{}",
+                key.proof("GET", HTU, &token),
+                key.proof("GET", HTU, &token)
+            ),
+            "dpop_proof_invalid",
+        ),
+    ];
+    for (name, proof, reason) in proof_cases {
+        let challenge = if reason == "dpop_key_mismatch" {
+            invalid_token
+        } else {
+            invalid_proof
+        };
+        add(name, dpop_req(&token, &proof), reason, challenge);
+    }
+    // The headers and the scheme.
+    add(
+        "DPoP scheme without a DPoP header",
+        request(&[("authorization", &format!("DPoP {token}"))], ""),
+        "dpop_proof_missing",
+        invalid_proof,
+    );
+    add(
+        "two DPoP headers",
+        raw_request(
+            &[
+                ("authorization", format!("DPoP {token}").as_bytes()),
+                ("dpop", key.proof("GET", HTU, &token).as_bytes()),
+                ("dpop", key.proof("GET", HTU, &token).as_bytes()),
+            ],
+            "",
+        ),
+        "dpop_proof_invalid",
+        invalid_proof,
+    );
+    add(
+        "bound token as Bearer (downgrade)",
+        request(&[("authorization", &format!("Bearer {token}"))], ""),
+        "dpop_downgrade",
+        invalid_token,
+    );
+    add(
+        "bound token as Bearer with its proof (downgrade)",
+        request(
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("dpop", &key.proof("GET", HTU, &token)),
+            ],
+            "",
+        ),
+        "dpop_downgrade",
+        invalid_token,
+    );
+    let unbound = es.sign(&claims(&idp.issuer, None));
+    add(
+        "unbound token with the DPoP scheme",
+        dpop_req(&unbound, &key.proof("GET", HTU, &unbound)),
+        "dpop_token_unbound",
+        invalid_token,
+    );
+    let jkt_of_other = {
+        let mut c = claims(&idp.issuer, None);
+        c["cnf"] = json!({"jkt": other.jkt()});
+        es.sign(&c)
+    };
+    add(
+        "token bound to another key",
+        dpop_req(&jkt_of_other, &key.proof("GET", HTU, &jkt_of_other)),
+        "dpop_key_mismatch",
+        invalid_token,
+    );
+    let forged = {
+        let mut c = claims(&idp.issuer, None);
+        c["cnf"] = json!({"jkt": key.jkt()});
+        Signer::es256("es").sign(&c)
+    };
+    add(
+        "token signed by an attacker's key",
+        dpop_req(&forged, &key.proof("GET", HTU, &forged)),
+        "signature_invalid",
+        invalid_token,
+    );
+    add(
+        "proof presenting another token (ath)",
+        dpop_req(&token, &key.proof("GET", HTU, &unbound)),
+        "dpop_ath_mismatch",
+        invalid_proof,
+    );
+
+    let mut total = 0;
+    let mut wrong_allows = Vec::new();
+    let mut mismatches = Vec::new();
+    let mut check = |name: String, answer: Answer, reason: &str, challenge: &str| {
+        total += 1;
+        if answer.grpc_code == Some(0) {
+            wrong_allows.push(name.clone());
+        }
+        let got = answer
+            .headers
+            .get("www-authenticate")
+            .cloned()
+            .unwrap_or_default();
+        if answer.reason() != reason
+            || answer.http_status != Some(401)
+            || !got.starts_with(challenge)
+            || answer.body != r#"{"message":"unauthorized"}"#
+        {
+            mismatches.push(format!(
+                "{name}: expected {reason} / {challenge}, got {} / {got}",
+                answer.reason()
+            ));
+        }
+    };
+    for (name, request, reason, challenge) in cases {
+        check(name, plain.check(request).await, reason, challenge);
+    }
+    // Replays: a proof accepted once, then refused, also after a failed use.
+    let proof = key.proof("GET", HTU, &token);
+    plain.check(dpop_req(&token, &proof)).await.assert_allowed();
+    for round in 0..3 {
+        let answer = plain.check(dpop_req(&token, &proof)).await;
+        check(
+            format!("replay {round}"),
+            answer,
+            "dpop_replayed",
+            invalid_proof,
+        );
+    }
+    // Nonces: missing, made up, from another secret, stale; each answer offers a fresh one.
+    let foreign = certbound_core::dpop::NonceKeys::new(b"another secret of 32 bytes......", 60);
+    let stale = {
+        let keys = certbound_core::dpop::NonceKeys::new(b"0123456789abcdef0123456789abcdef", 60);
+        keys.issue(now() - 300)
+    };
+    for (name, nonce) in [
+        ("nonce missing", None),
+        ("nonce made up", Some("bm9uY2U".to_string())),
+        ("nonce of another secret", Some(foreign.issue(now()))),
+        ("nonce stale (5 minutes)", Some(stale)),
+        ("nonce empty", Some(String::new())),
+    ] {
+        let proof = match &nonce {
+            None => b().sign(),
+            Some(n) => b().claim("nonce", json!(n)).sign(),
+        };
+        let answer = nonced.check(dpop_req(&token, &proof)).await;
+        assert!(
+            answer.headers.contains_key("dpop-nonce"),
+            "{name}: {answer:?}"
+        );
+        check(name.to_string(), answer, "dpop_nonce_required", use_nonce);
+    }
+    assert!(wrong_allows.is_empty(), "WRONG ALLOWS: {wrong_allows:?}");
+    assert!(
+        mismatches.is_empty(),
+        "{} of {total} cases differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+    assert!(total >= 55, "only {total} cases");
+    eprintln!("adversarial DPoP suite: {total} cases, 0 wrong allows");
+}

@@ -8,6 +8,7 @@
 mod common;
 
 use common::envoy::*;
+use common::external::NodeDpop;
 use common::{ClientCert, Idp, Signer, claims, now};
 use serde_json::json;
 
@@ -60,6 +61,13 @@ impl Stack {
     fn token_for(&self, cert: Option<&ClientCert>) -> String {
         let x5t = cert.map(ClientCert::x5t);
         self.signer.sign(&claims(&self.idp.issuer, x5t.as_deref()))
+    }
+
+    /// A token bound to the DPoP key with this RFC 7638 thumbprint.
+    fn dpop_token(&self, jkt: &str) -> String {
+        let mut claims = claims(&self.idp.issuer, None);
+        claims["cnf"] = json!({"jkt": jkt});
+        self.signer.sign(&claims)
     }
 
     async fn get(&self, cert: Option<&ClientCert>, http: Http, token: Option<&str>) -> Seen {
@@ -474,4 +482,113 @@ async fn envoy_talks_mtls_to_certbound() {
         let seen = get(&client, ports.listener, http, &[]).await.unwrap();
         seen.assert_unauthorized("Bearer");
     }
+}
+
+/// Tokens bound to a DPoP key, checked with proofs from the npm `dpop` package (an independent
+/// RFC 9449 client), through Envoy's shipped self-signed config: no client certificate at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40 and node with the npm dpop package: run scripts/test.sh"]
+async fn dpop_proofs_from_the_npm_dpop_client_through_envoy() {
+    let s = Stack::start("self-signed", "dpop:\n  enabled: true\n").await;
+    let htu = format!("https://127.0.0.1:{}/items", s.port);
+    for alg in ["ES256", "Ed25519", "RS256", "PS256"] {
+        let mut client = NodeDpop::start(alg);
+        let token = s.dpop_token(&client.jkt);
+        let auth = format!("DPoP {token}");
+        for http in BOTH {
+            let proof = client.proof("GET", &htu, &token, None);
+            let headers = [("authorization", auth.as_str()), ("dpop", proof.as_str())];
+            let seen = s.get_with(None, http, &headers).await;
+            assert_eq!(seen.status, 200, "{alg} {http:?}: {seen:?}");
+            assert!(
+                !seen.upstream_headers().contains_key("authorization"),
+                "remove_authorization"
+            );
+            // The same proof again: a replay.
+            let seen = s.get_with(None, http, &headers).await;
+            assert_eq!(seen.status, 401, "{alg} {http:?}: {seen:?}");
+            assert!(
+                seen.www_authenticate
+                    .as_deref()
+                    .is_some_and(|c| c.starts_with(r#"DPoP error="invalid_dpop_proof", algs=""#)),
+                "{seen:?}"
+            );
+            // A proof for another URL.
+            let elsewhere = client.proof("GET", &format!("{htu}/other"), &token, None);
+            let seen = s
+                .get_with(
+                    None,
+                    http,
+                    &[("authorization", &auth), ("dpop", &elsewhere)],
+                )
+                .await;
+            assert_eq!(seen.status, 401, "{seen:?}");
+        }
+        // The bound token without its proof, as a Bearer token: a downgrade.
+        let seen = s.get(None, Http::One, Some(&token)).await;
+        assert_eq!(seen.status, 401, "{seen:?}");
+        assert!(
+            seen.www_authenticate
+                .as_deref()
+                .is_some_and(|c| c.starts_with(r#"DPoP error="invalid_token""#)),
+            "{seen:?}"
+        );
+    }
+    let log = s.certbound.log();
+    assert!(log.contains("dpop_replayed") && log.contains("dpop_downgrade"));
+}
+
+/// Server nonces through Envoy: the `DPoP-Nonce` of the 401 reaches the client, and a proof
+/// carrying it is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40 and node with the npm dpop package: run scripts/test.sh"]
+async fn dpop_nonces_reach_the_client_through_envoy() {
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    const SECRET: &[u8] = b"a shared secret of 32 bytes.....";
+    std::fs::write(secret.path(), SECRET).unwrap();
+    let s = Stack::start(
+        "self-signed",
+        &format!(
+            "dpop:\n  enabled: true\n  nonce:\n    secret_file: {}\n",
+            secret.path().display()
+        ),
+    )
+    .await;
+    let htu = format!("https://127.0.0.1:{}/items", s.port);
+    let mut client = NodeDpop::start("ES256");
+    let token = s.dpop_token(&client.jkt);
+    let auth = format!("DPoP {token}");
+    let proof = client.proof("GET", &htu, &token, None);
+    let seen = s
+        .get_with(
+            None,
+            Http::Two,
+            &[("authorization", &auth), ("dpop", &proof)],
+        )
+        .await;
+    assert_eq!(seen.status, 401, "{seen:?}");
+    assert!(
+        seen.www_authenticate
+            .as_deref()
+            .is_some_and(|c| c.starts_with(r#"DPoP error="use_dpop_nonce""#)),
+        "{seen:?}"
+    );
+    let nonce = seen.dpop_nonce.expect("DPoP-Nonce on the 401");
+    let proof = client.proof("GET", &htu, &token, Some(&nonce));
+    let seen = s
+        .get_with(
+            None,
+            Http::Two,
+            &[("authorization", &auth), ("dpop", &proof)],
+        )
+        .await;
+    assert_eq!(seen.status, 200, "{seen:?}");
+    // A nonce of the previous slot is still accepted, and the allowed answer carries the
+    // current one (ext_authz's response_headers_to_add).
+    let keys = certbound_core::dpop::NonceKeys::new(SECRET, 60);
+    let proof = client.proof("GET", &htu, &token, Some(&keys.issue(now() - 60)));
+    let headers = [("authorization", auth.as_str()), ("dpop", proof.as_str())];
+    let seen = s.get_with(None, Http::One, &headers).await;
+    assert_eq!(seen.status, 200, "{seen:?}");
+    assert_eq!(seen.dpop_nonce, Some(keys.issue(now())), "{seen:?}");
 }

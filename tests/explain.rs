@@ -40,8 +40,10 @@ async fn run(w: &World, token: &str, cert: Option<&ClientCert>, path: &str) -> (
         token: token.into(),
         certificate: cert.map(|c| c.pem.clone().into_bytes()),
         method: "GET".into(),
+        scheme: "https".into(),
         path: path.into(),
         host: "api.test".into(),
+        dpop: None,
     };
     let explanation = explain(&w.checker, &request).await;
     let allowed = matches!(
@@ -342,5 +344,104 @@ async fn the_command_exits_0_for_allow_and_1_for_deny() {
     assert!(
         out.contains("decision: DENY 403 reason scope_missing"),
         "{out}"
+    );
+}
+
+/// `--dpop` and `--url` through the command: each RFC 9449 step is shown and the one that
+/// fails is named; explain never records the proof against replay.
+#[tokio::test]
+async fn a_dpop_proof_is_explained_and_the_failing_step_named() {
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("certbound.yaml");
+    std::fs::write(&config, config_for(&idp, "dpop:\n  enabled: true\n")).unwrap();
+    let key = common::dpop::DpopKey::es256();
+    let mut c = claims(&idp.issuer, None);
+    c["cnf"] = json!({"jkt": key.jkt()});
+    let token = signer.sign(&c);
+    let url = "https://API.example.com:443/items?page=2";
+    let good = key.proof("GET", "https://api.example.com/items", &token);
+    let stale = key
+        .build("GET", "https://api.example.com/items", &token)
+        .claim("iat", json!(now() - 3600))
+        .sign();
+    let wrong_url = key.proof("GET", "https://api.example.com/other", &token);
+    let proof_file = dir.path().join("proof");
+    std::fs::write(&proof_file, &good).unwrap();
+
+    let run = move |proof: String, method: &'static str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_certbound"))
+            .args(["explain", "--config"])
+            .arg(&config)
+            .args([
+                "--token", &token, "--dpop", &proof, "--url", url, "--method", method,
+            ])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let from_file = format!("@{}", proof_file.display());
+    let results = tokio::task::spawn_blocking(move || {
+        [
+            run(good.clone(), "GET"),
+            run(from_file, "GET"),
+            run(stale, "GET"),
+            run(wrong_url, "GET"),
+            run(good, "POST"),
+        ]
+    })
+    .await
+    .unwrap();
+    let [allow, again, stale, wrong_url, post] = results;
+    assert_eq!(allow.0, Some(0), "{}", allow.1);
+    for line in [
+        "request: GET /items?page=2 (host \"API.example.com:443\", scheme https)",
+        "dpop: proof of ",
+        "request htm GET htu https://api.example.com/items",
+        "header: typ=\"dpop+jwt\" alg=\"ES256\" jwk kty=\"EC\" crv=\"P-256\"",
+        "ath: ",
+        "(matches the token)",
+        "proof check: passed (key thumbprint ",
+        "token cnf.jkt: ",
+        "replay: not checked by explain",
+        "decision: ALLOW",
+    ] {
+        assert!(allow.1.contains(line), "missing {line:?} in:\n{}", allow.1);
+    }
+    assert_eq!(
+        again.0,
+        Some(0),
+        "explain does not use up the proof:\n{}",
+        again.1
+    );
+    assert_eq!(stale.0, Some(1));
+    assert!(
+        stale.1.contains("proof check: failed (dpop_iat_too_old)"),
+        "{}",
+        stale.1
+    );
+    assert!(stale.1.contains("(now -360"), "{}", stale.1);
+    assert!(
+        wrong_url
+            .1
+            .contains("proof check: failed (dpop_url_mismatch)"),
+        "{}",
+        wrong_url.1
+    );
+    assert!(
+        post.1
+            .contains("proof check: failed (dpop_method_mismatch)")
+            && post
+                .1
+                .contains("decision: DENY 401 reason dpop_method_mismatch")
+            && post
+                .1
+                .contains("www-authenticate: DPoP error=\"invalid_dpop_proof\""),
+        "{}",
+        post.1
     );
 }

@@ -278,3 +278,54 @@ async fn issuer_and_audience_checks_apply_to_answers() {
         .await
         .assert_invalid_token("audience_mismatch");
 }
+
+/// `introspect_jwts: true` with a server that does not introspect JWTs (400
+/// `unsupported_token_type`): JWTs are verified locally instead (and the server is not asked
+/// again for a while), opaque tokens are still introspected.
+#[tokio::test]
+async fn jwts_the_endpoint_will_not_introspect_are_verified_locally() {
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    idp.refuse_jwts();
+    let cert = ClientCert::self_signed("a");
+    idp.set_answer(OPAQUE, active(&idp, json!({"x5t#S256": cert.x5t()})));
+    let yaml = config_for(&idp, &config(&idp, "  introspect_jwts: true\n"));
+    let certbound = Certbound::start(&yaml).await;
+    let bound = signer.sign(&claims(&idp.issuer, Some(&cert.x5t())));
+    opaque_check(&certbound, &bound, &cert)
+        .await
+        .assert_allowed();
+    assert_eq!(idp.introspection_hits(), 1);
+    // Remembered: the next JWTs are not sent to the endpoint; they are still fully checked.
+    let other = ClientCert::self_signed("b");
+    opaque_check(&certbound, &bound, &other)
+        .await
+        .assert_invalid_token("binding_mismatch");
+    let forged = Signer::es256("k1").sign(&claims(&idp.issuer, Some(&cert.x5t())));
+    opaque_check(&certbound, &forged, &cert)
+        .await
+        .assert_invalid_token("signature_invalid");
+    assert_eq!(idp.introspection_hits(), 1);
+    // Opaque tokens are introspected as before.
+    opaque_check(&certbound, OPAQUE, &cert)
+        .await
+        .assert_allowed();
+    assert_eq!(idp.introspection_hits(), 2);
+}
+
+/// `active: false` for a JWT that verifies locally stays a deny: the answer is authoritative
+/// (the token may be revoked). A log line hints at `introspect_jwts: false` for servers that
+/// answer so for every JWT.
+#[tokio::test]
+async fn an_inactive_answer_for_a_locally_valid_jwt_stays_denied() {
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let cert = ClientCert::self_signed("a");
+    let yaml = config_for(&idp, &config(&idp, "  introspect_jwts: true\n"));
+    let certbound = Certbound::start(&yaml).await;
+    let bound = signer.sign(&claims(&idp.issuer, Some(&cert.x5t())));
+    opaque_check(&certbound, &bound, &cert)
+        .await
+        .assert_invalid_token("token_inactive");
+    assert_eq!(idp.introspection_hits(), 1);
+}

@@ -821,13 +821,102 @@ upstream:
         cases.len(),
         wrong.join("\n")
     );
-    // Every deny reason the module can give is in the table.
+    // Every deny reason the module can give is in the table (DPoP's in the DPoP test's).
     let unreachable = ["request_invalid", "token_inactive", "policy_invalid"];
     for reason in certbound_core::DenyReason::ALL {
         let code = reason.as_str();
         assert!(
-            reasons.contains(code) || unreachable.contains(&code),
+            reasons.contains(code) || unreachable.contains(&code) || code.starts_with("dpop_"),
             "no case for {code}"
         );
     }
+}
+
+/// DPoP in the module, with the in-memory replay store: proofs from the npm `dpop` package, a
+/// replay refused, and server nonces (the 401's `DPoP-Nonce`, and a fresh one added to the
+/// upstream's answer when the client's nonce is from the previous slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40, the built module and node with the npm dpop package: run scripts/test.sh"]
+async fn module_enforces_dpop_with_npm_dpop_proofs() {
+    let k1 = Signer::es256("k1");
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    const SECRET: &[u8] = b"a shared secret of 32 bytes.....";
+    std::fs::write(secret.path(), SECRET).unwrap();
+    let filter_config = format!(
+        "issuers:
+  - issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks_uri: {ISSUER}/.well-known/jwks.json
+    cluster: idp
+    algorithms: [ES256]
+certificate:
+  sources: [peer]
+dpop:
+  enabled: true
+  nonce:
+    secret_file: {}
+policy:
+  reason_header: true
+upstream:
+  remove_authorization: true
+",
+        secret.path().display()
+    );
+    let s = ModuleStack::start(&[&k1], |c| with_filter_config(&c, &filter_config)).await;
+    s.wait_keys_loaded().await;
+    let htu = format!("https://127.0.0.1:{}/items", s.port);
+    let mut client = common::external::NodeDpop::start("ES256");
+    let mut c = claims(None);
+    c["cnf"] = json!({"jkt": client.jkt});
+    let token = k1.sign(&c);
+    let auth = format!("DPoP {token}");
+
+    for http in BOTH {
+        // No nonce yet: 401 use_dpop_nonce with one.
+        let proof = client.proof("GET", &htu, &token, None);
+        let seen = s
+            .get_with(
+                None,
+                http,
+                "/items",
+                &[("authorization", &auth), ("dpop", &proof)],
+            )
+            .await;
+        assert_eq!(seen.status, 401, "{seen:?}");
+        assert!(
+            seen.www_authenticate
+                .as_deref()
+                .is_some_and(|c| c.starts_with(r#"DPoP error="use_dpop_nonce", algs=""#)),
+            "{seen:?}"
+        );
+        let nonce = seen.dpop_nonce.clone().expect("DPoP-Nonce on the 401");
+        // With it: allowed, once.
+        let proof = client.proof("GET", &htu, &token, Some(&nonce));
+        let headers = [("authorization", auth.as_str()), ("dpop", proof.as_str())];
+        let seen = s.get_with(None, http, "/items", &headers).await;
+        assert_eq!(seen.status, 200, "{http:?}: {seen:?}\n{}", s.envoy.log());
+        let seen = s.get_with(None, http, "/items", &headers).await;
+        assert_eq!(seen.status, 401, "a replay: {seen:?}");
+        assert!(
+            seen.www_authenticate
+                .as_deref()
+                .is_some_and(|c| c.starts_with(r#"DPoP error="invalid_dpop_proof""#)),
+            "{seen:?}"
+        );
+        // A nonce of the previous slot still works, and the answer carries the current one.
+        let keys = certbound_core::dpop::NonceKeys::new(SECRET, 60);
+        let proof = client.proof("GET", &htu, &token, Some(&keys.issue(now() - 60)));
+        let seen = s
+            .get_with(
+                None,
+                http,
+                "/items",
+                &[("authorization", &auth), ("dpop", &proof)],
+            )
+            .await;
+        assert_eq!(seen.status, 200, "{seen:?}");
+        assert_eq!(seen.dpop_nonce, Some(keys.issue(now())), "{seen:?}");
+    }
+    assert!(s.counter("checks.decision.deny.reason.dpop_replayed").await >= 2);
+    assert!(s.counter("checks.decision.allow.reason.ok").await >= 2);
 }

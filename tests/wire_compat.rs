@@ -165,6 +165,7 @@ fn our_allow_decodes_with_envoy_types() {
         outcome: Outcome::Allow(Upstream {
             set_headers: vec![("x-certbound-subject".into(), "alice".into())],
             remove_headers: vec!["authorization".into()],
+            response_headers: vec![("dpop-nonce".into(), "n-1".into())],
         }),
         facts: Facts::default(),
     };
@@ -183,6 +184,14 @@ fn our_allow_decodes_with_envoy_types() {
         )]
     );
     assert_eq!(ok.headers_to_remove, ["authorization"]);
+    assert_eq!(
+        header_pairs(&ok.response_headers_to_add),
+        [(
+            "dpop-nonce".into(),
+            "n-1".into(),
+            up_core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+        )]
+    );
     let metadata = response.dynamic_metadata.expect("metadata");
     assert!(metadata.fields.contains_key("decision"));
 }

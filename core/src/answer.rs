@@ -32,6 +32,9 @@ impl Decision {
                 if reason_header {
                     headers.push(("x-certbound-reason", reason.as_str().to_owned()));
                 }
+                if let Some(nonce) = self.facts.dpop.as_ref().and_then(|d| d.nonce.clone()) {
+                    headers.push(("dpop-nonce", nonce));
+                }
                 Some(HttpAnswer {
                     status: self.http_status(),
                     headers,
@@ -68,6 +71,9 @@ impl Decision {
         }
         if let Some(thumbprint) = &facts.thumbprint {
             fields.push(("x5t#S256", thumbprint.as_base64url()));
+        }
+        if let Some(jkt) = facts.dpop.as_ref().and_then(|d| d.jkt.as_deref()) {
+            fields.push(("jkt", jkt));
         }
         fields
     }

@@ -31,12 +31,21 @@ pub enum BearerError {
     Duplicate,
 }
 
-/// Takes the bearer token from the request's `authorization` header.
-///
-/// As the reference: trim, split on whitespace, scheme `bearer` in any case, exactly two parts;
-/// anything else counts as "no token". A comma cannot occur in a token (RFC 6750 `b64token`), so
-/// a comma means Envoy joined two headers.
-pub fn bearer_token(authorization: &Authorization) -> Result<&str, BearerError> {
+/// The authentication scheme a token was presented with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// RFC 6750.
+    Bearer,
+    /// RFC 9449: the token comes with a proof in the `DPoP` header.
+    Dpop,
+}
+
+/// Takes the token and its scheme from the `authorization` header: `Bearer`, and `DPoP` too when
+/// `dpop` is on (both in any case). Otherwise as [`bearer_token`].
+pub fn credentials(
+    authorization: &Authorization,
+    dpop: bool,
+) -> Result<(Scheme, &str), BearerError> {
     let value = match authorization {
         Authorization::Absent => return Err(BearerError::Missing),
         Authorization::Multiple => return Err(BearerError::Duplicate),
@@ -46,9 +55,23 @@ pub fn bearer_token(authorization: &Authorization) -> Result<&str, BearerError> 
         return Err(BearerError::Duplicate);
     }
     match two_words(value) {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token),
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Ok((Scheme::Bearer, token))
+        }
+        Some((scheme, token)) if dpop && scheme.eq_ignore_ascii_case("dpop") => {
+            Ok((Scheme::Dpop, token))
+        }
         _ => Err(BearerError::Missing),
     }
+}
+
+/// Takes the bearer token from the request's `authorization` header.
+///
+/// As the reference: trim, split on whitespace, scheme `bearer` in any case, exactly two parts;
+/// anything else counts as "no token". A comma cannot occur in a token (RFC 6750 `b64token`), so
+/// a comma means Envoy joined two headers.
+pub fn bearer_token(authorization: &Authorization) -> Result<&str, BearerError> {
+    credentials(authorization, false).map(|(_, token)| token)
 }
 
 /// `value.split_whitespace()` when it yields exactly two words. An ASCII value (in practice,
@@ -79,6 +102,21 @@ fn two_words(value: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dpop_scheme_is_read_only_when_enabled() {
+        let dpop = Authorization::One("DPoP abc".into());
+        assert_eq!(credentials(&dpop, true), Ok((Scheme::Dpop, "abc")));
+        assert_eq!(
+            credentials(&Authorization::One("dpop abc".into()), true),
+            Ok((Scheme::Dpop, "abc"))
+        );
+        assert_eq!(credentials(&dpop, false), Err(BearerError::Missing));
+        assert_eq!(
+            credentials(&Authorization::One("Bearer abc".into()), true),
+            Ok((Scheme::Bearer, "abc"))
+        );
+    }
 
     fn parse(value: &str) -> Result<&str, BearerError> {
         // Leak is fine in a test: it keeps the borrow simple.

@@ -25,14 +25,23 @@ pub type CertificateOutcome = Result<Option<Thumbprint>, CertificateError>;
 /// Checks the binding in the reference order; the first failure wins:
 /// certificate absent -> certificate not decodable -> no `cnf` -> `cnf` a string that is not JSON
 /// -> `cnf` not an object -> no non-empty string `x5t#S256` -> mismatch (constant time).
+///
+/// `dpop_bound`: the token's `cnf.jkt` named the key of a verified DPoP proof. Such a token is
+/// bound (for `required`), and its certificate binding is checked only when it has one too.
 pub fn check(
     mode: BindingMode,
     certificate: &CertificateOutcome,
     cnf: Option<&Value>,
+    dpop_bound: bool,
 ) -> Result<(), DenyReason> {
     match mode {
         BindingMode::Disabled => Ok(()),
         BindingMode::WhenPresent if claimed_thumbprint(cnf).is_err() => Ok(()),
+        BindingMode::Required
+            if dpop_bound && claimed_thumbprint(cnf) == Err(DenyReason::X5tMissing) =>
+        {
+            Ok(())
+        }
         BindingMode::WhenPresent | BindingMode::Required => {
             let thumbprint = match certificate {
                 Ok(Some(thumbprint)) => thumbprint,
@@ -46,6 +55,23 @@ pub fn check(
                 Err(DenyReason::BindingMismatch)
             }
         }
+    }
+}
+
+/// The `jkt` (RFC 9449 §6) a token's `cnf` claims, if it is a well-formed `cnf` with a non-empty
+/// string `jkt`. A malformed `cnf` is reported by the certificate check, in the reference order.
+pub fn claimed_jkt(cnf: Option<&Value>) -> Option<String> {
+    let parsed;
+    let object = match cnf? {
+        Value::String(text) => {
+            parsed = serde_json::from_str::<Value>(text).ok()?;
+            &parsed
+        }
+        other => other,
+    };
+    match object.get("jkt") {
+        Some(Value::String(jkt)) if !jkt.is_empty() => Some(jkt.clone()),
+        _ => None,
     }
 }
 
@@ -79,7 +105,37 @@ mod tests {
     }
 
     fn required(certificate: &CertificateOutcome, cnf: Value) -> Result<(), DenyReason> {
-        check(BindingMode::Required, certificate, Some(&cnf))
+        check(BindingMode::Required, certificate, Some(&cnf), false)
+    }
+
+    #[test]
+    fn a_dpop_bound_token_counts_as_bound_and_a_doubly_bound_one_needs_both() {
+        let jkt_only = json!({"jkt": "abc"});
+        assert_eq!(
+            check(BindingMode::Required, &Ok(None), Some(&jkt_only), true),
+            Ok(())
+        );
+        assert_eq!(
+            check(BindingMode::Required, &Ok(None), Some(&jkt_only), false),
+            Err(DenyReason::CertMissing)
+        );
+        let both = json!({"jkt": "abc", "x5t#S256": VECTOR});
+        assert_eq!(
+            check(BindingMode::Required, &Ok(None), Some(&both), true),
+            Err(DenyReason::CertMissing)
+        );
+        assert_eq!(
+            check(BindingMode::Required, &cert(), Some(&both), true),
+            Ok(())
+        );
+        assert_eq!(claimed_jkt(Some(&both)).as_deref(), Some("abc"));
+        assert_eq!(
+            claimed_jkt(Some(&json!(r#"{"jkt":"s"}"#))).as_deref(),
+            Some("s")
+        );
+        assert_eq!(claimed_jkt(Some(&json!({"jkt": ""}))), None);
+        assert_eq!(claimed_jkt(Some(&json!("not json"))), None);
+        assert_eq!(claimed_jkt(None), None);
     }
 
     #[test]
@@ -105,7 +161,7 @@ mod tests {
             Err(DenyReason::CertInvalid)
         );
         assert_eq!(
-            check(BindingMode::Required, &cert(), None),
+            check(BindingMode::Required, &cert(), None, false),
             Err(DenyReason::CnfMissing)
         );
         assert_eq!(required(&cert(), Value::Null), Err(DenyReason::CnfMissing));
@@ -140,19 +196,23 @@ mod tests {
     #[test]
     fn certificate_problems_come_before_cnf_problems() {
         assert_eq!(
-            check(BindingMode::Required, &Ok(None), None),
+            check(BindingMode::Required, &Ok(None), None, false),
             Err(DenyReason::CertMissing)
         );
     }
 
     #[test]
     fn when_present_skips_unbound_tokens_only() {
-        assert_eq!(check(BindingMode::WhenPresent, &Ok(None), None), Ok(()));
+        assert_eq!(
+            check(BindingMode::WhenPresent, &Ok(None), None, false),
+            Ok(())
+        );
         assert_eq!(
             check(
                 BindingMode::WhenPresent,
                 &Ok(None),
-                Some(&json!({"x5t#S256": VECTOR}))
+                Some(&json!({"x5t#S256": VECTOR})),
+                false
             ),
             Err(DenyReason::CertMissing)
         );
@@ -160,7 +220,8 @@ mod tests {
             check(
                 BindingMode::WhenPresent,
                 &cert(),
-                Some(&json!({"x5t#S256": "wrong"}))
+                Some(&json!({"x5t#S256": "wrong"})),
+                false
             ),
             Err(DenyReason::BindingMismatch)
         );
@@ -168,6 +229,6 @@ mod tests {
 
     #[test]
     fn disabled_checks_nothing() {
-        assert_eq!(check(BindingMode::Disabled, &Ok(None), None), Ok(()));
+        assert_eq!(check(BindingMode::Disabled, &Ok(None), None, false), Ok(()));
     }
 }

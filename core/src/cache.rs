@@ -19,6 +19,10 @@ pub fn token_key(token: &str) -> TokenKey {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The cache is full of live entries and must not forget any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full;
+
 /// Most shards a cache is split into.
 const MAX_SHARDS: usize = 16;
 /// Fewest entries per shard: small caches keep one shard (and exact oldest-first eviction).
@@ -117,6 +121,43 @@ impl<V: Clone> TtlCache<V> {
         }
     }
 
+    /// Stores `value` only if no live entry has this key: `Ok(true)` when stored (the first
+    /// use), `Ok(false)` when one is there. A full shard never evicts a live entry here
+    /// (`Err(Full)`): a replay store that forgot could be replayed against.
+    pub fn insert_new(
+        &self,
+        key: TokenKey,
+        value: V,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, Full> {
+        let mut shard = self.shard(&key);
+        if shard.entries.get(&key).is_some_and(|e| e.expires_at > now) {
+            return Ok(false);
+        }
+        if !shard.entries.contains_key(&key) && shard.entries.len() >= shard.capacity {
+            if shard.swept_at < now {
+                shard.swept_at = now;
+                shard.entries.retain(|_, e| e.expires_at > now);
+            }
+            if shard.entries.len() >= shard.capacity {
+                return Err(Full);
+            }
+        }
+        if shard
+            .entries
+            .insert(key, Entry { value, expires_at })
+            .is_none()
+        {
+            shard.order.push_back(key);
+        }
+        if shard.order.len() > shard.capacity.saturating_mul(2) {
+            let Shard { entries, order, .. } = &mut *shard;
+            order.retain(|k| entries.contains_key(k));
+        }
+        Ok(true)
+    }
+
     pub fn len(&self) -> usize {
         self.shards
             .iter()
@@ -190,6 +231,18 @@ mod tests {
         }
         assert_eq!(cache.len(), 100_000);
         assert_eq!(TtlCache::<u8>::new(3).shards.len(), 1);
+    }
+
+    #[test]
+    fn insert_new_stores_once_and_never_forgets_a_live_entry() {
+        let cache = TtlCache::new(2);
+        assert_eq!(cache.insert_new(token_key("a"), (), 100, 0), Ok(true));
+        assert_eq!(cache.insert_new(token_key("a"), (), 100, 50), Ok(false));
+        assert_eq!(cache.insert_new(token_key("b"), (), 10, 0), Ok(true));
+        assert_eq!(cache.insert_new(token_key("c"), (), 100, 5), Err(Full));
+        // Once "b" expired, there is room again; "a" after its expiry is new again.
+        assert_eq!(cache.insert_new(token_key("c"), (), 100, 11), Ok(true));
+        assert_eq!(cache.insert_new(token_key("a"), (), 200, 100), Ok(true));
     }
 
     #[test]

@@ -69,6 +69,40 @@ deny_reasons! {
     GroupMissing => "group_missing",
     /// The route's policy cannot be applied (a bad `context_extensions` value): fail closed.
     PolicyInvalid => "policy_invalid",
+    /// `Authorization: DPoP` without a `DPoP` proof header.
+    DpopProofMissing => "dpop_proof_missing",
+    /// More than one `DPoP` header, or a proof that is not a compact JWS with the required
+    /// claims (`jti`, `htm`, `htu`, `iat`).
+    DpopProofInvalid => "dpop_proof_invalid",
+    /// The proof's `typ` is not `dpop+jwt`.
+    DpopTypInvalid => "dpop_typ_invalid",
+    /// The proof's `alg` is not one of `dpop.algorithms` (never `none` or MAC).
+    DpopAlgNotAllowed => "dpop_alg_not_allowed",
+    /// The proof's `jwk` is missing, not a usable public key, carries private members, or does
+    /// not fit its `alg`.
+    DpopJwkInvalid => "dpop_jwk_invalid",
+    DpopSignatureInvalid => "dpop_signature_invalid",
+    /// `htm` is not the request's method.
+    DpopMethodMismatch => "dpop_method_mismatch",
+    /// `htu` is not the request's URI (normalised, without query and fragment).
+    DpopUrlMismatch => "dpop_url_mismatch",
+    /// `iat` is older than `dpop.max_age_seconds`.
+    DpopIatTooOld => "dpop_iat_too_old",
+    /// `iat` is further in the future than `dpop.leeway_seconds`.
+    DpopIatInFuture => "dpop_iat_in_future",
+    /// `ath` is missing or is not the hash of the access token.
+    DpopAthMismatch => "dpop_ath_mismatch",
+    /// Nonces are required and the proof has none, or a stale one: the answer carries a fresh
+    /// `DPoP-Nonce`.
+    DpopNonceRequired => "dpop_nonce_required",
+    /// The proof's `jti` was already used with this key within its window.
+    DpopReplayed => "dpop_replayed",
+    /// The token's `cnf.jkt` does not name the proof's key.
+    DpopKeyMismatch => "dpop_key_mismatch",
+    /// `Authorization: DPoP` with a token that is not DPoP-bound (no `cnf.jkt`).
+    DpopTokenUnbound => "dpop_token_unbound",
+    /// A DPoP-bound token presented with the `Bearer` scheme (RFC 9449 §7.2).
+    DpopDowngrade => "dpop_downgrade",
 }
 
 impl DenyReason {
@@ -81,6 +115,27 @@ impl DenyReason {
     pub fn is_forbidden(self) -> bool {
         matches!(self, DenyReason::ScopeMissing | DenyReason::GroupMissing)
     }
+
+    /// A fault of the DPoP proof itself (RFC 9449 §7.1 `invalid_dpop_proof`), not of the token
+    /// or its binding (`invalid_token`).
+    pub fn is_dpop_proof(self) -> bool {
+        use DenyReason::*;
+        matches!(
+            self,
+            DpopProofMissing
+                | DpopProofInvalid
+                | DpopTypInvalid
+                | DpopAlgNotAllowed
+                | DpopJwkInvalid
+                | DpopSignatureInvalid
+                | DpopMethodMismatch
+                | DpopUrlMismatch
+                | DpopIatTooOld
+                | DpopIatInFuture
+                | DpopAthMismatch
+                | DpopReplayed
+        )
+    }
 }
 
 /// Why no decision could be made: the response is 503 and Envoy's failure mode applies.
@@ -92,6 +147,8 @@ pub enum UnavailableReason {
     IntrospectionUnavailable,
     /// `limits.max_concurrent_checks` checks are already being decided.
     Overloaded,
+    /// The shared DPoP replay store (Redis) did not answer: a proof cannot be checked unused.
+    ReplayStoreUnavailable,
 }
 
 impl UnavailableReason {
@@ -100,6 +157,7 @@ impl UnavailableReason {
             UnavailableReason::KeysUnavailable => "keys_unavailable",
             UnavailableReason::IntrospectionUnavailable => "introspection_unavailable",
             UnavailableReason::Overloaded => "overloaded",
+            UnavailableReason::ReplayStoreUnavailable => "replay_store_unavailable",
         }
     }
 }
@@ -112,6 +170,8 @@ pub struct Upstream {
     /// Headers to strip: mapped headers whose claim is absent (so a client cannot supply them),
     /// and `authorization` when configured.
     pub remove_headers: Vec<String>,
+    /// Headers for the client's response (a fresh `DPoP-Nonce`).
+    pub response_headers: Vec<(String, String)>,
 }
 
 /// The outcome of one check.
@@ -144,6 +204,23 @@ pub struct Facts {
     pub token_cache: Option<bool>,
     /// Whether this decision checked a signature (the expensive step a cache hit skips).
     pub signature_checked: bool,
+    /// DPoP, when enabled: what the challenge and the replay store need.
+    pub dpop: Option<DpopFacts>,
+}
+
+/// What a decision learnt about DPoP.
+#[derive(Clone, Debug, Default)]
+pub struct DpopFacts {
+    /// The request used `Authorization: DPoP` (the challenge answers in that scheme).
+    pub scheme: bool,
+    /// The accepted proof algorithms, for the challenge's `algs`.
+    pub algs: Arc<str>,
+    /// The verified proof's record against replay: the adapter stores it before allowing.
+    pub replay: Option<crate::dpop::ReplayKey>,
+    /// The verified proof's key thumbprint (`cnf.jkt`), for logs and metadata.
+    pub jkt: Option<String>,
+    /// A fresh server nonce for a `DPoP-Nonce` header.
+    pub nonce: Option<String>,
 }
 
 impl Facts {
@@ -193,23 +270,68 @@ impl Decision {
         }
     }
 
-    /// The RFC 6750 `WWW-Authenticate` challenge of a deny.
+    /// The `WWW-Authenticate` challenge of a deny: RFC 6750's `Bearer`, or RFC 9449's `DPoP`
+    /// (with `algs`) when the request used the DPoP scheme or its token is DPoP-bound. With DPoP
+    /// enabled, a request without credentials is offered both schemes.
     pub fn challenge(&self) -> Option<String> {
         let Outcome::Deny(reason) = &self.outcome else {
             return None;
         };
-        Some(if reason.is_missing_credentials() {
-            "Bearer".to_string()
-        } else if reason.is_forbidden() && !self.facts.missing_scopes.is_empty() {
-            format!(
-                r#"Bearer error="insufficient_scope", scope="{}""#,
-                self.facts.missing_scopes.join(" ")
-            )
-        } else if reason.is_forbidden() {
-            r#"Bearer error="insufficient_scope""#.to_string()
+        let dpop = self.facts.dpop.as_ref();
+        if reason.is_missing_credentials() {
+            return Some(match dpop {
+                Some(dpop) => format!(r#"Bearer, DPoP algs="{}""#, dpop.algs),
+                None => "Bearer".to_string(),
+            });
+        }
+        let error = if reason.is_forbidden() {
+            match self.facts.missing_scopes.as_slice() {
+                [] => r#"error="insufficient_scope""#.to_string(),
+                missing => format!(
+                    r#"error="insufficient_scope", scope="{}""#,
+                    missing.join(" ")
+                ),
+            }
+        } else if *reason == DenyReason::DpopNonceRequired {
+            r#"error="use_dpop_nonce""#.to_string()
+        } else if reason.is_dpop_proof() {
+            r#"error="invalid_dpop_proof""#.to_string()
         } else {
-            r#"Bearer error="invalid_token""#.to_string()
+            r#"error="invalid_token""#.to_string()
+        };
+        let in_dpop = dpop.is_some_and(|d| {
+            d.scheme || matches!(reason, DenyReason::DpopDowngrade) || reason.is_dpop_proof()
+        });
+        Some(match dpop {
+            Some(dpop) if in_dpop || *reason == DenyReason::DpopNonceRequired => {
+                format!(r#"DPoP {error}, algs="{}""#, dpop.algs)
+            }
+            _ => format!("Bearer {error}"),
         })
+    }
+
+    /// The replay record of an allowed request's verified DPoP proof: store it before allowing.
+    pub fn replay_key(&self) -> Option<crate::dpop::ReplayKey> {
+        match self.outcome {
+            Outcome::Allow(_) => self.facts.dpop.as_ref()?.replay,
+            _ => None,
+        }
+    }
+
+    /// Applies the replay store's answer: a proof seen before is refused (`dpop_replayed`), and
+    /// when the store cannot say, nothing is accepted unchecked (503).
+    pub fn after_replay_check(
+        mut self,
+        result: Result<bool, crate::replay::ReplayError>,
+    ) -> Decision {
+        match result {
+            Ok(true) => {}
+            Ok(false) => self.outcome = Outcome::Deny(DenyReason::DpopReplayed),
+            Err(_) => {
+                self.outcome = Outcome::Unavailable(UnavailableReason::ReplayStoreUnavailable)
+            }
+        }
+        self
     }
 
     /// The stable reason code of a deny or unavailable outcome, `"ok"` for an allow.

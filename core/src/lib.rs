@@ -13,7 +13,8 @@
 //!   header, forwarded certificates and their RFC 8705 thumbprints, `x-forwarded-client-cert`.
 //! - [`keys`]: JWKS documents parsed into immutable [`keys::KeySet`] snapshots.
 //! - [`token`]: JWT verification against a key snapshot (RFC 9068, RFC 8725 rules).
-//! - [`binding`]: the `cnf` binding check.
+//! - [`binding`]: the `cnf` binding check (RFC 8705 `x5t#S256`); [`dpop`]: RFC 9449 proofs,
+//!   thumbprints and nonces; [`replay`]: the in-memory replay store and the trait for others.
 //! - [`routes`]: route rules, scopes and groups.
 //! - [`policy`]: the validated [`Policy`] and the decision over it.
 //! - [`decision`]: [`Decision`], its deny reasons and outcomes; [`answer`]: what it answers.
@@ -29,9 +30,11 @@ pub mod certificate;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub mod dpop;
 pub mod jwa;
 pub mod keys;
 pub mod policy;
+pub mod replay;
 pub mod request;
 pub mod routes;
 pub mod token;
@@ -41,7 +44,7 @@ pub mod xfcc;
 pub use bearer::Authorization;
 pub use binding::{BindingMode, CertificateOutcome};
 pub use certificate::Thumbprint;
-pub use decision::{Decision, DenyReason, Facts, Outcome, UnavailableReason, Upstream};
+pub use decision::{Decision, DenyReason, DpopFacts, Facts, Outcome, UnavailableReason, Upstream};
 pub use policy::{Credential, IntrospectionPolicy, KeyLookup, Policy, UpstreamPolicy};
 pub use request::{AccessRequest, CertificateSource, PeerCertificate};
 pub use routes::{Requirements, RoutePolicy, Rule};

@@ -4,10 +4,13 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::bearer;
+use crate::bearer::{self, Scheme};
 use crate::binding::{self, BindingMode, CertificateOutcome};
 use crate::certificate::{self, Thumbprint};
-use crate::decision::{Decision, DenyReason, Facts, Outcome, UnavailableReason, Upstream};
+use crate::decision::{
+    Decision, DenyReason, DpopFacts, Facts, Outcome, UnavailableReason, Upstream,
+};
+use crate::dpop::{self, DpopPolicy};
 use crate::keys::KeySet;
 use crate::request::{AccessRequest, CertificateSource, PeerCertificate};
 use crate::routes::{self, Requirements, RoutePolicy};
@@ -64,6 +67,8 @@ pub struct Policy {
     pub reason_header: bool,
     /// Thumbprints of certificates already decoded (shared by clones of this policy).
     pub certificates: Arc<certificate::CertificateCache>,
+    /// DPoP (RFC 9449), when enabled.
+    pub dpop: Option<Arc<DpopPolicy>>,
 }
 
 /// The key snapshots the core reads; the key store implements it.
@@ -98,10 +103,12 @@ impl Policy {
         {
             return Err(DenyReason::HeaderTooLarge);
         }
-        let token = bearer::bearer_token(&request.authorization).map_err(|e| match e {
-            bearer::BearerError::Missing => DenyReason::TokenMissing,
-            bearer::BearerError::Duplicate => DenyReason::AuthorizationDuplicate,
-        })?;
+        let (_, token) = bearer::credentials(&request.authorization, self.dpop.is_some()).map_err(
+            |e| match e {
+                bearer::BearerError::Missing => DenyReason::TokenMissing,
+                bearer::BearerError::Duplicate => DenyReason::AuthorizationDuplicate,
+            },
+        )?;
         if token.len() > self.max_token_bytes {
             return Err(DenyReason::TokenTooLarge);
         }
@@ -130,6 +137,9 @@ impl Policy {
         self.finish(request, |facts, requirements| {
             let token = match self.credential(request)? {
                 Credential::Jwt(token) => token,
+                // A JWT sent to introspection (`introspect_jwts`) that the caller verifies here
+                // instead: the endpoint said it does not introspect JWTs.
+                Credential::Introspect(token) if token::looks_like_jwt(token) => token,
                 // The caller introspects these; without an answer there is nothing to accept.
                 Credential::Introspect(_) => return Err(DenyReason::TokenMalformed.into()),
             };
@@ -137,7 +147,7 @@ impl Policy {
                 Some(cache) => self.verify_jwt_cached(keys, cache, token, now, facts)?,
                 None => self.verify_jwt(keys, token, now, facts)?,
             };
-            self.authorize(request, requirements, claims, facts)
+            self.authorize(request, requirements, token, claims, now, facts)
         })
     }
 
@@ -150,6 +160,9 @@ impl Policy {
         now: i64,
     ) -> Decision {
         self.finish(request, |facts, requirements| {
+            let token = match self.credential(request)? {
+                Credential::Jwt(token) | Credential::Introspect(token) => token,
+            };
             let default = IntrospectionPolicy::default();
             let policy = self.introspection.as_ref().unwrap_or(&default);
             if answer.get("active") != Some(&Value::Bool(true)) {
@@ -158,7 +171,7 @@ impl Policy {
             facts.issuer = answer.get("iss").and_then(Value::as_str).map(str::to_owned);
             facts.claims = Some(Arc::clone(answer));
             token::check_introspected(answer, policy, now, self.leeway_seconds)?;
-            self.authorize(request, requirements, Arc::clone(answer), facts)
+            self.authorize(request, requirements, token, Arc::clone(answer), now, facts)
         })
     }
 
@@ -170,6 +183,15 @@ impl Policy {
         decide: impl FnOnce(&mut Facts, &Requirements) -> Result<Upstream, Refusal>,
     ) -> Decision {
         let mut facts = Facts::default();
+        if let Some(dpop) = &self.dpop {
+            let scheme = bearer::credentials(&request.authorization, true)
+                .is_ok_and(|(scheme, _)| scheme == Scheme::Dpop);
+            facts.dpop = Some(DpopFacts {
+                scheme,
+                algs: Arc::clone(&dpop.algs),
+                ..DpopFacts::default()
+            });
+        }
         let routed = self
             .routes
             .select(request)
@@ -290,7 +312,9 @@ impl Policy {
         &self,
         request: &AccessRequest,
         requirements: &Requirements,
+        token: &str,
         claims: Arc<Map<String, Value>>,
+        now: i64,
         facts: &mut Facts,
     ) -> Result<Upstream, Refusal> {
         if !requirements.issuers.is_empty()
@@ -306,13 +330,17 @@ impl Policy {
         {
             return Err(DenyReason::AudienceNotAllowed.into());
         }
+        let dpop_bound = match &self.dpop {
+            Some(dpop) => self.check_dpop(dpop, request, token, claims.get("cnf"), now, facts)?,
+            None => false,
+        };
         let mode = requirements.binding.unwrap_or(self.binding);
         if mode != BindingMode::Disabled {
             let certificate = self.client_certificate(request, facts);
             if let Ok(Some(thumbprint)) = certificate {
                 facts.thumbprint = Some(thumbprint);
             }
-            binding::check(mode, &certificate, claims.get("cnf"))?;
+            binding::check(mode, &certificate, claims.get("cnf"), dpop_bound)?;
         }
         let missing = routes::missing_scopes(requirements, &claims);
         if !missing.is_empty() {
@@ -322,7 +350,62 @@ impl Policy {
         if !routes::groups_satisfied(requirements, &claims, &self.routes.groups_claim) {
             return Err(DenyReason::GroupMissing.into());
         }
-        Ok(self.upstream_for(&claims))
+        let mut upstream = self.upstream_for(&claims);
+        if let Some(nonce) = facts.dpop.as_ref().and_then(|d| d.nonce.clone()) {
+            upstream.response_headers.push(("dpop-nonce".into(), nonce));
+        }
+        Ok(upstream)
+    }
+
+    /// RFC 9449 for one request: a DPoP-bound token (`cnf.jkt`) must come with the DPoP scheme
+    /// and a valid proof by the key it names; the DPoP scheme needs such a token. Returns whether
+    /// the token is bound by a verified proof.
+    fn check_dpop(
+        &self,
+        dpop: &DpopPolicy,
+        request: &AccessRequest,
+        token: &str,
+        cnf: Option<&Value>,
+        now: i64,
+        facts: &mut Facts,
+    ) -> Result<bool, Refusal> {
+        let scheme = facts.dpop.as_ref().is_some_and(|d| d.scheme);
+        match (scheme, binding::claimed_jkt(cnf)) {
+            (false, None) => Ok(false),
+            (false, Some(_)) => Err(DenyReason::DpopDowngrade.into()),
+            (true, None) => Err(DenyReason::DpopTokenUnbound.into()),
+            (true, Some(jkt)) => {
+                let htu = request_htu(dpop, request).ok_or(DenyReason::DpopUrlMismatch)?;
+                let context = dpop::ProofContext {
+                    proofs: &request.dpop_proofs,
+                    method: &request.method,
+                    htu: &htu,
+                    access_token: token,
+                    now,
+                };
+                let dpop_facts = facts.dpop.get_or_insert_with(DpopFacts::default);
+                let proof = match dpop.verify_proof(&context) {
+                    Ok(proof) => proof,
+                    Err(DenyReason::DpopNonceRequired) => {
+                        dpop_facts.nonce = dpop.nonces.as_ref().map(|keys| keys.issue(now));
+                        return Err(DenyReason::DpopNonceRequired.into());
+                    }
+                    Err(reason) => return Err(reason.into()),
+                };
+                dpop_facts.jkt = Some(proof.jkt.clone());
+                if !dpop::jkt_matches(&jkt, &proof.jkt) {
+                    return Err(DenyReason::DpopKeyMismatch.into());
+                }
+                dpop_facts.replay = Some(proof.replay);
+                // A nonce from the previous slot still works; hand out the current one.
+                if let (Some(keys), Some(nonce)) = (&dpop.nonces, &proof.nonce)
+                    && keys.is_aging(nonce, now)
+                {
+                    dpop_facts.nonce = Some(keys.issue(now));
+                }
+                Ok(true)
+            }
+        }
     }
 
     /// An anonymous route: nothing is verified, so no claim header may reach the upstream.
@@ -388,6 +471,37 @@ impl Policy {
         }
         upstream
     }
+}
+
+/// The request's URI as a DPoP proof's `htu` must name it, normalised: the configured public
+/// base URL, or the forwarded scheme and host when trusted, or Envoy's; then the path without
+/// its query.
+pub fn request_htu(dpop: &DpopPolicy, request: &AccessRequest) -> Option<String> {
+    let path = request.path.split(['?', '#']).next().unwrap_or_default();
+    let path = if path.starts_with('/') { path } else { "/" };
+    let base = match (&dpop.public_base_url, dpop.trust_forwarded_headers) {
+        (Some(base), _) => base.trim_end_matches('/').to_owned(),
+        (None, true) if request.forwarded_host.is_some() || request.forwarded_proto.is_some() => {
+            // A proxy chain appends to the list: the first entry is what the client used.
+            let first = |value: &Option<String>| {
+                value
+                    .as_deref()
+                    .map(|v| v.split(',').next().unwrap_or_default().trim().to_owned())
+            };
+            let proto = first(&request.forwarded_proto).unwrap_or_else(|| request.scheme.clone());
+            let host = first(&request.forwarded_host).unwrap_or_else(|| request.host.clone());
+            format!("{proto}://{host}")
+        }
+        _ => {
+            let scheme = if request.scheme.is_empty() {
+                "https"
+            } else {
+                &request.scheme
+            };
+            format!("{scheme}://{}", request.host)
+        }
+    };
+    dpop::normalize_htu(&format!("{base}{path}"))
 }
 
 /// A claim rendered as a header value; `None` when absent or not safely representable.

@@ -64,8 +64,18 @@ pub struct AccessRequest {
     /// RFC 9440 `client-cert` header, if sent.
     pub client_cert: Option<String>,
     pub method: String,
+    /// Path with the query, as sent.
     pub path: String,
+    /// `:authority`.
     pub host: String,
+    /// `http` or `https`, as Envoy saw the request (for DPoP's `htu`).
+    pub scheme: String,
+    /// The `DPoP` header's values (RFC 9449), each one separately when the host keeps them apart.
+    pub dpop_proofs: Vec<String>,
+    /// `x-forwarded-proto` and `x-forwarded-host`, read only with
+    /// `dpop.trust_forwarded_headers`.
+    pub forwarded_proto: Option<String>,
+    pub forwarded_host: Option<String>,
     /// The route's `context_extensions` from Envoy's `check_settings`.
     pub context_extensions: HashMap<String, String>,
     /// `OPTIONS` with `origin` and `access-control-request-method`.

@@ -74,6 +74,7 @@ impl Pair {
 }
 
 const REQUEST_HEADERS: i32 = 0;
+const RESPONSE_HEADERS: i32 = 2;
 const CONTINUE: u32 = 0;
 const STOP_ITERATION: u32 = 1;
 const CALLOUT_SUCCESS: i32 = 0;
@@ -445,6 +446,19 @@ impl Stream<'_> {
         };
     }
 
+    /// Sets (replaces) a header of the response to the client.
+    pub fn set_response_header(&self, name: &str, value: &str) {
+        // SAFETY: hook-time stream pointer (the response headers hook); buffers alive for the call.
+        let _ = unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.ptr,
+                RESPONSE_HEADERS,
+                Buffer::of(name.as_bytes()),
+                Buffer::of(value.as_bytes()),
+            )
+        };
+    }
+
     /// Removes a request header (a null value removes it).
     pub fn remove_request_header(&self, name: &str) {
         // SAFETY: hook-time stream pointer; key buffer alive for the call.
@@ -752,6 +766,20 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
 }
 
 #[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter_envoy: *mut c_void,
+    filter: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    // SAFETY: the pointers Envoy passes to this stream's hook.
+    let (stream, filter) = unsafe { stream_and_filter(filter_envoy, filter) };
+    guard("response_headers", CONTINUE, || {
+        filter.on_response_headers(&stream);
+        CONTINUE
+    })
+}
+
+#[unsafe(no_mangle)]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_void) {
     guard("filter_destroy", (), || {
         // SAFETY: Envoy destroys each filter it created exactly once; the Box is ours.
@@ -777,15 +805,6 @@ mod unused {
     pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
         _: *mut c_void,
         _: *const c_void,
-    ) -> u32 {
-        CONTINUE
-    }
-
-    #[unsafe(no_mangle)]
-    pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-        _: *mut c_void,
-        _: *const c_void,
-        _end_of_stream: bool,
     ) -> u32 {
         CONTINUE
     }

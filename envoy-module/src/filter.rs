@@ -29,6 +29,8 @@ pub struct Filter {
     parked: Option<Parked>,
     /// Kept until the stream ends once created (deleting it inside its own event is avoided).
     scheduler: Option<StreamScheduler>,
+    /// Headers an allow adds to the client's response (a fresh `DPoP-Nonce`).
+    response_headers: Vec<(String, String)>,
 }
 
 impl Filter {
@@ -37,6 +39,7 @@ impl Filter {
             config,
             parked: None,
             scheduler: None,
+            response_headers: Vec::new(),
         }
     }
 
@@ -70,13 +73,35 @@ impl Filter {
                     }
                     Park::DecideAgain => {
                         let decision = self.config.decide(&request);
-                        return answer(stream, &self.config, &request, &decision, started);
+                        return self.answer(stream, &request, decision, started);
                     }
                     Park::No => {}
                 }
             }
         }
-        answer(stream, &self.config, &request, &decision, started)
+        self.answer(stream, &request, decision, started)
+    }
+
+    /// Records an allowed request's DPoP proof against replay, then answers.
+    fn answer(
+        &mut self,
+        stream: &Stream<'_>,
+        request: &AccessRequest,
+        decision: Decision,
+        started: Instant,
+    ) -> bool {
+        let decision = self.config.check_replay(decision);
+        if let Outcome::Allow(upstream) = &decision.outcome {
+            self.response_headers.clone_from(&upstream.response_headers);
+        }
+        answer(stream, &self.config, request, &decision, started)
+    }
+
+    /// The upstream answered: add what the allow asked for (a fresh `DPoP-Nonce`).
+    pub fn on_response_headers(&mut self, stream: &Stream<'_>) {
+        for (name, value) in self.response_headers.drain(..) {
+            stream.set_response_header(&name, &value);
+        }
     }
 
     /// The refetch this stream waited for ended, or its wait is over: decide again with the keys
@@ -90,13 +115,7 @@ impl Filter {
         };
         self.config.unpark(parked.waiter);
         let decision = self.config.decide(&parked.request);
-        if answer(
-            stream,
-            &self.config,
-            &parked.request,
-            &decision,
-            parked.started,
-        ) {
+        if self.answer(stream, &parked.request, decision, parked.started) {
             stream.continue_decoding();
         }
     }
@@ -140,6 +159,18 @@ fn read_request(stream: &Stream<'_>, config: &FilterConfig) -> AccessRequest {
         None
     };
     let method = first(":method").unwrap_or_default();
+    let dpop = config.policy.dpop.as_deref();
+    let dpop_proofs = match dpop {
+        Some(_) => stream.request_header("dpop"),
+        None => Vec::new(),
+    };
+    let forwarded = |name| {
+        if dpop.is_some_and(|d| d.trust_forwarded_headers) {
+            first(name)
+        } else {
+            None
+        }
+    };
     let cors_preflight = config.policy.routes.allow_cors_preflight
         && method.eq_ignore_ascii_case("OPTIONS")
         && first("origin").is_some()
@@ -157,6 +188,14 @@ fn read_request(stream: &Stream<'_>, config: &FilterConfig) -> AccessRequest {
         method,
         path: first(":path").unwrap_or_default(),
         host: first(":authority").unwrap_or_default(),
+        scheme: if dpop.is_some() {
+            first(":scheme").unwrap_or_default()
+        } else {
+            String::new()
+        },
+        dpop_proofs,
+        forwarded_proto: forwarded("x-forwarded-proto"),
+        forwarded_host: forwarded("x-forwarded-host"),
         context_extensions: stream
             .route_settings()
             .map(|route| route.extensions.clone())

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use certbound_core::clock::SystemClock;
 use certbound_core::keys::KeySnapshots;
+use certbound_core::replay::{MemoryReplayStore, ReplayStore};
 use certbound_core::{AccessRequest, Decision, Policy, TokenCache};
 
 use crate::abi::{self, CalloutResponse, ConfigHandle, ConfigScheduler, Level, StreamWaker};
@@ -61,6 +62,8 @@ pub struct FilterConfig {
     pub policy: Policy,
     pub keys: KeySnapshots,
     pub token_cache: Option<TokenCache>,
+    /// Used DPoP proofs, shared by this Envoy's workers (DPoP enabled only).
+    replay: Option<MemoryReplayStore>,
     pub unknown_kid_wait: Duration,
     pub refetch_min_interval: Duration,
     pub fetch_timeout: Duration,
@@ -145,6 +148,10 @@ pub fn new_config(envoy: ConfigHandle, name: &[u8], config: &[u8]) -> Option<Arc
     };
     let config = Arc::new(FilterConfig {
         envoy,
+        replay: decision
+            .replay
+            .as_ref()
+            .map(|replay| MemoryReplayStore::new(replay.max_entries)),
         token_cache: decision.token_cache(),
         unknown_kid_wait: decision.unknown_kid_wait,
         refetch_min_interval: decision.key_timing.refetch_min_interval,
@@ -241,6 +248,21 @@ impl FilterConfig {
         let now = certbound_core::clock::Clock::now(&SystemClock);
         self.policy
             .decide_cached(&self.keys, self.token_cache.as_ref(), request, now)
+    }
+
+    /// An allowed request's DPoP proof is recorded; a replay becomes a deny, a full store 503.
+    pub fn check_replay(&self, decision: Decision) -> Decision {
+        match (&self.replay, decision.replay_key()) {
+            (Some(store), Some(key)) => {
+                let now = certbound_core::clock::Clock::now(&SystemClock);
+                let result = store.record(&key, now);
+                if let Err(error) = &result {
+                    abi::log(Level::Warn, &format!("certbound: {error}"));
+                }
+                decision.after_replay_check(result)
+            }
+            _ => decision,
+        }
     }
 
     /// A stream found the `kid` of issuer `index` unknown after deciding with keys of

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use certbound_core::config::{self as schema, FileConfig, IntrospectionConfig, check_url, resolve};
+use certbound_core::config::{
+    self as schema, FileConfig, IntrospectionConfig, ReplaySettings, check_url, resolve,
+};
 use certbound_core::keys::KeySource;
 use certbound_core::{IntrospectionPolicy, Policy};
 
@@ -49,6 +51,8 @@ pub struct Settings {
     /// Tokio worker threads (0: one per CPU).
     pub worker_threads: usize,
     pub introspection: Option<IntrospectionSettings>,
+    /// With DPoP enabled: where used proofs are remembered.
+    pub replay: Option<ReplaySettings>,
     /// PEM bundle of extra CAs for the IdP's HTTPS.
     pub idp_ca_file: Option<PathBuf>,
     /// What `check-config` prints and `serve` logs at start: opt-ins to weaker settings, and
@@ -192,6 +196,7 @@ fn validate(
         token_cache_ttl_seconds: decision.token_cache_ttl_seconds,
         worker_threads: file.runtime.unwrap_or_default().worker_threads,
         introspection,
+        replay: decision.replay,
         idp_ca_file,
         warnings,
     })

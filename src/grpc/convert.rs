@@ -59,6 +59,13 @@ pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason
         .or_else(|| (!http.id.is_empty()).then(|| std::mem::take(&mut http.id)));
     let client_cert = take_header(&mut http, "client-cert").into_iter().next();
     let traceparent = take_header(&mut http, "traceparent").into_iter().next();
+    let dpop_proofs = take_header(&mut http, "dpop");
+    let forwarded_proto = take_header(&mut http, "x-forwarded-proto")
+        .into_iter()
+        .next();
+    let forwarded_host = take_header(&mut http, "x-forwarded-host")
+        .into_iter()
+        .next();
     let cors_preflight = http.method.eq_ignore_ascii_case("OPTIONS")
         && !take_header(&mut http, "origin").is_empty()
         && !take_header(&mut http, "access-control-request-method").is_empty();
@@ -72,6 +79,10 @@ pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason
         method: http.method,
         path: http.path,
         host: http.host,
+        scheme: http.scheme,
+        dpop_proofs,
+        forwarded_proto,
+        forwarded_host,
         context_extensions: attributes.context_extensions.into_iter().collect(),
         cors_preflight,
     })
@@ -153,6 +164,12 @@ pub fn check_response(decision: &Decision, options: ResponseOptions) -> CheckRes
                     .map(|(k, v)| header(k, v.clone(), HeaderAppendAction::OverwriteIfExistsOrAdd))
                     .collect(),
                 headers_to_remove: upstream.remove_headers.clone(),
+                // To the client with the upstream's answer (RFC 9449 `DPoP-Nonce`).
+                response_headers_to_add: upstream
+                    .response_headers
+                    .iter()
+                    .map(|(k, v)| header(k, v.clone(), HeaderAppendAction::OverwriteIfExistsOrAdd))
+                    .collect(),
                 ..Default::default()
             };
             (code::OK, "", Some(HttpResponse::OkResponse(ok)))

@@ -193,7 +193,7 @@ impl Drop for Process {
     }
 }
 
-fn spawn(name: &'static str, mut command: Command, dir: &Path) -> Process {
+pub fn spawn(name: &'static str, mut command: Command, dir: &Path) -> Process {
     let log = dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     command
@@ -476,6 +476,8 @@ pub struct Seen {
     pub www_authenticate: Option<String>,
     /// `x-certbound-reason`, sent on denies with `policy.reason_header: true`.
     pub reason: Option<String>,
+    /// RFC 9449's `DPoP-Nonce`.
+    pub dpop_nonce: Option<String>,
     pub body: String,
 }
 
@@ -549,12 +551,14 @@ pub async fn get_path(
     let content_type = header("content-type");
     let www_authenticate = header("www-authenticate");
     let reason = header("x-certbound-reason");
+    let dpop_nonce = header("dpop-nonce");
     Ok(Seen {
         status: response.status().as_u16(),
         version,
         content_type,
         www_authenticate,
         reason,
+        dpop_nonce,
         body: response.text().await?,
     })
 }

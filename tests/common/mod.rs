@@ -27,7 +27,9 @@ use certbound::grpc::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, attribute_context,
 };
 
+pub mod dpop;
 pub mod envoy;
+pub mod external;
 
 pub const AUDIENCE: &str = "https://api.test";
 
@@ -231,6 +233,8 @@ struct IdpState {
     discovery_hits: AtomicUsize,
     issuer: Mutex<String>,
     max_age: Mutex<Option<u64>>,
+    /// Answer JWT-shaped tokens with 400 `unsupported_token_type`, as some servers do.
+    refuse_jwts: std::sync::atomic::AtomicBool,
 }
 
 /// An identity provider on 127.0.0.1 serving discovery and JWKS over real HTTP.
@@ -295,6 +299,7 @@ impl Idp {
             discovery_hits: AtomicUsize::new(0),
             issuer: Mutex::new(issuer.clone()),
             max_age: Mutex::new(None),
+            refuse_jwts: Default::default(),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", routing::get(discovery))
@@ -366,6 +371,11 @@ impl Idp {
         self.state
             .introspection_status
             .store(status, Ordering::SeqCst);
+    }
+
+    /// Refuse to introspect JWTs (400 `unsupported_token_type`).
+    pub fn refuse_jwts(&self) {
+        self.state.refuse_jwts.store(true, Ordering::SeqCst);
     }
 
     pub fn introspection_hits(&self) -> usize {
@@ -481,6 +491,11 @@ async fn introspect(
         return (StatusCode::BAD_REQUEST, "token_type_hint missing").into_response();
     }
     let token = form.get("token").cloned().unwrap_or_default();
+    if state.refuse_jwts.load(Ordering::SeqCst) && token.split('.').count() == 3 {
+        let body = json!({"error": "unsupported_token_type",
+                          "error_description": "JWT access tokens cannot be introspected"});
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
     let answer = state
         .answers
         .lock()
@@ -732,15 +747,24 @@ pub struct Answer {
     pub http_status: Option<i32>,
     pub headers: BTreeMap<String, String>,
     pub headers_to_remove: Vec<String>,
+    /// Headers for the client's answer (`ok_response.response_headers_to_add`).
+    pub response_headers: BTreeMap<String, String>,
     pub body: String,
     pub metadata: BTreeMap<String, String>,
 }
 
 impl From<CheckResponse> for Answer {
     fn from(response: CheckResponse) -> Self {
+        let mut response_headers = BTreeMap::new();
         let (kind, http_status, header_options, body, headers_to_remove) =
             match response.http_response {
                 Some(HttpResponse::OkResponse(ok)) => {
+                    response_headers = ok
+                        .response_headers_to_add
+                        .into_iter()
+                        .filter_map(|o| o.header)
+                        .map(|h| (h.key, h.value))
+                        .collect();
                     ("ok", None, ok.headers, String::new(), ok.headers_to_remove)
                 }
                 Some(HttpResponse::DeniedResponse(d)) => (
@@ -783,6 +807,7 @@ impl From<CheckResponse> for Answer {
             http_status,
             headers,
             headers_to_remove,
+            response_headers,
             body,
             metadata,
         }
@@ -820,6 +845,19 @@ impl Answer {
     #[track_caller]
     pub fn assert_invalid_token(&self, reason: &str) {
         self.assert_unauthorized(reason, r#"Bearer error="invalid_token""#);
+    }
+
+    /// A 401 with RFC 9449's `DPoP error="invalid_token"` challenge (any `algs`).
+    #[track_caller]
+    pub fn assert_invalid_token_dpop(&self, reason: &str) {
+        assert_eq!(self.grpc_code, Some(16), "{self:?}");
+        assert_eq!(self.http_status, Some(401), "{self:?}");
+        assert_eq!(self.reason(), reason, "{self:?}");
+        let challenge = self.headers.get("www-authenticate").map(String::as_str);
+        assert!(
+            challenge.is_some_and(|c| c.starts_with(r#"DPoP error="invalid_token", algs=""#)),
+            "{self:?}"
+        );
     }
 
     #[track_caller]

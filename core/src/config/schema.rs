@@ -54,6 +54,126 @@ pub struct FileConfig {
     pub token_cache: TokenCacheConfig,
     /// Service: the async runtime.
     pub runtime: Option<RuntimeConfig>,
+    /// DPoP (RFC 9449), the other sender constraint.
+    #[serde(default)]
+    pub dpop: DpopConfig,
+}
+
+/// DPoP (RFC 9449): tokens bound to a key the client proves it holds on every request.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpopConfig {
+    /// Accept `Authorization: DPoP` with a `DPoP` proof (default off).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Algorithms a proof may use; default every supported asymmetric one.
+    pub algorithms: Option<Vec<String>>,
+    /// How old a proof's `iat` may be (default 300).
+    #[serde(default = "default_dpop_max_age")]
+    pub max_age_seconds: u64,
+    /// How far in the future a proof's `iat` may be, for clock skew (default 5).
+    #[serde(default = "default_dpop_leeway")]
+    pub leeway_seconds: u64,
+    /// The base URL clients reach this API at (`https://api.example.com`), when a proxy in front
+    /// of Envoy changes scheme or host; proofs' `htu` are compared with it plus the path.
+    pub public_base_url: Option<String>,
+    /// Take scheme and host from `x-forwarded-proto` / `x-forwarded-host`: only behind a proxy
+    /// that sets them (never trusted otherwise).
+    #[serde(default)]
+    pub trust_forwarded_headers: bool,
+    #[serde(default)]
+    pub replay: ReplayConfig,
+    /// Require server nonces (RFC 9449 §8).
+    pub nonce: Option<NonceConfig>,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            algorithms: None,
+            max_age_seconds: default_dpop_max_age(),
+            leeway_seconds: default_dpop_leeway(),
+            public_base_url: None,
+            trust_forwarded_headers: false,
+            replay: ReplayConfig::default(),
+            nonce: None,
+        }
+    }
+}
+
+/// Where used proofs are remembered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayStoreKind {
+    /// In this process (one replica).
+    #[default]
+    Memory,
+    /// Service: in Redis (or Valkey), shared by every replica.
+    Redis,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    #[serde(default)]
+    pub store: ReplayStoreKind,
+    /// `redis://host:port[/db]` (or `rediss://`), for `store: redis`.
+    pub url: Option<String>,
+    /// Bound on the in-memory store; when full of live proofs, checks answer 503 (default 200000).
+    #[serde(default = "default_replay_entries")]
+    pub max_entries: usize,
+    /// Longest wait for Redis; then 503 `replay_store_unavailable` (default 250).
+    #[serde(default = "default_replay_timeout")]
+    pub timeout_ms: u64,
+    /// Prefix of the Redis keys (default `certbound:dpop:`).
+    #[serde(default = "default_replay_prefix")]
+    pub key_prefix: String,
+    /// PEM CA bundle that signs the Redis server's certificate (`rediss://` only; default: the
+    /// system's trust store).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        Self {
+            store: ReplayStoreKind::Memory,
+            url: None,
+            max_entries: default_replay_entries(),
+            timeout_ms: default_replay_timeout(),
+            key_prefix: default_replay_prefix(),
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NonceConfig {
+    /// A file with the secret (at least 16 bytes) every replica shares.
+    pub secret_file: PathBuf,
+    /// How long a nonce is current; it is accepted for twice that (default 60).
+    #[serde(default = "default_nonce_lifetime")]
+    pub lifetime_seconds: u64,
+}
+
+fn default_dpop_max_age() -> u64 {
+    300
+}
+fn default_dpop_leeway() -> u64 {
+    5
+}
+fn default_replay_entries() -> usize {
+    200_000
+}
+fn default_replay_timeout() -> u64 {
+    250
+}
+fn default_replay_prefix() -> String {
+    "certbound:dpop:".into()
+}
+fn default_nonce_lifetime() -> u64 {
+    60
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::ConfigError;
-use super::schema::{FileConfig, IssuerConfig, PolicyConfig, RequirementsConfig};
+use super::schema::{
+    DpopConfig, FileConfig, IssuerConfig, PolicyConfig, ReplayStoreKind, RequirementsConfig,
+};
 use crate::binding::BindingMode;
 use crate::certificate::CertificateCache;
+use crate::dpop::{DpopPolicy, NonceKeys};
 use crate::jwa::Algorithm;
 use crate::keys::{KeySet, KeySource, KeyTiming};
 use crate::policy::{Policy, UpstreamPolicy};
@@ -33,6 +36,33 @@ pub struct DecisionSettings {
     pub token_cache_ttl_seconds: i64,
     /// Things the configuration allows that weaken security (opt-ins); logged at start.
     pub warnings: Vec<String>,
+    /// With DPoP enabled: where used proofs are remembered (each adapter builds its store).
+    pub replay: Option<ReplaySettings>,
+}
+
+/// The DPoP replay store's settings, validated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReplaySettings {
+    pub store: ReplayStoreKind,
+    /// May carry a password: never printed (see the `Debug` impl).
+    pub url: Option<String>,
+    pub max_entries: usize,
+    pub timeout: Duration,
+    pub key_prefix: String,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ReplaySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplaySettings")
+            .field("store", &self.store)
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("max_entries", &self.max_entries)
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 impl DecisionSettings {
@@ -148,6 +178,13 @@ impl FileConfig {
         }
         let key_timing = self.key_timing()?;
         let routes = validate_policy(&self.policy, &issuers)?;
+        let (dpop, replay) = match self.dpop.enabled {
+            false => (None, None),
+            true => {
+                let (policy, replay) = validate_dpop(&self.dpop, base)?;
+                (Some(Arc::new(policy)), Some(replay))
+            }
+        };
         let seconds = |value: u64, key: &str| {
             i64::try_from(value).map_err(|_| ConfigError::new(key, "too large"))
         };
@@ -168,6 +205,7 @@ impl FileConfig {
                 xfcc_by: self.certificate.xfcc_by.clone(),
                 reason_header: self.policy.reason_header,
                 certificates: Arc::new(CertificateCache::new(CertificateCache::DEFAULT_CAPACITY)),
+                dpop,
             },
             key_sources,
             key_timing,
@@ -178,6 +216,7 @@ impl FileConfig {
                 "token_cache.ttl_seconds",
             )?,
             warnings,
+            replay,
         })
     }
 
@@ -338,6 +377,157 @@ fn check_jwks_file(path: &Path) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn validate_dpop(
+    config: &DpopConfig,
+    base: Option<&Path>,
+) -> Result<(DpopPolicy, ReplaySettings), ConfigError> {
+    let algorithms = match &config.algorithms {
+        None => Algorithm::ALL.to_vec(),
+        Some(names) if names.is_empty() => {
+            return Err(ConfigError::new("dpop.algorithms", "must not be empty"));
+        }
+        Some(names) => names
+            .iter()
+            .map(|name| {
+                Algorithm::from_name(name).ok_or_else(|| {
+                    ConfigError::new(
+                        "dpop.algorithms",
+                        format!("{name:?} is not a supported asymmetric JWS algorithm"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let seconds = |value: u64, key: &str| {
+        i64::try_from(value).map_err(|_| ConfigError::new(key, "too large"))
+    };
+    if config.max_age_seconds == 0 {
+        return Err(ConfigError::new("dpop.max_age_seconds", "must be positive"));
+    }
+    let public_base_url = match &config.public_base_url {
+        None => None,
+        Some(url) => {
+            let normalized = crate::dpop::normalize_htu(url)
+                .filter(|_| !url.contains(['?', '#']))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "dpop.public_base_url",
+                        format!("{url:?} is not an http(s) URL without query or fragment"),
+                    )
+                })?;
+            Some(normalized.trim_end_matches('/').to_owned())
+        }
+    };
+    let nonces = match &config.nonce {
+        None => None,
+        Some(nonce) => {
+            let path = resolve(nonce.secret_file.clone(), base);
+            let secret = std::fs::read(&path).map_err(|e| {
+                ConfigError::new(
+                    "dpop.nonce.secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let secret = secret.trim_ascii();
+            if secret.len() < 16 {
+                return Err(ConfigError::new(
+                    "dpop.nonce.secret_file",
+                    "the secret must be at least 16 bytes",
+                ));
+            }
+            if nonce.lifetime_seconds == 0 {
+                return Err(ConfigError::new(
+                    "dpop.nonce.lifetime_seconds",
+                    "must be positive",
+                ));
+            }
+            Some(NonceKeys::new(
+                secret,
+                seconds(nonce.lifetime_seconds, "dpop.nonce.lifetime_seconds")?,
+            ))
+        }
+    };
+    let replay = &config.replay;
+    match (replay.store, &replay.url) {
+        (ReplayStoreKind::Redis, None) => {
+            return Err(ConfigError::new(
+                "dpop.replay.url",
+                "store: redis needs url: redis://host:port",
+            ));
+        }
+        (ReplayStoreKind::Redis, Some(url))
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) =>
+        {
+            return Err(ConfigError::new(
+                "dpop.replay.url",
+                "must start with redis:// or rediss:// (TLS)",
+            ));
+        }
+        (ReplayStoreKind::Memory, Some(_)) => {
+            return Err(ConfigError::new("dpop.replay.url", "only for store: redis"));
+        }
+        _ => {}
+    }
+    let ca_file = match &replay.ca_file {
+        None => None,
+        Some(path) => {
+            if !replay
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+            {
+                return Err(ConfigError::new(
+                    "dpop.replay.ca_file",
+                    "only for a rediss:// (TLS) url",
+                ));
+            }
+            let path = resolve(path.clone(), base);
+            if !path.exists() {
+                return Err(ConfigError::new(
+                    "dpop.replay.ca_file",
+                    format!("{} does not exist", path.display()),
+                ));
+            }
+            Some(path)
+        }
+    };
+    if replay.store == ReplayStoreKind::Memory && replay.max_entries == 0 {
+        return Err(ConfigError::new(
+            "dpop.replay.max_entries",
+            "must be positive",
+        ));
+    }
+    if replay.timeout_ms == 0 {
+        return Err(ConfigError::new(
+            "dpop.replay.timeout_ms",
+            "must be positive",
+        ));
+    }
+    let algs = algorithms
+        .iter()
+        .map(|a| a.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let policy = DpopPolicy {
+        algorithms,
+        max_age_seconds: seconds(config.max_age_seconds, "dpop.max_age_seconds")?,
+        future_seconds: seconds(config.leeway_seconds, "dpop.leeway_seconds")?,
+        public_base_url,
+        trust_forwarded_headers: config.trust_forwarded_headers,
+        nonces,
+        algs: algs.into(),
+    };
+    let settings = ReplaySettings {
+        store: replay.store,
+        url: replay.url.clone(),
+        max_entries: replay.max_entries,
+        timeout: Duration::from_millis(replay.timeout_ms),
+        key_prefix: replay.key_prefix.clone(),
+        ca_file,
+    };
+    Ok((policy, settings))
 }
 
 fn validate_requirements(

@@ -146,6 +146,13 @@ fn decoded_len(b64: &str) -> Option<usize> {
     URL_SAFE_NO_PAD.decode(b64).ok().map(|bytes| bytes.len())
 }
 
+impl VerificationKey {
+    /// One JWK (a DPoP proof's `jwk` header, say) as a verification key, or why it is not usable.
+    pub fn from_jwk(jwk: &Value) -> Result<Self, &'static str> {
+        parse_key(jwk)
+    }
+}
+
 fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
     if str_field(entry, "use").is_some_and(|u| u != "sig") {
         return Err("use is not sig");

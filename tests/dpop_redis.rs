@@ -1,0 +1,205 @@
+//! The DPoP replay store in a real Redis: two certbound processes (replicas) sharing one
+//! redis-server on 127.0.0.1 refuse a proof replayed from one to the other; Redis stopped means
+//! 503 `replay_store_unavailable` (fail closed), and service resumes once Redis is back; TLS
+//! (`rediss://` with `dpop.replay.ca_file`) works the same.
+//!
+//! Ignored by a plain `cargo test` (they need redis-server); `scripts/test.sh` installs it and
+//! runs them with `--include-ignored`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use certbound::grpc::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use common::dpop::DpopKey;
+use common::envoy::{Pki, Process, channel, start_certbound};
+use common::external::RedisServer;
+use common::*;
+use serde_json::json;
+
+const HTU: &str = "https://api.test/api/items";
+const PREFIX: &str = "certbound:dpop:";
+
+struct Replica {
+    _dir: tempfile::TempDir,
+    process: Process,
+    addr: SocketAddr,
+}
+
+impl Replica {
+    async fn start(idp: &Idp, replay: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = config_for(idp, &format!("dpop:\n  enabled: true\n  replay:\n{replay}"));
+        let (process, addr) = start_certbound(&yaml, dir.path()).await;
+        Self {
+            _dir: dir,
+            process,
+            addr,
+        }
+    }
+
+    async fn check(&self, token: &str, proof: &str) -> Answer {
+        let auth = format!("DPoP {token}");
+        let request = request(&[("authorization", &auth), ("dpop", proof)], "");
+        let mut client = AuthorizationClient::new(channel(self.addr, None).await.unwrap());
+        client.check(request).await.unwrap().into_inner().into()
+    }
+}
+
+fn redis_replay(redis: &RedisServer) -> String {
+    format!("    store: redis\n    url: {}\n", redis.url())
+}
+
+fn bound_token(signer: &Signer, idp: &Idp, key: &DpopKey) -> String {
+    let mut claims = claims(&idp.issuer, None);
+    claims["cnf"] = json!({"jkt": key.jkt()});
+    signer.sign(&claims)
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run scripts/test.sh"]
+async fn a_proof_replayed_to_another_replica_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path()).await;
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let a = Replica::start(&idp, &redis_replay(&redis)).await;
+    let b = Replica::start(&idp, &redis_replay(&redis)).await;
+    let key = DpopKey::es256();
+    let token = bound_token(&signer, &idp, &key);
+
+    let proof = key.proof("GET", HTU, &token);
+    a.check(&token, &proof).await.assert_allowed();
+    let replayed = b.check(&token, &proof).await;
+    assert_eq!(replayed.reason(), "dpop_replayed", "{replayed:?}");
+    assert_eq!(replayed.http_status, Some(401));
+    let again = a.check(&token, &proof).await;
+    assert_eq!(again.reason(), "dpop_replayed", "{again:?}");
+
+    // One key per proof, expiring with the proof's window (max_age_seconds 300 + 1 s).
+    let keys = redis.keys(PREFIX).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl = redis.pttl(&keys[0]).await;
+    assert!((295_000..=301_000).contains(&ttl), "ttl {ttl} ms");
+    // Neither the token nor the proof is in Redis: the key is a digest.
+    assert!(!keys[0].contains(&key.jkt()));
+
+    // Each replica takes fresh proofs.
+    b.check(&token, &key.proof("GET", HTU, &token))
+        .await
+        .assert_allowed();
+    a.check(&token, &key.proof("GET", HTU, &token))
+        .await
+        .assert_allowed();
+    assert_eq!(redis.keys(PREFIX).await.len(), 3);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run scripts/test.sh"]
+async fn redis_down_fails_closed_and_service_resumes_when_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start(dir.path()).await;
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let replica = Replica::start(&idp, &redis_replay(&redis)).await;
+    let key = DpopKey::es256();
+    let token = bound_token(&signer, &idp, &key);
+    replica
+        .check(&token, &key.proof("GET", HTU, &token))
+        .await
+        .assert_allowed();
+
+    redis.stop();
+    for _ in 0..3 {
+        let answer = replica.check(&token, &key.proof("GET", HTU, &token)).await;
+        answer.assert_unavailable();
+        assert_eq!(answer.reason(), "replay_store_unavailable", "{answer:?}");
+    }
+    // Requests that need no proof are not affected.
+    let bearer_token = signer.sign(&claims(&idp.issuer, None));
+    let auth = format!("Bearer {bearer_token}");
+    let mut client = AuthorizationClient::new(channel(replica.addr, None).await.unwrap());
+    let answer: Answer = client
+        .check(request(&[("authorization", &auth)], ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .into();
+    assert_eq!(answer.reason(), "cert_missing", "{answer:?}");
+
+    redis.restart().await;
+    let mut recovered = false;
+    for _ in 0..50 {
+        let answer = replica.check(&token, &key.proof("GET", HTU, &token)).await;
+        if answer.grpc_code == Some(0) {
+            recovered = true;
+            break;
+        }
+        assert_eq!(answer.reason(), "replay_store_unavailable", "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "{}", replica.process.log());
+    let log = replica.process.log();
+    assert!(log.contains("DPoP replay check failed"), "{log}");
+    assert!(!log.contains(&token), "the token must never be logged");
+    let admin = log.contains("replay_store_unavailable");
+    assert!(admin, "the decision line names the reason: {log}");
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run scripts/test.sh"]
+async fn a_redis_that_does_not_answer_in_time_fails_closed_within_the_timeout() {
+    // A listener that accepts and never answers: the Redis protocol hangs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let replica = Replica::start(
+        &idp,
+        &format!("    store: redis\n    url: redis://127.0.0.1:{port}\n    timeout_ms: 300\n"),
+    )
+    .await;
+    let key = DpopKey::es256();
+    let token = bound_token(&signer, &idp, &key);
+    let started = std::time::Instant::now();
+    let answer = replica.check(&token, &key.proof("GET", HTU, &token)).await;
+    let waited = started.elapsed();
+    answer.assert_unavailable();
+    assert_eq!(answer.reason(), "replay_store_unavailable");
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+    drop(silent);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server: run scripts/test.sh"]
+async fn rediss_with_a_private_ca() {
+    let pki = Pki::new("redis");
+    let redis = RedisServer::start_tls(&pki).await;
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let replay = format!(
+        "    store: redis\n    url: {}\n    ca_file: {}\n",
+        redis.url(),
+        redis.ca_file.as_ref().unwrap().display()
+    );
+    let a = Replica::start(&idp, &replay).await;
+    let b = Replica::start(&idp, &replay).await;
+    let key = DpopKey::es256();
+    let token = bound_token(&signer, &idp, &key);
+    let proof = key.proof("GET", HTU, &token);
+    a.check(&token, &proof).await.assert_allowed();
+    assert_eq!(b.check(&token, &proof).await.reason(), "dpop_replayed");
+
+    // Without the CA, the server's certificate is not trusted: fail closed.
+    let untrusted = Replica::start(
+        &idp,
+        &format!("    store: redis\n    url: {}\n", redis.url()),
+    )
+    .await;
+    let answer = untrusted
+        .check(&token, &key.proof("GET", HTU, &token))
+        .await;
+    assert_eq!(answer.reason(), "replay_store_unavailable", "{answer:?}");
+}
