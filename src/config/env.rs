@@ -43,6 +43,11 @@ const OVERRIDES: &[(&str, Apply)] = &[
         f.limits.max_token_bytes = scalar(n, v)?;
         Ok(())
     }),
+    // The Redis URL may carry a password: from a Kubernetes Secret, not the ConfigMap.
+    ("CERTBOUND_DPOP__REPLAY__URL", |f, _, v| {
+        f.dpop.replay.url = Some(v.to_owned());
+        Ok(())
+    }),
 ];
 
 /// The variable names that override keys, for documentation and messages.

@@ -462,6 +462,24 @@ upstream:
     }
 
     #[test]
+    fn the_redis_url_can_come_from_the_environment_and_is_never_printed() {
+        let text = format!("{MINIMAL}dpop:\n  enabled: true\n  replay:\n    store: redis\n");
+        let err = load_env(&text, &[]).expect_err("a url is needed");
+        assert_eq!(err.key, "dpop.replay.url");
+        let url = "redis://:hunter2@redis.example:6379/0";
+        let s = load_env(&text, &[("CERTBOUND_DPOP__REPLAY__URL", url)]).expect("valid");
+        let replay = s.replay.expect("replay settings");
+        assert_eq!(replay.url.as_deref(), Some(url));
+        assert!(!format!("{replay:?}").contains("hunter2"));
+        let bad = load_env(
+            &text,
+            &[("CERTBOUND_DPOP__REPLAY__URL", "http://:hunter2@x")],
+        );
+        let err = bad.expect_err("not a redis URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
     fn a_bad_environment_override_names_its_variable() {
         let err = load_env(MINIMAL, &[("CERTBOUND_LEEWAY_SECONDS", "abc")]).expect_err("bad");
         assert_eq!(err.key, "CERTBOUND_LEEWAY_SECONDS", "{err}");

@@ -68,7 +68,7 @@ pub struct DpopConfig {
     pub enabled: bool,
     /// Algorithms a proof may use; default every supported asymmetric one.
     pub algorithms: Option<Vec<String>>,
-    /// How old a proof's `iat` may be (default 300).
+    /// How old a proof's `iat` may be (default 60).
     #[serde(default = "default_dpop_max_age")]
     pub max_age_seconds: u64,
     /// How far in the future a proof's `iat` may be, for clock skew (default 5).
@@ -158,7 +158,7 @@ pub struct NonceConfig {
 }
 
 fn default_dpop_max_age() -> u64 {
-    300
+    60
 }
 fn default_dpop_leeway() -> u64 {
     5
