@@ -1,19 +1,41 @@
 #!/usr/bin/env bash
 # One-command local demo: certbound (deploy/local) behind a real Envoy (deploy/envoy/self-signed.yaml)
 # in front of a tiny upstream, all on 127.0.0.1. Shows with curl a 200 with the demo certificate
-# and token, then the three 401s, and stops everything it started (at the end or on Ctrl-C).
+# and token, then the three 401s, then certbound's decision lines, and stops everything it
+# started (at the end, on Ctrl-C, or when a part fails to start: then it exits 1 and says why).
 #
-# Ports (override with the environment): Envoy 8443 (admin 9901), certbound 50051, upstream 8080.
+# Ports (override with the environment): Envoy LISTEN_PORT=8443 (its admin ADMIN_PORT=9901),
+# certbound CERTBOUND_PORT=50051 (its admin listener CERTBOUND_ADMIN_PORT=9090: /metrics,
+# /readyz), upstream UPSTREAM_PORT=8080.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LISTEN_PORT=${LISTEN_PORT:-8443}
 ADMIN_PORT=${ADMIN_PORT:-9901}
 CERTBOUND_PORT=${CERTBOUND_PORT:-50051}
+CERTBOUND_ADMIN_PORT=${CERTBOUND_ADMIN_PORT:-9090}
 UPSTREAM_PORT=${UPSTREAM_PORT:-8080}
 
+fail() {
+  echo "demo: $*" >&2
+  exit 1
+}
+
+# Every port must be free: a busy one would silently turn the demo into a row of 503s.
+for spec in "LISTEN_PORT:$LISTEN_PORT" "ADMIN_PORT:$ADMIN_PORT" "CERTBOUND_PORT:$CERTBOUND_PORT" \
+            "CERTBOUND_ADMIN_PORT:$CERTBOUND_ADMIN_PORT" "UPSTREAM_PORT:$UPSTREAM_PORT"; do
+  name=${spec%%:*} port=${spec#*:}
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    fail "port $port ($name) is already in use on 127.0.0.1; set $name to a free port"
+  fi
+done
+
 scripts/install-tools.sh >/dev/null
-cargo build --release --quiet --bin certbound
+# CERTBOUND_BIN: a certbound binary already built (the tests pass theirs); else a release build.
+if [ -z "${CERTBOUND_BIN:-}" ]; then
+  cargo build --release --quiet --bin certbound
+  CERTBOUND_BIN=target/release/certbound
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -23,6 +45,22 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# wait_for NAME PID LOG CHECK...: until CHECK succeeds; fails with the log's tail if the process
+# exits or 10 s pass.
+wait_for() {
+  local name=$1 pid=$2 log=$3; shift 3
+  for _ in $(seq 1 100); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "--- $name log:" >&2; tail -n 20 "$log" >&2 || true
+      fail "$name exited at start"
+    fi
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "--- $name log:" >&2; tail -n 20 "$log" >&2 || true
+  fail "$name did not become ready within 10 s"
+}
 
 # The upstream: answers 200 with the headers it received.
 python3 - "$UPSTREAM_PORT" >"$work/upstream.log" 2>&1 <<'PY' &
@@ -40,11 +78,18 @@ class Echo(BaseHTTPRequestHandler):
         pass
 HTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
 PY
-pids+=($!)
+upstream=$!
+pids+=("$upstream")
+wait_for upstream "$upstream" "$work/upstream.log" curl -fs "http://127.0.0.1:$UPSTREAM_PORT/"
 
-target/release/certbound serve --config deploy/local/certbound.yaml \
+CERTBOUND_ADMIN_LISTEN="127.0.0.1:$CERTBOUND_ADMIN_PORT" \
+  "$CERTBOUND_BIN" serve --config deploy/local/certbound.yaml \
   --listen "127.0.0.1:$CERTBOUND_PORT" 2>"$work/certbound.log" &
-pids+=($!)
+certbound=$!
+pids+=("$certbound")
+# /readyz: serving, with the issuer's keys loaded.
+wait_for certbound "$certbound" "$work/certbound.log" \
+  curl -fs "http://127.0.0.1:$CERTBOUND_ADMIN_PORT/readyz"
 
 sed -e "s#port_value: 8443#port_value: $LISTEN_PORT#" \
     -e "s#port_value: 9901#port_value: $ADMIN_PORT#" \
@@ -55,31 +100,40 @@ sed -e "s#port_value: 8443#port_value: $LISTEN_PORT#" \
     deploy/envoy/self-signed.yaml >"$work/envoy.yaml"
 .venv/bin/envoy -c "$work/envoy.yaml" --concurrency 1 --disable-hot-restart --log-level warn \
   >"$work/envoy.log" 2>&1 &
-pids+=($!)
-
-for _ in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-sleep 0.3
+envoy=$!
+pids+=("$envoy")
+wait_for envoy "$envoy" "$work/envoy.log" curl -fs "http://127.0.0.1:$ADMIN_PORT/ready"
 
 token=$(cat deploy/local/demo-token.jwt)
 unbound=$(cat deploy/local/demo-token-unbound.jwt)
-call() { # title, cert name, curl args...
-  local title=$1 cert=$2; shift 2
+failures=0
+call() { # title, expected status, cert name, curl args...
+  local title=$1 expected=$2 cert=$3; shift 3
   echo
   echo "== $title"
-  curl -s -i --cacert deploy/local/demo-ca.pem \
+  local out
+  out=$(curl -s -i --cacert deploy/local/demo-ca.pem \
     --cert "deploy/local/$cert.pem" --key "deploy/local/$cert.key" \
-    "$@" "https://127.0.0.1:$LISTEN_PORT/items" | tr -d '\r' |
-    grep -iE '^(HTTP/|content-type|www-authenticate)|^\{|"upstream"|x-certbound' || true
+    "$@" "https://127.0.0.1:$LISTEN_PORT/items" | tr -d '\r') || true
+  grep -iE '^(HTTP/|content-type|www-authenticate)|^\{|"upstream"|x-certbound' <<<"$out" || true
+  if ! head -n 1 <<<"$out" | grep -q " $expected"; then
+    echo "   (expected $expected)"
+    failures=$((failures + 1))
+  fi
 }
-call "1. demo certificate + bound token: allowed (200 from the upstream)" demo-client \
+call "1. demo certificate + bound token: allowed (200 from the upstream)" 200 demo-client \
   -H "authorization: Bearer $token"
-call "2. no token: 401" demo-client
-call "3. token not bound to a certificate: 401" demo-client -H "authorization: Bearer $unbound"
-call "4. another client's certificate (thumbprint mismatch): 401" demo-other-client \
+call "2. no token: 401" 401 demo-client
+call "3. token not bound to a certificate: 401" 401 demo-client -H "authorization: Bearer $unbound"
+call "4. another client's certificate (thumbprint mismatch): 401" 401 demo-other-client \
   -H "authorization: Bearer $token"
+
+# Stop certbound gracefully: its log writer flushes every line before it exits.
+kill -TERM "$certbound"
+wait "$certbound" 2>/dev/null || true
 echo
 echo "== certbound's decisions"
 grep -oE "decision=[^ ]+ reason=[^ ]+" "$work/certbound.log" || true
+if [ "$failures" -gt 0 ]; then
+  fail "$failures of 4 answers were not the expected ones (logs: certbound and Envoy above)"
+fi
