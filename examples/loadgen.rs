@@ -8,10 +8,16 @@
 //! decode per Check) the generator used a whole core itself and capped the cached rate. It
 //! reports its own CPU share (`loadgen_cpu_share`), so a saturated generator shows.
 //!
+//! With `--dpop on`, every Check carries a DPoP-bound token and a proof of its own (made up front,
+//! `--proofs` of them, each sent once): the proof is verified and recorded against replay on
+//! every Check, in memory or, with `--replay redis --redis-url URL`, in Redis.
+//!
 //! ```text
 //! cargo build --release --bin certbound --example loadgen
 //! taskset -c 1 target/release/examples/loadgen --server-cpu 0 --mode closed --concurrency 64 \
 //!     --duration 10 --tokens 1 --cache on
+//! taskset -c 1 target/release/examples/loadgen --server-cpu 0 --dpop on --replay redis \
+//!     --redis-url redis://127.0.0.1:6379
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -44,6 +50,10 @@ struct Args {
     connections: usize,
     log: String,
     label: String,
+    dpop: bool,
+    replay: String,
+    redis_url: String,
+    proofs: usize,
 }
 
 fn parse_args() -> Args {
@@ -60,6 +70,10 @@ fn parse_args() -> Args {
         connections: 4,
         log: "info".into(),
         label: String::new(),
+        dpop: false,
+        replay: "memory".into(),
+        redis_url: String::new(),
+        proofs: 200_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -77,6 +91,10 @@ fn parse_args() -> Args {
             "--connections" => a.connections = value().parse().unwrap(),
             "--log" => a.log = value(),
             "--label" => a.label = value(),
+            "--dpop" => a.dpop = value() == "on",
+            "--replay" => a.replay = value(),
+            "--redis-url" => a.redis_url = value(),
+            "--proofs" => a.proofs = value().parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -91,16 +109,31 @@ fn prepare(args: &Args, dir: &std::path::Path, port: u16) -> (PathBuf, Vec<Check
         "x": URL_SAFE_NO_PAD.encode(&raw[1..33]), "y": URL_SAFE_NO_PAD.encode(&raw[33..65])}]});
     std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
     let config = dir.join("certbound.yaml");
+    // Proofs stay valid for the whole run; the in-memory store holds every one of them.
+    let dpop = match (args.dpop, args.replay.as_str()) {
+        (false, _) => String::new(),
+        (true, "redis") => format!(
+            "dpop:\n  enabled: true\n  max_age_seconds: 3600\n  replay:\n    store: redis\n    url: {}\n    key_prefix: 'loadgen:{port}:'\n",
+            args.redis_url
+        ),
+        (true, _) => format!(
+            "dpop:\n  enabled: true\n  max_age_seconds: 3600\n  replay:\n    max_entries: {}\n",
+            args.proofs + 1024
+        ),
+    };
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:{port}\nadmin_listen: ''\nissuers:\n  - issuer: https://idp.bench\n    audiences: [https://api.bench]\n    jwks_file: {}\n    algorithms: [ES256]\ntoken_cache:\n  max_entries: {}\nruntime:\n  worker_threads: {}\nlimits:\n  max_concurrent_checks: 100000\n",
+            "listen: 127.0.0.1:{port}\nadmin_listen: ''\nissuers:\n  - issuer: https://idp.bench\n    audiences: [https://api.bench]\n    jwks_file: {}\n    algorithms: [ES256]\ntoken_cache:\n  max_entries: {}\nruntime:\n  worker_threads: {}\nlimits:\n  max_concurrent_checks: 100000\n{dpop}",
             dir.join("jwks.json").display(),
             if args.cache { args.tokens.max(1) + 16 } else { 0 },
             args.workers
         ),
     )
     .unwrap();
+    if args.dpop {
+        return (config, dpop_requests(args, &pair, now_seconds()));
+    }
     let cert_key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["client.bench".into()])
         .unwrap()
@@ -111,10 +144,7 @@ fn prepare(args: &Args, dir: &std::path::Path, port: u16) -> (PathBuf, Vec<Check
     let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("bench".into());
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = now_seconds();
     let requests = (0..args.tokens)
         .map(|i| {
             let claims = json!({"iss": "https://idp.bench", "aud": "https://api.bench", "sub": "alice",
@@ -138,6 +168,70 @@ fn prepare(args: &Args, dir: &std::path::Path, port: u16) -> (PathBuf, Vec<Check
         })
         .collect();
     (config, requests)
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `--proofs` Checks, each with one of `--tokens` DPoP-bound tokens and a proof of its own (one
+/// client key per token), made with aws-lc-rs.
+fn dpop_requests(args: &Args, issuer_key: &rcgen::KeyPair, now: i64) -> Vec<CheckRequest> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let key = EncodingKey::from_ec_pem(issuer_key.serialize_pem().as_bytes()).unwrap();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("bench".into());
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let clients: Vec<(EcdsaKeyPair, serde_json::Value, String)> = (0..args.tokens.max(1))
+        .map(|i| {
+            let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+            let point = pair.public_key().as_ref().to_vec();
+            let jwk = json!({"kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+                             "y": URL_SAFE_NO_PAD.encode(&point[33..65])});
+            let jkt = certbound_core::dpop::jwk_thumbprint(jwk.as_object().unwrap()).unwrap();
+            let claims = json!({"iss": "https://idp.bench", "aud": "https://api.bench", "sub": "alice",
+                "client_id": "bench", "scope": "read", "iat": now - 5, "exp": now + 7200,
+                "jti": format!("bench-{i}"), "cnf": {"jkt": jkt}});
+            let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+            (pair, jwk, token)
+        })
+        .collect();
+    (0..args.proofs)
+        .map(|n| {
+            let (pair, jwk, token) = &clients[n % clients.len()];
+            let proof_header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk});
+            let claims = json!({"jti": format!("p{n}"), "htm": "GET", "htu": "https://api.bench/items",
+                "iat": now, "ath": certbound_core::dpop::access_token_hash(token)});
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(proof_header.to_string()),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            );
+            let signature = pair.sign(&rng, input.as_bytes()).unwrap();
+            let proof = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()));
+            let http = attribute_context::HttpRequest {
+                method: "GET".into(),
+                path: "/items".into(),
+                host: "api.bench".into(),
+                scheme: "https".into(),
+                headers: [
+                    ("authorization".to_string(), format!("DPoP {token}")),
+                    ("dpop".to_string(), proof),
+                ]
+                .into(),
+                ..Default::default()
+            };
+            CheckRequest {
+                attributes: Some(AttributeContext {
+                    request: Some(attribute_context::Request { time: None, http: Some(http) }),
+                    ..Default::default()
+                }),
+            }
+        })
+        .collect()
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -348,9 +442,16 @@ async fn main() {
     }
     let requests: Vec<Bytes> = requests.iter().map(grpc_frame).collect();
     let requests = std::sync::Arc::new(requests);
+    // One cursor over the requests for the warm-up and the run, so that each DPoP proof is sent
+    // once (requests[0] was the check above).
+    let cursor = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let next = move |cursor: &std::sync::atomic::AtomicUsize, len: usize| {
+        cursor.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % len
+    };
     let run = |seconds: u64, record: bool| {
         let clients = clients.clone();
         let requests = std::sync::Arc::clone(&requests);
+        let cursor = std::sync::Arc::clone(&cursor);
         let mode = args.mode.clone();
         let concurrency = args.concurrency;
         let rate = args.rate;
@@ -363,13 +464,12 @@ async fn main() {
                 for worker in 0..concurrency {
                     let mut client = clients[worker % clients.len()].clone();
                     let requests = std::sync::Arc::clone(&requests);
+                    let cursor = std::sync::Arc::clone(&cursor);
                     tasks.spawn(async move {
                         let mut lat = Vec::new();
                         let mut errors = 0u64;
-                        let mut i = worker;
                         while Instant::now() < deadline {
-                            let request = requests[i % requests.len()].clone();
-                            i += concurrency;
+                            let request = requests[next(&cursor, requests.len())].clone();
                             let t = Instant::now();
                             if !client.check(request).await {
                                 errors += 1;
@@ -408,7 +508,7 @@ async fn main() {
                         tokio::task::yield_now().await;
                     }
                     let mut client = clients[i % clients.len()].clone();
-                    let request = requests[i % requests.len()].clone();
+                    let request = requests[next(&cursor, requests.len())].clone();
                     tasks.spawn(async move {
                         let ok = client.check(request).await;
                         // Latency from the intended send time: coordinated omission corrected.
@@ -454,6 +554,9 @@ async fn main() {
         json!({
             "label": args.label, "mode": args.mode, "concurrency": args.concurrency, "rate": args.rate,
             "tokens": args.tokens, "cache": args.cache, "workers": args.workers,
+            "dpop": args.dpop, "replay": if args.dpop { args.replay.as_str() } else { "" },
+            // With DPoP, over `--proofs` sent means proofs were replayed (and counted as errors).
+            "sent": cursor.load(std::sync::atomic::Ordering::Relaxed),
             "checks": checks, "checks_per_s": (checks / elapsed).round(), "errors": errors,
             "p50_ms": p(0.50), "p90_ms": p(0.90), "p99_ms": p(0.99), "p999_ms": p(0.999),
             "cpu_us_per_check": (cpu_us_per_check * 10.0).round() / 10.0,
