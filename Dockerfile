@@ -5,12 +5,14 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# The workspace manifest names every member, and the root package declares the `decision` bench:
-# cargo reads them all before building anything.
+# The workspace manifest names every member (the Envoy module too, though only the service is
+# built here), and the root package declares the `decision` bench: cargo reads them all before
+# building anything.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY benches/decision.rs ./benches/
 COPY proto ./proto
 COPY core ./core
+COPY envoy-module ./envoy-module
 COPY src ./src
 RUN cargo build --release --locked --bin certbound \
  && strip target/release/certbound
