@@ -498,6 +498,18 @@ impl Seen {
         assert_eq!(self.body, r#"{"message":"unauthorized"}"#, "{self:?}");
     }
 
+    /// A 401 whose challenge starts with `prefix` (RFC 9449's end with the server's `algs`).
+    #[track_caller]
+    pub fn assert_challenge_starts_with(&self, prefix: &str) {
+        assert_eq!(self.status, 401, "{self:?}");
+        assert!(
+            self.www_authenticate
+                .as_deref()
+                .is_some_and(|c| c.starts_with(prefix)),
+            "{self:?}"
+        );
+    }
+
     #[track_caller]
     pub fn assert_invalid_token(&self) {
         self.assert_unauthorized(r#"Bearer error="invalid_token""#);
