@@ -100,14 +100,20 @@ fn policy() -> Policy {
     let yaml = format!(
         "issuers:\n  - issuer: {ISSUER}\n    audiences: [https://api.bench]\n    jwks_uri: https://idp.bench/jwks.json\n"
     );
-    Settings::from_yaml(&yaml, Vec::new(), None).unwrap().policy
+    Settings::from_yaml(&yaml, Vec::new(), None)
+        .unwrap()
+        .decision
+        .policy
 }
 
 fn dpop_policy() -> Policy {
     let yaml = format!(
         "issuers:\n  - issuer: {ISSUER}\n    audiences: [https://api.bench]\n    jwks_uri: https://idp.bench/jwks.json\ndpop:\n  enabled: true\n"
     );
-    Settings::from_yaml(&yaml, Vec::new(), None).unwrap().policy
+    Settings::from_yaml(&yaml, Vec::new(), None)
+        .unwrap()
+        .decision
+        .policy
 }
 
 /// A client's DPoP key (P-256) and its RFC 7638 thumbprint.

@@ -17,17 +17,7 @@ use certbound_core::{
 
 /// Decides checks; shared by every connection.
 pub struct Checker {
-    policy: Policy,
-    keys: Arc<KeyStore>,
-    introspector: Option<Arc<Introspector>>,
-    /// Verified JWTs by token hash (`token_cache.max_entries: 0` turns it off).
-    token_cache: Option<TokenCache>,
-    clock: Arc<dyn Clock>,
-    /// Longest a Check waits for an unknown-`kid` refetch before answering with what it has.
-    unknown_kid_wait: Duration,
-    /// With DPoP enabled: where verified proofs are recorded before a request is let through.
-    replay: Option<Arc<Replay>>,
-    metrics: Arc<Metrics>,
+    parts: CheckerParts,
     /// When the last "inactive JWT that verifies locally" hint was logged.
     last_inactive_hint: AtomicI64,
 }
@@ -37,66 +27,52 @@ pub struct CheckerParts {
     pub policy: Policy,
     pub keys: Arc<KeyStore>,
     pub introspector: Option<Arc<Introspector>>,
+    /// Verified JWTs by token hash (`token_cache.max_entries: 0` turns it off).
     pub token_cache: Option<TokenCache>,
     pub clock: Arc<dyn Clock>,
+    /// Longest a Check waits for an unknown-`kid` refetch before answering with what it has.
     pub unknown_kid_wait: Duration,
+    /// With DPoP enabled: where verified proofs are recorded before a request is let through.
     pub replay: Option<Arc<Replay>>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Checker {
     pub fn new(parts: CheckerParts) -> Self {
-        let CheckerParts {
-            policy,
-            keys,
-            introspector,
-            token_cache,
-            clock,
-            unknown_kid_wait,
-            replay,
-            metrics,
-        } = parts;
         Self {
-            policy,
-            keys,
-            introspector,
-            token_cache,
-            clock,
-            unknown_kid_wait,
-            replay,
-            metrics,
+            parts,
             last_inactive_hint: AtomicI64::new(i64::MIN),
         }
     }
 
     pub fn replay(&self) -> Option<&Arc<Replay>> {
-        self.replay.as_ref()
+        self.parts.replay.as_ref()
     }
 
     pub fn token_cache(&self) -> Option<&TokenCache> {
-        self.token_cache.as_ref()
+        self.parts.token_cache.as_ref()
     }
 
     pub fn policy(&self) -> &Policy {
-        &self.policy
+        &self.parts.policy
     }
 
     pub fn keys(&self) -> &Arc<KeyStore> {
-        &self.keys
+        &self.parts.keys
     }
 
     pub fn introspector(&self) -> Option<&Arc<Introspector>> {
-        self.introspector.as_ref()
+        self.parts.introspector.as_ref()
     }
 
     /// Decides one request; with DPoP, an allowed request's proof is recorded against replay
     /// first (a replayed proof is refused, an unreachable store fails closed).
     pub async fn check(&self, request: &AccessRequest) -> Decision {
         let decision = self.decide(request).await;
-        let (Some(key), Some(replay)) = (decision.replay_key(), &self.replay) else {
+        let (Some(key), Some(replay)) = (decision.replay_key(), &self.parts.replay) else {
             return decision;
         };
-        let result = replay.record(&key, self.clock.now()).await;
+        let result = replay.record(&key, self.parts.clock.now()).await;
         let label = match &result {
             Ok(true) => "first_use",
             Ok(false) => "replayed",
@@ -105,7 +81,7 @@ impl Checker {
                 "error"
             }
         };
-        self.metrics.replay_check(replay.name(), label);
+        self.parts.metrics.replay_check(replay.name(), label);
         decision.after_replay_check(result)
     }
 
@@ -113,15 +89,15 @@ impl Checker {
     /// not use up a proof in a store that replicas share).
     pub async fn decide(&self, request: &AccessRequest) -> Decision {
         // Only with introspection configured: routing and the bearer parse are not free.
-        if let Some(introspector) = &self.introspector
-            && let Some(token) = self.policy.needs_introspection(request)
+        if let Some(introspector) = &self.parts.introspector
+            && let Some(token) = self.parts.policy.needs_introspection(request)
         {
-            let now = self.clock.now();
+            let now = self.parts.clock.now();
             let jwt = token::looks_like_jwt(token);
             if !(jwt && introspector.refuses_jwts(now)) {
                 match introspector.introspect(token, now).await {
                     Ok(answer) => {
-                        let decision = self.policy.decide_introspected(request, &answer, now);
+                        let decision = self.parts.policy.decide_introspected(request, &answer, now);
                         if jwt
                             && matches!(decision.outcome, Outcome::Deny(DenyReason::TokenInactive))
                         {
@@ -146,7 +122,7 @@ impl Checker {
                 }
             }
         }
-        let generation = self.keys.generation();
+        let generation = self.parts.keys.generation();
         let decision = self.decide_jwt(request);
         let (Outcome::Deny(DenyReason::KeyUnknown), Some(index)) =
             (&decision.outcome, decision.facts.issuer_index)
@@ -154,10 +130,10 @@ impl Checker {
             return decision;
         };
         // The fetch runs in its own task so that a Check giving up does not cancel it.
-        let keys = Arc::clone(&self.keys);
+        let keys = Arc::clone(&self.parts.keys);
         let refetch =
             tokio::spawn(async move { keys.refetch_unknown_kid(index, generation).await });
-        match tokio::time::timeout(self.unknown_kid_wait, refetch).await {
+        match tokio::time::timeout(self.parts.unknown_kid_wait, refetch).await {
             Ok(Ok(true)) => self.decide_jwt(request),
             _ => decision,
         }
@@ -188,8 +164,12 @@ impl Checker {
     }
 
     fn decide_jwt(&self, request: &AccessRequest) -> Decision {
-        let now = self.clock.now();
-        self.policy
-            .decide_cached(self.keys.as_ref(), self.token_cache.as_ref(), request, now)
+        let now = self.parts.clock.now();
+        self.parts.policy.decide_cached(
+            self.parts.keys.as_ref(),
+            self.parts.token_cache.as_ref(),
+            request,
+            now,
+        )
     }
 }

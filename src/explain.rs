@@ -318,6 +318,9 @@ fn describe_dpop(
         return;
     };
     let htu = certbound_core::policy::request_htu(dpop, request);
+    let token = certbound_core::bearer::credentials(&request.authorization, true)
+        .map(|(_, token)| token)
+        .unwrap_or_default();
     let _ = writeln!(
         out,
         "dpop: proof of {} bytes; request htm {} htu {}",
@@ -364,9 +367,6 @@ fn describe_dpop(
                 let _ = writeln!(out, "  iat: {}", field("iat"));
             }
         }
-        let token = certbound_core::bearer::credentials(&request.authorization, true)
-            .map(|(_, token)| token)
-            .unwrap_or_default();
         let ath_matches = claims
             .get("ath")
             .and_then(Value::as_str)
@@ -399,9 +399,7 @@ fn describe_dpop(
         proofs: &request.dpop_proofs,
         method: &request.method,
         htu: htu.as_deref().unwrap_or_default(),
-        access_token: certbound_core::bearer::credentials(&request.authorization, true)
-            .map(|(_, token)| token)
-            .unwrap_or_default(),
+        access_token: token,
         now,
     };
     match dpop.verify_proof(&context) {

@@ -31,7 +31,7 @@ fn fixture() -> &'static (Policy, FixedKeys) {
                     policy:\n  rules:\n    - path_prefix: /admin\n      scopes: [admin]\n      groups: [ops]\n";
         let settings = crate::config::Settings::from_yaml(yaml, Vec::new(), None).expect("fuzz policy");
         let keys = KeySet::from_jwks(JWKS.as_bytes()).expect("fuzz JWKS").0;
-        (settings.policy, FixedKeys(Arc::new(keys)))
+        (settings.decision.policy, FixedKeys(Arc::new(keys)))
     })
 }
 

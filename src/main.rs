@@ -113,7 +113,7 @@ fn main() -> ExitCode {
             let warnings = if args.module {
                 load_module(&args.config)
             } else {
-                load(&args.config).map(|settings| settings.warnings)
+                load(&args.config).map(|settings| settings.decision.warnings)
             };
             match warnings {
                 Ok(warnings) => {
@@ -252,7 +252,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         settings.listen = listen;
     }
     let _log_writer = init_tracing(settings.log_format);
-    for warning in &settings.warnings {
+    for warning in &settings.decision.warnings {
         tracing::warn!("{warning}");
     }
     let mut builder = runtime_builder(settings.worker_threads);
@@ -370,7 +370,7 @@ async fn reload_loop(
                 if let Some(listen) = listen_override {
                     settings.listen = listen;
                 }
-                for warning in &settings.warnings {
+                for warning in &settings.decision.warnings {
                     tracing::warn!("{warning}");
                 }
                 app.reload(settings).await

@@ -71,12 +71,12 @@ impl App {
         let introspector = new_introspector(settings, &http, &metrics);
         let replay = new_replay(settings)?;
         let checker = Checker::new(CheckerParts {
-            policy: settings.policy.clone(),
+            policy: settings.decision.policy.clone(),
             keys,
             introspector,
-            token_cache: settings.token_cache(),
+            token_cache: settings.decision.token_cache(),
             clock: Arc::clone(&clock),
-            unknown_kid_wait: settings.unknown_kid_wait,
+            unknown_kid_wait: settings.decision.unknown_kid_wait,
             replay,
             metrics: Arc::clone(&metrics),
         });
@@ -155,8 +155,8 @@ impl App {
             }
         }
         let current = self.checker();
-        let same_keys = applied.key_sources == settings.key_sources
-            && applied.key_timing == settings.key_timing
+        let same_keys = applied.decision.key_sources == settings.decision.key_sources
+            && applied.decision.key_timing == settings.decision.key_timing
             && applied.idp_ca_file == settings.idp_ca_file;
         let keys = if same_keys {
             Arc::clone(current.keys())
@@ -178,16 +178,18 @@ impl App {
         // The replay store outlives reloads that keep its settings: a fresh in-memory store
         // would forget the proofs already used.
         let replay = match current.replay() {
-            Some(existing) if applied.replay == settings.replay => Some(Arc::clone(existing)),
+            Some(existing) if applied.decision.replay == settings.decision.replay => {
+                Some(Arc::clone(existing))
+            }
             _ => new_replay(&settings).map_err(|e| format!("{e:#}"))?,
         };
         let checker = Checker::new(CheckerParts {
-            policy: settings.policy.clone(),
+            policy: settings.decision.policy.clone(),
             keys: Arc::clone(&keys),
             introspector,
-            token_cache: settings.token_cache(),
+            token_cache: settings.decision.token_cache(),
             clock: Arc::clone(&self.clock),
-            unknown_kid_wait: settings.unknown_kid_wait,
+            unknown_kid_wait: settings.decision.unknown_kid_wait,
             replay,
             metrics: Arc::clone(&self.metrics),
         });
@@ -229,6 +231,7 @@ fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
 
 fn new_replay(settings: &Settings) -> anyhow::Result<Option<Arc<Replay>>> {
     settings
+        .decision
         .replay
         .as_ref()
         .map(|replay| {
@@ -246,9 +249,9 @@ fn new_key_store(
     metrics: &Arc<Metrics>,
 ) -> Arc<KeyStore> {
     Arc::new(KeyStore::new(
-        settings.key_sources.clone(),
+        settings.decision.key_sources.clone(),
         http.clone(),
-        settings.key_timing.clone(),
+        settings.decision.key_timing.clone(),
         Arc::clone(clock),
         Arc::clone(metrics),
     ))

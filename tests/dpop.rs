@@ -57,16 +57,6 @@ impl World {
     }
 }
 
-fn metric(certbound: &Certbound, line_start: &str) -> u64 {
-    certbound
-        .app
-        .metrics_text()
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .map_or(0, |v| v.parse().unwrap())
-}
-
 #[tokio::test]
 async fn a_bound_token_with_a_good_proof_is_allowed_without_a_client_certificate() {
     let w = World::start("").await;
@@ -103,17 +93,13 @@ async fn a_proof_is_accepted_once() {
         &format!(r#"DPoP error="invalid_dpop_proof", algs="{ALGS}""#),
     );
     assert_eq!(
-        metric(
-            &w.certbound,
-            r#"certbound_dpop_replay_checks_total{store="memory",result="replayed"}"#
-        ),
+        w.certbound
+            .metric(r#"certbound_dpop_replay_checks_total{store="memory",result="replayed"}"#),
         1
     );
     assert_eq!(
-        metric(
-            &w.certbound,
-            r#"certbound_checks_total{decision="deny",reason="dpop_replayed"}"#
-        ),
+        w.certbound
+            .metric(r#"certbound_checks_total{decision="deny",reason="dpop_replayed"}"#),
         1
     );
     // A new proof for the same token is fine.
@@ -131,7 +117,9 @@ async fn the_token_cache_still_applies_to_the_access_token_and_the_proof_is_chec
             .await
             .assert_allowed();
     }
-    let hits = metric(&w.certbound, r#"certbound_token_cache_total{result="hit"}"#);
+    let hits = w
+        .certbound
+        .metric(r#"certbound_token_cache_total{result="hit"}"#);
     assert_eq!(hits, 2, "the access token is verified once");
     // A cached token with a bad proof is still refused.
     let wrong = w.key.proof("POST", HTU, &token);

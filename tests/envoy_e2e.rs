@@ -26,6 +26,15 @@ struct Stack {
 
 impl Stack {
     async fn start(envoy_name: &str, certbound_extra: &str) -> Self {
+        Self::start_with(envoy_name, certbound_extra, |config, _| config).await
+    }
+
+    /// [`Stack::start`], with `tweak` applied to the Envoy config's text (given the PKI).
+    async fn start_with(
+        envoy_name: &str,
+        certbound_extra: &str,
+        tweak: impl FnOnce(String, &Pki) -> String,
+    ) -> Self {
         let pki = Pki::new("e2e");
         let signer = Signer::es256("k1");
         let idp = Idp::start(&[&signer]).await;
@@ -45,7 +54,7 @@ impl Stack {
             upstream: Some(upstream.addr),
             ..Default::default()
         };
-        let config = envoy_config(envoy_name, &ports, &pki);
+        let config = tweak(envoy_config(envoy_name, &ports, &pki), &pki);
         let envoy = start_envoy(&config, &ports, pki.dir.path()).await;
         Self {
             pki,
@@ -289,63 +298,41 @@ async fn xfcc_mode_uses_the_sanitized_header_and_rejects_a_forged_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Envoy 1.40: run scripts/test.sh"]
 async fn xfcc_mode_passes_a_certificate_that_does_not_chain() {
-    let pki = Pki::new("request-mode");
-    let signer = Signer::es256("k1");
-    let idp = Idp::start(&[&signer]).await;
-    let upstream = EchoUpstream::start().await;
-    let yaml = format!(
-        "issuers:\n  - issuer: {}\n    audiences: [{}]\n    jwks_uri: {}\ncertificate:\n  sources: [xfcc]\n",
-        idp.issuer,
-        common::AUDIENCE,
-        idp.jwks_uri()
-    );
-    let (_certbound, certbound_addr) = start_certbound(&yaml, pki.dir.path()).await;
-    let ports = EnvoyPorts {
-        listener: free_port(),
-        admin: free_port(),
-        certbound: Some(certbound_addr),
-        upstream: Some(upstream.addr),
-        ..Default::default()
-    };
     let untrusted = "trust_chain_verification: ACCEPT_UNTRUSTED";
-    let config = envoy_config("xfcc", &ports, &pki).replace(
-        untrusted,
-        &format!(
-            "trusted_ca: {{ filename: {} }}\n                  {untrusted}",
-            pki.path("ca.crt").display()
-        ),
-    );
-    assert!(
-        config.contains("trusted_ca"),
-        "the xfcc config changed shape"
-    );
-    let envoy = start_envoy(&config, &ports, pki.dir.path()).await;
+    let s = Stack::start_with(
+        "xfcc",
+        "certificate:\n  sources: [xfcc]\n",
+        |config, pki| {
+            let config = config.replace(
+                untrusted,
+                &format!(
+                    "trusted_ca: {{ filename: {} }}\n                  {untrusted}",
+                    pki.path("ca.crt").display()
+                ),
+            );
+            assert!(
+                config.contains("trusted_ca"),
+                "the xfcc config changed shape"
+            );
+            config
+        },
+    )
+    .await;
     let self_signed = ClientCert::self_signed("not-from-the-ca");
-    let from_the_ca = pki.client("client-a");
+    let from_the_ca = s.pki.client("client-a");
     for http in BOTH {
         for cert in [&self_signed, &from_the_ca] {
-            let client = https_client(&pki, Some(cert), http);
-            let token = signer.sign(&claims(&idp.issuer, Some(&cert.x5t())));
-            let auth = format!("Bearer {token}");
-            let seen = get(&client, ports.listener, http, &[("authorization", &auth)])
-                .await
-                .unwrap_or_else(|e| panic!("{e:?}\n{}", envoy.log()));
+            let token = s.token_for(Some(cert));
+            let seen = s.get(Some(cert), http, Some(&token)).await;
             let upstream = seen.upstream_headers();
             let xfcc = upstream["x-forwarded-client-cert"].as_str().unwrap();
             assert!(xfcc.contains("Cert="), "{xfcc}");
         }
         // The self-signed certificate with a token bound to the CA client's: refused.
-        let client = https_client(&pki, Some(&self_signed), http);
-        let token = signer.sign(&claims(&idp.issuer, Some(&from_the_ca.x5t())));
-        get(
-            &client,
-            ports.listener,
-            http,
-            &[("authorization", &format!("Bearer {token}"))],
-        )
-        .await
-        .unwrap()
-        .assert_invalid_token();
+        let token = s.token_for(Some(&from_the_ca));
+        s.get(Some(&self_signed), http, Some(&token))
+            .await
+            .assert_invalid_token();
     }
 }
 
@@ -506,13 +493,7 @@ async fn dpop_proofs_from_the_npm_dpop_client_through_envoy() {
             );
             // The same proof again: a replay.
             let seen = s.get_with(None, http, &headers).await;
-            assert_eq!(seen.status, 401, "{alg} {http:?}: {seen:?}");
-            assert!(
-                seen.www_authenticate
-                    .as_deref()
-                    .is_some_and(|c| c.starts_with(r#"DPoP error="invalid_dpop_proof", algs=""#)),
-                "{seen:?}"
-            );
+            seen.assert_challenge_starts_with(r#"DPoP error="invalid_dpop_proof", algs=""#);
             // A proof for another URL.
             let elsewhere = client.proof("GET", &format!("{htu}/other"), &token, None);
             let seen = s
@@ -526,13 +507,7 @@ async fn dpop_proofs_from_the_npm_dpop_client_through_envoy() {
         }
         // The bound token without its proof, as a Bearer token: a downgrade.
         let seen = s.get(None, Http::One, Some(&token)).await;
-        assert_eq!(seen.status, 401, "{seen:?}");
-        assert!(
-            seen.www_authenticate
-                .as_deref()
-                .is_some_and(|c| c.starts_with(r#"DPoP error="invalid_token""#)),
-            "{seen:?}"
-        );
+        seen.assert_challenge_starts_with(r#"DPoP error="invalid_token""#);
     }
     let log = s.certbound.log();
     assert!(log.contains("dpop_replayed") && log.contains("dpop_downgrade"));
@@ -566,13 +541,7 @@ async fn dpop_nonces_reach_the_client_through_envoy() {
             &[("authorization", &auth), ("dpop", &proof)],
         )
         .await;
-    assert_eq!(seen.status, 401, "{seen:?}");
-    assert!(
-        seen.www_authenticate
-            .as_deref()
-            .is_some_and(|c| c.starts_with(r#"DPoP error="use_dpop_nonce""#)),
-        "{seen:?}"
-    );
+    seen.assert_challenge_starts_with(r#"DPoP error="use_dpop_nonce""#);
     let nonce = seen.dpop_nonce.expect("DPoP-Nonce on the 401");
     let proof = client.proof("GET", &htu, &token, Some(&nonce));
     let seen = s

@@ -147,12 +147,9 @@ async fn outage_mid_run_keeps_stale_keys_until_max_stale_then_answers_503() {
         .assert_allowed();
 }
 
-/// Readiness follows whether keys are usable, not whether they were ever loaded: once they pass
-/// `keys.max_stale_seconds` every Check for the issuer answers 503, so gRPC health and /readyz
-/// say NOT_SERVING; the first good fetch makes them SERVING again. Liveness never changes.
-#[tokio::test]
-async fn readiness_follows_usable_keys_and_returns_after_the_first_good_fetch() {
-    use tonic_health::pb::health_check_response::ServingStatus;
+/// certbound SERVING with keys that go stale 3 s after the last good fetch, refreshed every 1-2 s,
+/// on a manual clock.
+async fn start_with_short_key_timings() -> (Signer, Idp, ManualClock, Certbound) {
     let k1 = Signer::es256("k1");
     let idp = Idp::start(&[&k1]).await;
     let clock = ManualClock::new(now());
@@ -163,6 +160,16 @@ async fn readiness_follows_usable_keys_and_returns_after_the_first_good_fetch() 
     );
     let certbound = Certbound::start_with_clock(&yaml, Arc::new(clock.clone())).await;
     certbound.wait_serving(Duration::from_secs(10)).await;
+    (k1, idp, clock, certbound)
+}
+
+/// Readiness follows whether keys are usable, not whether they were ever loaded: once they pass
+/// `keys.max_stale_seconds` every Check for the issuer answers 503, so gRPC health and /readyz
+/// say NOT_SERVING; the first good fetch makes them SERVING again. Liveness never changes.
+#[tokio::test]
+async fn readiness_follows_usable_keys_and_returns_after_the_first_good_fetch() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let (k1, idp, clock, certbound) = start_with_short_key_timings().await;
     let (admin, _stop) = admin(Arc::clone(&certbound.app)).await;
     assert_eq!(get(&format!("{admin}/readyz")).await.0, 200);
 
@@ -192,16 +199,7 @@ async fn readiness_follows_usable_keys_and_returns_after_the_first_good_fetch() 
 /// are unusable it now retries at least every `keys.min_refresh_seconds`.
 #[tokio::test]
 async fn after_an_outage_longer_than_the_back_off_service_resumes_within_one_retry_interval() {
-    let k1 = Signer::es256("k1");
-    let idp = Idp::start(&[&k1]).await;
-    let clock = ManualClock::new(now());
-    let yaml = config_for(
-        &idp,
-        "keys:\n  max_stale_seconds: 3\n  min_refresh_seconds: 1\n  max_refresh_seconds: 2\n  \
-         refresh_interval_seconds: 1\n",
-    );
-    let certbound = Certbound::start_with_clock(&yaml, Arc::new(clock.clone())).await;
-    certbound.wait_serving(Duration::from_secs(10)).await;
+    let (k1, idp, clock, certbound) = start_with_short_key_timings().await;
 
     // Six seconds of outage: the old schedule would be waiting 8 s after its fourth failure.
     idp.set_status(503);

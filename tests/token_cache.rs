@@ -10,16 +10,10 @@ use certbound_core::clock::ManualClock;
 use common::*;
 
 fn hits(certbound: &Certbound) -> (u64, u64) {
-    let text = certbound.app.metrics_text();
     let count = |result: &str| {
-        text.lines()
-            .find(|l| {
-                l.starts_with(&format!(
-                    r#"certbound_token_cache_total{{result="{result}"}}"#
-                ))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .map_or(0, |v| v.parse().unwrap())
+        certbound.metric(&format!(
+            r#"certbound_token_cache_total{{result="{result}"}}"#
+        ))
     };
     (count("hit"), count("miss"))
 }

@@ -71,6 +71,14 @@ impl Pair {
             value_len: value.len(),
         }
     }
+
+    /// Pairs pointing into `entries` (valid while they are).
+    fn all(entries: &[(&str, &str)]) -> Vec<Self> {
+        entries
+            .iter()
+            .map(|(k, v)| Self::of(k.as_bytes(), v.as_bytes()))
+            .collect()
+    }
 }
 
 const REQUEST_HEADERS: i32 = 0;
@@ -435,49 +443,35 @@ impl Stream<'_> {
 
     /// Sets (replaces) a request header for the upstream.
     pub fn set_request_header(&self, name: &str, value: &str) {
-        // SAFETY: hook-time stream pointer; buffers alive for the call (Envoy copies them).
-        let _ = unsafe {
-            envoy_dynamic_module_callback_http_set_header(
-                self.ptr,
-                REQUEST_HEADERS,
-                Buffer::of(name.as_bytes()),
-                Buffer::of(value.as_bytes()),
-            )
-        };
+        self.set_header(REQUEST_HEADERS, name, Buffer::of(value.as_bytes()));
     }
 
-    /// Sets (replaces) a header of the response to the client.
+    /// Sets (replaces) a header of the response to the client (the response headers hook).
     pub fn set_response_header(&self, name: &str, value: &str) {
-        // SAFETY: hook-time stream pointer (the response headers hook); buffers alive for the call.
-        let _ = unsafe {
-            envoy_dynamic_module_callback_http_set_header(
-                self.ptr,
-                RESPONSE_HEADERS,
-                Buffer::of(name.as_bytes()),
-                Buffer::of(value.as_bytes()),
-            )
-        };
+        self.set_header(RESPONSE_HEADERS, name, Buffer::of(value.as_bytes()));
     }
 
     /// Removes a request header (a null value removes it).
     pub fn remove_request_header(&self, name: &str) {
-        // SAFETY: hook-time stream pointer; key buffer alive for the call.
+        self.set_header(REQUEST_HEADERS, name, Buffer::NULL);
+    }
+
+    fn set_header(&self, kind: i32, name: &str, value: Buffer) {
+        // SAFETY: hook-time stream pointer; the buffers point into `name` and the caller's value,
+        // alive for the call (Envoy copies them).
         let _ = unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.ptr,
-                REQUEST_HEADERS,
+                kind,
                 Buffer::of(name.as_bytes()),
-                Buffer::NULL,
+                value,
             )
         };
     }
 
     /// Answers the client now instead of the upstream (the hook then returns StopIteration).
     pub fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &str, details: &str) {
-        let mut pairs: Vec<Pair> = headers
-            .iter()
-            .map(|(k, v)| Pair::of(k.as_bytes(), v.as_bytes()))
-            .collect();
+        let mut pairs = Pair::all(headers);
         // SAFETY: hook-time stream pointer; header, body and details buffers alive for the call
         // (Envoy copies them).
         unsafe {
@@ -494,10 +488,7 @@ impl Stream<'_> {
 
     /// Sets string dynamic metadata under `namespace` (for access logs and later filters).
     pub fn set_metadata(&self, namespace: &str, entries: &[(&str, &str)]) {
-        let pairs: Vec<Pair> = entries
-            .iter()
-            .map(|(k, v)| Pair::of(k.as_bytes(), v.as_bytes()))
-            .collect();
+        let pairs = Pair::all(entries);
         // SAFETY: hook-time stream pointer; buffers alive for the call (Envoy copies them).
         unsafe {
             envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(

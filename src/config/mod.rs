@@ -12,11 +12,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use certbound_core::IntrospectionPolicy;
 use certbound_core::config::{
-    self as schema, FileConfig, IntrospectionConfig, ReplaySettings, check_url, resolve,
+    self as schema, DecisionSettings, FileConfig, IntrospectionConfig, check_url, resolve,
 };
-use certbound_core::keys::KeySource;
-use certbound_core::{IntrospectionPolicy, Policy};
 
 pub use certbound_core::config::{ConfigError, LogFormat};
 pub use certbound_core::keys::{KeyTiming, Readiness};
@@ -41,33 +40,18 @@ pub struct Settings {
     /// Poll interval for config file changes; `None` when watching is off.
     pub watch_interval: Option<Duration>,
     pub log_format: LogFormat,
-    pub policy: Policy,
-    pub key_sources: Vec<(String, KeySource)>,
-    pub key_timing: KeyTiming,
-    pub unknown_kid_wait: Duration,
-    /// Verified-token cache size (0: off) and entry lifetime bound.
-    pub token_cache_entries: usize,
-    pub token_cache_ttl_seconds: i64,
+    /// The decision core's settings (policy, key sources and timing, token cache, DPoP replay,
+    /// warnings), with the service's additions: the introspection policy, and warnings for
+    /// environment variables that match no key.
+    pub decision: DecisionSettings,
     /// Tokio worker threads (0: one per CPU).
     pub worker_threads: usize,
     pub introspection: Option<IntrospectionSettings>,
-    /// With DPoP enabled: where used proofs are remembered.
-    pub replay: Option<ReplaySettings>,
     /// PEM bundle of extra CAs for the IdP's HTTPS.
     pub idp_ca_file: Option<PathBuf>,
-    /// What `check-config` prints and `serve` logs at start: opt-ins to weaker settings, and
-    /// environment variables that match no key.
-    pub warnings: Vec<String>,
 }
 
 impl Settings {
-    /// A fresh verified-token cache as configured (`None` when turned off).
-    pub fn token_cache(&self) -> Option<certbound_core::TokenCache> {
-        (self.token_cache_entries > 0).then(|| {
-            certbound_core::TokenCache::new(self.token_cache_entries, self.token_cache_ttl_seconds)
-        })
-    }
-
     /// Reads, overrides from the environment, and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -87,7 +71,7 @@ impl Settings {
         let mut file = schema::parse(text)?;
         let env_warnings = env::apply(&mut file, &env)?;
         let mut settings = validate(file, base, &env).map_err(|e| e.locate(text))?;
-        settings.warnings.extend(env_warnings);
+        settings.decision.warnings.extend(env_warnings);
         Ok(settings)
     }
 }
@@ -110,9 +94,7 @@ fn validate(
              jwks_uri and discovery itself (remove cluster)",
         ));
     }
-    let decision = file.decision_settings(base)?;
-    let mut warnings = decision.warnings;
-    let mut policy = decision.policy;
+    let mut decision = file.decision_settings(base)?;
     let listen_text = file.listen.as_deref().unwrap_or("127.0.0.1:50051");
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
         ConfigError::new("listen", format!("not a socket address: {listen_text:?}"))
@@ -173,8 +155,8 @@ fn validate(
         None => None,
         Some(config) => {
             let (introspection_policy, settings, warning) = introspection(config, base, env)?;
-            policy.introspection = Some(introspection_policy);
-            warnings.extend(warning);
+            decision.policy.introspection = Some(introspection_policy);
+            decision.warnings.extend(warning);
             Some(settings)
         }
     };
@@ -188,17 +170,10 @@ fn validate(
             .watch
             .then(|| Duration::from_secs(reload.poll_interval_seconds.max(1))),
         log_format: file.log_format.unwrap_or_default(),
-        policy,
-        key_sources: decision.key_sources,
-        key_timing: decision.key_timing,
-        unknown_kid_wait: decision.unknown_kid_wait,
-        token_cache_entries: decision.token_cache_entries,
-        token_cache_ttl_seconds: decision.token_cache_ttl_seconds,
+        decision,
         worker_threads: file.runtime.unwrap_or_default().worker_threads,
         introspection,
-        replay: decision.replay,
         idp_ca_file,
-        warnings,
     })
 }
 
@@ -301,6 +276,7 @@ fn introspection(
 mod tests {
     use super::*;
     use certbound_core::jwa::Algorithm;
+    use certbound_core::keys::KeySource;
     use certbound_core::{BindingMode, CertificateSource};
 
     const MINIMAL: &str = "
@@ -323,13 +299,16 @@ issuers:
     fn minimal_config_gets_the_documented_defaults() {
         let s = load(MINIMAL).expect("valid");
         assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
-        assert_eq!(s.policy.leeway_seconds, 60);
-        assert_eq!(s.policy.binding, BindingMode::Required);
-        assert_eq!(s.policy.certificate_sources, [CertificateSource::Peer]);
-        assert_eq!(s.policy.issuers[0].algorithms, Algorithm::ALL);
+        assert_eq!(s.decision.policy.leeway_seconds, 60);
+        assert_eq!(s.decision.policy.binding, BindingMode::Required);
+        assert_eq!(
+            s.decision.policy.certificate_sources,
+            [CertificateSource::Peer]
+        );
+        assert_eq!(s.decision.policy.issuers[0].algorithms, Algorithm::ALL);
         assert_eq!(s.log_format, LogFormat::Text);
         assert_eq!(
-            s.key_sources[0].1,
+            s.decision.key_sources[0].1,
             KeySource::File("deploy/local/jwks.json".into())
         );
     }
@@ -357,20 +336,20 @@ upstream:
   remove_authorization: true
 ";
         let s = load(text).expect("valid");
-        assert_eq!(s.policy.issuers.len(), 2);
-        assert!(s.policy.issuers[0].require_typ);
+        assert_eq!(s.decision.policy.issuers.len(), 2);
+        assert!(s.decision.policy.issuers[0].require_typ);
         assert_eq!(
-            s.key_sources[0].1,
+            s.decision.key_sources[0].1,
             KeySource::Discovery {
                 issuer: "https://idp.example.com".into()
             }
         );
-        assert_eq!(s.policy.binding, BindingMode::WhenPresent);
+        assert_eq!(s.decision.policy.binding, BindingMode::WhenPresent);
         assert_eq!(
-            s.policy.upstream.claim_headers,
+            s.decision.policy.upstream.claim_headers,
             [("sub".to_string(), "x-sub".to_string())]
         );
-        assert!(s.policy.upstream.remove_authorization);
+        assert!(s.decision.policy.upstream.remove_authorization);
     }
 
     #[test]
@@ -380,7 +359,7 @@ upstream:
         ))
         .expect("valid");
         assert_eq!(
-            s.policy.issuers[0].algorithms,
+            s.decision.policy.issuers[0].algorithms,
             [
                 Algorithm::ES512,
                 Algorithm::Ed25519,
@@ -451,13 +430,13 @@ upstream:
         )
         .expect("valid");
         assert_eq!(s.listen.to_string(), "127.0.0.1:6000");
-        assert_eq!(s.policy.leeway_seconds, 5);
-        assert_eq!(s.policy.binding, BindingMode::Disabled);
-        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert_eq!(s.decision.policy.leeway_seconds, 5);
+        assert_eq!(s.decision.policy.binding, BindingMode::Disabled);
+        assert_eq!(s.decision.warnings.len(), 1, "{:?}", s.decision.warnings);
         assert!(
-            s.warnings[0].contains("CERTBOUND_UNRELATED"),
+            s.decision.warnings[0].contains("CERTBOUND_UNRELATED"),
             "{:?}",
-            s.warnings
+            s.decision.warnings
         );
     }
 
@@ -468,7 +447,7 @@ upstream:
         assert_eq!(err.key, "dpop.replay.url");
         let url = "redis://:hunter2@redis.example:6379/0";
         let s = load_env(&text, &[("CERTBOUND_DPOP__REPLAY__URL", url)]).expect("valid");
-        let replay = s.replay.expect("replay settings");
+        let replay = s.decision.replay.expect("replay settings");
         assert_eq!(replay.url.as_deref(), Some(url));
         assert!(!format!("{replay:?}").contains("hunter2"));
         let bad = load_env(
@@ -508,14 +487,15 @@ upstream:
             ("CERTBOUND_PORT_50051_TCP_ADDR", "10.96.0.12"),
         ];
         let s = load_env(MINIMAL, &links).expect("service links never stop certbound");
-        assert_eq!(s.warnings.len(), links.len());
+        assert_eq!(s.decision.warnings.len(), links.len());
         for (name, _) in links {
             assert!(
-                s.warnings
+                s.decision
+                    .warnings
                     .iter()
                     .any(|w| w.contains(name) && w.contains("enableServiceLinks")),
                 "{name}: {:?}",
-                s.warnings
+                s.decision.warnings
             );
         }
     }
@@ -565,18 +545,24 @@ upstream:
         );
         let s = load(&issuer("    allow_insecure_http: true\n")).expect("opted in");
         assert!(
-            s.warnings.iter().any(|w| w.contains("plain HTTP")),
+            s.decision.warnings.iter().any(|w| w.contains("plain HTTP")),
             "{:?}",
-            s.warnings
+            s.decision.warnings
         );
         let loopback = "issuers:\n  - issuer: http://127.0.0.1:8080\n    audiences: [a]\n";
-        assert!(load(loopback).expect("loopback").warnings.is_empty());
+        assert!(
+            load(loopback)
+                .expect("loopback")
+                .decision
+                .warnings
+                .is_empty()
+        );
         let intro = "introspection:\n  endpoint: http://idp.example.com/introspect\n  client_id: c\n  client_secret_env: S\n";
         let err = load_env(intro, &[("S", "x")]).expect_err("http introspection");
         assert_eq!(err.key, "introspection.endpoint");
         let opted = format!("{intro}  allow_insecure_http: true\n");
         let s = load_env(&opted, &[("S", "x")]).expect("opted in");
-        assert_eq!(s.warnings.len(), 1);
+        assert_eq!(s.decision.warnings.len(), 1);
     }
 
     #[test]
@@ -606,7 +592,7 @@ introspection:
         let introspection = s.introspection.expect("configured");
         assert_eq!(introspection.client_secret.expose(), "hunter2");
         assert!(!format!("{introspection:?}").contains("hunter2"));
-        assert!(s.policy.issuers.is_empty());
+        assert!(s.decision.policy.issuers.is_empty());
         let err = load(text).expect_err("secret missing");
         assert_eq!(err.key, "introspection.client_secret_env");
     }
@@ -629,15 +615,15 @@ introspection:
             "{MINIMAL}keys:\n  max_stale_seconds: 60\n  ready_when: any\n"
         ))
         .expect("valid");
-        assert_eq!(s.key_timing.max_stale_seconds, 60);
-        assert_eq!(s.key_timing.readiness, Readiness::Any);
-        assert_eq!(s.key_timing.retry_max, Duration::from_secs(30));
+        assert_eq!(s.decision.key_timing.max_stale_seconds, 60);
+        assert_eq!(s.decision.key_timing.readiness, Readiness::Any);
+        assert_eq!(s.decision.key_timing.retry_max, Duration::from_secs(30));
         let s = load(&format!(
             "{MINIMAL}keys:\n  min_refresh_seconds: 1\n  max_refresh_seconds: 10\n"
         ))
         .expect("valid");
         assert_eq!(
-            s.key_timing.retry_max,
+            s.decision.key_timing.retry_max,
             Duration::from_secs(10),
             "bounded by max_refresh"
         );
@@ -670,7 +656,7 @@ introspection:
 "
         );
         let s = load(&text).expect("valid");
-        let routes = &s.policy.routes;
+        let routes = &s.decision.policy.routes;
         assert_eq!(routes.groups_claim, "roles");
         assert_eq!(routes.rules.len(), 2);
         assert_eq!(routes.rules[1].name, "rules[1]");

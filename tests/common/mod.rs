@@ -569,6 +569,17 @@ impl Certbound {
         }
     }
 
+    /// The value of the first Prometheus sample whose line starts with `line_start` (the metric
+    /// name and labels), 0 when there is none.
+    pub fn metric(&self, line_start: &str) -> u64 {
+        self.app
+            .metrics_text()
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0, |v| v.parse().unwrap())
+    }
+
     /// The current checker (its key store, introspector and policy).
     pub fn checker(&self) -> Arc<certbound::check::Checker> {
         self.app.checker()

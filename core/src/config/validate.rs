@@ -34,7 +34,8 @@ pub struct DecisionSettings {
     /// Verified-token cache size (0: off) and entry lifetime bound.
     pub token_cache_entries: usize,
     pub token_cache_ttl_seconds: i64,
-    /// Things the configuration allows that weaken security (opt-ins); logged at start.
+    /// What to warn about at start: opt-ins that weaken security (and, in the service,
+    /// environment variables that match no key).
     pub warnings: Vec<String>,
     /// With DPoP enabled: where used proofs are remembered (each adapter builds its store).
     pub replay: Option<ReplaySettings>,
