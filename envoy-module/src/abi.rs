@@ -85,7 +85,32 @@ const REQUEST_HEADERS: i32 = 0;
 const RESPONSE_HEADERS: i32 = 2;
 const CONTINUE: u32 = 0;
 const STOP_ITERATION: u32 = 1;
+/// Body hook status: hold this data (Envoy buffers it, and answers 413 past its buffer limit).
+const STOP_ITERATION_AND_BUFFER: u32 = 1;
 const CALLOUT_SUCCESS: i32 = 0;
+
+/// First field of every per-route configuration this module makes ("certbnd\0" read as a
+/// little-endian u64): Envoy hands back whatever pointer the route's most specific dynamic-module
+/// configuration holds, so the tag is checked before the pointer is trusted.
+const ROUTE_TAG: u64 = u64::from_le_bytes(*b"certbnd\0");
+
+#[repr(C)]
+struct TaggedRoute {
+    tag: u64,
+    settings: RouteSettings,
+}
+
+/// The route's per-route configuration was not made by this module.
+#[derive(Debug)]
+pub struct ForeignRouteConfig;
+
+// Everything Envoy's workers share must be safe to share: checked at compile time.
+const _: fn() = || {
+    fn shared_across_workers<T: Send + Sync>() {}
+    shared_across_workers::<FilterConfig>();
+    shared_across_workers::<RouteSettings>();
+    shared_across_workers::<TaggedRoute>();
+};
 
 /// Envoy's log levels (`envoy_dynamic_module_type_log_level`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,14 +456,23 @@ impl Stream<'_> {
         ok.then(|| String::from_utf8_lossy(unsafe { value.bytes() }).into_owned())
     }
 
-    /// The matched route's certbound per-route configuration, if it has one.
-    pub fn route_settings(&self) -> Option<&RouteSettings> {
+    /// The matched route's certbound per-route configuration, if it has one; `Err` when the
+    /// route carries a per-route configuration this module did not make (its tag is not ours).
+    pub fn route_settings(&self) -> Result<Option<&RouteSettings>, ForeignRouteConfig> {
         // SAFETY: hook-time stream pointer.
         let ptr = unsafe { envoy_dynamic_module_callback_get_most_specific_route_config(self.ptr) };
-        // SAFETY: a non-null pointer is one this module returned from per_route_config_new (a
-        // leaked Box<RouteSettings>), alive while the route configuration is, which outlives the
-        // stream's hooks.
-        (!ptr.is_null()).then(|| unsafe { &*ptr.cast::<RouteSettings>() })
+        if ptr.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: a non-null pointer is a per-route configuration made by a dynamic module's
+        // per_route_config_new, alive while the route configuration is (which outlives the
+        // stream's hooks). Ours start with ROUTE_TAG; only the tag is read before it is checked.
+        let tag = unsafe { ptr.cast::<u64>().read_unaligned() };
+        if tag != ROUTE_TAG {
+            return Err(ForeignRouteConfig);
+        }
+        // SAFETY: the tag says it is a TaggedRoute this module leaked in per_route_config_new.
+        Ok(Some(unsafe { &(*ptr.cast::<TaggedRoute>()).settings }))
     }
 
     /// Sets (replaces) a request header for the upstream.
@@ -675,7 +709,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
         // SAFETY: likewise for the configuration buffer.
         let config = unsafe { config.bytes() };
         match crate::module::new_route_settings(name, config) {
-            Some(route) => Box::into_raw(Box::new(route)).cast_const().cast(),
+            Some(settings) => Box::into_raw(Box::new(TaggedRoute {
+                tag: ROUTE_TAG,
+                settings,
+            }))
+            .cast_const()
+            .cast(),
             None => std::ptr::null(),
         }
     })
@@ -687,7 +726,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
 ) {
     guard("per_route_config_destroy", (), || {
         // SAFETY: Envoy destroys each per-route config it created exactly once; the Box is ours.
-        drop(unsafe { Box::from_raw(config.cast_mut().cast::<RouteSettings>()) });
+        drop(unsafe { Box::from_raw(config.cast_mut().cast::<TaggedRoute>()) });
     })
 }
 
@@ -742,6 +781,38 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     }
 }
 
+/// Request body: held until the request is allowed. Returning Continue while a decision waits
+/// would make Envoy resume the filter chain, headers included, with no decision.
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    filter_envoy: *mut c_void,
+    filter: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    // SAFETY: the pointers Envoy passes to this stream's hook.
+    let (_, filter) = unsafe { stream_and_filter(filter_envoy, filter) };
+    if filter.request_may_pass() {
+        CONTINUE
+    } else {
+        STOP_ITERATION_AND_BUFFER
+    }
+}
+
+/// Request trailers: held until the request is allowed, as the body.
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    filter_envoy: *mut c_void,
+    filter: *const c_void,
+) -> u32 {
+    // SAFETY: the pointers Envoy passes to this stream's hook.
+    let (_, filter) = unsafe { stream_and_filter(filter_envoy, filter) };
+    if filter.request_may_pass() {
+        CONTINUE
+    } else {
+        STOP_ITERATION
+    }
+}
+
 #[unsafe(no_mangle)]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     filter_envoy: *mut c_void,
@@ -782,23 +853,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_v
 /// The hooks this module has no use for: Envoy requires them all to be exported.
 mod unused {
     use super::*;
-
-    #[unsafe(no_mangle)]
-    pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-        _: *mut c_void,
-        _: *const c_void,
-        _end_of_stream: bool,
-    ) -> u32 {
-        CONTINUE
-    }
-
-    #[unsafe(no_mangle)]
-    pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
-        _: *mut c_void,
-        _: *const c_void,
-    ) -> u32 {
-        CONTINUE
-    }
 
     #[unsafe(no_mangle)]
     pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(

@@ -11,7 +11,7 @@ use certbound_core::{
 };
 
 use crate::abi::{self, ATTRIBUTE_PEER_CERTIFICATE_SHA256, Level, Stream, StreamScheduler};
-use crate::module::{EVENT_RESUME, FilterConfig, Park};
+use crate::module::{EVENT_RESUME, FilterConfig, Park, RouteSettings};
 
 /// Dynamic metadata namespace (`%DYNAMIC_METADATA(certbound:reason)%` in access logs).
 pub const METADATA_NAMESPACE: &str = "certbound";
@@ -31,6 +31,8 @@ pub struct Filter {
     scheduler: Option<StreamScheduler>,
     /// Headers an allow adds to the client's response (a fresh `DPoP-Nonce`).
     response_headers: Vec<(String, String)>,
+    /// Set only by an allow: until then no byte of the request (body, trailers) may pass.
+    allowed: bool,
 }
 
 impl Filter {
@@ -40,14 +42,28 @@ impl Filter {
             parked: None,
             scheduler: None,
             response_headers: Vec::new(),
+            allowed: false,
         }
+    }
+
+    /// Whether the request's body and trailers may go on: only after an allow. While the decision
+    /// waits (a key refetch), and after a refusal or a caught panic, they are held (Envoy buffers
+    /// them up to its limit, then answers 413 itself).
+    pub fn request_may_pass(&self) -> bool {
+        self.allowed
     }
 
     /// Decides the request; `true` lets it continue to the upstream, `false` stops it (answered,
     /// or parked until an unknown-`kid` refetch ends).
     pub fn on_request_headers(&mut self, stream: &Stream<'_>) -> bool {
         let started = Instant::now();
-        let request = read_request(stream, &self.config);
+        let Ok(route) = stream.route_settings() else {
+            // Not ours to read: fail closed rather than drop the route's requirements.
+            let request = read_request(stream, &self.config, None);
+            let decision = Decision::deny(DenyReason::PolicyInvalid);
+            return self.answer(stream, &request, decision, started);
+        };
+        let request = read_request(stream, &self.config, route);
         let generation = self.config.keys.generation();
         let decision = self.config.decide(&request);
         if let (Outcome::Deny(DenyReason::KeyUnknown), Some(index)) =
@@ -94,7 +110,8 @@ impl Filter {
         if let Outcome::Allow(upstream) = &decision.outcome {
             self.response_headers.clone_from(&upstream.response_headers);
         }
-        answer(stream, &self.config, request, &decision, started)
+        self.allowed = answer(stream, &self.config, request, &decision, started);
+        self.allowed
     }
 
     /// The upstream answered: add what the allow asked for (a fresh `DPoP-Nonce`).
@@ -130,7 +147,11 @@ impl Filter {
 }
 
 /// The request as the core sees it. Only what the policy reads is fetched from Envoy.
-fn read_request(stream: &Stream<'_>, config: &FilterConfig) -> AccessRequest {
+fn read_request(
+    stream: &Stream<'_>,
+    config: &FilterConfig,
+    route: Option<&RouteSettings>,
+) -> AccessRequest {
     let first = |name: &str| stream.request_header(name).into_iter().next();
     let mut authorization = stream.request_header("authorization");
     let authorization = match authorization.len() {
@@ -196,8 +217,7 @@ fn read_request(stream: &Stream<'_>, config: &FilterConfig) -> AccessRequest {
         dpop_proofs,
         forwarded_proto: forwarded("x-forwarded-proto"),
         forwarded_host: forwarded("x-forwarded-host"),
-        context_extensions: stream
-            .route_settings()
+        context_extensions: route
             .map(|route| route.extensions.clone())
             .unwrap_or_default(),
         cors_preflight,
