@@ -228,16 +228,18 @@ fn our_deny_decodes_with_envoy_types() {
 }
 
 #[test]
-fn our_error_decodes_with_envoy_types() {
+fn our_unavailable_answer_decodes_with_envoy_types_as_an_enforced_denial() {
     let decision = Decision {
         outcome: Outcome::Unavailable(UnavailableReason::KeysUnavailable),
         facts: Facts::default(),
     };
     let response = roundtrip(&decision);
     assert_eq!(response.status.expect("status").code, 14);
-    let Some(upstream::check_response::HttpResponse::ErrorResponse(error)) = response.http_response
+    // denied_response, not error_response: Envoy enforces it even with failure_mode_allow.
+    let Some(upstream::check_response::HttpResponse::DeniedResponse(error)) =
+        response.http_response
     else {
-        panic!("error_response expected");
+        panic!("denied_response expected");
     };
     assert_eq!(error.status.expect("status").code, 503);
     assert_eq!(error.body, r#"{"message":"service unavailable"}"#);

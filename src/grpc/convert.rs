@@ -20,6 +20,7 @@ use certbound_core::{
 /// gRPC status codes used in `CheckResponse.status` (an absent status would ALLOW).
 pub mod code {
     pub const OK: i32 = 0;
+    pub const INVALID_ARGUMENT: i32 = 3;
     pub const PERMISSION_DENIED: i32 = 7;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
@@ -177,17 +178,24 @@ pub fn check_response(decision: &Decision, options: ResponseOptions) -> CheckRes
         (Outcome::Deny(reason), Some(answer)) => {
             let code = if reason.is_forbidden() {
                 code::PERMISSION_DENIED
+            } else if reason.is_bad_request() {
+                code::INVALID_ARGUMENT
             } else {
                 code::UNAUTHENTICATED
             };
             let denied = HttpResponse::DeniedResponse(refused(answer));
             (code, reason.as_str(), Some(denied))
         }
+        // certbound's own 503 (keys, introspection or replay store unavailable, overloaded) is a
+        // denial Envoy always enforces: sent as `denied_response`, never `error_response`, which
+        // Envoy counts as a failed call and lets through under `failure_mode_allow: true`. That
+        // setting then covers only certbound being unreachable.
         (Outcome::Unavailable(reason), Some(answer)) => {
-            let error = HttpResponse::ErrorResponse(refused(answer));
-            (code::UNAVAILABLE, reason.as_str(), Some(error))
+            let denied = HttpResponse::DeniedResponse(refused(answer));
+            (code::UNAVAILABLE, reason.as_str(), Some(denied))
         }
-        // Every refusal has an answer; should one not, Envoy's failure mode decides (closed).
+        // Every refusal has an answer; should one not, a non-zero status with no error_response
+        // is still a denial (Envoy answers 403).
         (Outcome::Deny(_) | Outcome::Unavailable(_), None) => (code::UNAVAILABLE, "", None),
     };
     CheckResponse {
@@ -206,6 +214,7 @@ mod tests {
     use super::super::pb::envoy::config::core::v3::HeaderMap;
     use super::super::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
     use super::*;
+    use certbound_core::UnavailableReason;
 
     fn with_http(http: HttpRequest) -> CheckRequest {
         CheckRequest {
@@ -288,6 +297,29 @@ mod tests {
     }
 
     #[test]
+    fn certbound_s_own_unavailability_is_an_enforced_denial_never_an_error_response() {
+        for reason in [
+            UnavailableReason::KeysUnavailable,
+            UnavailableReason::IntrospectionUnavailable,
+            UnavailableReason::ReplayStoreUnavailable,
+            UnavailableReason::Overloaded,
+        ] {
+            let response =
+                check_response(&Decision::unavailable(reason), ResponseOptions::default());
+            let status = response.status.expect("status");
+            assert_eq!(status.code, code::UNAVAILABLE);
+            assert_eq!(status.message, reason.as_str());
+            let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else {
+                panic!(
+                    "{reason:?}: denied_response expected (error_response obeys failure_mode_allow)"
+                );
+            };
+            assert_eq!(denied.status.map(|s| s.code), Some(503));
+            assert_eq!(denied.body, certbound_core::answer::UNAVAILABLE_BODY);
+        }
+    }
+
+    #[test]
     fn every_deny_sets_a_non_zero_status() {
         for &reason in DenyReason::ALL {
             let response = check_response(&Decision::deny(reason), ResponseOptions::default());
@@ -301,6 +333,10 @@ mod tests {
                 assert_eq!(status.code, code::PERMISSION_DENIED);
                 assert_eq!(denied.status.map(|s| s.code), Some(403));
                 assert_eq!(denied.body, FORBIDDEN_BODY);
+            } else if reason.is_bad_request() {
+                assert_eq!(status.code, code::INVALID_ARGUMENT);
+                assert_eq!(denied.status.map(|s| s.code), Some(400));
+                assert_eq!(denied.body, certbound_core::answer::BAD_REQUEST_BODY);
             } else {
                 assert_eq!(status.code, code::UNAUTHENTICATED);
                 assert_eq!(denied.status.map(|s| s.code), Some(401));

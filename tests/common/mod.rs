@@ -880,7 +880,8 @@ impl Answer {
     #[track_caller]
     pub fn assert_unavailable(&self) {
         assert_eq!(self.grpc_code, Some(14), "{self:?}");
-        assert_eq!(self.kind, "error", "{self:?}");
+        // A denial Envoy enforces whatever its failure_mode_allow (never error_response).
+        assert_eq!(self.kind, "denied", "{self:?}");
         assert_eq!(self.http_status, Some(503), "{self:?}");
         assert_eq!(self.body, r#"{"message":"service unavailable"}"#);
         assert_eq!(
