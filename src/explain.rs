@@ -130,6 +130,13 @@ pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
         }
         Err(reason) => {
             let _ = writeln!(out, "rule: cannot be applied ({})", reason.as_str());
+            if reason == DenyReason::PathUnsafe {
+                let _ = writeln!(
+                    out,
+                    "path: cannot be resolved safely (an encoded / or \\, a .. above the root, a \
+                     dot-segment with ;parameters, double or invalid percent-encoding)"
+                );
+            }
         }
     }
 
@@ -501,11 +508,10 @@ fn describe_answer(out: &mut String, decision: &Decision, policy: &Policy) {
             }
         }
         Outcome::Deny(reason) => {
-            let body = if reason.is_forbidden() {
-                convert::FORBIDDEN_BODY
-            } else {
-                convert::UNAUTHORIZED_BODY
-            };
+            // The exact bytes the client gets.
+            let body = decision
+                .http_answer(false)
+                .map_or(convert::UNAUTHORIZED_BODY, |answer| answer.body);
             let _ = writeln!(
                 out,
                 "decision: DENY {} reason {} (gRPC status {code})",

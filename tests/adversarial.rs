@@ -477,12 +477,12 @@ async fn hostile_inputs_get_exactly_the_expected_answer_and_no_wrong_allow() {
     cases.push(case(
         "jkt only",
         req(&cnf(json!({"jkt": "abc"})), &pem),
-        Deny("x5t_missing"),
+        Deny("dpop_downgrade"),
     ));
     cases.push(case(
         "x5t (SHA-1 name) only",
         req(&cnf(json!({"x5t": x5t.clone()})), &pem),
-        Deny("x5t_missing"),
+        Deny("cnf_unverified"),
     ));
     cases.push(case(
         "x5t#S256 padded",
@@ -1301,3 +1301,445 @@ async fn hostile_dpop_inputs_get_exactly_the_expected_answer_and_no_wrong_allow(
     assert!(total >= 55, "only {total} cases");
     eprintln!("adversarial DPoP suite: {total} cases, 0 wrong allows");
 }
+
+/// Runs `(name, request, expected)` cases against one instance; returns the mismatches and the
+/// wrong allows. Denies must carry the exact status, body and challenge of their reason.
+async fn run_cases(
+    instance: &Certbound,
+    label: &str,
+    cases: Vec<(String, CheckRequest, Expect)>,
+) -> (Vec<String>, Vec<String>) {
+    let (mut mismatches, mut wrong_allows) = (Vec::new(), Vec::new());
+    for (name, request, expect) in cases {
+        let answer = instance.check(request).await;
+        let got = if answer.grpc_code == Some(0) {
+            Allow
+        } else {
+            Deny(leak(answer.reason()))
+        };
+        if got == Allow && expect != Allow {
+            wrong_allows.push(format!("{label}: {name}"));
+        }
+        if got != expect {
+            mismatches.push(format!("{label}: {name}: expected {expect:?}, got {got:?}"));
+        } else if let Deny(reason) = expect {
+            match reason {
+                "path_unsafe" => {
+                    assert_eq!(answer.http_status, Some(400), "{name}: {answer:?}");
+                    assert_eq!(answer.grpc_code, Some(3), "{name}");
+                    assert_eq!(answer.body, r#"{"message":"bad request"}"#, "{name}");
+                    assert_eq!(
+                        answer.headers.get("www-authenticate").map(String::as_str),
+                        Some(r#"Bearer error="invalid_request""#),
+                        "{name}"
+                    );
+                }
+                "scope_missing" => {
+                    assert_eq!(answer.http_status, Some(403), "{name}: {answer:?}");
+                }
+                "token_missing" => answer.assert_unauthorized(reason, "Bearer"),
+                _ => answer.assert_unauthorized(reason, r#"Bearer error="invalid_token""#),
+            }
+        }
+    }
+    (mismatches, wrong_allows)
+}
+
+/// RFC 9449 §7.2 and RFC 7800: a token whose `cnf` names any confirmation method certbound does
+/// not verify for this request is refused in every binding mode; only a token with no `cnf` at
+/// all is unbound. Before this rule, `when_present` let a stolen DPoP-bound token through as
+/// `Bearer`, and `disabled` took certificate-bound tokens from any connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cnf_form_in_every_binding_mode_gets_its_exact_answer_and_no_wrong_allow() {
+    let es = Signer::es256("es");
+    let idp = Idp::start(&[&es]).await;
+    let cert = ClientCert::self_signed("cnf");
+    let x5t = cert.x5t();
+    let pem = cert.url_encoded();
+    let token = |cnf: Option<Value>| {
+        let mut c = claims(&idp.issuer, None);
+        match cnf {
+            Some(cnf) => c["cnf"] = cnf,
+            None => {
+                c.as_object_mut().unwrap().remove("cnf");
+            }
+        }
+        es.sign(&c)
+    };
+    let req = |cnf: Option<Value>, certificate: &str| {
+        request(
+            &[("authorization", &format!("Bearer {}", token(cnf)))],
+            certificate,
+        )
+    };
+    // (cnf, with the certificate?, expected under required, when_present, disabled)
+    let table: Vec<(&str, Option<Value>, bool, [Expect; 3])> = vec![
+        ("no cnf", None, true, [Deny("cnf_missing"), Allow, Allow]),
+        (
+            "no cnf, no certificate",
+            None,
+            false,
+            [Deny("cert_missing"), Allow, Allow],
+        ),
+        (
+            "cnf null",
+            Some(Value::Null),
+            true,
+            [Deny("cnf_missing"), Allow, Allow],
+        ),
+        (
+            "x5t#S256 matching",
+            Some(json!({"x5t#S256": x5t})),
+            true,
+            [Allow, Allow, Deny("cnf_unverified")],
+        ),
+        (
+            "x5t#S256, no certificate",
+            Some(json!({"x5t#S256": x5t})),
+            false,
+            [
+                Deny("cert_missing"),
+                Deny("cert_missing"),
+                Deny("cnf_unverified"),
+            ],
+        ),
+        (
+            "jkt only (DPoP off)",
+            Some(json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})),
+            true,
+            [
+                Deny("dpop_downgrade"),
+                Deny("dpop_downgrade"),
+                Deny("dpop_downgrade"),
+            ],
+        ),
+        (
+            "jkt as a JSON string (introspection style)",
+            Some(json!(r#"{"jkt":"abc"}"#)),
+            true,
+            [
+                Deny("dpop_downgrade"),
+                Deny("dpop_downgrade"),
+                Deny("dpop_downgrade"),
+            ],
+        ),
+        (
+            "jkt beside a matching x5t#S256",
+            Some(json!({"jkt": "abc", "x5t#S256": x5t})),
+            true,
+            [
+                Deny("dpop_downgrade"),
+                Deny("dpop_downgrade"),
+                Deny("dpop_downgrade"),
+            ],
+        ),
+        (
+            "jwk",
+            Some(json!({"jwk": {"kty": "EC", "crv": "P-256", "x": "a", "y": "b"}})),
+            true,
+            [
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+            ],
+        ),
+        (
+            "jku",
+            Some(json!({"jku": "https://keys.test/k"})),
+            true,
+            [
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+            ],
+        ),
+        (
+            "kid",
+            Some(json!({"kid": "k1"})),
+            true,
+            [
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+            ],
+        ),
+        (
+            "jwe",
+            Some(json!({"jwe": "a.b.c.d.e"})),
+            true,
+            [
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+            ],
+        ),
+        (
+            "x5t (SHA-1)",
+            Some(json!({"x5t": "abc"})),
+            true,
+            [
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+            ],
+        ),
+        (
+            "x5t#S256 in another case",
+            Some(json!({"X5T#S256": x5t})),
+            true,
+            [
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+            ],
+        ),
+        (
+            "an unknown method",
+            Some(json!({"osc": "whatever"})),
+            true,
+            [
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+            ],
+        ),
+        (
+            "matching x5t#S256 beside jwk",
+            Some(json!({"x5t#S256": x5t, "jwk": {}})),
+            true,
+            [
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+                Deny("cnf_unverified"),
+            ],
+        ),
+        (
+            "empty object",
+            Some(json!({})),
+            true,
+            [
+                Deny("x5t_missing"),
+                Deny("cnf_invalid"),
+                Deny("cnf_invalid"),
+            ],
+        ),
+        (
+            "empty object as a string",
+            Some(json!("{}")),
+            true,
+            [
+                Deny("x5t_missing"),
+                Deny("cnf_invalid"),
+                Deny("cnf_invalid"),
+            ],
+        ),
+        (
+            "non-JSON string",
+            Some(json!("bound")),
+            true,
+            [
+                Deny("cnf_invalid"),
+                Deny("cnf_invalid"),
+                Deny("cnf_invalid"),
+            ],
+        ),
+        (
+            "array",
+            Some(json!([x5t])),
+            true,
+            [
+                Deny("cnf_invalid"),
+                Deny("cnf_invalid"),
+                Deny("cnf_invalid"),
+            ],
+        ),
+        (
+            "true",
+            Some(json!(true)),
+            true,
+            [
+                Deny("cnf_invalid"),
+                Deny("cnf_invalid"),
+                Deny("cnf_invalid"),
+            ],
+        ),
+    ];
+    let mut mismatches = Vec::new();
+    let mut wrong_allows = Vec::new();
+    for (column, mode) in ["required", "when_present", "disabled"]
+        .into_iter()
+        .enumerate()
+    {
+        let instance =
+            Certbound::start(&config_for(&idp, &format!("binding:\n  mode: {mode}\n"))).await;
+        let cases = table
+            .iter()
+            .map(|(name, cnf, with_cert, expect)| {
+                let certificate = if *with_cert { pem.as_str() } else { "" };
+                (
+                    name.to_string(),
+                    req(cnf.clone(), certificate),
+                    expect[column],
+                )
+            })
+            .collect();
+        let (m, w) = run_cases(&instance, mode, cases).await;
+        mismatches.extend(m);
+        wrong_allows.extend(w);
+    }
+    assert!(wrong_allows.is_empty(), "WRONG ALLOWS: {wrong_allows:#?}");
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    eprintln!("cnf table: {} cases x 3 modes, 0 wrong allows", table.len());
+}
+
+/// Every spelling of a path an upstream resolves to `/admin/...` meets the `/admin` rule, and a
+/// path that cannot be resolved the same way everywhere is refused (400 `path_unsafe`) before
+/// any rule, anonymous ones included. Before canonical matching, `//admin/x` skipped the admin
+/// scope and `/public/../admin/x` reached the upstream with no token at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_path_meets_the_rule_of_the_path_the_upstream_resolves() {
+    let es = Signer::es256("es");
+    let idp = Idp::start(&[&es]).await;
+    let policy = "policy:\n  rules:\n    - name: public\n      path_prefix: /public/\n      allow_anonymous: true\n    - name: admin\n      path_prefix: /admin\n      scopes: [admin]\n    - name: exact\n      path: /reports/summary\n      scopes: [reports]\n    - name: regex\n      path_regex: '/orders/[0-9]+'\n      methods: [DELETE]\n      scopes: [orders]\n";
+    let certbound = Certbound::start(&config_for(&idp, policy)).await;
+    let cert = ClientCert::self_signed("paths");
+    // A valid, bound token with only the `read` scope.
+    let token = es.sign(&claims(&idp.issuer, Some(&cert.x5t())));
+    let with_token = |method: &str, path: &str| {
+        let mut r = request(
+            &[("authorization", &format!("Bearer {token}"))],
+            &cert.url_encoded(),
+        );
+        let http = http_mut(&mut r);
+        http.path = path.to_string();
+        http.method = method.to_string();
+        r
+    };
+    let without_token = |path: &str| {
+        let mut r = request(&[], &cert.url_encoded());
+        http_mut(&mut r).path = path.to_string();
+        r
+    };
+    let mut cases: Vec<(String, CheckRequest, Expect)> = Vec::new();
+    // Resolve to /admin/x: the admin scope is required, the token lacks it.
+    for spelling in PATHS_TO_ADMIN {
+        cases.push((
+            format!("token, {spelling}"),
+            with_token("GET", spelling),
+            Deny("scope_missing"),
+        ));
+        cases.push((
+            format!("no token, {spelling}"),
+            without_token(spelling),
+            Deny("token_missing"),
+        ));
+    }
+    for spelling in [
+        "/reports/summary",
+        "//reports/summary",
+        "/reports/./summary",
+        "/reports/%73ummary",
+        "/x/../reports/summary",
+        "/reports/summary?x=../",
+    ] {
+        cases.push((
+            format!("token, {spelling}"),
+            with_token("GET", spelling),
+            Deny("scope_missing"),
+        ));
+    }
+    for spelling in [
+        "/orders/7",
+        "//orders/7",
+        "/orders/%37",
+        "/orders/x/../7",
+        "/public/../orders/7",
+    ] {
+        cases.push((
+            format!("token, DELETE {spelling}"),
+            with_token("DELETE", spelling),
+            Deny("scope_missing"),
+        ));
+    }
+    // Cannot be resolved safely: refused whoever asks.
+    for spelling in UNSAFE_PATHS {
+        cases.push((
+            format!("token, {spelling}"),
+            with_token("GET", spelling),
+            Deny("path_unsafe"),
+        ));
+        cases.push((
+            format!("no token, {spelling}"),
+            without_token(spelling),
+            Deny("path_unsafe"),
+        ));
+    }
+    // Controls: the anonymous and default routes still work, spelled plainly or not.
+    for spelling in [
+        "/public/x",
+        "//public/x",
+        "/public/./x",
+        "/%70ublic/x",
+        "/admin/../public/x",
+    ] {
+        cases.push((
+            format!("no token, {spelling}"),
+            without_token(spelling),
+            Allow,
+        ));
+    }
+    for spelling in ["/items", "//items", "/admin/../items", "/items/"] {
+        cases.push((
+            format!("token, {spelling}"),
+            with_token("GET", spelling),
+            Allow,
+        ));
+    }
+    let total = cases.len();
+    let (mismatches, wrong_allows) = run_cases(&certbound, "paths", cases).await;
+    assert!(wrong_allows.is_empty(), "WRONG ALLOWS: {wrong_allows:#?}");
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    eprintln!("path table: {total} cases, 0 wrong allows");
+}
+
+/// Spellings an upstream that normalises paths resolves to `/admin/x`.
+const PATHS_TO_ADMIN: &[&str] = &[
+    "/admin/x",
+    "//admin/x",
+    "///admin/x",
+    "/admin//x",
+    "/./admin/x",
+    "/%61dmin/x",
+    "/%61%64%6d%69%6e/x",
+    "/admin/../admin/x",
+    "/public/../admin/x",
+    "/public/%2e%2e/admin/x",
+    "/public/%2E%2E/admin/x",
+    "/public/.%2e/admin/x",
+    "/public/./../admin/x",
+    "/public//../admin/x",
+    "/admin/x?redirect=/public/",
+    "/admin",
+    "/admin/",
+    "/admin/.",
+];
+
+/// Paths upstreams resolve differently, or that climb above the root: always 400.
+const UNSAFE_PATHS: &[&str] = &[
+    "/public/..%2fadmin/x",
+    "/public/..%2Fadmin/x",
+    "/public%2f..%2f..%2fadmin/x",
+    "/public/..%5cadmin/x",
+    "/public/..\\admin/x",
+    "/public/..;/admin/x",
+    "/public/%2e%2e;x/admin/x",
+    "/public/%252e%252e/admin/x",
+    "/public/..%252fadmin/x",
+    "/../admin/x",
+    "/public/../../admin/x",
+    "/%2e%2e/admin/x",
+    "/public/%zz/x",
+    "/public/%2",
+    "/public/%+F",
+    "admin/x",
+];

@@ -262,10 +262,31 @@ async fn each_kind_of_deny_is_explained_with_its_reason_and_answer() {
         ),
         (
             "x5t_missing",
+            sign(&|c| c["cnf"] = json!({})),
+            Some(&w.cert),
+            "/",
+            "cnf: {}",
+        ),
+        (
+            "dpop_downgrade",
             sign(&|c| c["cnf"] = json!({"jkt": "x"})),
             Some(&w.cert),
             "/",
             "cnf: {\"jkt\":\"x\"}",
+        ),
+        (
+            "cnf_unverified",
+            sign(&|c| c["cnf"] = json!({"jku": "https://k.test"})),
+            Some(&w.cert),
+            "/",
+            "cnf: {\"jku\":\"https://k.test\"}",
+        ),
+        (
+            "path_unsafe",
+            sign(&|_| {}),
+            Some(&w.cert),
+            "/public/..%2fadmin",
+            "path: cannot be resolved safely",
         ),
         (
             "cert_invalid",
@@ -290,6 +311,8 @@ async fn each_kind_of_deny_is_explained_with_its_reason_and_answer() {
             && (reason == "scope_missing" || reason == "group_missing")
         {
             403
+        } else if reason == "path_unsafe" {
+            400
         } else {
             401
         };

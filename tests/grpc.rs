@@ -551,7 +551,7 @@ async fn bad_inputs_are_denied_with_their_reason() {
                 with(&|c| c["cnf"] = json!({"jkt": "abc"}))
             )),
             cert.clone(),
-            "x5t_missing",
+            "dpop_downgrade",
         ),
         (
             "x5t empty",

@@ -329,3 +329,43 @@ async fn an_inactive_answer_for_a_locally_valid_jwt_stays_denied() {
         .assert_invalid_token("token_inactive");
     assert_eq!(idp.introspection_hits(), 1);
 }
+
+/// RFC 9449 §7.2 for introspected tokens: an answer whose `cnf` names a method certbound does
+/// not verify here (`jkt` with DPoP off, `jwk`, anything unknown) is refused even where unbound
+/// tokens pass (`when_present`); an answer with no `cnf` at all is the only unbound one.
+#[tokio::test]
+async fn an_introspected_sender_constrained_token_is_never_taken_as_a_bearer_token() {
+    let idp = Idp::start(&[]).await;
+    let cert = ClientCert::self_signed("a");
+    let certbound = start(&idp, "binding:\n  mode: when_present\n").await;
+    for (token, cnf, reason) in [
+        (
+            "dpop-bound",
+            json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}),
+            "dpop_downgrade",
+        ),
+        (
+            "dpop-bound-string",
+            json!(r#"{"jkt":"abc"}"#),
+            "dpop_downgrade",
+        ),
+        (
+            "jwk-bound",
+            json!({"jwk": {"kty": "OKP"}}),
+            "cnf_unverified",
+        ),
+        ("unknown-bound", json!({"mtls_san": "x"}), "cnf_unverified"),
+        ("empty-cnf", json!({}), "cnf_invalid"),
+    ] {
+        idp.set_answer(token, active(&idp, cnf));
+        let answer = opaque_check(&certbound, token, &cert).await;
+        assert_eq!(answer.reason(), reason, "{token}: {answer:?}");
+        answer.assert_invalid_token(reason);
+    }
+    let mut unbound = active(&idp, Value::Null);
+    unbound.as_object_mut().unwrap().remove("cnf");
+    idp.set_answer("unbound", unbound);
+    opaque_check(&certbound, "unbound", &cert)
+        .await
+        .assert_allowed();
+}

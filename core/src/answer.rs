@@ -5,6 +5,7 @@ use crate::decision::{Decision, Outcome};
 
 pub const UNAUTHORIZED_BODY: &str = r#"{"message":"unauthorized"}"#;
 pub const FORBIDDEN_BODY: &str = r#"{"message":"forbidden"}"#;
+pub const BAD_REQUEST_BODY: &str = r#"{"message":"bad request"}"#;
 pub const UNAVAILABLE_BODY: &str = r#"{"message":"service unavailable"}"#;
 
 /// The response a refused request gets instead of reaching the upstream.
@@ -40,6 +41,8 @@ impl Decision {
                     headers,
                     body: if reason.is_forbidden() {
                         FORBIDDEN_BODY
+                    } else if reason.is_bad_request() {
+                        BAD_REQUEST_BODY
                     } else {
                         UNAUTHORIZED_BODY
                     },
@@ -96,6 +99,9 @@ mod tests {
             assert_eq!(answer.headers.len(), 2);
             if reason.is_forbidden() {
                 assert_eq!((answer.status, answer.body), (403, FORBIDDEN_BODY));
+            } else if reason.is_bad_request() {
+                assert_eq!((answer.status, answer.body), (400, BAD_REQUEST_BODY));
+                assert_eq!(answer.headers[1].1, r#"Bearer error="invalid_request""#);
             } else {
                 assert_eq!((answer.status, answer.body), (401, UNAUTHORIZED_BODY));
             }

@@ -58,6 +58,45 @@ pub fn check(
     }
 }
 
+/// The confirmation methods a token's `cnf` names. Every member of `cnf` is one (RFC 7800
+/// §3.1): `x5t#S256` (RFC 8705), `jkt` (RFC 9449), and others certbound never verifies (`jwk`,
+/// `jku`, `kid`, `jwe`, anything unknown).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Confirmation {
+    pub x5t_s256: bool,
+    pub jkt: bool,
+    /// A member certbound does not verify: such a token is never accepted.
+    pub unverifiable: bool,
+}
+
+/// Reads the methods a token's `cnf` names: `None` when it has no `cnf` (or `null`), the only
+/// unbound token; `Err(CnfInvalid)` when `cnf` is not an object (or a JSON string of one), or
+/// names no method at all.
+pub fn confirmation(cnf: Option<&Value>) -> Result<Option<Confirmation>, DenyReason> {
+    let parsed;
+    let object = match cnf {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) => {
+            parsed = serde_json::from_str::<Value>(text).map_err(|_| DenyReason::CnfInvalid)?;
+            &parsed
+        }
+        Some(other) => other,
+    };
+    let object = object.as_object().ok_or(DenyReason::CnfInvalid)?;
+    if object.is_empty() {
+        return Err(DenyReason::CnfInvalid);
+    }
+    let mut methods = Confirmation::default();
+    for name in object.keys() {
+        match name.as_str() {
+            "x5t#S256" => methods.x5t_s256 = true,
+            "jkt" => methods.jkt = true,
+            _ => methods.unverifiable = true,
+        }
+    }
+    Ok(Some(methods))
+}
+
 /// The `jkt` (RFC 9449 §6) a token's `cnf` claims, if it is a well-formed `cnf` with a non-empty
 /// string `jkt`. A malformed `cnf` is reported by the certificate check, in the reference order.
 pub fn claimed_jkt(cnf: Option<&Value>) -> Option<String> {
@@ -225,6 +264,38 @@ mod tests {
             ),
             Err(DenyReason::BindingMismatch)
         );
+    }
+
+    #[test]
+    fn every_member_of_cnf_is_a_confirmation_method() {
+        assert_eq!(confirmation(None), Ok(None));
+        assert_eq!(confirmation(Some(&Value::Null)), Ok(None));
+        let read = |v: Value| confirmation(Some(&v));
+        assert_eq!(
+            read(json!({"x5t#S256": VECTOR})),
+            Ok(Some(Confirmation {
+                x5t_s256: true,
+                ..Confirmation::default()
+            }))
+        );
+        assert_eq!(
+            read(json!(r#"{"jkt":"a"}"#)),
+            Ok(Some(Confirmation {
+                jkt: true,
+                ..Confirmation::default()
+            }))
+        );
+        for foreign in ["jwk", "jku", "kid", "jwe", "x5t", "X5T#S256", "osc"] {
+            let methods = read(json!({ foreign: "v", "x5t#S256": VECTOR }))
+                .unwrap()
+                .unwrap();
+            assert!(methods.unverifiable, "{foreign}");
+        }
+        assert_eq!(read(json!({})), Err(DenyReason::CnfInvalid));
+        assert_eq!(read(json!("{}")), Err(DenyReason::CnfInvalid));
+        assert_eq!(read(json!("nope")), Err(DenyReason::CnfInvalid));
+        assert_eq!(read(json!([1])), Err(DenyReason::CnfInvalid));
+        assert_eq!(read(json!(true)), Err(DenyReason::CnfInvalid));
     }
 
     #[test]

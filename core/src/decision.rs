@@ -33,6 +33,10 @@ macro_rules! deny_reasons {
 deny_reasons! {
     /// Envoy sent no HTTP attributes.
     RequestInvalid => "request_invalid",
+    /// The path cannot be resolved the same way by every upstream (an encoded `/` or `\`, a
+    /// `..` above the root, a dot-segment with parameters, double or invalid percent-encoding):
+    /// 400, whatever the route, so no spelling can reach a rule it should not.
+    PathUnsafe => "path_unsafe",
     TokenMissing => "token_missing",
     AuthorizationDuplicate => "authorization_duplicate",
     TokenTooLarge => "token_too_large",
@@ -63,6 +67,10 @@ deny_reasons! {
     CnfInvalid => "cnf_invalid",
     X5tMissing => "x5t_missing",
     BindingMismatch => "binding_mismatch",
+    /// The token's `cnf` names a confirmation method certbound does not verify for this request
+    /// (`jwk`, `jku`, `kid`, an unknown one, or `x5t#S256` where binding is `disabled`): a
+    /// sender-constrained token is never accepted as a plain bearer token.
+    CnfUnverified => "cnf_unverified",
     /// A required scope is missing (403).
     ScopeMissing => "scope_missing",
     /// No required group (or not all of them) (403).
@@ -114,6 +122,11 @@ impl DenyReason {
     /// A valid, bound token without the rights the route needs: 403, not 401.
     pub fn is_forbidden(self) -> bool {
         matches!(self, DenyReason::ScopeMissing | DenyReason::GroupMissing)
+    }
+
+    /// A request that cannot be routed safely: 400 `invalid_request` (RFC 6750 §3.1).
+    pub fn is_bad_request(self) -> bool {
+        matches!(self, DenyReason::PathUnsafe)
     }
 
     /// A fault of the DPoP proof itself (RFC 9449 §7.1 `invalid_dpop_proof`), not of the token
@@ -265,6 +278,7 @@ impl Decision {
         match &self.outcome {
             Outcome::Allow(_) => 200,
             Outcome::Deny(reason) if reason.is_forbidden() => 403,
+            Outcome::Deny(reason) if reason.is_bad_request() => 400,
             Outcome::Deny(_) => 401,
             Outcome::Unavailable(_) => 503,
         }
@@ -292,6 +306,8 @@ impl Decision {
                     missing.join(" ")
                 ),
             }
+        } else if reason.is_bad_request() {
+            r#"error="invalid_request""#.to_string()
         } else if *reason == DenyReason::DpopNonceRequired {
             r#"error="use_dpop_nonce""#.to_string()
         } else if reason.is_dpop_proof() {

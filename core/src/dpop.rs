@@ -113,10 +113,6 @@ pub fn access_token_hash(token: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()))
 }
 
-fn hex_upper(value: u8) -> char {
-    char::from(b"0123456789ABCDEF"[usize::from(value & 0x0F)])
-}
-
 /// A URI for comparison as RFC 9449 §4.3 step 9 asks: without query and fragment, normalised as
 /// RFC 3986 §6.2.2 and §6.2.3 say: scheme and host in lower case, the default port dropped, an
 /// empty path as `/`, dot segments removed, percent-encodings in upper case and those of
@@ -137,21 +133,14 @@ pub fn normalize_htu(uri: &str) -> Option<String> {
     let path = url.path().as_bytes();
     let mut i = 0;
     while i < path.len() {
-        let decoded = (path[i] == b'%' && i + 2 < path.len())
-            .then(|| {
-                let hex = std::str::from_utf8(&path[i + 1..i + 3]).ok()?;
-                u8::from_str_radix(hex, 16).ok()
-            })
-            .flatten();
-        match decoded {
-            Some(byte) if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) => {
+        // Exactly two hex digits (`%+F` is not an encoding: no sign is read).
+        match crate::path::percent_decoded(path, i) {
+            Some(byte) if crate::path::is_unreserved(byte) => {
                 out.push(char::from(byte));
                 i += 3;
             }
             Some(byte) => {
-                out.push('%');
-                out.push(hex_upper(byte >> 4));
-                out.push(hex_upper(byte));
+                crate::path::push_encoded(&mut out, byte);
                 i += 3;
             }
             None => {
@@ -390,6 +379,9 @@ mod tests {
             ("https://api.test/a%2fb", "https://api.test/a%2Fb"),
             ("https://api.test/%7Euser/%61", "https://api.test/~user/a"),
             ("https://api.test/a/./b/../c", "https://api.test/a/c"),
+            // Not an encoding: a sign is not a hex digit, and one digit is not two.
+            ("https://api.test/a%+Fb", "https://api.test/a%+Fb"),
+            ("https://api.test/a%-1b", "https://api.test/a%-1b"),
         ];
         for (input, expected) in cases {
             assert_eq!(normalize_htu(input).as_deref(), Some(expected), "{input}");

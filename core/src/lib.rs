@@ -33,6 +33,7 @@ pub mod decision;
 pub mod dpop;
 pub mod jwa;
 pub mod keys;
+pub mod path;
 pub mod policy;
 pub mod replay;
 pub mod request;

@@ -330,8 +330,20 @@ impl Policy {
         {
             return Err(DenyReason::AudienceNotAllowed.into());
         }
+        // A sender-constrained token is never taken as a plain bearer token: every method its
+        // `cnf` names must be one certbound verifies for this request (RFC 9449 §7.2 for `jkt`).
+        let cnf = claims.get("cnf");
+        let confirmation = binding::confirmation(cnf);
+        if let Ok(Some(methods)) = &confirmation {
+            if methods.unverifiable {
+                return Err(DenyReason::CnfUnverified.into());
+            }
+            if methods.jkt && self.dpop.is_none() {
+                return Err(DenyReason::DpopDowngrade.into());
+            }
+        }
         let dpop_bound = match &self.dpop {
-            Some(dpop) => self.check_dpop(dpop, request, token, claims.get("cnf"), now, facts)?,
+            Some(dpop) => self.check_dpop(dpop, request, token, cnf, now, facts)?,
             None => false,
         };
         let mode = requirements.binding.unwrap_or(self.binding);
@@ -340,7 +352,16 @@ impl Policy {
             if let Ok(Some(thumbprint)) = certificate {
                 facts.thumbprint = Some(thumbprint);
             }
-            binding::check(mode, &certificate, claims.get("cnf"), dpop_bound)?;
+            binding::check(mode, &certificate, cnf, dpop_bound)?;
+        }
+        // After the certificate checks, so `required` keeps the reference order; in the other
+        // modes only a token with no `cnf` at all passes unbound.
+        match confirmation {
+            Err(reason) => return Err(reason.into()),
+            Ok(Some(methods)) if methods.x5t_s256 && mode == BindingMode::Disabled => {
+                return Err(DenyReason::CnfUnverified.into());
+            }
+            Ok(_) => {}
         }
         let missing = routes::missing_scopes(requirements, &claims);
         if !missing.is_empty() {

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::binding::BindingMode;
 use crate::decision::DenyReason;
+use crate::path::{self, EscapedSlashes};
 use crate::request::AccessRequest;
 
 /// `context_extensions` keys that Envoy routes may set (`check_settings.context_extensions`).
@@ -116,6 +117,8 @@ pub struct RoutePolicy {
     /// Let CORS preflights (`OPTIONS` with `origin` and `access-control-request-method`) through
     /// without a token.
     pub allow_cors_preflight: bool,
+    /// `%2F` and `%5C` in a path: refused (default) or kept inside their segment.
+    pub escaped_slashes: EscapedSlashes,
 }
 
 /// The requirements chosen for one request, and the name of the rule that gave them.
@@ -128,9 +131,12 @@ pub struct Applied {
 impl RoutePolicy {
     /// First matching rule (else the default), with the route's `context_extensions` applied:
     /// their scopes and groups add to the rule's, their binding mode replaces the rule's.
+    /// Rules see the canonical path ([`path::canonical`]): the one the upstream resolves, however
+    /// it was spelled; a path that cannot be resolved safely is refused (`path_unsafe`).
     pub fn select(&self, request: &AccessRequest) -> Result<Applied, DenyReason> {
-        let path = request.path.split(['?', '#']).next().unwrap_or_default();
-        let (rule, mut requirements) = match self.rules.iter().find(|r| r.matches(request, path)) {
+        let path = path::canonical(&request.path, self.escaped_slashes)
+            .map_err(|_| DenyReason::PathUnsafe)?;
+        let (rule, mut requirements) = match self.rules.iter().find(|r| r.matches(request, &path)) {
             Some(rule) => (rule.name.clone(), rule.requirements.clone()),
             None => ("default".to_string(), self.default.clone()),
         };
@@ -285,11 +291,39 @@ mod tests {
             },
             groups_claim: "groups".into(),
             allow_cors_preflight: false,
+            escaped_slashes: EscapedSlashes::Reject,
         }
     }
 
     fn selected(method: &str, host: &str, path: &str) -> String {
         table().select(&request(method, host, path)).unwrap().rule
+    }
+
+    #[test]
+    fn rules_match_the_path_the_upstream_resolves() {
+        for spelling in [
+            "/items/7",
+            "//items/7",
+            "/./items/7",
+            "/%69tems/7",
+            "/x/../items/7",
+            "/healthz/../items/7",
+            "/healthz/%2e%2e/items//7",
+        ] {
+            assert_eq!(selected("PUT", "h", spelling), "items", "{spelling}");
+        }
+        assert_eq!(selected("GET", "h", "//healthz"), "health");
+        for unsafe_path in [
+            "/healthz/..%2fitems/7",
+            "/healthz/..;/items/7",
+            "/../items/7",
+        ] {
+            assert_eq!(
+                table().select(&request("PUT", "h", unsafe_path)).err(),
+                Some(DenyReason::PathUnsafe),
+                "{unsafe_path}"
+            );
+        }
     }
 
     #[test]

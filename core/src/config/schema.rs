@@ -368,6 +368,9 @@ pub struct PolicyConfig {
     /// CORS preflights pass without a token.
     #[serde(default)]
     pub allow_cors_preflight: bool,
+    /// `%2F` / `%5C` in a path: `reject` (400 `path_unsafe`) or `keep` (inside the segment).
+    #[serde(default)]
+    pub escaped_slashes: crate::path::EscapedSlashes,
     /// Send the deny reason to the client in `x-certbound-reason` (off: it helps attackers too).
     #[serde(default)]
     pub reason_header: bool,
@@ -416,6 +419,7 @@ impl Default for PolicyConfig {
             default: RequirementsConfig::default(),
             groups_claim: default_groups_claim(),
             allow_cors_preflight: false,
+            escaped_slashes: crate::path::EscapedSlashes::default(),
             reason_header: false,
         }
     }

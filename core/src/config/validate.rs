@@ -608,6 +608,7 @@ fn validate_policy(
         default: validate_requirements(&config.default, "policy.default", issuers)?,
         groups_claim: config.groups_claim.clone(),
         allow_cors_preflight: config.allow_cors_preflight,
+        escaped_slashes: config.escaped_slashes,
     })
 }
 
