@@ -561,3 +561,51 @@ async fn dpop_nonces_reach_the_client_through_envoy() {
     assert_eq!(seen.status, 200, "{seen:?}");
     assert_eq!(seen.dpop_nonce, Some(keys.issue(now())), "{seen:?}");
 }
+
+/// certbound's own 503 (here: the issuer's keys went stale while the IdP is down) is a denial
+/// Envoy enforces even with `failure_mode_allow: true`, which operators set to survive certbound
+/// being down: before, it was an `error_response` and Envoy let the request through. That
+/// setting now covers only certbound being unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn certbound_s_own_503_is_enforced_even_with_failure_mode_allow() {
+    let mut s = Stack::start_with(
+        "self-signed",
+        "keys:\n  refresh_interval_seconds: 1\n  min_refresh_seconds: 1\n  max_stale_seconds: 1\n  retry_max_seconds: 1\n",
+        |config, _| {
+            assert!(config.contains("failure_mode_allow: false"));
+            config.replace("failure_mode_allow: false", "failure_mode_allow: true")
+        },
+    )
+    .await;
+    let a = s.pki.client("client-a");
+    let token = s.token_for(Some(&a));
+    s.get(Some(&a), Http::One, Some(&token))
+        .await
+        .upstream_headers();
+    s.idp.set_status(500);
+    let mut last = None;
+    for _ in 0..80 {
+        let seen = s.get(Some(&a), Http::One, Some(&token)).await;
+        if seen.status == 503 {
+            last = Some(seen);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let seen = last.expect("the keys never went stale");
+    assert_eq!(
+        seen.body, r#"{"message":"service unavailable"}"#,
+        "{seen:?}"
+    );
+    for http in BOTH {
+        let seen = s.get(Some(&a), http, Some(&token)).await;
+        assert_eq!(seen.status, 503, "{http:?}: {seen:?}");
+        assert_eq!(seen.body, r#"{"message":"service unavailable"}"#);
+        assert_eq!(seen.content_type.as_deref(), Some("application/json"));
+    }
+    // failure_mode_allow still does what operators set it for: certbound unreachable -> allowed.
+    s.certbound.kill();
+    let seen = s.get(Some(&a), Http::One, Some(&token)).await;
+    assert_eq!(seen.status, 200, "{seen:?}");
+}

@@ -150,6 +150,12 @@ unsafe extern "C" {
         body: Buffer,
         details: Buffer,
     );
+    fn envoy_dynamic_module_callback_http_send_response_headers(
+        filter: *mut c_void,
+        headers: *mut Pair,
+        headers_len: usize,
+        end_stream: bool,
+    );
     fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
         filter: *mut c_void,
         attribute: i32,
@@ -516,6 +522,30 @@ impl Stream<'_> {
                 pairs.len(),
                 Buffer::of(body.as_bytes()),
                 Buffer::of(details.as_bytes()),
+            )
+        }
+    }
+
+    /// Answers a gRPC request with a trailers-only gRPC error (`grpc-status`, `grpc-message`, and
+    /// `headers`), ending the stream. Envoy 1.40's `send_response` gives its local reply
+    /// `grpc-status: 0` whatever the HTTP status, so a refused gRPC call would read as a success.
+    pub fn send_grpc_refusal(&self, grpc_status: u32, headers: &[(&str, &str)], message: &str) {
+        let grpc_status = grpc_status.to_string();
+        let mut all = vec![
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", grpc_status.as_str()),
+            ("grpc-message", message),
+        ];
+        all.extend(headers.iter().filter(|(name, _)| *name != "content-type"));
+        let mut pairs = Pair::all(&all);
+        // SAFETY: hook-time stream pointer; header buffers alive for the call (Envoy copies them).
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response_headers(
+                self.ptr,
+                pairs.as_mut_ptr(),
+                pairs.len(),
+                true,
             )
         }
     }

@@ -257,7 +257,7 @@ fn answer(
                         .map(|(name, value)| (*name, value.as_str()))
                         .collect();
                     let details = format!("certbound_{}", decision.reason());
-                    stream.send_response(refusal.status, &headers, refusal.body, &details);
+                    refuse(stream, refusal.status, &headers, refusal.body, &details);
                 }
                 None => answer_internal_error(stream),
             }
@@ -274,12 +274,79 @@ pub fn answer_internal_error(stream: &Stream<'_>) {
         .map_or((503, certbound_core::answer::UNAVAILABLE_BODY), |a| {
             (a.status, a.body)
         });
-    stream.send_response(
+    refuse(
+        stream,
         status,
         &[("content-type", "application/json")],
         body,
         "certbound_internal_error",
     );
+}
+
+/// Sends a refusal: a local reply, or for a gRPC request a gRPC error with the same headers
+/// (the client must never read `grpc-status: 0`).
+fn refuse(stream: &Stream<'_>, status: u16, headers: &[(&str, &str)], body: &str, details: &str) {
+    let content_type = stream.request_header("content-type");
+    if content_type.first().is_some_and(|t| is_grpc(t)) {
+        stream.send_grpc_refusal(grpc_status_for(status), headers, body);
+    } else {
+        stream.send_response(status, headers, body, details);
+    }
+}
+
+/// Whether Envoy treats the request as gRPC (`application/grpc`, `application/grpc+proto`, ...;
+/// not gRPC-Web).
+fn is_grpc(content_type: &str) -> bool {
+    let content_type = content_type.trim().to_ascii_lowercase();
+    content_type == "application/grpc"
+        || content_type.starts_with("application/grpc+")
+        || content_type.starts_with("application/grpc;")
+}
+
+/// The gRPC status Envoy gives an HTTP status (its `httpToGrpcStatus`), as ext_authz answers.
+fn grpc_status_for(http: u16) -> u32 {
+    match http {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_requests_are_recognised_as_envoy_does() {
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC;x=y",
+        ] {
+            assert!(is_grpc(grpc), "{grpc}");
+        }
+        for other in [
+            "application/grpc-web",
+            "application/json",
+            "application/grpcx",
+            "",
+        ] {
+            assert!(!is_grpc(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn every_refusal_maps_to_a_grpc_error() {
+        assert_eq!(grpc_status_for(401), 16);
+        assert_eq!(grpc_status_for(403), 7);
+        assert_eq!(grpc_status_for(503), 14);
+        for status in [400, 401, 403, 413, 500, 503] {
+            assert_ne!(grpc_status_for(status), 0);
+        }
+    }
 }
 
 /// One debug line per decision (Envoy's access log is the per-request record). Never the token,

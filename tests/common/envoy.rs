@@ -161,6 +161,114 @@ impl Drop for EchoUpstream {
     }
 }
 
+/// One request an upstream received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    /// The request target as the upstream got it (path and query).
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    /// Body bytes read, or why reading it stopped.
+    pub body: Result<usize, String>,
+}
+
+/// An upstream that records every request it receives (once its headers arrive, before its
+/// body is read) and answers 200 with `x-upstream: seen`: tests assert what reached it.
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl RecordingUpstream {
+    pub async fn start() -> Self {
+        use axum::body::Body;
+        use axum::extract::Request;
+        use futures_util::StreamExt;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Received>::new()));
+        let log = std::sync::Arc::clone(&seen);
+        let app = Router::new().fallback(move |request: Request| {
+            let log = std::sync::Arc::clone(&log);
+            async move {
+                let (parts, body) = request.into_parts();
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Received {
+                        method: parts.method.to_string(),
+                        target: parts.uri.to_string(),
+                        headers: parts
+                            .headers
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())
+                            })
+                            .collect(),
+                        body: Ok(0),
+                    });
+                    log.len() - 1
+                };
+                let mut stream = body.into_data_stream();
+                let mut total = 0;
+                let mut outcome = Ok(());
+                while let Some(chunk) = stream.next().await {
+                    match chunk {
+                        Ok(chunk) => total += chunk.len(),
+                        Err(error) => {
+                            outcome = Err(error.to_string());
+                            break;
+                        }
+                    }
+                }
+                log.lock().unwrap()[index].body = outcome.map(|()| total);
+                axum::http::Response::builder()
+                    .header("x-upstream", "seen")
+                    .header("content-type", "text/plain")
+                    .body(Body::from("upstream"))
+                    .unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            seen,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// Every request received whose target starts with `prefix`.
+    pub fn received(&self, prefix: &str) -> Vec<Received> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.target.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    pub fn all(&self) -> Vec<Received> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// A child process killed when dropped (also when a test fails).
 pub struct Process {
     child: Child,

@@ -30,6 +30,7 @@ use certbound::grpc::pb::envoy::service::auth::v3::{
 pub mod dpop;
 pub mod envoy;
 pub mod external;
+pub mod raw;
 
 pub const AUDIENCE: &str = "https://api.test";
 

@@ -1,0 +1,686 @@
+//! The stream-shape table: every way Envoy 1.40 can deliver a request (HTTP/1.1 with
+//! Content-Length, chunked with trailers, `Expect: 100-continue`, a WebSocket upgrade, a body
+//! over the buffer limit, a client that gives up; HTTP/2 HEADERS without END_STREAM, DATA while
+//! waiting, trailers, gRPC, extended CONNECT, RST_STREAM mid-wait, many waiters on one
+//! connection), each with a token whose `kid` is unknown while the IdP is slow (the request
+//! waits for a refetch), a forged token and a valid one, through real Envoy in front of:
+//! the dynamic module, the ext_authz service, and the ext_authz service with
+//! `with_request_body`. The upstream records what it receives: nothing may reach it but the
+//! valid token's requests, which must arrive whole.
+//!
+//! Ignored by a plain `cargo test` (they need Envoy and the built module); `scripts/test.sh`
+//! runs them with `--include-ignored`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::envoy::*;
+use common::raw::{self, H2Response, RawResponse, Step};
+use common::{ClientCert, Idp, Signer};
+use serde_json::json;
+
+/// How long the IdP takes to answer once the table starts: every unknown-`kid` request waits
+/// for a refetch that long.
+const IDP_DELAY: Duration = Duration::from_millis(1200);
+/// Bigger than Envoy's per-connection buffer limit (1 MiB default) and the service's
+/// `max_request_bytes` (64 KiB below).
+const LARGE_BODY: usize = 2 * 1024 * 1024 + 17;
+const BODY: &[u8] = b"{\"transfer\":\"all of it\"}";
+const READ_FOR: Duration = Duration::from_secs(6);
+
+/// The certbound settings shared by both shapes: an unknown `kid` always triggers a refetch
+/// (no rate limit) and waits up to 1.5 s for it.
+const KEYS: &str = "keys:\n  refetch_min_interval_seconds: 0\n  unknown_kid_wait_ms: 1500\n";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token {
+    /// Signed by a key the IdP does not publish: certbound refetches, the request waits.
+    UnknownKid,
+    /// A published `kid`, signed by another key.
+    Forged,
+    Valid,
+}
+
+const TOKENS: [Token; 3] = [Token::UnknownKid, Token::Forged, Token::Valid];
+
+/// One of the stacks under test: Envoy (from a shipped config) in front of certbound in one
+/// shape, an IdP, and the recording upstream.
+struct Stack {
+    name: &'static str,
+    pki: Pki,
+    idp: Idp,
+    signer: Signer,
+    issuer: String,
+    audience: &'static str,
+    upstream: RecordingUpstream,
+    port: u16,
+    envoy: Process,
+    _certbound: Option<Process>,
+    /// ext_authz `with_request_body`: Envoy buffers the body (64 KiB at most) before the check,
+    /// so even a valid request with a larger body is refused (413).
+    buffers_body: bool,
+}
+
+/// Lets Envoy deliver WebSocket upgrades (HTTP/1.1) and extended CONNECT (HTTP/2).
+fn with_upgrades(config: String) -> String {
+    let line = config
+        .lines()
+        .find(|l| l.trim() == "codec_type: AUTO")
+        .expect("codec_type line")
+        .to_string();
+    let pad = " ".repeat(line.len() - line.trim_start().len());
+    config.replacen(
+        &format!("{line}\n"),
+        &format!(
+            "{line}\n{pad}upgrade_configs: [{{upgrade_type: websocket}}]\n{pad}http2_protocol_options: {{allow_connect: true}}\n"
+        ),
+        1,
+    )
+}
+
+impl Stack {
+    /// `deploy/envoy/module.yaml`, its filter_config with [`KEYS`].
+    async fn module() -> Self {
+        let signer = Signer::es256("k1");
+        let pki = Pki::new("shapes-module");
+        let idp = Idp::start_tls(&[&signer], &pki, "idp.example.com").await;
+        let upstream = RecordingUpstream::start().await;
+        let ports = EnvoyPorts {
+            listener: free_port(),
+            admin: free_port(),
+            upstream: Some(upstream.addr),
+            idp: Some(idp.addr),
+            ..Default::default()
+        };
+        let filter = format!(
+            "issuers:\n  - issuer: https://idp.example.com\n    audiences: [https://api.example.com]\n    jwks_uri: https://idp.example.com/.well-known/jwks.json\n    cluster: idp\n    algorithms: [ES256]\ncertificate:\n  sources: [peer]\nupstream:\n  remove_authorization: true\n{KEYS}"
+        );
+        let config = with_upgrades(with_filter_config(
+            &envoy_config("module", &ports, &pki),
+            &filter,
+        ));
+        let envoy = start_envoy(&config, &ports, pki.dir.path()).await;
+        Self {
+            name: "module",
+            pki,
+            idp,
+            signer,
+            issuer: "https://idp.example.com".into(),
+            audience: "https://api.example.com",
+            upstream,
+            port: ports.listener,
+            envoy,
+            _certbound: None,
+            buffers_body: false,
+        }
+    }
+
+    /// `deploy/envoy/self-signed.yaml` calling the certbound binary; `with_body` adds the
+    /// ext_authz filter's `with_request_body` (64 KiB).
+    async fn service(with_body: bool) -> Self {
+        let signer = Signer::es256("k1");
+        let pki = Pki::new("shapes-service");
+        let idp = Idp::start(&[&signer]).await;
+        let upstream = RecordingUpstream::start().await;
+        let yaml = common::config_for(&idp, KEYS);
+        let (certbound, addr) = start_certbound(&yaml, pki.dir.path()).await;
+        let ports = EnvoyPorts {
+            listener: free_port(),
+            admin: free_port(),
+            certbound: Some(addr),
+            upstream: Some(upstream.addr),
+            ..Default::default()
+        };
+        // Longer than certbound's refetch wait, so certbound's answer decides, not the timeout.
+        let mut config = with_upgrades(envoy_config("self-signed", &ports, &pki))
+            .replace("timeout: 0.25s", "timeout: 3s");
+        if with_body {
+            let line = "include_peer_certificate: true\n";
+            let at = config.find(line).expect("include_peer_certificate");
+            let pad_start = config[..at].rfind('\n').unwrap() + 1;
+            let pad = " ".repeat(at - pad_start);
+            config = config.replacen(
+                line,
+                &format!(
+                    "{line}{pad}with_request_body: {{max_request_bytes: 65536, allow_partial_message: false}}\n"
+                ),
+                1,
+            );
+        }
+        let envoy = start_envoy(&config, &ports, pki.dir.path()).await;
+        Self {
+            name: if with_body {
+                "service-with-body"
+            } else {
+                "service"
+            },
+            pki,
+            issuer: idp.issuer.clone(),
+            idp,
+            signer,
+            audience: common::AUDIENCE,
+            upstream,
+            port: ports.listener,
+            envoy,
+            _certbound: Some(certbound),
+            buffers_body: with_body,
+        }
+    }
+
+    fn token(&self, kind: Token, cert: &ClientCert) -> String {
+        let mut claims = common::claims(&self.issuer, Some(&cert.x5t()));
+        claims["aud"] = json!(self.audience);
+        match kind {
+            Token::Valid => self.signer.sign(&claims),
+            Token::Forged => Signer::es256("k1").sign(&claims),
+            Token::UnknownKid => Signer::es256("rotated-in-later").sign(&claims),
+        }
+    }
+
+    /// A valid GET passes (keys loaded, Envoy up).
+    async fn assert_serving(&self, cert: &ClientCert) {
+        let path = format!("/serving/{}", rand_suffix());
+        let auth = format!("Bearer {}", self.token(Token::Valid, cert));
+        for _ in 0..100 {
+            let response = raw::http1(
+                &self.pki,
+                Some(cert),
+                self.port,
+                vec![Step::Send(raw::head(
+                    "GET",
+                    &path,
+                    &[("authorization", &auth)],
+                ))],
+                READ_FOR,
+            )
+            .await;
+            if response.header("x-upstream") == Some("seen") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "{}: a valid request never passed:\n{}",
+            self.name,
+            self.envoy.log()
+        );
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::SeqCst).to_string()
+}
+
+/// What a case's client saw.
+#[derive(Debug)]
+enum Seen {
+    H1(RawResponse),
+    H2(H2Response),
+    /// The client itself gave up (reset or closed): nothing to read.
+    GaveUp,
+}
+
+impl Seen {
+    /// The upstream's answer reached the client.
+    fn came_from_upstream(&self) -> bool {
+        match self {
+            Seen::H1(r) => r.header("x-upstream") == Some("seen"),
+            Seen::H2(r) => r.header("x-upstream") == Some("seen"),
+            Seen::GaveUp => false,
+        }
+    }
+
+    /// A refusal the client can see: an error status, or a gRPC error status on a 200.
+    fn refused(&self) -> bool {
+        match self {
+            Seen::H1(r) => matches!(r.status, Some(400..=599)),
+            Seen::H2(r) => {
+                matches!(r.status, Some(400..=599))
+                    || (r.status == Some(200) && r.grpc_status().is_some_and(|s| s != "0"))
+            }
+            Seen::GaveUp => true,
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    H1Get,
+    H1ContentLength,
+    H1ContentLengthWhileWaiting,
+    H1ChunkedWithTrailers,
+    H1ExpectContinue,
+    H1WebSocket,
+    H1OverBufferLimit,
+    H1ClientGivesUp,
+    H2HeadersWithoutEndStream,
+    H2DataWhileWaiting,
+    H2Trailers,
+    H2Grpc,
+    H2ExtendedConnect,
+    H2ResetMidWait,
+    H2OverBufferLimit,
+}
+
+const SHAPES: [Shape; 15] = [
+    Shape::H1Get,
+    Shape::H1ContentLength,
+    Shape::H1ContentLengthWhileWaiting,
+    Shape::H1ChunkedWithTrailers,
+    Shape::H1ExpectContinue,
+    Shape::H1WebSocket,
+    Shape::H1OverBufferLimit,
+    Shape::H1ClientGivesUp,
+    Shape::H2HeadersWithoutEndStream,
+    Shape::H2DataWhileWaiting,
+    Shape::H2Trailers,
+    Shape::H2Grpc,
+    Shape::H2ExtendedConnect,
+    Shape::H2ResetMidWait,
+    Shape::H2OverBufferLimit,
+];
+
+impl Shape {
+    /// The body bytes a valid request delivers to the upstream, when it has a body the upstream
+    /// reads as one (not an upgraded stream).
+    fn body_len(self) -> Option<usize> {
+        match self {
+            Shape::H1Get | Shape::H2HeadersWithoutEndStream => Some(0),
+            Shape::H1ContentLength
+            | Shape::H1ContentLengthWhileWaiting
+            | Shape::H1ExpectContinue
+            | Shape::H2DataWhileWaiting => Some(BODY.len()),
+            Shape::H1ChunkedWithTrailers | Shape::H2Trailers => Some(2 * BODY.len()),
+            Shape::H1OverBufferLimit | Shape::H2OverBufferLimit => Some(LARGE_BODY),
+            Shape::H2Grpc => Some(5 + BODY.len()),
+            Shape::H1WebSocket
+            | Shape::H2ExtendedConnect
+            | Shape::H1ClientGivesUp
+            | Shape::H2ResetMidWait => None,
+        }
+    }
+
+    /// The client walks away before any answer: there is nothing to allow.
+    fn gives_up(self) -> bool {
+        matches!(self, Shape::H1ClientGivesUp | Shape::H2ResetMidWait)
+    }
+}
+
+const PAUSE: Duration = Duration::from_millis(300);
+
+/// Sends one request of `shape` with `token` to `path`.
+async fn send(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, token: &str) -> Seen {
+    let auth = format!("Bearer {token}");
+    let auth = auth.as_str();
+    let h1 = |steps: Vec<Step>| async {
+        Seen::H1(raw::http1(&stack.pki, Some(cert), stack.port, steps, READ_FOR).await)
+    };
+    let len = BODY.len().to_string();
+    match shape {
+        Shape::H1Get => {
+            h1(vec![Step::Send(raw::head(
+                "GET",
+                path,
+                &[("authorization", auth)],
+            ))])
+            .await
+        }
+        Shape::H1ContentLength => {
+            let mut bytes = raw::head(
+                "POST",
+                path,
+                &[("authorization", auth), ("content-length", &len)],
+            );
+            bytes.extend_from_slice(BODY);
+            h1(vec![Step::Send(bytes)]).await
+        }
+        Shape::H1ContentLengthWhileWaiting => {
+            h1(vec![
+                Step::Send(raw::head(
+                    "POST",
+                    path,
+                    &[("authorization", auth), ("content-length", &len)],
+                )),
+                Step::Wait(PAUSE),
+                Step::Send(BODY.to_vec()),
+            ])
+            .await
+        }
+        Shape::H1ChunkedWithTrailers => {
+            let chunk = format!("{:x}\r\n", BODY.len()).into_bytes();
+            let mut one = chunk.clone();
+            one.extend_from_slice(BODY);
+            one.extend_from_slice(b"\r\n");
+            let mut last = one.clone();
+            last.extend_from_slice(b"0\r\nx-checksum: 42\r\n\r\n");
+            h1(vec![
+                Step::Send(raw::head(
+                    "POST",
+                    path,
+                    &[
+                        ("authorization", auth),
+                        ("transfer-encoding", "chunked"),
+                        ("te", "trailers"),
+                    ],
+                )),
+                Step::Wait(PAUSE),
+                Step::Send(one),
+                Step::Wait(PAUSE),
+                Step::Send(last),
+            ])
+            .await
+        }
+        Shape::H1ExpectContinue => {
+            h1(vec![
+                Step::Send(raw::head(
+                    "POST",
+                    path,
+                    &[
+                        ("authorization", auth),
+                        ("content-length", &len),
+                        ("expect", "100-continue"),
+                    ],
+                )),
+                Step::Wait(PAUSE),
+                Step::Send(BODY.to_vec()),
+            ])
+            .await
+        }
+        Shape::H1WebSocket => {
+            h1(vec![
+                Step::Send(raw::head(
+                    "GET",
+                    path,
+                    &[
+                        ("authorization", auth),
+                        ("connection", "Upgrade"),
+                        ("upgrade", "websocket"),
+                        ("sec-websocket-version", "13"),
+                        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                    ],
+                )),
+                Step::Wait(PAUSE),
+                // A masked text frame "hi".
+                Step::Send(vec![0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2]),
+            ])
+            .await
+        }
+        Shape::H1OverBufferLimit => {
+            let mut steps = vec![Step::Send(raw::head(
+                "POST",
+                path,
+                &[
+                    ("authorization", auth),
+                    ("content-length", &LARGE_BODY.to_string()),
+                ],
+            ))];
+            let body = vec![b'x'; LARGE_BODY];
+            steps.extend(body.chunks(256 * 1024).map(|c| Step::Send(c.to_vec())));
+            h1(steps).await
+        }
+        Shape::H1ClientGivesUp => {
+            h1(vec![
+                Step::Send(raw::head(
+                    "POST",
+                    path,
+                    &[("authorization", auth), ("content-length", "1000")],
+                )),
+                Step::Send(BODY.to_vec()),
+                Step::Wait(Duration::from_millis(200)),
+                Step::Close,
+            ])
+            .await;
+            Seen::GaveUp
+        }
+        _ => send_h2(stack, cert, shape, path, auth).await,
+    }
+}
+
+async fn send_h2(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, auth: &str) -> Seen {
+    let mut client = raw::http2(&stack.pki, Some(cert), stack.port).await;
+    let post = |extra: &[(&'static str, &'static str)]| {
+        let mut headers = vec![("authorization", auth)];
+        headers.extend_from_slice(extra);
+        raw::h2_request("POST", path, &headers)
+    };
+    let (response, mut stream) = match shape {
+        Shape::H2HeadersWithoutEndStream | Shape::H2ResetMidWait => client
+            .send_request(
+                raw::h2_request("GET", path, &[("authorization", auth)]),
+                false,
+            )
+            .unwrap(),
+        Shape::H2DataWhileWaiting | Shape::H2Trailers | Shape::H2OverBufferLimit => {
+            client.send_request(post(&[]), false).unwrap()
+        }
+        Shape::H2Grpc => client
+            .send_request(
+                post(&[("content-type", "application/grpc"), ("te", "trailers")]),
+                false,
+            )
+            .unwrap(),
+        Shape::H2ExtendedConnect => {
+            let mut request = raw::h2_request(
+                "CONNECT",
+                path,
+                &[("authorization", auth), ("sec-websocket-version", "13")],
+            );
+            request
+                .extensions_mut()
+                .insert(h2::ext::Protocol::from_static("websocket"));
+            assert!(
+                client.is_extended_connect_protocol_enabled(),
+                "Envoy did not offer extended CONNECT"
+            );
+            client.send_request(request, false).unwrap()
+        }
+        _ => unreachable!("{shape:?} is not an HTTP/2 shape"),
+    };
+    tokio::time::sleep(PAUSE).await;
+    let body = Bytes::from_static(BODY);
+    // Sending may fail once Envoy refused the stream: the answer still tells.
+    let _ = match shape {
+        Shape::H2HeadersWithoutEndStream => stream.send_data(Bytes::new(), true),
+        Shape::H2ResetMidWait => {
+            stream.send_reset(h2::Reason::CANCEL);
+            drop(response);
+            // Let Envoy see the reset while the request still waits.
+            tokio::time::sleep(PAUSE).await;
+            return Seen::GaveUp;
+        }
+        Shape::H2DataWhileWaiting => {
+            let _ = stream.send_data(body.slice(..10), false);
+            tokio::time::sleep(PAUSE).await;
+            stream.send_data(body.slice(10..), true)
+        }
+        Shape::H2Trailers => {
+            let _ = stream.send_data(body.clone(), false);
+            tokio::time::sleep(PAUSE).await;
+            let _ = stream.send_data(body, false);
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-checksum", "42".parse().unwrap());
+            stream.send_trailers(trailers)
+        }
+        Shape::H2Grpc => {
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(&(BODY.len() as u32).to_be_bytes());
+            frame.extend_from_slice(BODY);
+            stream.send_data(Bytes::from(frame), true)
+        }
+        Shape::H2ExtendedConnect => stream.send_data(Bytes::from_static(b"\x81\x02hi"), false),
+        Shape::H2OverBufferLimit => stream.send_data(Bytes::from(vec![b'y'; LARGE_BODY]), true),
+        _ => unreachable!(),
+    };
+    let seen = H2Response::read(response, READ_FOR).await;
+    drop(stream);
+    Seen::H2(seen)
+}
+
+/// Runs the whole table against one stack; returns the failures.
+async fn run_table(stack: &Stack) -> Vec<String> {
+    let cert = stack.pki.client("shapes-client");
+    stack.assert_serving(&cert).await;
+    let refetches_before = stack.idp.jwks_hits();
+    stack.idp.set_delay(IDP_DELAY);
+    // All at once: the unknown-kid requests wait together on refetches (many waiters), while
+    // the forged and valid ones are decided at once.
+    let mut runs = Vec::new();
+    for shape in SHAPES {
+        for token in TOKENS {
+            if token == Token::Valid && shape.gives_up() {
+                continue;
+            }
+            let path = format!("/shape/{}/{shape:?}/{token:?}", stack.name);
+            let cert = &cert;
+            runs.push(async move {
+                let seen = send(stack, cert, shape, &path, &stack.token(token, cert)).await;
+                (shape, token, path, seen)
+            });
+        }
+    }
+    // Twenty more waiters on one HTTP/2 connection, each with a body sent while it waits.
+    let many = async {
+        let client = raw::http2(&stack.pki, Some(&cert), stack.port).await;
+        let token = stack.token(Token::UnknownKid, &cert);
+        let auth = format!("Bearer {token}");
+        let streams = (0..20).map(|i| {
+            let mut client = client.clone();
+            let path = format!("/shape/{}/ManyWaiters/{i}", stack.name);
+            let auth = auth.clone();
+            async move {
+                client = client.ready().await.unwrap();
+                let request = raw::h2_request("POST", &path, &[("authorization", &auth)]);
+                let (response, mut stream) = client.send_request(request, false).unwrap();
+                tokio::time::sleep(PAUSE).await;
+                let _ = stream.send_data(Bytes::from_static(BODY), true);
+                (path, H2Response::read(response, READ_FOR).await)
+            }
+        });
+        futures_util::future::join_all(streams).await
+    };
+    let (results, many) = tokio::join!(futures_util::future::join_all(runs), many);
+    stack.idp.set_delay(Duration::ZERO);
+
+    let mut failures = Vec::new();
+    for (shape, token, path, seen) in &results {
+        let received = stack.upstream.received(path);
+        let label = format!("{} {shape:?} {token:?}", stack.name);
+        let too_large = matches!(shape, Shape::H1OverBufferLimit | Shape::H2OverBufferLimit);
+        if *token == Token::Valid && too_large && stack.buffers_body {
+            let status = match seen {
+                Seen::H1(r) => r.status,
+                Seen::H2(r) => r.status,
+                Seen::GaveUp => None,
+            };
+            if !received.is_empty() || status != Some(413) {
+                failures.push(format!(
+                    "{label}: expected Envoy's 413 and nothing upstream: received {received:?}, client saw {seen:?}"
+                ));
+            }
+        } else if *token == Token::Valid {
+            match (received.as_slice(), shape.body_len()) {
+                ([one], Some(len)) if one.body != Ok(len) => failures.push(format!(
+                    "{label}: the upstream got {:?} body bytes, not {len}",
+                    one.body
+                )),
+                ([_], _) => {}
+                (other, _) => failures.push(format!(
+                    "{label}: the upstream got {} requests, not 1; client saw {seen:?}",
+                    other.len()
+                )),
+            }
+            if shape.body_len().is_some() && !seen.came_from_upstream() {
+                failures.push(format!(
+                    "{label}: the client did not get the upstream's answer: {seen:?}"
+                ));
+            }
+        } else {
+            if !received.is_empty() {
+                failures.push(format!(
+                    "{label}: WRONG ALLOW: the upstream received {received:?}; client saw {seen:?}"
+                ));
+            }
+            if seen.came_from_upstream() || !seen.refused() {
+                failures.push(format!("{label}: the client saw no refusal: {seen:?}"));
+            }
+        }
+    }
+    for (path, seen) in &many {
+        let received = stack.upstream.received(path);
+        let seen = Seen::H2(H2Response {
+            status: seen.status,
+            headers: seen.headers.clone(),
+            body: Vec::new(),
+            trailers: seen.trailers.clone(),
+        });
+        if !received.is_empty() || seen.came_from_upstream() || !seen.refused() {
+            failures.push(format!(
+                "{} many waiters {path}: WRONG ALLOW or no refusal: received {received:?}, client saw {seen:?}",
+                stack.name
+            ));
+        }
+    }
+    if stack.idp.jwks_hits() <= refetches_before {
+        failures.push(format!(
+            "{}: no refetch happened: the unknown-kid requests never waited",
+            stack.name
+        ));
+    }
+    // Nothing else reached the upstream under the table's prefix, and Envoy is still serving.
+    let stray: Vec<Received> = stack
+        .upstream
+        .received(&format!("/shape/{}/", stack.name))
+        .into_iter()
+        .filter(|r| !r.target.ends_with("/Valid"))
+        .collect();
+    if !stray.is_empty() {
+        failures.push(format!("{}: WRONG ALLOWS: {stray:?}", stack.name));
+    }
+    stack.assert_serving(&cert).await;
+    failures
+}
+
+fn report(stack: &Stack, failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}\n--- envoy\n{}",
+        failures.len(),
+        failures.join("\n"),
+        stack.envoy.log()
+    );
+    let cases = SHAPES.len() * TOKENS.len() - 2 + 20;
+    eprintln!(
+        "{}: stream-shape table, {cases} requests, 0 wrong allows",
+        stack.name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
+async fn module_lets_no_byte_of_any_stream_shape_through_before_its_decision() {
+    let stack = Stack::module().await;
+    let failures = run_table(&stack).await;
+    report(&stack, failures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40 and the certbound binary: run scripts/test.sh"]
+async fn service_lets_no_byte_of_any_stream_shape_through_before_its_decision() {
+    let stack = Stack::service(false).await;
+    let failures = run_table(&stack).await;
+    report(&stack, failures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40 and the certbound binary: run scripts/test.sh"]
+async fn service_with_request_body_lets_no_byte_of_any_stream_shape_through_before_its_decision() {
+    let stack = Stack::service(true).await;
+    let failures = run_table(&stack).await;
+    report(&stack, failures);
+}
