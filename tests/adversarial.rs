@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use certbound::grpc::pb::envoy::service::auth::v3::CheckRequest;
+use common::paths::{PATHS_TO_ADMIN, UNSAFE_PATHS};
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -1701,45 +1702,3 @@ async fn every_spelling_of_a_path_meets_the_rule_of_the_path_the_upstream_resolv
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     eprintln!("path table: {total} cases, 0 wrong allows");
 }
-
-/// Spellings an upstream that normalises paths resolves to `/admin/x`.
-const PATHS_TO_ADMIN: &[&str] = &[
-    "/admin/x",
-    "//admin/x",
-    "///admin/x",
-    "/admin//x",
-    "/./admin/x",
-    "/%61dmin/x",
-    "/%61%64%6d%69%6e/x",
-    "/admin/../admin/x",
-    "/public/../admin/x",
-    "/public/%2e%2e/admin/x",
-    "/public/%2E%2E/admin/x",
-    "/public/.%2e/admin/x",
-    "/public/./../admin/x",
-    "/public//../admin/x",
-    "/admin/x?redirect=/public/",
-    "/admin",
-    "/admin/",
-    "/admin/.",
-];
-
-/// Paths upstreams resolve differently, or that climb above the root: always 400.
-const UNSAFE_PATHS: &[&str] = &[
-    "/public/..%2fadmin/x",
-    "/public/..%2Fadmin/x",
-    "/public%2f..%2f..%2fadmin/x",
-    "/public/..%5cadmin/x",
-    "/public/..\\admin/x",
-    "/public/..;/admin/x",
-    "/public/%2e%2e;x/admin/x",
-    "/public/%252e%252e/admin/x",
-    "/public/..%252fadmin/x",
-    "/../admin/x",
-    "/public/../../admin/x",
-    "/%2e%2e/admin/x",
-    "/public/%zz/x",
-    "/public/%2",
-    "/public/%+F",
-    "admin/x",
-];

@@ -17,10 +17,10 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::envoy::*;
+use common::ClientCert;
+use common::envoy::Received;
 use common::raw::{self, H2Response, RawResponse, Step};
-use common::{ClientCert, Idp, Signer};
-use serde_json::json;
+use common::stack::{Stack, Token, with_upgrades};
 
 /// How long the IdP takes to answer once the table starts: every unknown-`kid` request waits
 /// for a refetch that long.
@@ -30,191 +30,11 @@ const IDP_DELAY: Duration = Duration::from_millis(1200);
 const LARGE_BODY: usize = 2 * 1024 * 1024 + 17;
 const BODY: &[u8] = b"{\"transfer\":\"all of it\"}";
 const READ_FOR: Duration = Duration::from_secs(6);
+const TOKENS: [Token; 3] = [Token::UnknownKid, Token::Forged, Token::Valid];
 
 /// The certbound settings shared by both shapes: an unknown `kid` always triggers a refetch
 /// (no rate limit) and waits up to 1.5 s for it.
 const KEYS: &str = "keys:\n  refetch_min_interval_seconds: 0\n  unknown_kid_wait_ms: 1500\n";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Token {
-    /// Signed by a key the IdP does not publish: certbound refetches, the request waits.
-    UnknownKid,
-    /// A published `kid`, signed by another key.
-    Forged,
-    Valid,
-}
-
-const TOKENS: [Token; 3] = [Token::UnknownKid, Token::Forged, Token::Valid];
-
-/// One of the stacks under test: Envoy (from a shipped config) in front of certbound in one
-/// shape, an IdP, and the recording upstream.
-struct Stack {
-    name: &'static str,
-    pki: Pki,
-    idp: Idp,
-    signer: Signer,
-    issuer: String,
-    audience: &'static str,
-    upstream: RecordingUpstream,
-    port: u16,
-    envoy: Process,
-    _certbound: Option<Process>,
-    /// ext_authz `with_request_body`: Envoy buffers the body (64 KiB at most) before the check,
-    /// so even a valid request with a larger body is refused (413).
-    buffers_body: bool,
-}
-
-/// Lets Envoy deliver WebSocket upgrades (HTTP/1.1) and extended CONNECT (HTTP/2).
-fn with_upgrades(config: String) -> String {
-    let line = config
-        .lines()
-        .find(|l| l.trim() == "codec_type: AUTO")
-        .expect("codec_type line")
-        .to_string();
-    let pad = " ".repeat(line.len() - line.trim_start().len());
-    config.replacen(
-        &format!("{line}\n"),
-        &format!(
-            "{line}\n{pad}upgrade_configs: [{{upgrade_type: websocket}}]\n{pad}http2_protocol_options: {{allow_connect: true}}\n"
-        ),
-        1,
-    )
-}
-
-impl Stack {
-    /// `deploy/envoy/module.yaml`, its filter_config with [`KEYS`].
-    async fn module() -> Self {
-        let signer = Signer::es256("k1");
-        let pki = Pki::new("shapes-module");
-        let idp = Idp::start_tls(&[&signer], &pki, "idp.example.com").await;
-        let upstream = RecordingUpstream::start().await;
-        let ports = EnvoyPorts {
-            listener: free_port(),
-            admin: free_port(),
-            upstream: Some(upstream.addr),
-            idp: Some(idp.addr),
-            ..Default::default()
-        };
-        let filter = format!(
-            "issuers:\n  - issuer: https://idp.example.com\n    audiences: [https://api.example.com]\n    jwks_uri: https://idp.example.com/.well-known/jwks.json\n    cluster: idp\n    algorithms: [ES256]\ncertificate:\n  sources: [peer]\nupstream:\n  remove_authorization: true\n{KEYS}"
-        );
-        let config = with_upgrades(with_filter_config(
-            &envoy_config("module", &ports, &pki),
-            &filter,
-        ));
-        let envoy = start_envoy(&config, &ports, pki.dir.path()).await;
-        Self {
-            name: "module",
-            pki,
-            idp,
-            signer,
-            issuer: "https://idp.example.com".into(),
-            audience: "https://api.example.com",
-            upstream,
-            port: ports.listener,
-            envoy,
-            _certbound: None,
-            buffers_body: false,
-        }
-    }
-
-    /// `deploy/envoy/self-signed.yaml` calling the certbound binary; `with_body` adds the
-    /// ext_authz filter's `with_request_body` (64 KiB).
-    async fn service(with_body: bool) -> Self {
-        let signer = Signer::es256("k1");
-        let pki = Pki::new("shapes-service");
-        let idp = Idp::start(&[&signer]).await;
-        let upstream = RecordingUpstream::start().await;
-        let yaml = common::config_for(&idp, KEYS);
-        let (certbound, addr) = start_certbound(&yaml, pki.dir.path()).await;
-        let ports = EnvoyPorts {
-            listener: free_port(),
-            admin: free_port(),
-            certbound: Some(addr),
-            upstream: Some(upstream.addr),
-            ..Default::default()
-        };
-        // Longer than certbound's refetch wait, so certbound's answer decides, not the timeout.
-        let mut config = with_upgrades(envoy_config("self-signed", &ports, &pki))
-            .replace("timeout: 0.25s", "timeout: 3s");
-        if with_body {
-            let line = "include_peer_certificate: true\n";
-            let at = config.find(line).expect("include_peer_certificate");
-            let pad_start = config[..at].rfind('\n').unwrap() + 1;
-            let pad = " ".repeat(at - pad_start);
-            config = config.replacen(
-                line,
-                &format!(
-                    "{line}{pad}with_request_body: {{max_request_bytes: 65536, allow_partial_message: false}}\n"
-                ),
-                1,
-            );
-        }
-        let envoy = start_envoy(&config, &ports, pki.dir.path()).await;
-        Self {
-            name: if with_body {
-                "service-with-body"
-            } else {
-                "service"
-            },
-            pki,
-            issuer: idp.issuer.clone(),
-            idp,
-            signer,
-            audience: common::AUDIENCE,
-            upstream,
-            port: ports.listener,
-            envoy,
-            _certbound: Some(certbound),
-            buffers_body: with_body,
-        }
-    }
-
-    fn token(&self, kind: Token, cert: &ClientCert) -> String {
-        let mut claims = common::claims(&self.issuer, Some(&cert.x5t()));
-        claims["aud"] = json!(self.audience);
-        match kind {
-            Token::Valid => self.signer.sign(&claims),
-            Token::Forged => Signer::es256("k1").sign(&claims),
-            Token::UnknownKid => Signer::es256("rotated-in-later").sign(&claims),
-        }
-    }
-
-    /// A valid GET passes (keys loaded, Envoy up).
-    async fn assert_serving(&self, cert: &ClientCert) {
-        let path = format!("/serving/{}", rand_suffix());
-        let auth = format!("Bearer {}", self.token(Token::Valid, cert));
-        for _ in 0..100 {
-            let response = raw::http1(
-                &self.pki,
-                Some(cert),
-                self.port,
-                vec![Step::Send(raw::head(
-                    "GET",
-                    &path,
-                    &[("authorization", &auth)],
-                ))],
-                READ_FOR,
-            )
-            .await;
-            if response.header("x-upstream") == Some("seen") {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "{}: a valid request never passed:\n{}",
-            self.name,
-            self.envoy.log()
-        );
-    }
-}
-
-fn rand_suffix() -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    NEXT.fetch_add(1, Ordering::SeqCst).to_string()
-}
 
 /// What a case's client saw.
 #[derive(Debug)]
@@ -664,7 +484,7 @@ fn report(stack: &Stack, failures: Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
 async fn module_lets_no_byte_of_any_stream_shape_through_before_its_decision() {
-    let stack = Stack::module().await;
+    let stack = Stack::module("module", KEYS, with_upgrades).await;
     let failures = run_table(&stack).await;
     report(&stack, failures);
 }
@@ -672,7 +492,7 @@ async fn module_lets_no_byte_of_any_stream_shape_through_before_its_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Envoy 1.40 and the certbound binary: run scripts/test.sh"]
 async fn service_lets_no_byte_of_any_stream_shape_through_before_its_decision() {
-    let stack = Stack::service(false).await;
+    let stack = Stack::service("service", KEYS, |c| with_upgrades(slow_check_allowed(c))).await;
     let failures = run_table(&stack).await;
     report(&stack, failures);
 }
@@ -680,7 +500,31 @@ async fn service_lets_no_byte_of_any_stream_shape_through_before_its_decision() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Envoy 1.40 and the certbound binary: run scripts/test.sh"]
 async fn service_with_request_body_lets_no_byte_of_any_stream_shape_through_before_its_decision() {
-    let stack = Stack::service(true).await;
+    let stack = Stack::service("service-with-body", KEYS, |c| {
+        with_upgrades(with_request_body(slow_check_allowed(c)))
+    })
+    .await;
     let failures = run_table(&stack).await;
     report(&stack, failures);
+}
+
+/// An ext_authz timeout longer than certbound's refetch wait, so certbound's answer decides.
+fn slow_check_allowed(config: String) -> String {
+    assert!(config.contains("timeout: 0.25s"));
+    config.replace("timeout: 0.25s", "timeout: 3s")
+}
+
+/// The ext_authz filter's `with_request_body` (64 KiB, whole bodies only).
+fn with_request_body(config: String) -> String {
+    let line = "include_peer_certificate: true\n";
+    let at = config.find(line).expect("include_peer_certificate");
+    let pad_start = config[..at].rfind('\n').unwrap() + 1;
+    let pad = " ".repeat(at - pad_start);
+    config.replacen(
+        line,
+        &format!(
+            "{line}{pad}with_request_body: {{max_request_bytes: 65536, allow_partial_message: false}}\n"
+        ),
+        1,
+    )
 }

@@ -22,6 +22,9 @@ pub enum PathRejection {
     DoubleEncoding,
     /// More `..` segments than there are segments above them.
     AboveRoot,
+    /// A `..` that removes an empty segment (`/admin//../public`): RFC 3986 resolves it to
+    /// `/admin/public`, an upstream that merges slashes first to `/public`.
+    AmbiguousDotSegment,
     /// A `.` or `..` segment with `;` parameters.
     DotSegmentParameters,
     /// Not empty, not `*`, and not starting with `/`.
@@ -58,13 +61,21 @@ pub fn canonical(
     }
     let decoded = decode(path, escaped_slashes)?;
     let mut segments: Vec<&str> = Vec::new();
+    // The segments as RFC 3986 keeps them, empty ones included (`//` holds one), by emptiness:
+    // where a `..` removes an empty one, an upstream that merges slashes first removes the
+    // segment before it instead.
+    let mut rfc_empty: Vec<bool> = Vec::new();
     // Whether the result ends with `/`: a trailing empty, `.` or `..` segment leaves one.
     let mut trailing_slash = false;
     for segment in decoded[1..].split('/') {
         trailing_slash = true;
         match segment {
-            "" | "." => {}
+            "" => rfc_empty.push(true),
+            "." => {}
             ".." => {
+                if rfc_empty.pop() == Some(true) {
+                    return Err(PathRejection::AmbiguousDotSegment);
+                }
                 segments.pop().ok_or(PathRejection::AboveRoot)?;
             }
             _ => {
@@ -73,6 +84,7 @@ pub fn canonical(
                     return Err(PathRejection::DotSegmentParameters);
                 }
                 segments.push(segment);
+                rfc_empty.push(false);
                 trailing_slash = false;
             }
         }
@@ -199,6 +211,8 @@ mod tests {
             "///admin///x",
             "/./admin/x",
             "/admin/./x",
+            "//admin/./x",
+            "/admin//y/../x",
             "/%61dmin/x",
             "/%61%64%6D%69%6E/%78",
             "/admin/../admin/x",
@@ -267,6 +281,10 @@ mod tests {
             ("/../admin", AboveRoot),
             ("/a/../../admin", AboveRoot),
             ("/%2e%2e/admin", AboveRoot),
+            ("/public//../admin", AmbiguousDotSegment),
+            ("/admin//../public/x", AmbiguousDotSegment),
+            ("/a//b/../../c", AmbiguousDotSegment),
+            ("//..", AmbiguousDotSegment),
             ("/public/..;/admin", DotSegmentParameters),
             ("/public/.;x/admin", DotSegmentParameters),
             ("/public/%2e%2e;/admin", DotSegmentParameters),

@@ -30,7 +30,9 @@ use certbound::grpc::pb::envoy::service::auth::v3::{
 pub mod dpop;
 pub mod envoy;
 pub mod external;
+pub mod paths;
 pub mod raw;
+pub mod stack;
 
 pub const AUDIENCE: &str = "https://api.test";
 

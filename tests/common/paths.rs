@@ -1,0 +1,45 @@
+//! Spellings of paths, for the hostile tables of every shape (in-process and through Envoy).
+#![allow(dead_code)]
+
+/// Spellings an upstream that normalises paths resolves to `/admin/x`.
+pub const PATHS_TO_ADMIN: &[&str] = &[
+    "/admin/x",
+    "//admin/x",
+    "///admin/x",
+    "/admin//x",
+    "/./admin/x",
+    "/%61dmin/x",
+    "/%61%64%6d%69%6e/x",
+    "/admin/../admin/x",
+    "/public/../admin/x",
+    "/public/%2e%2e/admin/x",
+    "/public/%2E%2E/admin/x",
+    "/public/.%2e/admin/x",
+    "/public/./../admin/x",
+    "/admin/x?redirect=/public/",
+    "/admin",
+    "/admin/",
+    "/admin/.",
+];
+
+/// Paths upstreams resolve differently, or that climb above the root: always 400.
+pub const UNSAFE_PATHS: &[&str] = &[
+    "/public/..%2fadmin/x",
+    "/public/..%2Fadmin/x",
+    "/public%2f..%2f..%2fadmin/x",
+    "/public/..%5cadmin/x",
+    "/public/..\\admin/x",
+    "/public//../admin/x",
+    "/admin//../public/x",
+    "/public/..;/admin/x",
+    "/public/%2e%2e;x/admin/x",
+    "/public/%252e%252e/admin/x",
+    "/public/..%252fadmin/x",
+    "/../admin/x",
+    "/public/../../admin/x",
+    "/%2e%2e/admin/x",
+    "/public/%zz/x",
+    "/public/%2",
+    "/public/%+F",
+    "admin/x",
+];
