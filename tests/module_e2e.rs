@@ -729,6 +729,29 @@ upstream:
             Deny("x5t_missing"),
         ),
         (
+            "cnf names a jwk (a method certbound does not verify)",
+            Some(&a),
+            "/items",
+            auth(&with(&|c| {
+                c["cnf"] = json!({"x5t#S256": x5t.clone(), "jwk": {"kty": "OKP"}})
+            })),
+            Deny("cnf_unverified"),
+        ),
+        (
+            "DPoP-bound token as Bearer, DPoP off",
+            Some(&a),
+            "/items",
+            auth(&with(&|c| c["cnf"] = json!({"jkt": "abc"}))),
+            Deny("dpop_downgrade"),
+        ),
+        (
+            "double-encoded dot-segment (Envoy's normalize_path leaves %25)",
+            Some(&a),
+            "/items/%252e%252e/admin",
+            auth(&good),
+            Deny("path_unsafe"),
+        ),
+        (
             "padded x5t#S256",
             Some(&a),
             "/items",
@@ -786,7 +809,7 @@ upstream:
         let got = match seen.status {
             200 => Allow,
             503 => Unavailable,
-            401 | 403 => match seen.reason.as_deref() {
+            400 | 401 | 403 => match seen.reason.as_deref() {
                 Some(reason) => Deny(Box::leak(reason.to_owned().into_boxed_str())),
                 None => Deny("(no reason header)"),
             },
@@ -796,6 +819,8 @@ upstream:
             reasons.insert(*reason);
             let status = if ["scope_missing", "group_missing"].contains(reason) {
                 403
+            } else if *reason == "path_unsafe" {
+                400
             } else {
                 401
             };
