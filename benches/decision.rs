@@ -253,7 +253,7 @@ fn benches(c: &mut Criterion) {
         use certbound_core::replay::ReplayStore;
         // Steady state: 1,000 new proofs per (simulated) second, each kept 30 s, so about
         // 30,000 live entries in a store of 65,536 that sweeps expired ones when a shard fills.
-        let store = certbound_core::replay::MemoryReplayStore::new(1 << 16);
+        let store = certbound_core::replay::MemoryReplayStore::new(1 << 16, 1 << 16);
         let mut n = 0u64;
         b.iter(|| {
             n += 1;
@@ -265,6 +265,7 @@ fn benches(c: &mut Criterion) {
             .into();
             let key = certbound_core::dpop::ReplayKey {
                 digest,
+                holder: [n as u8; 32],
                 expires_at: now + 30,
             };
             assert_eq!(store.record(black_box(&key), now), Ok(true));

@@ -42,9 +42,10 @@ impl Replay {
                 )?)))
             }
             (ReplayStoreKind::Redis, None) => Err("dpop.replay.url is required for redis".into()),
-            (ReplayStoreKind::Memory, _) => {
-                Ok(Self::Memory(MemoryReplayStore::new(settings.max_entries)))
-            }
+            (ReplayStoreKind::Memory, _) => Ok(Self::Memory(MemoryReplayStore::new(
+                settings.max_entries,
+                settings.max_per_key,
+            ))),
         }
     }
 

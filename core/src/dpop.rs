@@ -74,6 +74,8 @@ pub struct VerifiedProof {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplayKey {
     pub digest: [u8; 32],
+    /// SHA-256 of the proof key's thumbprint: whose proof it is (for per-key quotas).
+    pub holder: [u8; 32],
     pub expires_at: i64,
 }
 
@@ -321,12 +323,13 @@ impl DpopPolicy {
         replay.update([0]);
         replay.update(jti.as_bytes());
         Ok(VerifiedProof {
-            jkt,
             replay: ReplayKey {
                 digest: replay.finalize().into(),
+                holder: Sha256::digest(jkt.as_bytes()).into(),
                 // A proof with this iat is accepted until iat + max_age.
                 expires_at: iat.saturating_add(self.max_age_seconds).saturating_add(1),
             },
+            jkt,
             nonce,
         })
     }

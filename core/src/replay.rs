@@ -3,6 +3,11 @@
 //! request through: in memory for one replica ([`MemoryReplayStore`]), or in a store every
 //! replica shares (the service's Redis store).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use aws_lc_rs::hmac;
+
 use crate::cache::{Full, TtlCache};
 use crate::dpop::ReplayKey;
 
@@ -20,25 +25,73 @@ pub trait ReplayStore: Send + Sync {
 
 /// The proofs seen by this process, bounded. When full of live entries it refuses (503) rather
 /// than forget one.
+///
+/// Shared by every client, so no one client may fill it: each proof key (`jkt`) may hold at
+/// most `max_per_key` live proofs (past that, only its own requests get 503), and entries are
+/// placed in shards by a keyed hash a client cannot predict (grinding `jti`s cannot aim at one
+/// shard). Capacity: `max_entries` proofs live at once, each kept for its window
+/// (`dpop.max_age_seconds`): 200,000 by default is ~3,000 accepted proofs per second with a 60 s
+/// window, in ~100 bytes each (~20 MiB when full).
 pub struct MemoryReplayStore {
     seen: TtlCache<()>,
+    /// Keys the shard hash; random per store, never leaves the process.
+    placement: Box<hmac::Key>,
+    max_per_key: usize,
+    /// Expiry times of each key's live proofs.
+    per_key: Mutex<HashMap<[u8; 32], Vec<i64>>>,
+    max_entries: usize,
 }
 
 impl MemoryReplayStore {
-    pub fn new(max_entries: usize) -> Self {
+    pub fn new(max_entries: usize, max_per_key: usize) -> Self {
+        let mut seed = [0u8; 32];
+        // A failing system RNG leaves the seed fixed: placement is then predictable, nothing
+        // else changes (the quota still bounds each key).
+        let _ = aws_lc_rs::rand::fill(&mut seed);
         Self {
             seen: TtlCache::new(max_entries),
+            placement: Box::new(hmac::Key::new(hmac::HMAC_SHA256, &seed)),
+            max_per_key: max_per_key.max(1),
+            per_key: Mutex::new(HashMap::new()),
+            max_entries,
         }
     }
 }
 
 impl ReplayStore for MemoryReplayStore {
     fn record(&self, key: &ReplayKey, now: i64) -> Result<bool, ReplayError> {
-        self.seen
-            .insert_new(key.digest, (), key.expires_at, now)
+        let mut per_key = self.per_key.lock().unwrap_or_else(|e| e.into_inner());
+        if per_key.len() > self.max_entries {
+            per_key.retain(|_, expiries| {
+                expiries.retain(|&at| at > now);
+                !expiries.is_empty()
+            });
+        }
+        let expiries = per_key.entry(key.holder).or_default();
+        expiries.retain(|&at| at > now);
+        let placed: [u8; 32] = hmac::sign(&self.placement, &key.digest)
+            .as_ref()
+            .try_into()
+            .map_err(|_| ReplayError("replay key placement failed".into()))?;
+        // A replay is a replay whatever the quota: look first.
+        if self.seen.get(&placed, now).is_some() {
+            return Ok(false);
+        }
+        if expiries.len() >= self.max_per_key {
+            return Err(ReplayError(
+                "this proof key holds dpop.replay.max_per_key live proofs".into(),
+            ));
+        }
+        let first = self
+            .seen
+            .insert_new(placed, (), key.expires_at, now)
             .map_err(|Full| {
                 ReplayError("the in-memory replay store is full (dpop.replay.max_entries)".into())
-            })
+            })?;
+        if first {
+            expiries.push(key.expires_at);
+        }
+        Ok(first)
     }
 }
 
@@ -46,15 +99,47 @@ impl ReplayStore for MemoryReplayStore {
 mod tests {
     use super::*;
 
+    fn key(digest: u8, holder: u8, expires_at: i64) -> ReplayKey {
+        ReplayKey {
+            digest: [digest; 32],
+            holder: [holder; 32],
+            expires_at,
+        }
+    }
+
     #[test]
     fn a_proof_is_accepted_once_within_its_window() {
-        let store = MemoryReplayStore::new(10);
-        let key = ReplayKey {
-            digest: [7; 32],
-            expires_at: 1_000,
-        };
+        let store = MemoryReplayStore::new(10, 10);
+        let key = key(7, 1, 1_000);
         assert_eq!(store.record(&key, 900), Ok(true));
         assert_eq!(store.record(&key, 950), Ok(false));
         assert_eq!(store.record(&key, 1_000), Ok(true), "its window is over");
+    }
+
+    #[test]
+    fn one_key_cannot_fill_the_store_for_the_others() {
+        let store = MemoryReplayStore::new(100, 3);
+        for jti in 0..3 {
+            assert_eq!(store.record(&key(jti, 1, 1_000), 900), Ok(true));
+        }
+        // The fourth live proof of key 1 is refused; a replay is still a replay.
+        assert!(store.record(&key(3, 1, 1_000), 900).is_err());
+        assert_eq!(store.record(&key(0, 1, 1_000), 900), Ok(false));
+        // Other keys are unaffected.
+        assert_eq!(store.record(&key(10, 2, 1_000), 900), Ok(true));
+        // Once key 1's proofs expire, it has its quota back.
+        assert_eq!(store.record(&key(4, 1, 2_000), 1_000), Ok(true));
+    }
+
+    #[test]
+    fn placement_is_keyed_per_store() {
+        let a = MemoryReplayStore::new(10, 10);
+        let b = MemoryReplayStore::new(10, 10);
+        let digest = [9u8; 32];
+        assert_ne!(
+            hmac::sign(&a.placement, &digest).as_ref(),
+            hmac::sign(&b.placement, &digest).as_ref(),
+            "a client cannot compute where its proofs land"
+        );
     }
 }

@@ -70,17 +70,20 @@ impl TokenCache {
         if expires_at <= now || self.capacity == 0 {
             return;
         }
-        let verified = self.intern(kid, claims);
+        // Not cached when the claims have no canonical text: never share one key among tokens.
+        let Some(verified) = self.intern(kid, claims) else {
+            return;
+        };
         self.entries
             .insert(key, Entry { issuer, verified }, expires_at, now);
     }
 
-    fn intern(&self, kid: Option<String>, claims: Map<String, Value>) -> Arc<Verified> {
+    fn intern(&self, kid: Option<String>, claims: Map<String, Value>) -> Option<Arc<Verified>> {
         // serde_json's Map is ordered, so the text is canonical.
-        let id = serde_json::to_string(&(&kid, &claims)).unwrap_or_default();
+        let id = serde_json::to_string(&(&kid, &claims)).ok()?;
         let mut interned = self.interned.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(shared) = interned.get(&id).and_then(Weak::upgrade) {
-            return shared;
+            return Some(shared);
         }
         let shared = Arc::new(Verified {
             kid,
@@ -90,7 +93,7 @@ impl TokenCache {
         if interned.len() > self.capacity.saturating_mul(2).max(64) {
             interned.retain(|_, weak| weak.strong_count() > 0);
         }
-        shared
+        Some(shared)
     }
 
     pub fn len(&self) -> usize {

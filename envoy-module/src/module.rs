@@ -151,7 +151,7 @@ pub fn new_config(envoy: ConfigHandle, name: &[u8], config: &[u8]) -> Option<Arc
         replay: decision
             .replay
             .as_ref()
-            .map(|replay| MemoryReplayStore::new(replay.max_entries)),
+            .map(|replay| MemoryReplayStore::new(replay.max_entries, replay.max_per_key)),
         token_cache: decision.token_cache(),
         unknown_kid_wait: decision.unknown_kid_wait,
         refetch_min_interval: decision.key_timing.refetch_min_interval,

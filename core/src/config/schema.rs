@@ -123,6 +123,10 @@ pub struct ReplayConfig {
     /// Bound on the in-memory store; when full of live proofs, checks answer 503 (default 200000).
     #[serde(default = "default_replay_entries")]
     pub max_entries: usize,
+    /// Live proofs one DPoP key may hold in the in-memory store; past it only that key's
+    /// requests get 503 (default 10000: one client cannot fill the store for the others).
+    #[serde(default = "default_replay_per_key")]
+    pub max_per_key: usize,
     /// Longest wait for Redis; then 503 `replay_store_unavailable` (default 250).
     #[serde(default = "default_replay_timeout")]
     pub timeout_ms: u64,
@@ -140,6 +144,7 @@ impl Default for ReplayConfig {
             store: ReplayStoreKind::Memory,
             url: None,
             max_entries: default_replay_entries(),
+            max_per_key: default_replay_per_key(),
             timeout_ms: default_replay_timeout(),
             key_prefix: default_replay_prefix(),
             ca_file: None,
@@ -165,6 +170,9 @@ fn default_dpop_leeway() -> u64 {
 }
 fn default_replay_entries() -> usize {
     200_000
+}
+fn default_replay_per_key() -> usize {
+    10_000
 }
 fn default_replay_timeout() -> u64 {
     250

@@ -48,6 +48,7 @@ pub struct ReplaySettings {
     /// May carry a password: never printed (see the `Debug` impl).
     pub url: Option<String>,
     pub max_entries: usize,
+    pub max_per_key: usize,
     pub timeout: Duration,
     pub key_prefix: String,
     pub ca_file: Option<PathBuf>,
@@ -59,6 +60,7 @@ impl std::fmt::Debug for ReplaySettings {
             .field("store", &self.store)
             .field("url", &self.url.as_ref().map(|_| "<redacted>"))
             .field("max_entries", &self.max_entries)
+            .field("max_per_key", &self.max_per_key)
             .field("timeout", &self.timeout)
             .field("key_prefix", &self.key_prefix)
             .field("ca_file", &self.ca_file)
@@ -500,6 +502,12 @@ fn validate_dpop(
             "must be positive",
         ));
     }
+    if replay.max_per_key == 0 {
+        return Err(ConfigError::new(
+            "dpop.replay.max_per_key",
+            "must be positive",
+        ));
+    }
     if replay.timeout_ms == 0 {
         return Err(ConfigError::new(
             "dpop.replay.timeout_ms",
@@ -524,6 +532,7 @@ fn validate_dpop(
         store: replay.store,
         url: replay.url.clone(),
         max_entries: replay.max_entries,
+        max_per_key: replay.max_per_key,
         timeout: Duration::from_millis(replay.timeout_ms),
         key_prefix: replay.key_prefix.clone(),
         ca_file,
