@@ -88,6 +88,25 @@ for path in sys.argv[1:]:
         assert not missing, f"{path}: {doc.get('kind')} lacks {missing}"
         if doc["kind"] != "IstioOperator":
             assert doc.get("metadata", {}).get("name"), f"{path}: {doc['kind']} without metadata.name"
+        # Envoy Gateway v1.9.0's EnvoyProxy.spec.dynamicModules[]: {name, source, doNotClose,
+        # loadGlobally}; source is required, Local {path: absolute} or Remote {url, sha256}.
+        # Kubernetes prunes unknown fields, so a wrong name silently loses the setting.
+        if doc["kind"] == "EnvoyProxy":
+            for module in doc.get("spec", {}).get("dynamicModules", []):
+                unknown = set(module) - {"name", "source", "doNotClose", "loadGlobally"}
+                assert not unknown, f"{path}: dynamicModules entry with unknown fields {unknown}"
+                source = module.get("source")
+                assert source, f"{path}: dynamicModules entry {module.get('name')} without source"
+                kind = source.get("type")
+                if kind == "Local":
+                    local = source.get("local", {})
+                    assert set(local) == {"path"} and local["path"].startswith("/"), \
+                        f"{path}: Local source needs an absolute local.path"
+                elif kind == "Remote":
+                    remote = source.get("remote", {})
+                    assert {"url", "sha256"} <= set(remote), f"{path}: Remote needs url and sha256"
+                else:
+                    raise AssertionError(f"{path}: source.type must be Local or Remote, not {kind}")
     print(f"ok: {path} is well-formed")
 PY
 passed=$((passed + $(ls deploy/istio/*.yaml deploy/envoy-gateway/*.yaml | wc -l)))
