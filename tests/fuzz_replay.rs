@@ -10,12 +10,15 @@ use prost::Message;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 5] = [
+const TARGETS: [(&str, Target); 8] = [
     ("xfcc", fuzzing::xfcc),
     ("certificate", fuzzing::certificate),
     ("bearer", fuzzing::bearer),
     ("jwt", fuzzing::jwt),
     ("check_request", fuzzing::check_request),
+    ("dpop_proof", fuzzing::dpop_proof),
+    ("htu", fuzzing::htu),
+    ("path", fuzzing::path),
 ];
 
 #[test]
