@@ -3,10 +3,11 @@
 //! over the buffer limit, a client that gives up; HTTP/2 HEADERS without END_STREAM, DATA while
 //! waiting, trailers, gRPC, extended CONNECT, RST_STREAM mid-wait, many waiters on one
 //! connection), each with a token whose `kid` is unknown while the IdP is slow (the request
-//! waits for a refetch), a forged token and a valid one, through real Envoy in front of:
-//! the dynamic module, the ext_authz service, and the ext_authz service with
-//! `with_request_body`. The upstream records what it receives: nothing may reach it but the
-//! valid token's requests, which must arrive whole.
+//! waits for a refetch that does not find it), a forged token, a valid one, and one whose key
+//! the slow refetch brings (it waits, then passes), through real Envoy in front of: the dynamic
+//! module, the ext_authz service, and the ext_authz service with `with_request_body`. The
+//! upstream records what it receives: nothing may reach it but the valid and rotated-in
+//! tokens' requests, which must arrive whole.
 //!
 //! Ignored by a plain `cargo test` (they need Envoy and the built module); `scripts/test.sh`
 //! runs them with `--include-ignored`.
@@ -30,11 +31,22 @@ const IDP_DELAY: Duration = Duration::from_millis(1200);
 const LARGE_BODY: usize = 2 * 1024 * 1024 + 17;
 const BODY: &[u8] = b"{\"transfer\":\"all of it\"}";
 const READ_FOR: Duration = Duration::from_secs(6);
-const TOKENS: [Token; 3] = [Token::UnknownKid, Token::Forged, Token::Valid];
+const TOKENS: [Token; 4] = [
+    Token::UnknownKid,
+    Token::Forged,
+    Token::Valid,
+    Token::RotatedIn,
+];
 
 /// The certbound settings shared by both shapes: an unknown `kid` always triggers a refetch
 /// (no rate limit) and waits up to 1.5 s for it.
 const KEYS: &str = "keys:\n  refetch_min_interval_seconds: 0\n  unknown_kid_wait_ms: 1500\n";
+
+/// Whether a token's requests must pass: a valid one at once, a rotated-in one after waiting
+/// for the refetch that finds its key (its body held meanwhile, then delivered whole).
+fn passes(token: Token) -> bool {
+    matches!(token, Token::Valid | Token::RotatedIn)
+}
 
 /// What a case's client saw.
 #[derive(Debug)]
@@ -348,12 +360,13 @@ async fn run_table(stack: &Stack) -> Vec<String> {
     stack.assert_serving(&cert).await;
     let refetches_before = stack.idp.jwks_hits();
     stack.idp.set_delay(IDP_DELAY);
+    stack.rotate();
     // All at once: the unknown-kid requests wait together on refetches (many waiters), while
     // the forged and valid ones are decided at once.
     let mut runs = Vec::new();
     for shape in SHAPES {
         for token in TOKENS {
-            if token == Token::Valid && shape.gives_up() {
+            if passes(token) && shape.gives_up() {
                 continue;
             }
             let path = format!("/shape/{}/{shape:?}/{token:?}", stack.name);
@@ -392,7 +405,7 @@ async fn run_table(stack: &Stack) -> Vec<String> {
         let received = stack.upstream.received(path);
         let label = format!("{} {shape:?} {token:?}", stack.name);
         let too_large = matches!(shape, Shape::H1OverBufferLimit | Shape::H2OverBufferLimit);
-        if *token == Token::Valid && too_large && stack.buffers_body {
+        if passes(*token) && too_large && stack.buffers_body {
             let status = match seen {
                 Seen::H1(r) => r.status,
                 Seen::H2(r) => r.status,
@@ -403,7 +416,7 @@ async fn run_table(stack: &Stack) -> Vec<String> {
                     "{label}: expected Envoy's 413 and nothing upstream: received {received:?}, client saw {seen:?}"
                 ));
             }
-        } else if *token == Token::Valid {
+        } else if passes(*token) {
             match (received.as_slice(), shape.body_len()) {
                 ([one], Some(len)) if one.body != Ok(len) => failures.push(format!(
                     "{label}: the upstream got {:?} body bytes, not {len}",
@@ -457,7 +470,7 @@ async fn run_table(stack: &Stack) -> Vec<String> {
         .upstream
         .received(&format!("/shape/{}/", stack.name))
         .into_iter()
-        .filter(|r| !r.target.ends_with("/Valid"))
+        .filter(|r| !r.target.ends_with("/Valid") && !r.target.ends_with("/RotatedIn"))
         .collect();
     if !stray.is_empty() {
         failures.push(format!("{}: WRONG ALLOWS: {stray:?}", stack.name));
@@ -474,7 +487,7 @@ fn report(stack: &Stack, failures: Vec<String>) {
         failures.join("\n"),
         stack.envoy.log()
     );
-    let cases = SHAPES.len() * TOKENS.len() - 2 + 20;
+    let cases = SHAPES.len() * TOKENS.len() - 4 + 20;
     eprintln!(
         "{}: stream-shape table, {cases} requests, 0 wrong allows",
         stack.name

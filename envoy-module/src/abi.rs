@@ -85,8 +85,10 @@ const REQUEST_HEADERS: i32 = 0;
 const RESPONSE_HEADERS: i32 = 2;
 const CONTINUE: u32 = 0;
 const STOP_ITERATION: u32 = 1;
-/// Body hook status: hold this data (Envoy buffers it, and answers 413 past its buffer limit).
-const STOP_ITERATION_AND_BUFFER: u32 = 1;
+/// Body hook status: hold this data; Envoy buffers it and, past its buffer limit, stops reading
+/// from the client (flow control) instead of answering 413, so a large upload waiting for a key
+/// refetch still passes whole once allowed.
+const STOP_ITERATION_AND_WATERMARK: u32 = 2;
 const CALLOUT_SUCCESS: i32 = 0;
 
 /// First field of every per-route configuration this module makes ("certbnd\0" read as a
@@ -824,7 +826,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     if filter.request_may_pass() {
         CONTINUE
     } else {
-        STOP_ITERATION_AND_BUFFER
+        STOP_ITERATION_AND_WATERMARK
     }
 }
 

@@ -48,7 +48,7 @@ impl Filter {
 
     /// Whether the request's body and trailers may go on: only after an allow. While the decision
     /// waits (a key refetch), and after a refusal or a caught panic, they are held (Envoy buffers
-    /// them up to its limit, then answers 413 itself).
+    /// them up to its limit, then stops reading from the client until the decision).
     pub fn request_may_pass(&self) -> bool {
         self.allowed
     }

@@ -19,6 +19,9 @@ pub enum Token {
     /// A published `kid`, signed by another key.
     Forged,
     Valid,
+    /// Signed by [`Stack::rotated`], a key the IdP publishes only once [`Stack::rotate`] is
+    /// called: the request waits for the refetch that finds it, then passes.
+    RotatedIn,
 }
 
 /// One stack under test.
@@ -27,6 +30,8 @@ pub struct Stack {
     pub pki: Pki,
     pub idp: Idp,
     pub signer: Signer,
+    /// The key [`Stack::rotate`] adds to the IdP's JWKS.
+    pub rotated: Signer,
     pub issuer: String,
     pub audience: &'static str,
     pub upstream: RecordingUpstream,
@@ -112,6 +117,7 @@ impl Stack {
             pki,
             idp,
             signer,
+            rotated: Signer::es256("rotated-in"),
             issuer: "https://idp.example.com".into(),
             audience: "https://api.example.com",
             upstream,
@@ -150,6 +156,7 @@ impl Stack {
             issuer: idp.issuer.clone(),
             idp,
             signer,
+            rotated: Signer::es256("rotated-in"),
             audience: super::AUDIENCE,
             upstream,
             port: ports.listener,
@@ -171,8 +178,14 @@ impl Stack {
         match kind {
             Token::Valid => self.signer.sign(&claims),
             Token::Forged => Signer::es256("k1").sign(&claims),
-            Token::UnknownKid => Signer::es256("rotated-in-later").sign(&claims),
+            Token::UnknownKid => Signer::es256("never-published").sign(&claims),
+            Token::RotatedIn => self.rotated.sign(&claims),
         }
+    }
+
+    /// The IdP starts publishing [`Stack::rotated`] beside the first key.
+    pub fn rotate(&self) {
+        self.idp.set_keys(&[&self.signer, &self.rotated]);
     }
 
     /// Waits until a valid GET passes (keys loaded, Envoy up).
