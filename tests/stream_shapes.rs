@@ -30,7 +30,7 @@ const IDP_DELAY: Duration = Duration::from_millis(1200);
 /// `max_request_bytes` (64 KiB below).
 const LARGE_BODY: usize = 2 * 1024 * 1024 + 17;
 const BODY: &[u8] = b"{\"transfer\":\"all of it\"}";
-const READ_FOR: Duration = Duration::from_secs(6);
+const READ_FOR: Duration = Duration::from_secs(12);
 const TOKENS: [Token; 4] = [
     Token::UnknownKid,
     Token::Forged,
@@ -39,8 +39,9 @@ const TOKENS: [Token; 4] = [
 ];
 
 /// The certbound settings shared by both shapes: an unknown `kid` always triggers a refetch
-/// (no rate limit) and waits up to 1.5 s for it.
-const KEYS: &str = "keys:\n  refetch_min_interval_seconds: 0\n  unknown_kid_wait_ms: 1500\n";
+/// (no rate limit) and waits up to 5 s for it (well past [`IDP_DELAY`], so a loaded machine
+/// still sees the rotated-in key arrive in time).
+const KEYS: &str = "keys:\n  refetch_min_interval_seconds: 0\n  unknown_kid_wait_ms: 5000\n";
 
 /// Whether a token's requests must pass: a valid one at once, a rotated-in one after waiting
 /// for the refetch that finds its key (its body held meanwhile, then delivered whole).
@@ -524,7 +525,7 @@ async fn service_with_request_body_lets_no_byte_of_any_stream_shape_through_befo
 /// An ext_authz timeout longer than certbound's refetch wait, so certbound's answer decides.
 fn slow_check_allowed(config: String) -> String {
     assert!(config.contains("timeout: 0.25s"));
-    config.replace("timeout: 0.25s", "timeout: 3s")
+    config.replace("timeout: 0.25s", "timeout: 8s")
 }
 
 /// The ext_authz filter's `with_request_body` (64 KiB, whole bodies only).
