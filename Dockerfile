@@ -13,6 +13,7 @@ COPY benches/decision.rs ./benches/
 COPY proto ./proto
 COPY core ./core
 COPY envoy-module ./envoy-module
+COPY redis-store ./redis-store
 COPY src ./src
 RUN cargo build --release --locked --bin certbound \
  && strip target/release/certbound

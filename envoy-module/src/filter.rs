@@ -10,8 +10,12 @@ use certbound_core::{
     PeerCertificate, Thumbprint, UnavailableReason,
 };
 
-use crate::abi::{self, ATTRIBUTE_PEER_CERTIFICATE_SHA256, Level, Stream, StreamScheduler};
-use crate::module::{EVENT_RESUME, FilterConfig, Park, RouteSettings};
+use crate::abi::{
+    self, ATTRIBUTE_PEER_CERTIFICATE_SHA256, Level, Stream, StreamScheduler, StreamWaker,
+};
+use crate::grpc;
+use crate::module::{EVENT_RESUME, FilterConfig, Park, ReplayChecked, RouteSettings};
+use crate::replay::EVENT_REPLAY;
 
 /// Dynamic metadata namespace (`%DYNAMIC_METADATA(certbound:reason)%` in access logs).
 pub const METADATA_NAMESPACE: &str = "certbound";
@@ -23,10 +27,19 @@ struct Parked {
     started: Instant,
 }
 
+/// An allowed request waiting for the shared replay store (Redis) to record its DPoP proof.
+struct Replaying {
+    id: u64,
+    decision: Decision,
+    request: AccessRequest,
+    started: Instant,
+}
+
 /// This module's state for one stream.
 pub struct Filter {
     config: Arc<FilterConfig>,
     parked: Option<Parked>,
+    replaying: Option<Replaying>,
     /// Kept until the stream ends once created (deleting it inside its own event is avoided).
     scheduler: Option<StreamScheduler>,
     /// Headers an allow adds to the client's response (a fresh `DPoP-Nonce`).
@@ -40,6 +53,7 @@ impl Filter {
         Self {
             config,
             parked: None,
+            replaying: None,
             scheduler: None,
             response_headers: Vec::new(),
             allowed: false,
@@ -98,7 +112,8 @@ impl Filter {
         self.answer(stream, &request, decision, started)
     }
 
-    /// Records an allowed request's DPoP proof against replay, then answers.
+    /// Records an allowed request's DPoP proof against replay, then answers; `false` also while
+    /// the shared store (Redis) has not answered yet (the stream waits for its event).
     fn answer(
         &mut self,
         stream: &Stream<'_>,
@@ -106,12 +121,42 @@ impl Filter {
         decision: Decision,
         started: Instant,
     ) -> bool {
-        let decision = self.config.check_replay(decision);
+        let config = Arc::clone(&self.config);
+        match config.check_replay(decision, || self.waker(stream)) {
+            ReplayChecked::Final(decision) => self.deliver(stream, request, &decision, started),
+            ReplayChecked::Waiting(id, decision) => {
+                self.replaying = Some(Replaying {
+                    id,
+                    decision,
+                    request: request.clone(),
+                    started,
+                });
+                false
+            }
+        }
+    }
+
+    /// Applies a final decision: `true` lets the request continue.
+    fn deliver(
+        &mut self,
+        stream: &Stream<'_>,
+        request: &AccessRequest,
+        decision: &Decision,
+        started: Instant,
+    ) -> bool {
         if let Outcome::Allow(upstream) = &decision.outcome {
             self.response_headers.clone_from(&upstream.response_headers);
         }
-        self.allowed = answer(stream, &self.config, request, &decision, started);
+        self.allowed = answer(stream, &self.config, request, decision, started);
         self.allowed
+    }
+
+    /// A waker for this stream's scheduler (made once, kept until the stream ends).
+    fn waker(&mut self, stream: &Stream<'_>) -> Option<StreamWaker> {
+        if self.scheduler.is_none() {
+            self.scheduler = stream.scheduler();
+        }
+        self.scheduler.as_ref().map(StreamScheduler::waker)
     }
 
     /// The upstream answered: add what the allow asked for (a fresh `DPoP-Nonce`).
@@ -124,6 +169,24 @@ impl Filter {
     /// The refetch this stream waited for ended, or its wait is over: decide again with the keys
     /// there are now, and answer or resume.
     pub fn on_scheduled(&mut self, stream: &Stream<'_>, event: u64) {
+        if event == EVENT_REPLAY {
+            let Some(replaying) = self.replaying.take() else {
+                return;
+            };
+            match self
+                .config
+                .replay_answered(replaying.id, &replaying.decision)
+            {
+                Some(decision) => {
+                    if self.deliver(stream, &replaying.request, &decision, replaying.started) {
+                        stream.continue_decoding();
+                    }
+                }
+                // Not in yet: keep waiting.
+                None => self.replaying = Some(replaying),
+            }
+            return;
+        }
         if event != EVENT_RESUME {
             return;
         }
@@ -141,6 +204,9 @@ impl Filter {
     pub fn destroy(self) {
         if let Some(parked) = &self.parked {
             self.config.unpark(parked.waiter);
+        }
+        if let (Some(replaying), Some(replay)) = (&self.replaying, &self.config.replay) {
+            replay.forget(replaying.id);
         }
         drop(self.scheduler);
     }
@@ -287,65 +353,10 @@ pub fn answer_internal_error(stream: &Stream<'_>) {
 /// (the client must never read `grpc-status: 0`).
 fn refuse(stream: &Stream<'_>, status: u16, headers: &[(&str, &str)], body: &str, details: &str) {
     let content_type = stream.request_header("content-type");
-    if content_type.first().is_some_and(|t| is_grpc(t)) {
-        stream.send_grpc_refusal(grpc_status_for(status), headers, body);
+    if content_type.first().is_some_and(|t| grpc::is_grpc(t)) {
+        stream.send_grpc_refusal(grpc::status_for(status), headers, body);
     } else {
         stream.send_response(status, headers, body, details);
-    }
-}
-
-/// Whether Envoy treats the request as gRPC (`application/grpc`, `application/grpc+proto`, ...;
-/// not gRPC-Web).
-fn is_grpc(content_type: &str) -> bool {
-    let content_type = content_type.trim().to_ascii_lowercase();
-    content_type == "application/grpc"
-        || content_type.starts_with("application/grpc+")
-        || content_type.starts_with("application/grpc;")
-}
-
-/// The gRPC status Envoy gives an HTTP status (its `httpToGrpcStatus`), as ext_authz answers.
-fn grpc_status_for(http: u16) -> u32 {
-    match http {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502..=504 => 14,
-        _ => 2,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_requests_are_recognised_as_envoy_does() {
-        for grpc in [
-            "application/grpc",
-            "application/grpc+proto",
-            "Application/GRPC;x=y",
-        ] {
-            assert!(is_grpc(grpc), "{grpc}");
-        }
-        for other in [
-            "application/grpc-web",
-            "application/json",
-            "application/grpcx",
-            "",
-        ] {
-            assert!(!is_grpc(other), "{other}");
-        }
-    }
-
-    #[test]
-    fn every_refusal_maps_to_a_grpc_error() {
-        assert_eq!(grpc_status_for(401), 16);
-        assert_eq!(grpc_status_for(403), 7);
-        assert_eq!(grpc_status_for(503), 14);
-        for status in [400, 401, 403, 413, 500, 503] {
-            assert_ne!(grpc_status_for(status), 0);
-        }
     }
 }
 

@@ -14,6 +14,8 @@
 //!   cache, and the fetching machinery (main-thread callouts, a timer thread).
 //! - [`keys`]: what to fetch and when, with no I/O (unit-tested).
 //! - [`filter`]: one stream: read the request, decide, answer.
+//! - [`replay`]: the DPoP replay store: in memory, or Redis asked from a thread of its own.
+//! - [`grpc`]: how a refusal reads to a gRPC client.
 
 // The hooks reference symbols only Envoy provides, so the C ABI is left out of unit-test builds
 // (a test executable could not link them); the end-to-end tests load the real module in Envoy.
@@ -21,6 +23,9 @@
 mod abi;
 #[cfg(not(test))]
 mod filter;
+mod grpc;
 mod keys;
 #[cfg(not(test))]
 mod module;
+#[cfg(not(test))]
+mod replay;

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use certbound_core::clock::SystemClock;
 use certbound_core::keys::KeySnapshots;
-use certbound_core::replay::{MemoryReplayStore, ReplayStore};
 use certbound_core::{AccessRequest, Decision, Policy, TokenCache};
 
 use crate::abi::{self, CalloutResponse, ConfigHandle, ConfigScheduler, Level, StreamWaker};
 use crate::keys::{Fetch, Fetched, Fetches, Step, Waiters};
+use crate::replay::{ModuleReplay, Recorded};
 use certbound_core::config::ModuleSettings;
 pub use certbound_core::config::RouteSettings;
 
@@ -62,8 +62,9 @@ pub struct FilterConfig {
     pub policy: Policy,
     pub keys: KeySnapshots,
     pub token_cache: Option<TokenCache>,
-    /// Used DPoP proofs, shared by this Envoy's workers (DPoP enabled only).
-    replay: Option<MemoryReplayStore>,
+    /// Used DPoP proofs (DPoP enabled only): this Envoy's workers' (memory), or every
+    /// replica's (Redis).
+    pub replay: Option<ModuleReplay>,
     pub unknown_kid_wait: Duration,
     pub refetch_min_interval: Duration,
     pub fetch_timeout: Duration,
@@ -72,6 +73,13 @@ pub struct FilterConfig {
     /// Set once Envoy destroys the configuration: streams still running decide with what they
     /// have, nothing new is fetched.
     closed: AtomicBool,
+}
+
+/// A decision after the replay check, or one waiting for the shared store's answer.
+pub enum ReplayChecked {
+    Final(Decision),
+    /// The stream waits for [`crate::replay::EVENT_REPLAY`]; the id names its answer.
+    Waiting(u64, Decision),
 }
 
 /// The outcome of asking for an unknown-`kid` refetch.
@@ -118,6 +126,19 @@ pub fn new_config(envoy: ConfigHandle, name: &[u8], config: &[u8]) -> Option<Arc
         .map(|(n, _)| n.clone())
         .collect();
     let keys = KeySnapshots::new(names, decision.key_timing.clone(), Arc::new(SystemClock));
+    let replay = match &decision.replay {
+        Some(settings) => match ModuleReplay::new(settings, !abi::is_validation_mode()) {
+            Ok(replay) => replay,
+            Err(error) => {
+                abi::log(
+                    Level::Error,
+                    &format!("certbound: filter {name:?}: dpop.replay: {error}"),
+                );
+                return None;
+            }
+        },
+        None => None,
+    };
     let counters = Counters {
         checks: envoy.define_counter("checks", &["decision", "reason"]),
         key_refreshes: envoy.define_counter("key_refreshes", &["issuer", "result"]),
@@ -148,10 +169,7 @@ pub fn new_config(envoy: ConfigHandle, name: &[u8], config: &[u8]) -> Option<Arc
     };
     let config = Arc::new(FilterConfig {
         envoy,
-        replay: decision
-            .replay
-            .as_ref()
-            .map(|replay| MemoryReplayStore::new(replay.max_entries, replay.max_per_key)),
+        replay,
         token_cache: decision.token_cache(),
         unknown_kid_wait: decision.unknown_kid_wait,
         refetch_min_interval: decision.key_timing.refetch_min_interval,
@@ -250,19 +268,42 @@ impl FilterConfig {
             .decide_cached(&self.keys, self.token_cache.as_ref(), request, now)
     }
 
-    /// An allowed request's DPoP proof is recorded; a replay becomes a deny, a full store 503.
-    pub fn check_replay(&self, decision: Decision) -> Decision {
+    /// An allowed request's DPoP proof is recorded: a replay becomes a deny, a store that is
+    /// full or does not answer 503. With Redis the stream waits, woken by `waker`'s scheduler;
+    /// then [`FilterConfig::replay_answered`].
+    pub fn check_replay(
+        &self,
+        decision: Decision,
+        waker: impl FnOnce() -> Option<StreamWaker>,
+    ) -> ReplayChecked {
         match (&self.replay, decision.replay_key()) {
             (Some(store), Some(key)) => {
                 let now = certbound_core::clock::Clock::now(&SystemClock);
-                let result = store.record(&key, now);
-                if let Err(error) = &result {
-                    abi::log(Level::Warn, &format!("certbound: {error}"));
+                match store.record(key, now, waker) {
+                    Recorded::Now(result) => {
+                        ReplayChecked::Final(Self::after_replay(decision, result))
+                    }
+                    Recorded::Waiting(id) => ReplayChecked::Waiting(id, decision),
                 }
-                decision.after_replay_check(result)
             }
-            _ => decision,
+            _ => ReplayChecked::Final(decision),
         }
+    }
+
+    /// The decision of a stream that waited for Redis, once its answer is in (`None`: not yet).
+    pub fn replay_answered(&self, id: u64, decision: &Decision) -> Option<Decision> {
+        let answer = self.replay.as_ref()?.take(id)?;
+        Some(Self::after_replay(decision.clone(), answer))
+    }
+
+    fn after_replay(
+        decision: Decision,
+        result: Result<bool, certbound_core::replay::ReplayError>,
+    ) -> Decision {
+        if let Err(error) = &result {
+            abi::log(Level::Warn, &format!("certbound: {error}"));
+        }
+        decision.after_replay_check(result)
     }
 
     /// A stream found the `kid` of issuer `index` unknown after deciding with keys of

@@ -71,13 +71,6 @@ impl ModuleSettings {
                 format!("only the ext_authz service reads this key ({why}); remove it"),
             ));
         }
-        if file.dpop.replay.store == super::ReplayStoreKind::Redis {
-            return Err(ConfigError::new(
-                "dpop.replay.store",
-                "the module remembers used proofs in memory, per Envoy process (store: memory); \
-                 for a store shared by several replicas run the ext_authz service",
-            ));
-        }
         if file.issuers.is_empty() {
             return Err(ConfigError::new(
                 "issuers",
