@@ -127,11 +127,6 @@ fn decode(path: &str, escaped_slashes: EscapedSlashes) -> Result<String, PathRej
                         return Err(PathRejection::EscapedSeparator);
                     }
                     push_encoded(&mut out, byte);
-                } else if byte == b'%'
-                    && hex_pair(bytes, i + 3)
-                        .is_some_and(|inner| matches!(inner, b'.' | b'/' | b'\\'))
-                {
-                    return Err(PathRejection::DoubleEncoding);
                 } else {
                     push_encoded(&mut out, byte);
                 }
@@ -144,6 +139,16 @@ fn decode(path: &str, escaped_slashes: EscapedSlashes) -> Result<String, PathRej
                 i += len;
             }
         }
+    }
+    // On the decoded text, so that `%252%652` (whose `%65` decodes to the `e` of `%2e`) is
+    // caught as well as `%252e`: an upstream that decodes twice would see a dot or separator.
+    let decoded = out.as_bytes();
+    let double = (0..decoded.len()).any(|at| {
+        decoded[at..].starts_with(b"%25")
+            && hex_pair(decoded, at + 3).is_some_and(|inner| matches!(inner, b'.' | b'/' | b'\\'))
+    });
+    if double {
+        return Err(PathRejection::DoubleEncoding);
     }
     Ok(out)
 }
@@ -290,6 +295,9 @@ mod tests {
             ("/public/%2e%2e;/admin", DotSegmentParameters),
             ("/public/%252e%252e/admin", DoubleEncoding),
             ("/public/..%252fadmin", DoubleEncoding),
+            ("/a%252%652", DoubleEncoding),
+            ("/a%25%32%65", DoubleEncoding),
+            ("/a%25%35c", DoubleEncoding),
             ("/%", InvalidEncoding),
             ("/%4", InvalidEncoding),
             ("/%zz", InvalidEncoding),
