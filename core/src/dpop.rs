@@ -326,8 +326,12 @@ impl DpopPolicy {
             replay: ReplayKey {
                 digest: replay.finalize().into(),
                 holder: Sha256::digest(jkt.as_bytes()).into(),
-                // A proof with this iat is accepted until iat + max_age.
-                expires_at: iat.saturating_add(self.max_age_seconds).saturating_add(1),
+                // A proof with this iat is accepted until iat + max_age, and by a replica whose
+                // clock lags by up to the leeway until iat + max_age + leeway: kept that long.
+                expires_at: iat
+                    .saturating_add(self.max_age_seconds)
+                    .saturating_add(self.future_seconds)
+                    .saturating_add(1),
             },
             jkt,
             nonce,
@@ -486,7 +490,8 @@ mod tests {
         let proof = client.proof_with(|_, _| {});
         let verified = check(&policy(), &[proof]).expect("valid");
         assert_eq!(verified.jkt, client.jkt());
-        assert_eq!(verified.replay.expires_at, NOW + 301);
+        // The window (300 s) plus the leeway (5 s), so a replica whose clock lags still sees it.
+        assert_eq!(verified.replay.expires_at, NOW + 306);
         let again = check(&policy(), &[client.proof_with(|_, _| {})]).expect("valid");
         assert_eq!(
             verified.replay, again.replay,
