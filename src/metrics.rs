@@ -74,6 +74,8 @@ pub struct Metrics {
     pub token_cache: Family<ResultLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
     pub replay_checks: Family<StoreResultLabels, Counter>,
+    /// 1: the Redis replay store's maxmemory-policy evicts keys; 0: noeviction; -1: unknown.
+    pub replay_store_evicting: Gauge,
     pub log_lines_dropped: Counter,
 }
 
@@ -149,6 +151,13 @@ impl Default for Metrics {
              (first_use, replayed, error)",
             replay_checks.clone(),
         );
+        let replay_store_evicting = Gauge::default();
+        registry.register(
+            "dpop_replay_store_evicting",
+            "1 when the Redis replay store's maxmemory-policy evicts keys (used proofs may be \
+             forgotten and replayed), 0 for noeviction, -1 when it cannot be read",
+            replay_store_evicting.clone(),
+        );
         let log_lines_dropped = Counter::default();
         registry.register(
             "log_lines_dropped",
@@ -168,6 +177,7 @@ impl Default for Metrics {
             token_cache,
             config_reloads,
             replay_checks,
+            replay_store_evicting,
             log_lines_dropped,
         }
     }

@@ -12,23 +12,65 @@ use certbound_core::dpop::ReplayKey;
 use certbound_core::replay::{MemoryReplayStore, ReplayError, ReplayStore};
 pub use certbound_redis::RedisReplayStore;
 
+use std::sync::Arc;
+
+use certbound_redis::Eviction;
+
+use crate::metrics::Metrics;
+
+/// Evictions would silently re-enable replays: the server's `maxmemory-policy` is read at start
+/// and every 5 minutes; an evicting one is an error in the log and
+/// `certbound_dpop_replay_store_evicting` 1 (0: `noeviction`; -1: unknown). Readiness does not
+/// follow it: every replica shares the store, so making them all unready would turn a
+/// configuration mistake into an outage.
+async fn watch_eviction(store: std::sync::Weak<RedisReplayStore>, metrics: Arc<Metrics>) {
+    certbound_redis::watch_eviction(store, certbound_redis::EVICTION_CHECK_EVERY, |eviction| {
+        let value = match eviction {
+            Eviction::Never => 0,
+            Eviction::Evicts(policy) => {
+                tracing::error!(
+                    policy = policy.as_str(),
+                    "the DPoP replay store (Redis) evicts keys under memory pressure: used proofs \
+                     may be forgotten and replayed; set maxmemory-policy noeviction"
+                );
+                1
+            }
+            Eviction::Unknown(why) => {
+                tracing::warn!(
+                    why = why.as_str(),
+                    "cannot read the DPoP replay store's maxmemory-policy; make sure it is \
+                     noeviction"
+                );
+                -1
+            }
+        };
+        metrics.replay_store_evicting.set(value);
+    })
+    .await;
+}
+
 /// The configured replay store.
 pub enum Replay {
     Memory(MemoryReplayStore),
-    Redis(Box<RedisReplayStore>),
+    Redis(Arc<RedisReplayStore>),
 }
 
 impl Replay {
-    /// Builds the store the settings name; no network I/O (Redis connects on first use).
-    pub fn new(settings: &ReplaySettings) -> Result<Self, String> {
+    /// Builds the store the settings name; no network I/O (Redis connects on first use). On a
+    /// tokio runtime, a Redis store's eviction policy is then watched ([`watch_eviction`]).
+    pub fn new(settings: &ReplaySettings, metrics: &Arc<Metrics>) -> Result<Self, String> {
         match (settings.store, &settings.url) {
             (ReplayStoreKind::Redis, Some(url)) => {
-                Ok(Self::Redis(Box::new(RedisReplayStore::new(
+                let store = Arc::new(RedisReplayStore::new(
                     url,
                     settings.ca_file.as_deref(),
                     settings.timeout,
                     &settings.key_prefix,
-                )?)))
+                )?);
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(watch_eviction(Arc::downgrade(&store), Arc::clone(metrics)));
+                }
+                Ok(Self::Redis(store))
             }
             (ReplayStoreKind::Redis, None) => Err("dpop.replay.url is required for redis".into()),
             (ReplayStoreKind::Memory, _) => Ok(Self::Memory(MemoryReplayStore::new(

@@ -69,7 +69,7 @@ impl App {
         let http = http_client(settings)?;
         let keys = new_key_store(settings, &http, &clock, &metrics);
         let introspector = new_introspector(settings, &http, &metrics);
-        let replay = new_replay(settings)?;
+        let replay = new_replay(settings, &metrics)?;
         let checker = Checker::new(CheckerParts {
             policy: settings.decision.policy.clone(),
             keys,
@@ -181,7 +181,7 @@ impl App {
             Some(existing) if applied.decision.replay == settings.decision.replay => {
                 Some(Arc::clone(existing))
             }
-            _ => new_replay(&settings).map_err(|e| format!("{e:#}"))?,
+            _ => new_replay(&settings, &self.metrics).map_err(|e| format!("{e:#}"))?,
         };
         let checker = Checker::new(CheckerParts {
             policy: settings.decision.policy.clone(),
@@ -229,13 +229,13 @@ fn http_client(settings: &Settings) -> anyhow::Result<reqwest::Client> {
     Ok(http.build()?)
 }
 
-fn new_replay(settings: &Settings) -> anyhow::Result<Option<Arc<Replay>>> {
+fn new_replay(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<Option<Arc<Replay>>> {
     settings
         .decision
         .replay
         .as_ref()
         .map(|replay| {
-            Replay::new(replay)
+            Replay::new(replay, metrics)
                 .map(Arc::new)
                 .map_err(anyhow::Error::msg)
         })

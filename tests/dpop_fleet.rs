@@ -198,4 +198,18 @@ async fn a_proof_used_anywhere_in_the_fleet_is_refused_everywhere_else() {
     for replica in &fleet {
         replica.wait_ready(&pki, &key, &token).await;
     }
+
+    // An evicting maxmemory-policy would let Redis forget used proofs: a module that starts
+    // on such a server says so in Envoy's log.
+    redis.config_set("maxmemory-policy", "allkeys-lru").await;
+    let late = module_replica("envoy-c", &pki, &idp, &redis).await;
+    let mut log = String::new();
+    for _ in 0..200 {
+        log = late.envoy.log();
+        if log.contains("maxmemory-policy allkeys-lru") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the module did not report the evicting policy:\n{log}");
 }

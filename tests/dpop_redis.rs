@@ -204,3 +204,53 @@ async fn rediss_with_a_private_ca() {
         .await;
     assert_eq!(answer.reason(), "replay_store_unavailable", "{answer:?}");
 }
+
+/// Evictions would silently re-enable replays: the service reads the server's
+/// `maxmemory-policy` and reports an evicting one in `certbound_dpop_replay_store_evicting`
+/// (and an error in the log); `noeviction` reads 0.
+#[tokio::test]
+#[ignore = "needs redis-server: run scripts/test.sh"]
+async fn an_evicting_maxmemory_policy_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path()).await;
+    let idp = Idp::start(&[&Signer::es256("k1")]).await;
+    let yaml = |redis: &RedisServer| {
+        config_for(
+            &idp,
+            &format!("dpop:\n  enabled: true\n  replay:\n{}", redis_replay(redis)),
+        )
+    };
+    let metric = "certbound_dpop_replay_store_evicting ";
+    let wait_for = |certbound: &Certbound, value: u64| {
+        let text = certbound.app.metrics_text();
+        let found = text
+            .lines()
+            .find(|l| l.starts_with(metric))
+            .map(|l| l.to_owned());
+        (
+            found.as_deref() == Some(&format!("{metric}{value}")[..]),
+            text,
+        )
+    };
+    let safe = Certbound::start(&yaml(&redis)).await;
+    let mut seen = (false, String::new());
+    for _ in 0..100 {
+        seen = wait_for(&safe, 0);
+        if seen.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.0, "noeviction not reported as 0:\n{}", seen.1);
+
+    redis.config_set("maxmemory-policy", "allkeys-lru").await;
+    let evicting = Certbound::start(&yaml(&redis)).await;
+    for _ in 0..100 {
+        seen = wait_for(&evicting, 1);
+        if seen.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.0, "allkeys-lru not reported as 1:\n{}", seen.1);
+}

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use certbound_core::config::{ReplaySettings, ReplayStoreKind};
 use certbound_core::dpop::ReplayKey;
 use certbound_core::replay::{MemoryReplayStore, ReplayError, ReplayStore};
-use certbound_redis::RedisReplayStore;
+use certbound_redis::{Eviction, RedisReplayStore};
 
-use crate::abi::StreamWaker;
+use crate::abi::{self, Level, StreamWaker};
 
 /// The event a stream waiting for Redis is woken with.
 pub const EVENT_REPLAY: u64 = 2;
@@ -111,6 +111,29 @@ pub struct RedisWorker {
     pending: Arc<Mutex<Pending>>,
 }
 
+/// Evictions would silently re-enable replays: an evicting `maxmemory-policy` is an error in
+/// Envoy's log, read at start and every 5 minutes.
+fn report_eviction(eviction: &Eviction) {
+    match eviction {
+        Eviction::Never => {}
+        Eviction::Evicts(policy) => abi::log(
+            Level::Error,
+            &format!(
+                "certbound: the DPoP replay store (Redis) has maxmemory-policy {policy}: it evicts \
+                 keys under memory pressure, so used proofs may be forgotten and replayed; set \
+                 noeviction"
+            ),
+        ),
+        Eviction::Unknown(why) => abi::log(
+            Level::Warn,
+            &format!(
+                "certbound: cannot read the DPoP replay store's maxmemory-policy ({why}); make \
+                 sure it is noeviction"
+            ),
+        ),
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -139,6 +162,11 @@ impl RedisWorker {
             .spawn(move || {
                 let store = Arc::new(store);
                 runtime.block_on(async move {
+                    tokio::spawn(certbound_redis::watch_eviction(
+                        Arc::downgrade(&store),
+                        certbound_redis::EVICTION_CHECK_EVERY,
+                        report_eviction,
+                    ));
                     while let Some(job) = queue.recv().await {
                         let store = Arc::clone(&store);
                         let answers = Arc::clone(&answers);

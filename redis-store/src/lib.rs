@@ -157,3 +157,64 @@ impl RedisReplayStore {
         }
     }
 }
+
+/// What the server's `maxmemory-policy` means for proofs kept there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// `noeviction`: a full server refuses writes (certbound answers 503) rather than forgetting
+    /// a proof.
+    Never,
+    /// Any other policy (`allkeys-*`, `volatile-*`: proof keys carry a TTL, so both kinds evict
+    /// them): under memory pressure Redis forgets used proofs and replays pass again.
+    Evicts(String),
+    /// The policy could not be read (Redis down, or `CONFIG` disabled, as on some managed
+    /// offerings): why.
+    Unknown(String),
+}
+
+impl RedisReplayStore {
+    /// Reads the server's `maxmemory-policy` (`CONFIG GET`), within the store's timeout.
+    pub async fn eviction(&self) -> Eviction {
+        let ask = async {
+            let mut connection = self.connection().await.map_err(|e| e.0)?;
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query_async::<Vec<String>>(&mut connection)
+                .await
+                .map_err(|e| format!("CONFIG GET failed ({:?})", e.kind()))
+        };
+        match tokio::time::timeout(self.timeout, ask).await {
+            Ok(Ok(reply)) => match reply.as_slice() {
+                [_, policy] if policy == "noeviction" => Eviction::Never,
+                [_, policy] => Eviction::Evicts(policy.clone()),
+                _ => Eviction::Unknown("CONFIG GET maxmemory-policy gave no value".into()),
+            },
+            Ok(Err(why)) => Eviction::Unknown(why),
+            Err(_) => {
+                Eviction::Unknown(format!("no answer within {} ms", self.timeout.as_millis()))
+            }
+        }
+    }
+}
+
+/// Reads the eviction policy now and then every `every`, handing each reading to `report`,
+/// for as long as the store is in use (it holds only a weak reference).
+pub async fn watch_eviction(
+    store: std::sync::Weak<RedisReplayStore>,
+    every: Duration,
+    report: impl Fn(&Eviction),
+) {
+    loop {
+        let Some(current) = store.upgrade() else {
+            return;
+        };
+        let eviction = current.eviction().await;
+        drop(current);
+        report(&eviction);
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// How often the eviction policy is read again.
+pub const EVICTION_CHECK_EVERY: Duration = Duration::from_secs(300);

@@ -126,6 +126,19 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// `CONFIG SET name value` (plain servers only).
+    pub async fn config_set(&self, name: &str, value: &str) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+
     /// The remaining lifetime of `key` in milliseconds (plain servers only).
     pub async fn pttl(&self, key: &str) -> i64 {
         let client = redis::Client::open(self.url()).unwrap();
