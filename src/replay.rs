@@ -59,21 +59,15 @@ impl Replay {
     /// Builds the store the settings name; no network I/O (Redis connects on first use). On a
     /// tokio runtime, a Redis store's eviction policy is then watched ([`watch_eviction`]).
     pub fn new(settings: &ReplaySettings, metrics: &Arc<Metrics>) -> Result<Self, String> {
-        match (settings.store, &settings.url) {
-            (ReplayStoreKind::Redis, Some(url)) => {
-                let store = Arc::new(RedisReplayStore::new(
-                    url,
-                    settings.ca_file.as_deref(),
-                    settings.timeout,
-                    &settings.key_prefix,
-                )?);
+        match settings.store {
+            ReplayStoreKind::Redis => {
+                let store = Arc::new(RedisReplayStore::from_settings(settings)?);
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(watch_eviction(Arc::downgrade(&store), Arc::clone(metrics)));
                 }
                 Ok(Self::Redis(store))
             }
-            (ReplayStoreKind::Redis, None) => Err("dpop.replay.url is required for redis".into()),
-            (ReplayStoreKind::Memory, _) => Ok(Self::Memory(MemoryReplayStore::new(
+            ReplayStoreKind::Memory => Ok(Self::Memory(MemoryReplayStore::new(
                 settings.max_entries,
                 settings.max_per_key,
             ))),

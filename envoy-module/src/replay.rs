@@ -140,16 +140,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl RedisWorker {
     fn start(settings: &ReplaySettings) -> Result<Self, String> {
-        let url = settings
-            .url
-            .as_deref()
-            .ok_or("dpop.replay.url is required with store: redis")?;
-        let store = RedisReplayStore::new(
-            url,
-            settings.ca_file.as_deref(),
-            settings.timeout,
-            &settings.key_prefix,
-        )?;
+        let store = RedisReplayStore::from_settings(settings)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

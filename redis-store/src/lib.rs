@@ -7,7 +7,6 @@
 //! answer within the timeout, the check fails closed (an error the caller answers with 503
 //! `replay_store_unavailable`); nothing is accepted unchecked.
 
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use arc_swap::ArcSwapOption;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
+use certbound_core::config::{ReplayMode, ReplaySettings};
 use certbound_core::dpop::ReplayKey;
 use certbound_core::replay::ReplayError;
 
@@ -22,12 +22,39 @@ use certbound_core::replay::ReplayError;
 /// waiting for its own attempt (a down Redis must not add its timeout to every check).
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 
+/// Where the store is: one server, a cluster, or the master a set of sentinels names.
+enum Topology {
+    Standalone(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+    /// Asked again for the master after every failure, so a failover is followed.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+/// A live connection: multiplexed (standalone, or the sentinels' current master), or the
+/// cluster's (one per node, slots and MOVED/ASK redirections followed).
+#[derive(Clone)]
+enum Connection {
+    Node(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Connection {
+    async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Self::Node(connection) => cmd.query_async(connection).await,
+            Self::Cluster(connection) => cmd.query_async(connection).await,
+        }
+    }
+}
+
 /// Proof keys in Redis, under `key_prefix` + hex(digest), each expiring with its proof's window.
+/// In a cluster each key lands on the slot its own hash picks: a proof's whole check is one
+/// key, so no hash tag is needed (and none would help spread the load).
 pub struct RedisReplayStore {
-    client: redis::Client,
-    /// The shared connection (multiplexed: every check pipelines on it); dropped on an error and
-    /// made again by the next check.
-    connection: ArcSwapOption<MultiplexedConnection>,
+    topology: Topology,
+    /// The shared connection (every check pipelines on it); dropped on an error and made again
+    /// by the next check.
+    connection: ArcSwapOption<Connection>,
     /// One connection attempt at a time; holds when the last one failed.
     connecting: tokio::sync::Mutex<()>,
     last_failure: Mutex<Option<Instant>>,
@@ -35,42 +62,94 @@ pub struct RedisReplayStore {
     prefix: String,
 }
 
+/// Errors never repeat a URL: it may carry a password.
+fn unusable(key: &str) -> impl Fn(redis::RedisError) -> String + '_ {
+    move |e| {
+        format!(
+            "{key} is not a usable Redis URL ({:?}: {})",
+            e.kind(),
+            e.detail().unwrap_or("no detail")
+        )
+    }
+}
+
 impl RedisReplayStore {
-    /// A store at `url` (`redis://` or `rediss://`; with `ca_file`, TLS trusts only that CA).
-    pub fn new(
-        url: &str,
-        ca_file: Option<&Path>,
-        timeout: Duration,
-        prefix: &str,
-    ) -> Result<Self, String> {
-        // The URL may carry a password: errors never repeat it.
-        let unusable = |e: redis::RedisError| {
-            format!(
-                "dpop.replay.url is not a usable Redis URL ({:?}: {})",
-                e.kind(),
-                e.detail().unwrap_or("no detail")
-            )
-        };
-        let client = match ca_file {
-            None => redis::Client::open(url).map_err(unusable)?,
-            Some(path) => {
-                let root_cert = std::fs::read(path).map_err(|e| {
+    /// The store the settings describe (`store: redis`); no network I/O (it connects on first
+    /// use).
+    pub fn from_settings(settings: &ReplaySettings) -> Result<Self, String> {
+        let certificates = match &settings.ca_file {
+            None => None,
+            Some(path) => Some(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(std::fs::read(path).map_err(|e| {
                     format!("dpop.replay.ca_file: cannot read {}: {e}", path.display())
-                })?;
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                redis::Client::build_with_tls(url, certificates).map_err(unusable)?
+                })?),
+            }),
+        };
+        let topology = match settings.mode {
+            ReplayMode::Standalone => {
+                let url = settings
+                    .url
+                    .as_deref()
+                    .ok_or("dpop.replay.url is required with store: redis")?;
+                let client = match certificates {
+                    None => redis::Client::open(url),
+                    Some(certificates) => redis::Client::build_with_tls(url, certificates),
+                }
+                .map_err(unusable("dpop.replay.url"))?;
+                Topology::Standalone(client)
+            }
+            ReplayMode::Cluster => {
+                let mut builder = redis::cluster::ClusterClientBuilder::new(settings.urls.clone())
+                    .connection_timeout(settings.timeout)
+                    .response_timeout(settings.timeout)
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100);
+                if let Some(certificates) = certificates {
+                    builder = builder.certs(certificates);
+                }
+                Topology::Cluster(builder.build().map_err(unusable("dpop.replay.urls"))?)
+            }
+            ReplayMode::Sentinel => {
+                let master = settings
+                    .master_name
+                    .as_deref()
+                    .ok_or("dpop.replay.sentinel.master_name is required with mode: sentinel")?;
+                let mut sentinels = Vec::new();
+                for url in &settings.urls {
+                    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                        .map_err(unusable("dpop.replay.urls"))?;
+                    sentinels.push(info.addr().clone());
+                }
+                let tls = settings.urls.iter().all(|u| u.starts_with("rediss://"));
+                let mut builder = redis::sentinel::SentinelClientBuilder::new(
+                    sentinels,
+                    master,
+                    redis::sentinel::SentinelServerType::Master,
+                )
+                .map_err(unusable("dpop.replay.urls"))?;
+                if tls {
+                    builder = builder
+                        .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                        .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+                    if let Some(certificates) = certificates {
+                        builder = builder
+                            .set_client_to_redis_certificates(certificates.clone())
+                            .set_client_to_sentinel_certificates(certificates);
+                    }
+                }
+                let client = builder.build().map_err(unusable("dpop.replay.urls"))?;
+                Topology::Sentinel(tokio::sync::Mutex::new(client))
             }
         };
         Ok(Self {
-            client,
+            topology,
             connection: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(None),
-            timeout,
-            prefix: prefix.to_owned(),
+            timeout: settings.timeout,
+            prefix: settings.key_prefix.clone(),
         })
     }
 
@@ -96,14 +175,9 @@ impl RedisReplayStore {
             .max(1)
             .saturating_mul(1000);
         let name = format!("{}{}", self.prefix, key.hex());
-        let answer: redis::RedisResult<Option<String>> = redis::cmd("SET")
-            .arg(&name)
-            .arg(1)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async(&mut connection)
-            .await;
+        let mut set = redis::cmd("SET");
+        set.arg(&name).arg(1).arg("NX").arg("PX").arg(ttl_ms);
+        let answer: redis::RedisResult<Option<String>> = connection.query(&set).await;
         match answer {
             Ok(Some(_)) => Ok(true),
             Ok(None) => Ok(false),
@@ -117,7 +191,7 @@ impl RedisReplayStore {
         }
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, ReplayError> {
+    async fn connection(&self) -> Result<Connection, ReplayError> {
         if let Some(connection) = self.connection.load_full() {
             return Ok((*connection).clone());
         }
@@ -136,11 +210,22 @@ impl RedisReplayStore {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
-        match self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
+        let connected = match &self.topology {
+            Topology::Standalone(client) => client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .map(Connection::Node),
+            Topology::Cluster(client) => {
+                client.get_async_connection().await.map(Connection::Cluster)
+            }
+            Topology::Sentinel(client) => client
+                .lock()
+                .await
+                .get_async_connection_with_config(&config)
+                .await
+                .map(Connection::Node),
+        };
+        match connected {
             Ok(connection) => {
                 *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.connection.store(Some(connection.clone().into()));
@@ -177,24 +262,65 @@ impl RedisReplayStore {
     pub async fn eviction(&self) -> Eviction {
         let ask = async {
             let mut connection = self.connection().await.map_err(|e| e.0)?;
-            redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("maxmemory-policy")
-                .query_async::<Vec<String>>(&mut connection)
+            let mut get = redis::cmd("CONFIG");
+            get.arg("GET").arg("maxmemory-policy");
+            connection
+                .query::<redis::Value>(&get)
                 .await
                 .map_err(|e| format!("CONFIG GET failed ({:?})", e.kind()))
         };
         match tokio::time::timeout(self.timeout, ask).await {
-            Ok(Ok(reply)) => match reply.as_slice() {
-                [_, policy] if policy == "noeviction" => Eviction::Never,
-                [_, policy] => Eviction::Evicts(policy.clone()),
-                _ => Eviction::Unknown("CONFIG GET maxmemory-policy gave no value".into()),
-            },
+            Ok(Ok(reply)) => {
+                // One node's [name, policy], or in a cluster every node's: the worst counts.
+                let mut policies = Vec::new();
+                collect_policies(&reply, &mut policies);
+                match policies.iter().find(|p| *p != "noeviction") {
+                    Some(evicting) => Eviction::Evicts(evicting.clone()),
+                    None if policies.is_empty() => {
+                        Eviction::Unknown("CONFIG GET maxmemory-policy gave no value".into())
+                    }
+                    None => Eviction::Never,
+                }
+            }
             Ok(Err(why)) => Eviction::Unknown(why),
             Err(_) => {
                 Eviction::Unknown(format!("no answer within {} ms", self.timeout.as_millis()))
             }
         }
+    }
+}
+
+/// The values that follow `maxmemory-policy` anywhere in a `CONFIG GET` reply.
+fn collect_policies(reply: &redis::Value, out: &mut Vec<String>) {
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match reply {
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            for pair in items.windows(2) {
+                if text(&pair[0]).as_deref() == Some("maxmemory-policy")
+                    && let Some(policy) = text(&pair[1])
+                {
+                    out.push(policy);
+                }
+            }
+            for item in items {
+                collect_policies(item, out);
+            }
+        }
+        redis::Value::Map(entries) => {
+            for (key, value) in entries {
+                if text(key).as_deref() == Some("maxmemory-policy")
+                    && let Some(policy) = text(value)
+                {
+                    out.push(policy);
+                }
+                collect_policies(value, out);
+            }
+        }
+        _ => {}
     }
 }
 

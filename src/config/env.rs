@@ -48,6 +48,30 @@ const OVERRIDES: &[(&str, Apply)] = &[
         f.dpop.replay.url = Some(v.to_owned());
         Ok(())
     }),
+    ("CERTBOUND_DPOP__REPLAY__MODE", |f, n, v| {
+        f.dpop.replay.mode = scalar(n, v)?;
+        Ok(())
+    }),
+    // Comma-separated (or a YAML list): the cluster seeds or the sentinels, maybe with passwords.
+    ("CERTBOUND_DPOP__REPLAY__URLS", |f, n, v| {
+        f.dpop.replay.urls = if v.trim_start().starts_with('[') {
+            scalar(n, v)?
+        } else {
+            v.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        Ok(())
+    }),
+    (
+        "CERTBOUND_DPOP__REPLAY__SENTINEL__MASTER_NAME",
+        |f, _, v| {
+            f.dpop.replay.sentinel.master_name = Some(v.to_owned());
+            Ok(())
+        },
+    ),
 ];
 
 /// The variable names that override keys, for documentation and messages.

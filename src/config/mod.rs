@@ -275,6 +275,7 @@ fn introspection(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use certbound_core::config::ReplayMode;
     use certbound_core::jwa::Algorithm;
     use certbound_core::keys::KeySource;
     use certbound_core::{BindingMode, CertificateSource};
@@ -456,6 +457,57 @@ upstream:
         );
         let err = bad.expect_err("not a redis URL");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn cluster_and_sentinel_modes_are_validated_at_the_users_line() {
+        let base = format!("{MINIMAL}dpop:\n  enabled: true\n  replay:\n    store: redis\n");
+        let cluster = format!("{base}    mode: cluster\n");
+        let err = load_env(&cluster, &[]).expect_err("seeds needed");
+        assert_eq!(err.key, "dpop.replay.urls", "{err}");
+        let s = load_env(
+            &cluster,
+            &[(
+                "CERTBOUND_DPOP__REPLAY__URLS",
+                "redis://:s3cret@a:7000, redis://b:7001",
+            )],
+        )
+        .expect("valid");
+        let replay = s.decision.replay.expect("replay");
+        assert_eq!(replay.mode, ReplayMode::Cluster);
+        assert_eq!(replay.urls.len(), 2);
+        assert!(!format!("{replay:?}").contains("s3cret"));
+        let mixed = format!("{cluster}    urls: [redis://a:1, rediss://b:2]\n");
+        assert_eq!(
+            load_env(&mixed, &[]).expect_err("mixed").key,
+            "dpop.replay.urls"
+        );
+        let with_url = format!("{cluster}    url: redis://a:1\n    urls: [redis://a:1]\n");
+        assert_eq!(
+            load_env(&with_url, &[]).expect_err("url").key,
+            "dpop.replay.url"
+        );
+        let sentinel = format!("{base}    mode: sentinel\n    urls: [redis://s:26379]\n");
+        let err = load_env(&sentinel, &[]).expect_err("a master name is needed");
+        assert_eq!(err.key, "dpop.replay.sentinel.master_name", "{err}");
+        assert!(
+            err.to_string().contains("line"),
+            "at the user's line: {err}"
+        );
+        let s = load_env(
+            &sentinel,
+            &[("CERTBOUND_DPOP__REPLAY__SENTINEL__MASTER_NAME", "mymaster")],
+        )
+        .expect("valid");
+        assert_eq!(
+            s.decision.replay.expect("replay").master_name.as_deref(),
+            Some("mymaster")
+        );
+        let stray = format!("{base}    url: redis://a:1\n    sentinel:\n      master_name: m\n");
+        assert_eq!(
+            load_env(&stray, &[]).expect_err("not sentinel").key,
+            "dpop.replay.sentinel.master_name"
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod external;
 pub mod paths;
 pub mod raw;
 pub mod stack;
+pub mod topologies;
 
 pub const AUDIENCE: &str = "https://api.test";
 

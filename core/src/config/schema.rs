@@ -113,13 +113,42 @@ pub enum ReplayStoreKind {
     Redis,
 }
 
+/// How Redis is deployed, for `store: redis`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayMode {
+    /// One server (or a proxy in front of several): `url`.
+    #[default]
+    Standalone,
+    /// Redis Cluster: `urls` are seed nodes; slots and redirections are followed.
+    Cluster,
+    /// Behind Sentinel: `urls` are the sentinels, `sentinel.master_name` the monitored master;
+    /// a failover is followed.
+    Sentinel,
+}
+
+/// `dpop.replay.sentinel`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    pub master_name: Option<String>,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayConfig {
     #[serde(default)]
     pub store: ReplayStoreKind,
-    /// `redis://host:port[/db]` (or `rediss://`), for `store: redis`.
+    /// `standalone` (default), `cluster` or `sentinel`, for `store: redis`.
+    #[serde(default)]
+    pub mode: ReplayMode,
+    /// `redis://host:port[/db]` (or `rediss://`), for `store: redis` in standalone mode.
     pub url: Option<String>,
+    /// Cluster seed nodes, or the sentinels (`redis://host:port`, `rediss://` for TLS).
+    #[serde(default)]
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub sentinel: SentinelConfig,
     /// Bound on the in-memory store; when full of live proofs, checks answer 503 (default 200000).
     #[serde(default = "default_replay_entries")]
     pub max_entries: usize,
@@ -142,7 +171,10 @@ impl Default for ReplayConfig {
     fn default() -> Self {
         Self {
             store: ReplayStoreKind::Memory,
+            mode: ReplayMode::Standalone,
             url: None,
+            urls: Vec::new(),
+            sentinel: SentinelConfig::default(),
             max_entries: default_replay_entries(),
             max_per_key: default_replay_per_key(),
             timeout_ms: default_replay_timeout(),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::schema::{
-    DpopConfig, FileConfig, IssuerConfig, PolicyConfig, ReplayStoreKind, RequirementsConfig,
+    DpopConfig, FileConfig, IssuerConfig, PolicyConfig, ReplayMode, ReplayStoreKind,
+    RequirementsConfig,
 };
 use crate::binding::BindingMode;
 use crate::certificate::CertificateCache;
@@ -45,8 +46,12 @@ pub struct DecisionSettings {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ReplaySettings {
     pub store: ReplayStoreKind,
+    pub mode: ReplayMode,
     /// May carry a password: never printed (see the `Debug` impl).
     pub url: Option<String>,
+    /// Cluster seeds or sentinels; may carry passwords: never printed.
+    pub urls: Vec<String>,
+    pub master_name: Option<String>,
     pub max_entries: usize,
     pub max_per_key: usize,
     pub timeout: Duration,
@@ -58,7 +63,10 @@ impl std::fmt::Debug for ReplaySettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplaySettings")
             .field("store", &self.store)
+            .field("mode", &self.mode)
             .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("urls", &self.urls.len())
+            .field("master_name", &self.master_name)
             .field("max_entries", &self.max_entries)
             .field("max_per_key", &self.max_per_key)
             .field("timeout", &self.timeout)
@@ -453,8 +461,75 @@ fn validate_dpop(
         }
     };
     let replay = &config.replay;
+    let redis_url = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
+    if replay.store == ReplayStoreKind::Redis && replay.mode != ReplayMode::Standalone {
+        if replay.url.is_some() {
+            return Err(ConfigError::new(
+                "dpop.replay.url",
+                "for mode: standalone; cluster and sentinel take urls: [...]",
+            ));
+        }
+        if replay.urls.is_empty() {
+            return Err(ConfigError::new(
+                "dpop.replay.urls",
+                match replay.mode {
+                    ReplayMode::Cluster => {
+                        "mode: cluster needs the seed nodes: urls: [redis://host:port, ...]"
+                    }
+                    _ => "mode: sentinel needs the sentinels: urls: [redis://host:26379, ...]",
+                },
+            ));
+        }
+        if replay.urls.iter().any(|u| !redis_url(u)) {
+            return Err(ConfigError::new(
+                "dpop.replay.urls",
+                "each must start with redis:// or rediss:// (TLS)",
+            ));
+        }
+        let tls = replay
+            .urls
+            .iter()
+            .filter(|u| u.starts_with("rediss://"))
+            .count();
+        if tls != 0 && tls != replay.urls.len() {
+            return Err(ConfigError::new(
+                "dpop.replay.urls",
+                "all rediss:// (TLS) or all redis://, not a mix",
+            ));
+        }
+    }
+    match replay.mode {
+        ReplayMode::Sentinel
+            if replay.store == ReplayStoreKind::Redis
+                && replay
+                    .sentinel
+                    .master_name
+                    .as_deref()
+                    .is_none_or(str::is_empty) =>
+        {
+            return Err(ConfigError::new(
+                "dpop.replay.sentinel.master_name",
+                "mode: sentinel needs the name the sentinels monitor (sentinel.master_name)",
+            ));
+        }
+        ReplayMode::Sentinel => {}
+        _ if replay.sentinel.master_name.is_some() => {
+            return Err(ConfigError::new(
+                "dpop.replay.sentinel.master_name",
+                "only for mode: sentinel",
+            ));
+        }
+        _ => {}
+    }
+    if replay.store == ReplayStoreKind::Memory && !replay.urls.is_empty() {
+        return Err(ConfigError::new(
+            "dpop.replay.urls",
+            "only for store: redis",
+        ));
+    }
+    let standalone = replay.mode == ReplayMode::Standalone;
     match (replay.store, &replay.url) {
-        (ReplayStoreKind::Redis, None) => {
+        (ReplayStoreKind::Redis, None) if standalone => {
             return Err(ConfigError::new(
                 "dpop.replay.url",
                 "store: redis needs url: redis://host:port",
@@ -476,11 +551,14 @@ fn validate_dpop(
     let ca_file = match &replay.ca_file {
         None => None,
         Some(path) => {
-            if !replay
-                .url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("rediss://"))
-            {
+            let tls = match replay.mode {
+                ReplayMode::Standalone => replay
+                    .url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("rediss://")),
+                _ => replay.urls.iter().all(|u| u.starts_with("rediss://")),
+            };
+            if !tls {
                 return Err(ConfigError::new(
                     "dpop.replay.ca_file",
                     "only for a rediss:// (TLS) url",
@@ -530,7 +608,10 @@ fn validate_dpop(
     };
     let settings = ReplaySettings {
         store: replay.store,
+        mode: replay.mode,
         url: replay.url.clone(),
+        urls: replay.urls.clone(),
+        master_name: replay.sentinel.master_name.clone(),
         max_entries: replay.max_entries,
         max_per_key: replay.max_per_key,
         timeout: Duration::from_millis(replay.timeout_ms),

@@ -1,0 +1,278 @@
+//! Redis as production runs it, on 127.0.0.1 for the tests: a Cluster of three masters with a
+//! replica each, and a master with a replica watched by three Sentinels. Every node is a real
+//! `redis-server` process, killed when dropped.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::envoy::{Process, free_port, spawn};
+
+/// A port whose cluster bus port (port + 10000) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn redis_cli(args: &[&str]) -> String {
+    let output = Command::new("redis-cli").args(args).output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listens on {port}");
+}
+
+fn server(name: &'static str, dir: &Path, port: u16, extra: &[&str]) -> Process {
+    let node_dir = dir.join(format!("node-{port}"));
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(&node_dir)
+        .args(extra);
+    spawn(name, command, &node_dir)
+}
+
+/// Three masters, each with one replica.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    nodes: Vec<Option<Process>>,
+}
+
+impl RedisCluster {
+    pub async fn start(dir: &Path) -> Self {
+        let ports: Vec<u16> = (0..6).map(|_| cluster_port()).collect();
+        let mut nodes = Vec::new();
+        for &port in &ports {
+            nodes.push(Some(server(
+                "redis-cluster-node",
+                dir,
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                ],
+            )));
+        }
+        for &port in &ports {
+            wait_port(port).await;
+        }
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let created = redis_cli(&args);
+        assert!(
+            created.contains("[OK]"),
+            "cluster create failed:\n{created}"
+        );
+        let cluster = Self { ports, nodes };
+        cluster.wait_ok().await;
+        // A replica that has not finished its first sync cannot take over: wait for all three.
+        for _ in 0..400 {
+            let synced = cluster
+                .ports
+                .iter()
+                .map(|p| redis_cli(&["-p", &p.to_string(), "info", "replication"]))
+                .filter(|info| {
+                    info.contains("role:slave") && info.contains("master_link_status:up")
+                })
+                .count();
+            if synced == 3 {
+                return cluster;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the replicas never synced");
+    }
+
+    /// Seed URLs (all six nodes).
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// Waits until every live node says `cluster_state:ok`.
+    pub async fn wait_ok(&self) {
+        for _ in 0..400 {
+            let ok = self
+                .ports
+                .iter()
+                .zip(&self.nodes)
+                .filter(|(_, node)| node.is_some())
+                .all(|(port, _)| {
+                    redis_cli(&["-p", &port.to_string(), "cluster", "info"])
+                        .contains("cluster_state:ok")
+                });
+            if ok {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the cluster never became ok");
+    }
+
+    /// The port of a master that has a replica.
+    pub fn a_master(&self) -> u16 {
+        let nodes = redis_cli(&["-p", &self.ports[0].to_string(), "cluster", "nodes"]);
+        nodes
+            .lines()
+            .find(|l| l.contains("master") && !l.contains("fail"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|addr| addr.split(['@', ':']).nth(1))
+            .and_then(|p| p.parse().ok())
+            .expect("a master")
+    }
+
+    /// Kills the node on `port` (SIGKILL: no goodbye to the cluster).
+    pub fn kill(&mut self, port: u16) {
+        let i = self.ports.iter().position(|&p| p == port).unwrap();
+        if let Some(mut node) = self.nodes[i].take() {
+            node.kill();
+        }
+    }
+}
+
+/// A master and a replica, watched by three sentinels (quorum 2) under the name `certbound`.
+pub struct RedisSentinels {
+    pub master_port: u16,
+    pub replica_port: u16,
+    pub sentinel_ports: Vec<u16>,
+    master: Option<Process>,
+    _replica: Process,
+    _sentinels: Vec<Process>,
+}
+
+pub const MASTER_NAME: &str = "certbound";
+
+impl RedisSentinels {
+    pub async fn start(dir: &Path) -> Self {
+        let master_port = free_port();
+        let replica_port = free_port();
+        let master = server("redis-master", dir, master_port, &[]);
+        wait_port(master_port).await;
+        let replica = server(
+            "redis-replica",
+            dir,
+            replica_port,
+            &["--replicaof", "127.0.0.1", &master_port.to_string()],
+        );
+        wait_port(replica_port).await;
+        let mut sentinels = Vec::new();
+        let mut sentinel_ports = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let conf: PathBuf = dir.join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel failover-timeout {MASTER_NAME} 5000\n\
+                     sentinel parallel-syncs {MASTER_NAME} 1\n"
+                ),
+            )
+            .unwrap();
+            let mut command = Command::new("redis-server");
+            command.arg(&conf).arg("--sentinel");
+            sentinels.push(spawn("redis-sentinel", command, dir));
+            sentinel_ports.push(port);
+        }
+        for &port in &sentinel_ports {
+            wait_port(port).await;
+        }
+        // The replica has synced once it reports the master link up.
+        for _ in 0..200 {
+            let info = redis_cli(&["-p", &replica_port.to_string(), "info", "replication"]);
+            if info.contains("master_link_status:up") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Self {
+            master_port,
+            replica_port,
+            sentinel_ports,
+            master: Some(master),
+            _replica: replica,
+            _sentinels: sentinels,
+        }
+    }
+
+    /// The sentinels' URLs.
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinel_ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The master's port as the sentinels see it now.
+    pub fn current_master(&self) -> Option<u16> {
+        let answer = redis_cli(&[
+            "-p",
+            &self.sentinel_ports[0].to_string(),
+            "sentinel",
+            "get-master-addr-by-name",
+            MASTER_NAME,
+        ]);
+        answer.lines().nth(1).and_then(|p| p.trim().parse().ok())
+    }
+
+    /// Kills the master; the sentinels promote the replica.
+    pub fn kill_master(&mut self) {
+        if let Some(mut master) = self.master.take() {
+            master.kill();
+        }
+    }
+
+    /// Waits (and returns true) until the sentinels name the replica as master.
+    pub async fn wait_failover(&self) -> bool {
+        for _ in 0..600 {
+            if self.current_master() == Some(self.replica_port) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Waits until the promoted replica takes writes.
+    pub async fn wait_writable(&self) {
+        for _ in 0..200 {
+            let role = redis_cli(&["-p", &self.replica_port.to_string(), "role"]);
+            if role.starts_with("master") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the replica was never promoted");
+    }
+}

@@ -1,0 +1,181 @@
+//! The shared DPoP replay store on Redis as it runs in production: a Redis Cluster (three
+//! masters with a replica each; keys spread over every master's slots, MOVED redirections
+//! followed) and a master with a replica behind three Sentinels. Two certbound replicas share
+//! each: a proof used at one is refused at the other; a master killed under load gives 503s
+//! (never an allow of a replay) and service resumes once the topology has failed over; every
+//! proof accepted, before, during or after, is refused when replayed anywhere.
+//!
+//! Ignored by a plain `cargo test` (they need redis-server and redis-cli); `scripts/test.sh`
+//! installs them and runs them with `--include-ignored`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::dpop::DpopKey;
+use common::topologies::{MASTER_NAME, RedisCluster, RedisSentinels};
+use common::*;
+use serde_json::json;
+
+const HTU: &str = "https://api.test/api/items";
+
+struct Fleet {
+    a: Certbound,
+    b: Certbound,
+    key: DpopKey,
+    token: String,
+}
+
+impl Fleet {
+    async fn start(replay: &str) -> (Self, Idp) {
+        let signer = Signer::es256("k1");
+        let idp = Idp::start(&[&signer]).await;
+        let yaml = config_for(
+            &idp,
+            &format!("dpop:\n  enabled: true\n  replay:\n{replay}"),
+        );
+        let a = Certbound::start(&yaml).await;
+        let b = Certbound::start(&yaml).await;
+        let key = DpopKey::es256();
+        let mut claims = claims(&idp.issuer, None);
+        claims["cnf"] = json!({"jkt": key.jkt()});
+        let token = signer.sign(&claims);
+        (Self { a, b, key, token }, idp)
+    }
+
+    fn proof(&self) -> String {
+        self.key.proof("GET", HTU, &self.token)
+    }
+
+    /// The gRPC status of one check of `proof` at `replica`.
+    async fn check(&self, replica: &Certbound, proof: &str) -> (i32, String) {
+        let auth = format!("DPoP {}", self.token);
+        let answer = replica
+            .check(request(&[("authorization", &auth), ("dpop", proof)], ""))
+            .await;
+        (answer.grpc_code.unwrap_or(-1), answer.reason().to_owned())
+    }
+
+    /// Fresh proofs at `a`, each then replayed at `b`: the first use passes, the replay never.
+    async fn cross_replica(&self, proofs: usize) -> Vec<String> {
+        let mut used = Vec::new();
+        for _ in 0..proofs {
+            let proof = self.proof();
+            assert_eq!(self.check(&self.a, &proof).await, (0, "ok".into()));
+            assert_eq!(
+                self.check(&self.b, &proof).await,
+                (16, "dpop_replayed".into()),
+                "a proof used at a, replayed at b"
+            );
+            used.push(proof);
+        }
+        used
+    }
+
+    /// Fresh proofs at `a` (and the last accepted one replayed at `b`) while the topology
+    /// fails over: only first uses (0) and 503s (14) are allowed answers, and a replay is never
+    /// accepted. Returns the proofs accepted, once `a` has passed `resumed` in a row.
+    async fn through_failover(&self, resumed: usize) -> (Vec<String>, usize) {
+        let (mut accepted, mut unavailable, mut in_a_row) = (Vec::new(), 0, 0);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while in_a_row < resumed {
+            assert!(
+                Instant::now() < deadline,
+                "service did not resume ({} accepted, {unavailable} unavailable)",
+                accepted.len()
+            );
+            let proof = self.proof();
+            match self.check(&self.a, &proof).await {
+                (0, _) => {
+                    in_a_row += 1;
+                    accepted.push(proof);
+                }
+                (14, reason) => {
+                    assert_eq!(reason, "replay_store_unavailable");
+                    in_a_row = 0;
+                    unavailable += 1;
+                }
+                other => panic!("a fresh proof during the failover: {other:?}"),
+            }
+            if let Some(last) = accepted.last() {
+                let (code, reason) = self.check(&self.b, last).await;
+                assert_ne!(
+                    code, 0,
+                    "a replay was accepted during the failover ({reason})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (accepted, unavailable)
+    }
+
+    /// Every proof in `used` is refused at both replicas: zero replays accepted.
+    async fn none_replayable(&self, used: &[String]) {
+        for proof in used {
+            for replica in [&self.a, &self.b] {
+                let (code, reason) = self.check(replica, proof).await;
+                assert_eq!(
+                    (code, reason.as_str()),
+                    (16, "dpop_replayed"),
+                    "a used proof was not refused"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli: run scripts/test.sh"]
+async fn cluster_refuses_replays_across_replicas_and_through_a_master_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = RedisCluster::start(dir.path()).await;
+    let replay = format!(
+        "    store: redis\n    mode: cluster\n    urls: [{}]\n    timeout_ms: 400\n",
+        cluster.urls().join(", ")
+    );
+    let (fleet, _idp) = Fleet::start(&replay).await;
+    // Thirty proofs: their keys land on every master's slots.
+    let mut used = fleet.cross_replica(30).await;
+
+    let victim = cluster.a_master();
+    cluster.kill(victim);
+    let (accepted, unavailable) = fleet.through_failover(20).await;
+    assert!(unavailable > 0, "no 503 while the cluster was down");
+    eprintln!(
+        "cluster failover: {unavailable} checks answered 503, {} proofs accepted, 0 replays",
+        accepted.len()
+    );
+    used.extend(accepted);
+    cluster.wait_ok().await;
+    used.extend(fleet.cross_replica(10).await);
+    fleet.none_replayable(&used).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli: run scripts/test.sh"]
+async fn sentinel_refuses_replays_across_replicas_and_follows_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisSentinels::start(dir.path()).await;
+    let replay = format!(
+        "    store: redis\n    mode: sentinel\n    urls: [{}]\n    sentinel:\n      master_name: {MASTER_NAME}\n    timeout_ms: 400\n",
+        redis.urls().join(", ")
+    );
+    let (fleet, _idp) = Fleet::start(&replay).await;
+    let mut used = fleet.cross_replica(10).await;
+
+    redis.kill_master();
+    let (accepted, unavailable) = fleet.through_failover(10).await;
+    assert!(
+        redis.wait_failover().await,
+        "the sentinels did not fail over"
+    );
+    assert!(unavailable > 0, "no 503 while the master was gone");
+    eprintln!(
+        "sentinel failover: {unavailable} checks answered 503, {} proofs accepted, 0 replays",
+        accepted.len()
+    );
+    used.extend(accepted);
+    used.extend(fleet.cross_replica(10).await);
+    fleet.none_replayable(&used).await;
+}
