@@ -199,6 +199,41 @@ async fn a_proof_used_anywhere_in_the_fleet_is_refused_everywhere_else() {
         replica.wait_ready(&pki, &key, &token).await;
     }
 
+    // Redis silent (SIGSTOP: connections open, no answer): every replica answers 503 within
+    // its timeout (300 ms here), a burst of concurrent checks included; then service resumes.
+    redis.freeze(true);
+    for replica in &fleet {
+        let started = std::time::Instant::now();
+        let burst = (0..10).map(|_| {
+            let proof = key.proof("GET", &htu, &token);
+            let pki = &pki;
+            let token = &token;
+            async move { replica.outcome(pki, token, &proof).await }
+        });
+        for (status, reason) in futures_util::future::join_all(burst).await {
+            assert_eq!(
+                status,
+                Some(503),
+                "{} with Redis silent: {reason}",
+                replica.name
+            );
+        }
+        let took = started.elapsed();
+        eprintln!(
+            "{}: 10 checks with Redis silent answered 503 in {took:?}",
+            replica.name
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "{}: 503s took {took:?}, not bounded by the timeout",
+            replica.name
+        );
+    }
+    redis.freeze(false);
+    for replica in &fleet {
+        replica.wait_ready(&pki, &key, &token).await;
+    }
+
     // An evicting maxmemory-policy would let Redis forget used proofs: a module that starts
     // on such a server says so in Envoy's log.
     redis.config_set("maxmemory-policy", "allkeys-lru").await;

@@ -126,6 +126,18 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: connections stay open, nothing
+    /// answers, as with a Redis stuck in a long command or a network partition.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.process.as_ref().expect("running").id();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// `CONFIG SET name value` (plain servers only).
     pub async fn config_set(&self, name: &str, value: &str) {
         let client = redis::Client::open(self.url()).unwrap();
