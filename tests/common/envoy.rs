@@ -517,6 +517,16 @@ pub fn validate_envoy(config: &str, dir: &Path) -> Result<(), String> {
 /// Starts Envoy with a config text and waits until its admin endpoint says LIVE. A config with
 /// certbound's module finds it in [`module_dir`].
 pub async fn start_envoy(config: &str, ports: &EnvoyPorts, dir: &Path) -> Process {
+    start_envoy_with(config, ports, dir, &[]).await
+}
+
+/// [`start_envoy`] with more command-line arguments.
+pub async fn start_envoy_with(
+    config: &str,
+    ports: &EnvoyPorts,
+    dir: &Path,
+    extra: &[&str],
+) -> Process {
     let file = dir.join("envoy.yaml");
     std::fs::write(&file, config).unwrap();
     let mut command = Command::new(envoy_bin());
@@ -530,8 +540,9 @@ pub async fn start_envoy(config: &str, ports: &EnvoyPorts, dir: &Path) -> Proces
             "--disable-hot-restart",
             "--log-level",
             "warn",
-            "-c",
         ])
+        .args(extra)
+        .arg("-c")
         .arg(&file);
     let mut process = spawn("envoy", command, dir);
     let client = reqwest::Client::new();
