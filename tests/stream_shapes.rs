@@ -120,6 +120,18 @@ const SHAPES: [Shape; 15] = [
 ];
 
 impl Shape {
+    /// The method the shape's request uses (for a DPoP proof's `htm`).
+    fn method(self) -> &'static str {
+        match self {
+            Shape::H1Get
+            | Shape::H1WebSocket
+            | Shape::H2HeadersWithoutEndStream
+            | Shape::H2ResetMidWait => "GET",
+            Shape::H2ExtendedConnect => "CONNECT",
+            _ => "POST",
+        }
+    }
+
     /// The body bytes a valid request delivers to the upstream, when it has a body the upstream
     /// reads as one (not an upgraded stream).
     fn body_len(self) -> Option<usize> {
@@ -147,10 +159,22 @@ impl Shape {
 
 const PAUSE: Duration = Duration::from_millis(300);
 
+/// The credential headers, then the shape's own.
+fn with_auth<'a>(
+    auth: &[(&'a str, &'a str)],
+    rest: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    auth.iter().chain(rest).copied().collect()
+}
+
 /// Sends one request of `shape` with `token` to `path`.
-async fn send(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, token: &str) -> Seen {
-    let auth = format!("Bearer {token}");
-    let auth = auth.as_str();
+async fn send(
+    stack: &Stack,
+    cert: &ClientCert,
+    shape: Shape,
+    path: &str,
+    auth: &[(&str, &str)],
+) -> Seen {
     let h1 = |steps: Vec<Step>| async {
         Seen::H1(raw::http1(&stack.pki, Some(cert), stack.port, steps, READ_FOR).await)
     };
@@ -160,16 +184,12 @@ async fn send(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, token:
             h1(vec![Step::Send(raw::head(
                 "GET",
                 path,
-                &[("authorization", auth)],
+                &with_auth(auth, &[]),
             ))])
             .await
         }
         Shape::H1ContentLength => {
-            let mut bytes = raw::head(
-                "POST",
-                path,
-                &[("authorization", auth), ("content-length", &len)],
-            );
+            let mut bytes = raw::head("POST", path, &with_auth(auth, &[("content-length", &len)]));
             bytes.extend_from_slice(BODY);
             h1(vec![Step::Send(bytes)]).await
         }
@@ -178,7 +198,7 @@ async fn send(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, token:
                 Step::Send(raw::head(
                     "POST",
                     path,
-                    &[("authorization", auth), ("content-length", &len)],
+                    &with_auth(auth, &[("content-length", &len)]),
                 )),
                 Step::Wait(PAUSE),
                 Step::Send(BODY.to_vec()),
@@ -196,11 +216,10 @@ async fn send(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, token:
                 Step::Send(raw::head(
                     "POST",
                     path,
-                    &[
-                        ("authorization", auth),
-                        ("transfer-encoding", "chunked"),
-                        ("te", "trailers"),
-                    ],
+                    &with_auth(
+                        auth,
+                        &[("transfer-encoding", "chunked"), ("te", "trailers")],
+                    ),
                 )),
                 Step::Wait(PAUSE),
                 Step::Send(one),
@@ -214,11 +233,10 @@ async fn send(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, token:
                 Step::Send(raw::head(
                     "POST",
                     path,
-                    &[
-                        ("authorization", auth),
-                        ("content-length", &len),
-                        ("expect", "100-continue"),
-                    ],
+                    &with_auth(
+                        auth,
+                        &[("content-length", &len), ("expect", "100-continue")],
+                    ),
                 )),
                 Step::Wait(PAUSE),
                 Step::Send(BODY.to_vec()),
@@ -230,13 +248,15 @@ async fn send(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, token:
                 Step::Send(raw::head(
                     "GET",
                     path,
-                    &[
-                        ("authorization", auth),
-                        ("connection", "Upgrade"),
-                        ("upgrade", "websocket"),
-                        ("sec-websocket-version", "13"),
-                        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-                    ],
+                    &with_auth(
+                        auth,
+                        &[
+                            ("connection", "Upgrade"),
+                            ("upgrade", "websocket"),
+                            ("sec-websocket-version", "13"),
+                            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                        ],
+                    ),
                 )),
                 Step::Wait(PAUSE),
                 // A masked text frame "hi".
@@ -248,10 +268,7 @@ async fn send(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, token:
             let mut steps = vec![Step::Send(raw::head(
                 "POST",
                 path,
-                &[
-                    ("authorization", auth),
-                    ("content-length", &LARGE_BODY.to_string()),
-                ],
+                &with_auth(auth, &[("content-length", &LARGE_BODY.to_string())]),
             ))];
             let body = vec![b'x'; LARGE_BODY];
             steps.extend(body.chunks(256 * 1024).map(|c| Step::Send(c.to_vec())));
@@ -262,7 +279,7 @@ async fn send(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, token:
                 Step::Send(raw::head(
                     "POST",
                     path,
-                    &[("authorization", auth), ("content-length", "1000")],
+                    &with_auth(auth, &[("content-length", "1000")]),
                 )),
                 Step::Send(BODY.to_vec()),
                 Step::Wait(Duration::from_millis(200)),
@@ -275,19 +292,21 @@ async fn send(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, token:
     }
 }
 
-async fn send_h2(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, auth: &str) -> Seen {
+async fn send_h2(
+    stack: &Stack,
+    cert: &ClientCert,
+    shape: Shape,
+    path: &str,
+    auth: &[(&str, &str)],
+) -> Seen {
     let mut client = raw::http2(&stack.pki, Some(cert), stack.port).await;
     let post = |extra: &[(&'static str, &'static str)]| {
-        let mut headers = vec![("authorization", auth)];
-        headers.extend_from_slice(extra);
+        let headers = with_auth(auth, extra);
         raw::h2_request("POST", path, &headers)
     };
     let (response, mut stream) = match shape {
         Shape::H2HeadersWithoutEndStream | Shape::H2ResetMidWait => client
-            .send_request(
-                raw::h2_request("GET", path, &[("authorization", auth)]),
-                false,
-            )
+            .send_request(raw::h2_request("GET", path, &with_auth(auth, &[])), false)
             .unwrap(),
         Shape::H2DataWhileWaiting | Shape::H2Trailers | Shape::H2OverBufferLimit => {
             client.send_request(post(&[]), false).unwrap()
@@ -302,7 +321,7 @@ async fn send_h2(stack: &Stack, cert: &ClientCert, shape: Shape, path: &str, aut
             let mut request = raw::h2_request(
                 "CONNECT",
                 path,
-                &[("authorization", auth), ("sec-websocket-version", "13")],
+                &with_auth(auth, &[("sec-websocket-version", "13")]),
             );
             request
                 .extensions_mut()
@@ -373,7 +392,8 @@ async fn run_table(stack: &Stack) -> Vec<String> {
             let path = format!("/shape/{}/{shape:?}/{token:?}", stack.name);
             let cert = &cert;
             runs.push(async move {
-                let seen = send(stack, cert, shape, &path, &stack.token(token, cert)).await;
+                let auth = format!("Bearer {}", stack.token(token, cert));
+                let seen = send(stack, cert, shape, &path, &[("authorization", &auth)]).await;
                 (shape, token, path, seen)
             });
         }
@@ -541,4 +561,82 @@ fn with_request_body(config: String) -> String {
         ),
         1,
     )
+}
+
+/// The same shapes with a valid, DPoP-bound token and a fresh proof each, through the module
+/// whose shared replay store (Redis) is frozen: every request waits for Redis (the stream is
+/// stopped while a thread of the module's asks), then gets 503. Nothing may pass while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40, the built module and redis-server: run scripts/test.sh"]
+async fn module_waiting_for_redis_lets_no_byte_of_any_stream_shape_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = common::external::RedisServer::start(dir.path()).await;
+    let dpop = format!(
+        "dpop:\n  enabled: true\n  public_base_url: https://api.example.com\n  replay:\n    store: redis\n    url: {}\n    timeout_ms: 1500\npolicy:\n  reason_header: true\n",
+        redis.url()
+    );
+    let stack = Stack::module("module-redis", &dpop, with_upgrades).await;
+    let cert = stack.pki.client("shapes-client");
+    stack.assert_serving(&cert).await;
+    let key = common::dpop::DpopKey::es256();
+    let mut claims = stack.claims(&cert);
+    claims["cnf"]["jkt"] = serde_json::json!(key.jkt());
+    let token = stack.signer.sign(&claims);
+    let auth = format!("DPoP {token}");
+    redis.freeze(true);
+    let runs = SHAPES.iter().map(|&shape| {
+        let path = format!("/shape/redis/{shape:?}");
+        let proof = key.proof(
+            shape.method(),
+            &format!("https://api.example.com{path}"),
+            &token,
+        );
+        let (cert, auth) = (&cert, &auth);
+        let stack = &stack;
+        async move {
+            let headers = [("authorization", auth.as_str()), ("dpop", proof.as_str())];
+            let seen = send(stack, cert, shape, &path, &headers).await;
+            (shape, path, seen)
+        }
+    });
+    let results = futures_util::future::join_all(runs).await;
+    redis.freeze(false);
+    let mut failures = Vec::new();
+    let mut waited = 0;
+    for (shape, path, seen) in &results {
+        let received = stack.upstream.received(path);
+        if !received.is_empty() || seen.came_from_upstream() || !seen.refused() {
+            failures.push(format!(
+                "{shape:?}: WRONG ALLOW or no refusal: {received:?} {seen:?}"
+            ));
+        }
+        // certbound's 503 (the store did not answer), or its gRPC form (UNAVAILABLE).
+        let unavailable = match seen {
+            Seen::H1(r) => {
+                r.status == Some(503) && r.header("content-type") == Some("application/json")
+            }
+            Seen::H2(r) => {
+                (r.status == Some(503) && r.header("content-type") == Some("application/json"))
+                    || r.grpc_status() == Some("14")
+            }
+            Seen::GaveUp => false,
+        };
+        if unavailable {
+            waited += 1;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n--- envoy\n{}",
+        failures.join("\n"),
+        stack.envoy.log()
+    );
+    assert!(
+        waited >= 10,
+        "only {waited} shapes waited for Redis and got 503: {results:?}"
+    );
+    eprintln!(
+        "module-redis: {} shapes, {waited} waited for Redis then 503, 0 wrong allows",
+        results.len()
+    );
 }
