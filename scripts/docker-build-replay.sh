@@ -65,7 +65,6 @@ for words in stage:
                     target = os.path.join(base, os.path.relpath(f, source))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copy2(f, target)
-print(root or work)
 PY
 root="$work$(awk 'toupper($1)=="WORKDIR"{print $2; exit}' Dockerfile)"
 echo "docker build stage replayed in $root: $(find "$root" -type f | wc -l) files"
