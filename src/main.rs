@@ -217,7 +217,11 @@ fn load_module(path: &Path) -> Result<Vec<String>, ExitCode> {
         );
         ExitCode::from(EXIT_BAD_CONFIG)
     };
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(&e))?;
+    // A file that cannot be read is not an invalid configuration: say what it is.
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("certbound: cannot read {}: {e}", path.display());
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })?;
     certbound_core::config::ModuleSettings::from_yaml(&text)
         .map(|settings| settings.decision.warnings)
         .map_err(|e| invalid(&e))
