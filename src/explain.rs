@@ -222,7 +222,20 @@ fn describe_jwt(out: &mut String, checker: &Checker, policy: &Policy, token: &st
         return;
     };
     let Some(index) = policy.issuers.iter().position(|i| i.issuer == iss) else {
-        let _ = writeln!(out, "issuer: {iss:?} is not a configured issuer");
+        let configured: Vec<&str> = policy.issuers.iter().map(|i| i.issuer.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "issuer: {iss:?} is not a configured issuer (configured: {configured:?})"
+        );
+        // `iss` is compared exactly: a trailing slash, the scheme or the case makes another issuer.
+        let loose = |s: &str| s.trim_end_matches('/').to_ascii_lowercase();
+        if let Some(near) = configured.iter().find(|c| loose(c) == loose(&iss)) {
+            let _ = writeln!(
+                out,
+                "  near match: {near:?} differs only by a trailing slash or case; `iss` must \
+                 equal the configured issuer exactly (fix issuers[].issuer, or the IdP's issuer)"
+            );
+        }
         return;
     };
     let issuer = &policy.issuers[index];

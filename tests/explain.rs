@@ -103,6 +103,7 @@ async fn each_kind_of_deny_is_explained_with_its_reason_and_answer() {
     };
     // A refused algorithm is named with the kid and the issuer the token claims.
     let hs256_detail = format!("JWT rejected (alg_not_allowed): alg=HS256 kid=k-hmac iss={iss}");
+    let slash_detail = format!("near match: {iss:?} differs only by a trailing slash");
     let cases: Vec<(&str, String, Option<&ClientCert>, &str, &str)> = vec![
         (
             "token_malformed",
@@ -131,6 +132,13 @@ async fn each_kind_of_deny_is_explained_with_its_reason_and_answer() {
             Some(&w.cert),
             "/",
             "is not a configured issuer",
+        ),
+        (
+            "issuer_unknown",
+            sign(&|c| c["iss"] = json!(format!("{iss}/"))),
+            Some(&w.cert),
+            "/",
+            &slash_detail,
         ),
         (
             "signature_invalid",
