@@ -286,14 +286,21 @@ async fn run(
     // Every listener is bound before certbound says it serves: a busy admin port stops it here.
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("binding listen {}", settings.listen))?;
+        .with_context(|| {
+            format!(
+                "binding listen {} (the gRPC port: move it with `listen:` in the config, \
+                 --listen or CERTBOUND_LISTEN)",
+                settings.listen
+            )
+        })?;
     let admin_listener = match settings.admin_listen {
         None => None,
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding admin_listen {addr}"))?,
-        ),
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "binding admin_listen {addr} (the admin port: move it with \
+                         `admin_listen:` in the config or CERTBOUND_ADMIN_LISTEN)"
+            )
+        })?),
     };
     let admin_addr = admin_listener
         .as_ref()

@@ -224,6 +224,8 @@ fn serve_fails_with_the_reason_when_the_admin_port_is_busy() {
         text.contains(&format!("binding admin_listen {admin}")),
         "{text}"
     );
+    // The message says what moves the port.
+    assert!(text.contains("CERTBOUND_ADMIN_LISTEN"), "{text}");
     assert!(
         !text.contains("serving"),
         "said it serves with the admin port busy:\n{text}"
