@@ -460,10 +460,23 @@ impl FilterConfig {
                 "success"
             }
             Step::Failed { error, next } => {
+                // Say what checks get meanwhile: the last good keys, or 503 when there are none.
+                let loaded = self.keys.loaded(index);
+                let meanwhile = if loaded {
+                    "keeping the last good keys"
+                } else {
+                    "no keys yet: its tokens get 503 keys_unavailable"
+                };
+                // At start the first fetch can come before Envoy has added the cluster: not yet
+                // a problem worth a warning (a cluster that never appears keeps failing, and a
+                // later attempt that still finds none warns).
+                let starting = !loaded
+                    && error.contains("cluster not found")
+                    && next <= Duration::from_secs(2);
                 abi::log(
-                    Level::Warn,
+                    if starting { Level::Info } else { Level::Warn },
                     &format!(
-                        "certbound: key refresh failed: issuer {issuer}: {error}; keeping the last good keys; retry in {}s",
+                        "certbound: key refresh failed: issuer {issuer}: {error}; {meanwhile}; retry in {}s",
                         next.as_secs()
                     ),
                 );
