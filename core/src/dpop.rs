@@ -145,6 +145,12 @@ pub fn normalize_htu(uri: &str) -> Option<String> {
                 crate::path::push_encoded(&mut out, byte);
                 i += 3;
             }
+            // A `%` that starts no encoding is itself encoded: left bare, it could meet a
+            // decoded character and read as an encoding next time (`%%66` -> `%f`).
+            None if path[i] == b'%' => {
+                out.push_str("%25");
+                i += 1;
+            }
             None => {
                 out.push(char::from(path[i]));
                 i += 1;
@@ -387,8 +393,10 @@ mod tests {
             ("https://api.test/%7Euser/%61", "https://api.test/~user/a"),
             ("https://api.test/a/./b/../c", "https://api.test/a/c"),
             // Not an encoding: a sign is not a hex digit, and one digit is not two.
-            ("https://api.test/a%+Fb", "https://api.test/a%+Fb"),
-            ("https://api.test/a%-1b", "https://api.test/a%-1b"),
+            ("https://api.test/a%+Fb", "https://api.test/a%25+Fb"),
+            ("https://api.test/a%-1b", "https://api.test/a%25-1b"),
+            // Found by the htu fuzzer: a decoded `f` after a bare `%` is not a new encoding.
+            ("https://api.test/a%%66", "https://api.test/a%25f"),
         ];
         for (input, expected) in cases {
             assert_eq!(normalize_htu(input).as_deref(), Some(expected), "{input}");
