@@ -51,7 +51,10 @@ out = sys.argv[1]
 found = []
 def walk(node, path):
     if isinstance(node, dict):
-        if node.get("filter_name") == "certbound" and "filter_config" in node:
+        # The filter's configuration (a per-route one, DynamicModuleFilterPerRoute, names the
+        # filter too but holds only route requirements).
+        per_route = str(node.get("@type", "")).endswith("PerRoute")
+        if node.get("filter_name") == "certbound" and "filter_config" in node and not per_route:
             found.append((path, node["filter_config"]["value"]))
         if "dynamicModule" in node:
             for module in node["dynamicModule"]:
