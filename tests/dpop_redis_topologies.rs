@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use common::dpop::DpopKey;
 use std::path::Path;
 
-use common::topologies::{MASTER_NAME, RedisCluster, RedisSentinels, redis_bin, valkey_bin};
+use common::topologies::{
+    MASTER_NAME, RedisCluster, RedisSentinels, redis_bin, valkey_bin, wait_replicated,
+};
 use common::*;
 use serde_json::json;
 
@@ -139,6 +141,9 @@ async fn cluster_refuses_replays_across_replicas_and_through_a_master_failover(b
     let mut used = fleet.cross_replica(30).await;
 
     let victim = cluster.a_master();
+    // What the master acknowledged has reached its replica (asynchronous replication: see
+    // wait_replicated); the kill then loses nothing that was written.
+    wait_replicated(victim).await;
     cluster.kill(victim);
     let (accepted, unavailable) = fleet.through_failover(20).await;
     assert!(unavailable > 0, "no 503 while the cluster was down");
@@ -162,6 +167,7 @@ async fn sentinel_refuses_replays_across_replicas_and_follows_a_failover(bin: &P
     let (fleet, _idp) = Fleet::start(&replay).await;
     let mut used = fleet.cross_replica(10).await;
 
+    wait_replicated(redis.master_port).await;
     redis.kill_master();
     let (accepted, unavailable) = fleet.through_failover(10).await;
     assert!(

@@ -57,6 +57,31 @@ fn server(bin: &Path, name: &'static str, dir: &Path, port: u16, extra: &[&str])
     spawn(name, command, &node_dir)
 }
 
+/// Waits until the master on `port` has its replica caught up (its offset reached the
+/// master's). Replication is asynchronous: writes a master acknowledged in the instant before it
+/// dies may be lost in a failover, which no store client can see.
+pub async fn wait_replicated(port: u16) {
+    let offset = |info: &str, key: &str| -> Option<u64> {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    for _ in 0..400 {
+        let info = redis_cli(&["-p", &port.to_string(), "info", "replication"]);
+        let master = offset(&info, "master_repl_offset:");
+        let replica = info
+            .lines()
+            .find(|l| l.starts_with("slave0:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if master.is_some() && master == replica {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the replica of {port} never caught up");
+}
+
 /// Three masters, each with one replica.
 pub struct RedisCluster {
     pub ports: Vec<u16>,
