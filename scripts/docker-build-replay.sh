@@ -42,7 +42,6 @@ for line in open("Dockerfile"):
     if words[0].upper() == "FROM" and stage:
         break
     stage.append(words)
-root = None
 for words in stage:
     op = words[0].upper()
     if op == "WORKDIR":
@@ -52,7 +51,6 @@ for words in stage:
             continue
         *sources, dest = [w for w in words[1:] if not w.startswith("--")]
         base = os.path.join(work, workdir.lstrip("/"), dest)
-        root = root or os.path.join(work, workdir.lstrip("/"))
         for source in sources:
             source = source.rstrip("/")
             matched = sorted(f for f in context if f == source or f.startswith(source + "/"))

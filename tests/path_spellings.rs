@@ -195,22 +195,12 @@ async fn run_table(stack: &Stack) -> Vec<String> {
     failures
 }
 
-fn report(stack: &Stack, failures: Vec<String>) {
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}\n--- envoy\n{}",
-        failures.len(),
-        failures.join("\n"),
-        stack.envoy.log()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
 async fn module_path_spellings_with_the_shipped_edge_settings() {
     let stack = Stack::module("module-edge", POLICY, |c| c).await;
     let failures = run_table(&stack).await;
-    report(&stack, failures);
+    stack.assert_no_failures(&failures);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,7 +208,7 @@ async fn module_path_spellings_with_the_shipped_edge_settings() {
 async fn module_path_spellings_without_envoy_normalising() {
     let stack = Stack::module("module-raw", POLICY, without_edge_path_settings).await;
     let failures = run_table(&stack).await;
-    report(&stack, failures);
+    stack.assert_no_failures(&failures);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +216,7 @@ async fn module_path_spellings_without_envoy_normalising() {
 async fn service_path_spellings_with_the_shipped_edge_settings() {
     let stack = Stack::service("service-edge", POLICY, |c| c).await;
     let failures = run_table(&stack).await;
-    report(&stack, failures);
+    stack.assert_no_failures(&failures);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,5 +224,5 @@ async fn service_path_spellings_with_the_shipped_edge_settings() {
 async fn service_path_spellings_without_envoy_normalising() {
     let stack = Stack::service("service-raw", POLICY, without_edge_path_settings).await;
     let failures = run_table(&stack).await;
-    report(&stack, failures);
+    stack.assert_no_failures(&failures);
 }

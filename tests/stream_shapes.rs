@@ -501,13 +501,7 @@ async fn run_table(stack: &Stack) -> Vec<String> {
 }
 
 fn report(stack: &Stack, failures: Vec<String>) {
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}\n--- envoy\n{}",
-        failures.len(),
-        failures.join("\n"),
-        stack.envoy.log()
-    );
+    stack.assert_no_failures(&failures);
     let cases = SHAPES.len() * TOKENS.len() - 4 + 20;
     eprintln!(
         "{}: stream-shape table, {cases} requests, 0 wrong allows",

@@ -82,31 +82,22 @@ impl Filter {
         let decision = self.config.decide(&request);
         if let (Outcome::Deny(DenyReason::KeyUnknown), Some(index)) =
             (&decision.outcome, decision.facts.issuer_index)
+            && let Some(waker) = self.waker(stream)
         {
-            let scheduler = match self.scheduler.take() {
-                Some(scheduler) => Some(scheduler),
-                None => stream.scheduler(),
-            };
-            if let Some(scheduler) = scheduler {
-                let park = self
-                    .config
-                    .park_for_refetch(index, generation, scheduler.waker());
-                self.scheduler = Some(scheduler);
-                match park {
-                    Park::Parked(waiter) => {
-                        self.parked = Some(Parked {
-                            request,
-                            waiter,
-                            started,
-                        });
-                        return false;
-                    }
-                    Park::DecideAgain => {
-                        let decision = self.config.decide(&request);
-                        return self.answer(stream, &request, decision, started);
-                    }
-                    Park::No => {}
+            match self.config.park_for_refetch(index, generation, waker) {
+                Park::Parked(waiter) => {
+                    self.parked = Some(Parked {
+                        request,
+                        waiter,
+                        started,
+                    });
+                    return false;
                 }
+                Park::DecideAgain => {
+                    let decision = self.config.decide(&request);
+                    return self.answer(stream, &request, decision, started);
+                }
+                Park::No => {}
             }
         }
         self.answer(stream, &request, decision, started)

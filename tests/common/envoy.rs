@@ -117,7 +117,7 @@ impl Pki {
 /// An upstream that answers 200 with the request headers it received, as JSON.
 pub struct EchoUpstream {
     pub addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
+    _shutdown: Shutdown,
 }
 
 impl EchoUpstream {
@@ -134,31 +134,39 @@ impl EchoUpstream {
                 .collect();
             axum::Json(Value::Object(map))
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new().fallback(echo);
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let (addr, shutdown) = serve_local(Router::new().fallback(echo)).await;
         Self {
             addr,
-            shutdown: Some(tx),
+            _shutdown: shutdown,
         }
     }
 }
 
-impl Drop for EchoUpstream {
+/// Stops a server started by [`serve_local`] when dropped.
+pub struct Shutdown(Option<oneshot::Sender<()>>);
+
+impl Drop for Shutdown {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
+        if let Some(tx) = self.0.take() {
             let _ = tx.send(());
         }
     }
+}
+
+/// Serves `app` on a free port of 127.0.0.1 until the returned [`Shutdown`] is dropped.
+pub async fn serve_local(app: Router) -> (SocketAddr, Shutdown) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, Shutdown(Some(tx)))
 }
 
 /// One request an upstream received.
@@ -177,7 +185,7 @@ pub struct Received {
 pub struct RecordingUpstream {
     pub addr: SocketAddr,
     seen: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
-    shutdown: Option<oneshot::Sender<()>>,
+    _shutdown: Shutdown,
 }
 
 impl RecordingUpstream {
@@ -227,21 +235,11 @@ impl RecordingUpstream {
                     .unwrap()
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
-        });
+        let (addr, shutdown) = serve_local(app).await;
         Self {
             addr,
             seen,
-            shutdown: Some(tx),
+            _shutdown: shutdown,
         }
     }
 
@@ -258,14 +256,6 @@ impl RecordingUpstream {
 
     pub fn all(&self) -> Vec<Received> {
         self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for RecordingUpstream {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

@@ -188,6 +188,18 @@ impl Stack {
         self.idp.set_keys(&[&self.signer, &self.rotated]);
     }
 
+    /// Fails the test with every failure of a table and Envoy's log.
+    #[track_caller]
+    pub fn assert_no_failures(&self, failures: &[String]) {
+        assert!(
+            failures.is_empty(),
+            "{} failures:\n{}\n--- envoy\n{}",
+            failures.len(),
+            failures.join("\n"),
+            self.envoy.log()
+        );
+    }
+
     /// Waits until a valid GET passes (keys loaded, Envoy up).
     pub async fn assert_serving(&self, cert: &ClientCert) {
         let path = format!("/serving/{}", unique());
