@@ -22,7 +22,7 @@ async fn check(
     let cert = cert
         .map(|c| common::url_encode_pem(&read(c)))
         .unwrap_or_default();
-    let access = certbound::grpc::convert::access_request(request(&headers, &cert)).unwrap();
+    let access = certbound::grpc::convert::access_request(request(&headers, &cert), None).unwrap();
     let decision = checker.check(&access).await;
     Answer::from(certbound::grpc::convert::check_response(
         &decision,
@@ -80,14 +80,7 @@ fn demo_request_files_carry_the_demo_token_and_certificates() {
 /// Runs `scripts/demo.sh` with the test's certbound binary on free ports: `(exit code, stdout,
 /// stderr)`. `busy` is a port to hold while it runs.
 fn run_demo(busy: Option<&str>) -> (Option<i32>, String, String) {
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-            .to_string()
-    };
+    let port = || common::envoy::free_port().to_string();
     let ports = [
         "LISTEN_PORT",
         "ADMIN_PORT",

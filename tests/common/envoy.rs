@@ -28,13 +28,31 @@ pub fn envoy_bin() -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1 for a server the test starts later (Envoy, Redis).
+///
+/// Handed out below the kernel's ephemeral range (32768 and up on Linux), so an outgoing
+/// connection made meanwhile (a client, a Redis connection) cannot take it between this check
+/// and the server's bind; a counter seeded by the process id keeps two calls, and two test
+/// binaries, apart. Ports stay under 22000 so a Redis Cluster bus port (port + 10000) is below
+/// the ephemeral range too.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(997) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// A CA that issues the server certificate and client certificates, files in a temp dir.
@@ -408,6 +426,15 @@ pub fn point_envoy_config(path: &Path, ports: &EnvoyPorts, pki: &Pki) -> String 
         (
             "port_value: 50051",
             format!("port_value: {}", port(ports.certbound)),
+        ),
+        // The HTTP authorization API (http-service.yaml).
+        (
+            "port_value: 9292",
+            format!("port_value: {}", port(ports.certbound)),
+        ),
+        (
+            "uri: http://127.0.0.1:9292",
+            format!("uri: http://127.0.0.1:{}", port(ports.certbound)),
         ),
         (
             "address: idp.example.com, port_value: 443",
