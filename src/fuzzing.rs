@@ -86,7 +86,7 @@ pub fn check_request(data: &[u8]) {
         return;
     };
     let (policy, keys) = fixture();
-    let decision = match convert::access_request(request) {
+    let decision = match convert::access_request(request, Some("x-ssl-client-cert")) {
         Ok(access) => policy.decide(keys, &access, 1_800_000_000),
         Err(reason) => certbound_core::Decision::deny(reason),
     };

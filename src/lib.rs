@@ -10,24 +10,31 @@
 //! - [`keys`]: the [`keys::KeyStore`] that fetches (file, URL, OIDC discovery) and refreshes the
 //!   core's key snapshots in the background.
 //! - [`introspection`]: RFC 7662 introspection of opaque tokens, cached by token digest.
-//! - [`check`]: the Check use case: decide (JWT or introspected), and refetch once (bounded) on
-//!   an unknown `kid`.
+//! - [`check`]: the decision: JWT or introspected, a bounded refetch on an unknown `kid`, and
+//!   the DPoP replay record.
+//! - [`authorize`]: the Check use case as adapters call it: admission, decision, metrics and the
+//!   decision log; [`answer_gate`] orders expensive Checks behind earlier answers.
 //! - [`replay`]: where used DPoP proofs are remembered (memory, or Redis shared by replicas).
 //! - [`decision_log`]: the one-line-per-Check log, formatted without tracing's visitors;
 //!   [`log_writer`]: the batching, lossy writer behind all logs.
 //! - [`metrics`]: the Prometheus metrics; [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`grpc`]: the Envoy adapter. Generated code, `CheckRequest` -> core, `Decision` ->
 //!   `CheckResponse`, and the tonic service. Nothing else touches proto types.
+//! - [`forward_auth`]: the HTTP authorization adapter (NGINX `auth_request`, Traefik
+//!   `ForwardAuth`, Caddy `forward_auth`, HAProxy, Envoy `http_service`).
 //! - [`config`]: YAML + environment -> validated [`config::Settings`].
 //! - [`fuzzing`]: fuzz entry points (cargo-fuzz in `fuzz/`, corpus replayed by a test).
 //! - [`explain`]: `certbound explain`, the real decision for one token, step by step.
 //! - [`server`]: the composition root: builds everything and serves Check, health and reflection.
 
 pub mod admin;
+pub mod answer_gate;
+pub mod authorize;
 pub mod check;
 pub mod config;
 pub mod decision_log;
 pub mod explain;
+pub mod forward_auth;
 pub mod fuzzing;
 pub mod grpc;
 pub mod introspection;

@@ -302,6 +302,24 @@ async fn run(
             )
         })?),
     };
+    let forward_auth = match &settings.forward_auth {
+        None => None,
+        Some(forward_auth) => {
+            let addr = forward_auth.listen;
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "binding forward_auth.listen {addr} (the HTTP authorization port: move it \
+                     with `forward_auth.listen:` in the config or CERTBOUND_FORWARD_AUTH__LISTEN)"
+                )
+            })?;
+            tracing::info!(
+                listen = %listener.local_addr()?,
+                tls = forward_auth.tls.is_some(),
+                "certbound serving the HTTP authorization API (forward auth)"
+            );
+            Some((listener, forward_auth.clone()))
+        }
+    };
     let admin_addr = admin_listener
         .as_ref()
         .map(|l| l.local_addr())
@@ -327,6 +345,14 @@ async fn run(
             until_stopped(),
         ))
     });
+    let forward_auth = forward_auth.map(|(listener, settings)| {
+        tokio::spawn(certbound::forward_auth::serve(
+            app.authorizer(),
+            settings,
+            listener,
+            until_stopped(),
+        ))
+    });
     let reloads = tokio::spawn(reload_loop(
         Arc::clone(&app),
         config,
@@ -342,6 +368,18 @@ async fn run(
     reloads.abort();
     if let Some(admin) = admin {
         admin.abort();
+    }
+    if let Some(forward_auth) = forward_auth {
+        // After a stop signal, its checks drain too; after a failure of gRPC, it stops now.
+        if served.is_err() {
+            forward_auth.abort();
+        }
+        match forward_auth.await {
+            Err(error) if error.is_cancelled() => {}
+            Ok(Err(error)) => tracing::error!("forward_auth: {error:#}"),
+            Err(error) => tracing::error!("forward_auth: {error}"),
+            Ok(Ok(())) => {}
+        }
     }
     served
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -17,11 +17,13 @@ use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::answer_gate::AnswerGate;
+use crate::authorize::Authorizer;
 use crate::check::{Checker, CheckerParts};
 use crate::config::Settings;
 use crate::grpc::pb::FILE_DESCRIPTOR_SET;
 use crate::grpc::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
-use crate::grpc::{AnswerGate, AuthorizationService, CheckConnection};
+use crate::grpc::{AuthorizationService, CheckConnection};
 use crate::introspection::Introspector;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
@@ -39,14 +41,14 @@ pub const LIVENESS_SERVICE: &str = "liveness";
 
 /// The running service: the current checker (swapped on reload), metrics and limits.
 pub struct App {
-    checker: ArcSwap<Checker>,
+    checker: Arc<ArcSwap<Checker>>,
+    /// The Check use case over `checker`, handed to the adapters.
+    authorizer: Authorizer,
     /// The settings the current checker was built from, for reload comparisons.
     applied: Mutex<Settings>,
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
-    /// Bounds concurrent checks (`limits.max_concurrent_checks`).
-    pub(crate) limiter: Semaphore,
     draining: AtomicBool,
     /// The current key store's load-and-refresh task.
     refresh: std::sync::Mutex<Option<JoinHandle<()>>>,
@@ -80,13 +82,19 @@ impl App {
             replay,
             metrics: Arc::clone(&metrics),
         });
+        let checker = Arc::new(ArcSwap::from_pointee(checker));
+        let authorizer = Authorizer::new(
+            Arc::clone(&checker),
+            settings.max_concurrent_checks,
+            Arc::clone(&metrics),
+        );
         Ok(Arc::new(Self {
-            checker: ArcSwap::from_pointee(checker),
+            checker,
+            authorizer,
             applied: Mutex::new(settings.clone()),
             clock,
             http,
             metrics,
-            limiter: Semaphore::new(settings.max_concurrent_checks),
             draining: AtomicBool::new(false),
             refresh: std::sync::Mutex::new(None),
             generation: watch::Sender::new(0),
@@ -96,6 +104,11 @@ impl App {
     /// The checker to use for one request; a reload never affects a check holding one.
     pub fn checker(&self) -> Arc<Checker> {
         self.checker.load_full()
+    }
+
+    /// The Check use case, for an adapter.
+    pub fn authorizer(&self) -> Authorizer {
+        self.authorizer.clone()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -142,6 +155,10 @@ impl App {
                 "admin_listen",
             ),
             (applied.tls != settings.tls, "tls"),
+            (
+                applied.forward_auth != settings.forward_auth,
+                "forward_auth",
+            ),
             (
                 applied.max_concurrent_checks != settings.max_concurrent_checks,
                 "limits.max_concurrent_checks",
@@ -320,7 +337,7 @@ pub async fn serve(
     let single_threaded = tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::CurrentThread;
     let gate = single_threaded.then(|| Arc::new(AnswerGate::new()));
-    let authorization = AuthorizationService::new(Arc::clone(&app)).with_gate(gate.clone());
+    let authorization = AuthorizationService::new(app.authorizer()).with_gate(gate.clone());
     let incoming = TcpListenerStream::new(listener).map(move |stream| {
         stream.map(|stream| {
             let _ = stream.set_nodelay(true);

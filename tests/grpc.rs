@@ -177,7 +177,8 @@ async fn alg_not_allowed_names_the_algorithm_kid_and_issuer() {
     let certbound = Certbound::start(&config_for(&idp, "    algorithms: [ES256]\n")).await;
     let cert = ClientCert::self_signed("c");
     let access =
-        certbound::grpc::convert::access_request(bound_request(&p521, &idp.issuer, &cert)).unwrap();
+        certbound::grpc::convert::access_request(bound_request(&p521, &idp.issuer, &cert), None)
+            .unwrap();
     let decision = certbound.checker().check(&access).await;
     assert_eq!(decision.reason(), "alg_not_allowed");
     let facts = &decision.facts;

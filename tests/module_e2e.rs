@@ -411,7 +411,8 @@ enum Expect {
 /// every reason the module can give (not `request_invalid`: Envoy always has a request; not
 /// `token_inactive` or `introspection_unavailable`: the module does not introspect; not
 /// `policy_invalid`: per-route settings are validated when Envoy loads them; not `overloaded`:
-/// the module runs inline). Fails on any wrong allow.
+/// the module runs inline; not `proxy_untrusted`: only the HTTP authorization API has callers to
+/// trust). Fails on any wrong allow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
 async fn module_gives_the_hostile_table_its_exact_answers_and_no_wrong_allow() {
@@ -847,7 +848,12 @@ upstream:
         wrong.join("\n")
     );
     // Every deny reason the module can give is in the table (DPoP's in the DPoP test's).
-    let unreachable = ["request_invalid", "token_inactive", "policy_invalid"];
+    let unreachable = [
+        "request_invalid",
+        "proxy_untrusted",
+        "token_inactive",
+        "policy_invalid",
+    ];
     for reason in certbound_core::DenyReason::ALL {
         let code = reason.as_str();
         assert!(

@@ -120,7 +120,7 @@ async fn reload_swaps_the_policy_and_checks_holding_the_old_one_are_unaffected()
     .unwrap();
     certbound.app.reload(settings).await.unwrap();
     certbound.check(req()).await.assert_allowed();
-    let access = certbound::grpc::convert::access_request(req()).unwrap();
+    let access = certbound::grpc::convert::access_request(req(), None).unwrap();
     let old = in_flight.check(&access).await;
     assert_eq!(old.reason(), "cnf_missing");
     // The key store was reused: same keys, no new fetch needed.

@@ -153,12 +153,12 @@ async fn a_miss_checks_the_signature_and_a_hit_does_not() {
         "Bearer {}",
         signer.sign(&claims(&idp.issuer, Some(&cert.x5t())))
     );
-    let access = certbound::grpc::convert::access_request(request(
-        &[("authorization", &auth)],
-        &cert.url_encoded(),
-    ))
+    let access = certbound::grpc::convert::access_request(
+        request(&[("authorization", &auth)], &cert.url_encoded()),
+        None,
+    )
     .unwrap();
-    // The answer gate (src/grpc/answer_gate.rs) closes on exactly this fact.
+    // The answer gate (src/answer_gate.rs) closes on exactly this fact.
     let miss = certbound.checker().check(&access).await;
     assert!(matches!(miss.outcome, Outcome::Allow(_)), "{miss:?}");
     assert_eq!(miss.facts.token_cache, Some(false));

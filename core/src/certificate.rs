@@ -167,13 +167,23 @@ impl CertificateCache {
         &self,
         value: &str,
     ) -> Result<Option<Thumbprint>, CertificateError> {
+        self.decode_with(value, decode_url_encoded_pem)
+    }
+
+    /// `decode` (one encoding per cache: a cache never answers for a text another encoding
+    /// decoded), remembering certificates it has decoded before.
+    pub fn decode_with(
+        &self,
+        value: &str,
+        decode: impl FnOnce(&str) -> Result<Option<Thumbprint>, CertificateError>,
+    ) -> Result<Option<Thumbprint>, CertificateError> {
         if self.capacity == 0 || value.len() > MAX_CERTIFICATE_INPUT {
-            return decode_url_encoded_pem(value);
+            return decode(value);
         }
         if let Some(thumbprint) = self.lock().get(value) {
             return Ok(Some(*thumbprint));
         }
-        let decoded = decode_url_encoded_pem(value)?;
+        let decoded = decode(value)?;
         if let Some(thumbprint) = decoded {
             let mut entries = self.lock();
             if entries.len() >= self.capacity {
@@ -229,6 +239,43 @@ pub fn decode_der(der: &[u8]) -> Result<Thumbprint, CertificateError> {
     match x509_parser::parse_x509_certificate(der) {
         Ok(([], _)) => Ok(Thumbprint::of_der(der)),
         _ => Err(CertificateError::NotX509),
+    }
+}
+
+/// How a proxy writes the client certificate into a header of its own (`certificate.header`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderEncoding {
+    /// URL-encoded PEM: NGINX `$ssl_client_escaped_cert`, Envoy's own encoding.
+    PemUrl,
+    /// Base64 of the DER, no armour: Traefik `passTLSClientCert` (a chain comma-separated, the
+    /// client's first), Caddy `certificate_der_base64`, HAProxy `ssl_c_der,base64`.
+    DerBase64,
+}
+
+/// Decodes a proxy's certificate header. Absent, empty or blank means no certificate: Caddy sends
+/// the header empty when the client presented none.
+pub fn decode_header(
+    value: Option<&str>,
+    encoding: HeaderEncoding,
+) -> Result<Option<Thumbprint>, CertificateError> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if value.len() > MAX_CERTIFICATE_INPUT {
+        return Err(CertificateError::TooLarge);
+    }
+    match encoding {
+        HeaderEncoding::PemUrl => decode_url_encoded_pem(value),
+        HeaderEncoding::DerBase64 => {
+            // The client's certificate is the first of a chain; an empty first entry is not
+            // "absent" but malformed.
+            let leaf = value.split(',').next().unwrap_or_default().trim();
+            let der = STANDARD
+                .decode(leaf)
+                .map_err(|_| CertificateError::BadBase64)?;
+            decode_der(&der).map(Some)
+        }
     }
 }
 

@@ -31,8 +31,12 @@ macro_rules! deny_reasons {
 }
 
 deny_reasons! {
-    /// Envoy sent no HTTP attributes.
+    /// Envoy sent no HTTP attributes, or a forward-auth check does not say which request it is
+    /// for (no original URI or method).
     RequestInvalid => "request_invalid",
+    /// The HTTP authorization API was called by a peer outside `forward_auth.trusted_peers`:
+    /// its forwarded headers and certificate header cannot be believed (403).
+    ProxyUntrusted => "proxy_untrusted",
     /// The path cannot be resolved the same way by every upstream (an encoded `/` or `\`, a
     /// `..` above the root, a dot-segment with parameters, double or invalid percent-encoding):
     /// 400, whatever the route, so no spelling can reach a rule it should not.
@@ -121,7 +125,10 @@ impl DenyReason {
 
     /// A valid, bound token without the rights the route needs: 403, not 401.
     pub fn is_forbidden(self) -> bool {
-        matches!(self, DenyReason::ScopeMissing | DenyReason::GroupMissing)
+        matches!(
+            self,
+            DenyReason::ScopeMissing | DenyReason::GroupMissing | DenyReason::ProxyUntrusted
+        )
     }
 
     /// A request that cannot be routed safely: 400 `invalid_request` (RFC 6750 §3.1).

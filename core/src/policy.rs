@@ -63,12 +63,24 @@ pub struct Policy {
     pub routes: RoutePolicy,
     /// With `xfcc`, take the element added by this `By` identity instead of the last one.
     pub xfcc_by: Option<String>,
+    /// With `header`: the proxy's certificate header (lower-case name) and its encoding.
+    pub certificate_header: Option<CertificateHeader>,
     /// Tell clients the deny reason in `x-certbound-reason`.
     pub reason_header: bool,
     /// Thumbprints of certificates already decoded (shared by clones of this policy).
     pub certificates: Arc<certificate::CertificateCache>,
     /// DPoP (RFC 9449), when enabled.
     pub dpop: Option<Arc<DpopPolicy>>,
+}
+
+/// A proxy's certificate header, validated.
+#[derive(Clone, Debug)]
+pub struct CertificateHeader {
+    /// Lower-case.
+    pub name: String,
+    pub encoding: certificate::HeaderEncoding,
+    /// Thumbprints of values already decoded (its own cache: one encoding per cache).
+    pub certificates: Arc<certificate::CertificateCache>,
 }
 
 /// The key snapshots the core reads; the key store implements it.
@@ -99,6 +111,7 @@ impl Policy {
         if over(request.authorization.value())
             || over(request.xfcc.as_deref())
             || over(request.client_cert.as_deref())
+            || over(request.certificate_header.as_deref())
             || request.peer_certificate.len() > self.max_header_bytes
         {
             return Err(DenyReason::HeaderTooLarge);
@@ -466,6 +479,16 @@ impl Policy {
                 ),
                 CertificateSource::ClientCert => {
                     certificate::decode_rfc9440(request.client_cert.as_deref())
+                }
+                CertificateSource::Header => {
+                    match (&self.certificate_header, &request.certificate_header) {
+                        (Some(header), Some(value)) => {
+                            header.certificates.decode_with(value, |v| {
+                                certificate::decode_header(Some(v), header.encoding)
+                            })
+                        }
+                        _ => Ok(None),
+                    }
                 }
             };
             match found {

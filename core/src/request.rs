@@ -19,6 +19,9 @@ pub enum CertificateSource {
     Xfcc,
     /// RFC 9440 `client-cert` header (`:base64-DER:`); trust it only behind a proxy that sets it.
     ClientCert,
+    /// A proxy's own certificate header (`certificate.header`: NGINX, Traefik, Caddy, HAProxy);
+    /// trust it only behind a proxy that overwrites or removes the client's copy.
+    Header,
 }
 
 /// The client certificate of this connection, as the host reports it.
@@ -63,6 +66,8 @@ pub struct AccessRequest {
     pub traceparent: Option<String>,
     /// RFC 9440 `client-cert` header, if sent.
     pub client_cert: Option<String>,
+    /// The `certificate.header` header, if configured and sent.
+    pub certificate_header: Option<String>,
     pub method: String,
     /// Path with the query, as sent.
     pub path: String,

@@ -236,6 +236,10 @@ fn read_request(
     } else {
         None
     };
+    let certificate_header = match &config.policy.certificate_header {
+        Some(header) if sources.contains(&CertificateSource::Header) => first(&header.name),
+        _ => None,
+    };
     let method = first(":method").unwrap_or_default();
     let dpop = config.policy.dpop.as_deref();
     let dpop_proofs = match dpop {
@@ -263,6 +267,7 @@ fn read_request(
             .flatten(),
         traceparent: None,
         client_cert,
+        certificate_header,
         method,
         path: first(":path").unwrap_or_default(),
         host: first(":authority").unwrap_or_default(),

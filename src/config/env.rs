@@ -23,6 +23,10 @@ const OVERRIDES: &[(&str, Apply)] = &[
         f.admin_listen = Some(v.to_owned());
         Ok(())
     }),
+    ("CERTBOUND_FORWARD_AUTH__LISTEN", |f, _, v| {
+        f.forward_auth.get_or_insert_default().listen = Some(v.to_owned());
+        Ok(())
+    }),
     ("CERTBOUND_IDP_CA_FILE", |f, _, v| {
         f.idp_ca_file = Some(v.into());
         Ok(())

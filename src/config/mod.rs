@@ -6,6 +6,9 @@
 //! key and, when it can be told, the line.
 
 pub mod env;
+mod forward_auth;
+
+pub use forward_auth::{ForwardAuthSettings, ForwardedHeaders};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,7 +25,7 @@ pub use certbound_core::keys::{KeyTiming, Readiness};
 
 use crate::introspection::{IntrospectionSettings, Secret};
 
-/// Validated TLS settings for the gRPC listener.
+/// Validated TLS settings for a listener (gRPC, or the HTTP authorization API).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsSettings {
     pub cert_file: PathBuf,
@@ -36,6 +39,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub tls: Option<TlsSettings>,
+    /// The HTTP authorization API, when on.
+    pub forward_auth: Option<ForwardAuthSettings>,
     pub max_concurrent_checks: usize,
     /// Poll interval for config file changes; `None` when watching is off.
     pub watch_interval: Option<Duration>,
@@ -110,31 +115,11 @@ fn validate(
             ConfigError::new("admin_listen", format!("not a socket address: {text:?}"))
         })?),
     };
-    let tls = match file.tls {
-        None => None,
-        Some(tls) => {
-            let settings = TlsSettings {
-                cert_file: resolve(tls.cert_file, base),
-                key_file: resolve(tls.key_file, base),
-                client_ca_file: tls.client_ca_file.map(|p| resolve(p, base)),
-            };
-            for (key, path) in [
-                ("tls.cert_file", Some(&settings.cert_file)),
-                ("tls.key_file", Some(&settings.key_file)),
-                ("tls.client_ca_file", settings.client_ca_file.as_ref()),
-            ] {
-                if let Some(path) = path
-                    && !path.exists()
-                {
-                    return Err(ConfigError::new(
-                        key,
-                        format!("{} does not exist", path.display()),
-                    ));
-                }
-            }
-            Some(settings)
-        }
-    };
+    let tls = file
+        .tls
+        .map(|tls| tls_settings(tls, base, "tls"))
+        .transpose()?;
+    let forward_auth = forward_auth::validate(file.forward_auth, base)?;
     let max_concurrent_checks = file.limits.max_concurrent_checks.unwrap_or(4096);
     if max_concurrent_checks == 0 {
         return Err(ConfigError::new(
@@ -165,6 +150,7 @@ fn validate(
         listen,
         admin_listen,
         tls,
+        forward_auth,
         max_concurrent_checks,
         watch_interval: reload
             .watch
@@ -175,6 +161,34 @@ fn validate(
         introspection,
         idp_ca_file,
     })
+}
+
+/// A listener's TLS files, which must exist (`key` names the setting in errors).
+fn tls_settings(
+    tls: schema::TlsConfig,
+    base: Option<&Path>,
+    key: &str,
+) -> Result<TlsSettings, ConfigError> {
+    let settings = TlsSettings {
+        cert_file: resolve(tls.cert_file, base),
+        key_file: resolve(tls.key_file, base),
+        client_ca_file: tls.client_ca_file.map(|p| resolve(p, base)),
+    };
+    for (field, path) in [
+        ("cert_file", Some(&settings.cert_file)),
+        ("key_file", Some(&settings.key_file)),
+        ("client_ca_file", settings.client_ca_file.as_ref()),
+    ] {
+        if let Some(path) = path
+            && !path.exists()
+        {
+            return Err(ConfigError::new(
+                format!("{key}.{field}"),
+                format!("{} does not exist", path.display()),
+            ));
+        }
+    }
+    Ok(settings)
 }
 
 /// RFC 7662 settings: where the endpoint is (URL rules as for keys), the client's credentials

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::AnswerGate;
+use crate::answer_gate::AnswerGate;
 
 /// A [`TcpStream`] without vectored writes, that opens the answer gate (if any) when it writes.
 pub struct CheckConnection {

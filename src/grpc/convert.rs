@@ -36,7 +36,11 @@ pub struct ResponseOptions {
 }
 
 /// Converts Envoy's request; a request without HTTP attributes cannot be authorized.
-pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason> {
+/// `certificate_header` is `certificate.header.name`, when configured.
+pub fn access_request(
+    request: CheckRequest,
+    certificate_header: Option<&str>,
+) -> Result<AccessRequest, DenyReason> {
     let attributes = request.attributes.ok_or(DenyReason::RequestInvalid)?;
     let mut http = attributes
         .request
@@ -60,6 +64,8 @@ pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason
         .or_else(|| (!http.id.is_empty()).then(|| std::mem::take(&mut http.id)));
     let client_cert = take_header(&mut http, "client-cert").into_iter().next();
     let traceparent = take_header(&mut http, "traceparent").into_iter().next();
+    let certificate_header =
+        certificate_header.and_then(|name| take_header(&mut http, name).into_iter().next());
     let dpop_proofs = take_header(&mut http, "dpop");
     let forwarded_proto = take_header(&mut http, "x-forwarded-proto")
         .into_iter()
@@ -77,6 +83,7 @@ pub fn access_request(request: CheckRequest) -> Result<AccessRequest, DenyReason
         request_id,
         traceparent,
         client_cert,
+        certificate_header,
         method: http.method,
         path: http.path,
         host: http.host,
@@ -239,7 +246,7 @@ mod tests {
     #[test]
     fn missing_http_attributes_are_invalid() {
         assert_eq!(
-            access_request(CheckRequest::default()).err(),
+            access_request(CheckRequest::default(), None).err(),
             Some(DenyReason::RequestInvalid)
         );
         let no_http = CheckRequest {
@@ -249,7 +256,7 @@ mod tests {
             }),
         };
         assert_eq!(
-            access_request(no_http).err(),
+            access_request(no_http, None).err(),
             Some(DenyReason::RequestInvalid)
         );
     }
@@ -260,7 +267,7 @@ mod tests {
         http.headers
             .insert("authorization".into(), "Bearer a".into());
         http.headers.insert("x-request-id".into(), "rid".into());
-        let req = access_request(with_http(http)).expect("valid");
+        let req = access_request(with_http(http), None).expect("valid");
         assert_eq!(req.authorization, Authorization::One("Bearer a".into()));
         assert_eq!(req.request_id.as_deref(), Some("rid"));
         assert_eq!(req.xfcc, None);
@@ -278,7 +285,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            access_request(with_http(http))
+            access_request(with_http(http), None)
                 .expect("valid")
                 .authorization,
             Authorization::Multiple
@@ -289,7 +296,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let req = access_request(with_http(http)).expect("valid");
+        let req = access_request(with_http(http), None).expect("valid");
         assert_eq!(
             req.authorization,
             Authorization::One("Bearer \u{fffd}".into())

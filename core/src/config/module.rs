@@ -25,6 +25,10 @@ const SERVICE_ONLY: &[(&str, &str)] = &[
     ("listen", "Envoy's own listeners receive the requests"),
     ("admin_listen", "Envoy's admin interface serves stats"),
     ("tls", "Envoy terminates TLS"),
+    (
+        "forward_auth",
+        "Envoy's own listeners receive the requests (the HTTP authorization API is the service's)",
+    ),
     ("reload", "Envoy replaces the filter configuration itself"),
     ("runtime", "the module runs on Envoy's worker threads"),
     ("log_format", "the module writes to Envoy's log"),
@@ -47,6 +51,7 @@ fn present(file: &FileConfig, key: &str) -> bool {
         "listen" => file.listen.is_some(),
         "admin_listen" => file.admin_listen.is_some(),
         "tls" => file.tls.is_some(),
+        "forward_auth" => file.forward_auth.is_some(),
         "reload" => file.reload.is_some(),
         "runtime" => file.runtime.is_some(),
         "log_format" => file.log_format.is_some(),
@@ -211,6 +216,7 @@ mod tests {
             ("tls: {cert_file: a, key_file: b}\n", "tls"),
             ("reload: {watch: false}\n", "reload"),
             ("runtime: {worker_threads: 2}\n", "runtime"),
+            ("forward_auth: {listen: 127.0.0.1:9292}\n", "forward_auth"),
             ("log_format: json\n", "log_format"),
             ("idp_ca_file: ca.pem\n", "idp_ca_file"),
             (

@@ -31,6 +31,9 @@ pub struct FileConfig {
     pub admin_listen: Option<String>,
     /// Service: TLS on the gRPC listener (Envoy to certbound).
     pub tls: Option<TlsConfig>,
+    /// Service: the HTTP authorization API, for NGINX, Traefik, Caddy, HAProxy and Envoy's
+    /// `http_service` (off unless `listen` is set).
+    pub forward_auth: Option<ForwardAuthConfig>,
     /// Service: reload when the file changes.
     pub reload: Option<ReloadConfig>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
@@ -248,6 +251,68 @@ pub struct TlsConfig {
     pub client_ca_file: Option<PathBuf>,
 }
 
+/// The HTTP authorization API ("forward auth"): every path on its listener is a check of the
+/// request the proxy describes in its headers.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    /// `127.0.0.1:9292`; absent or `''` turns the API off. HTTP/1.1 and h2c (or h2 with `tls`).
+    pub listen: Option<String>,
+    /// TLS on this listener, as `tls` for the gRPC one.
+    pub tls: Option<TlsConfig>,
+    /// CIDRs whose forwarded headers and certificate header are believed (default loopback
+    /// only); any other peer's check is denied (`proxy_untrusted`).
+    pub trusted_peers: Option<Vec<String>>,
+    /// Where the original request is described; the first header present wins.
+    #[serde(default)]
+    pub headers: ForwardedHeadersConfig,
+    /// Envoy `http_service`: the check request's own method and path are the original ones,
+    /// after this `path_prefix` (the one in Envoy's config) is removed.
+    pub path_prefix: Option<String>,
+}
+
+/// The headers a proxy describes the original request in.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardedHeadersConfig {
+    #[serde(default = "default_method_headers")]
+    pub method: Vec<String>,
+    /// Path and query, as the client sent them.
+    #[serde(default = "default_uri_headers")]
+    pub uri: Vec<String>,
+    #[serde(default = "default_host_headers")]
+    pub host: Vec<String>,
+    #[serde(default = "default_proto_headers")]
+    pub proto: Vec<String>,
+}
+
+impl Default for ForwardedHeadersConfig {
+    fn default() -> Self {
+        Self {
+            method: default_method_headers(),
+            uri: default_uri_headers(),
+            host: default_host_headers(),
+            proto: default_proto_headers(),
+        }
+    }
+}
+
+fn default_method_headers() -> Vec<String> {
+    vec!["x-forwarded-method".into(), "x-original-method".into()]
+}
+
+fn default_uri_headers() -> Vec<String> {
+    vec!["x-forwarded-uri".into(), "x-original-uri".into()]
+}
+
+fn default_host_headers() -> Vec<String> {
+    vec!["x-forwarded-host".into()]
+}
+
+fn default_proto_headers() -> Vec<String> {
+    vec!["x-forwarded-proto".into()]
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadConfig {
@@ -382,6 +447,8 @@ pub struct CertificateConfig {
     pub sources: Vec<CertificateSource>,
     /// With `xfcc`: use the element added by this proxy identity (`By=`), not the last one.
     pub xfcc_by: Option<String>,
+    /// With `header`: the header a proxy writes the client certificate into, and how.
+    pub header: Option<CertificateHeaderConfig>,
 }
 
 impl Default for CertificateConfig {
@@ -389,8 +456,18 @@ impl Default for CertificateConfig {
         Self {
             sources: default_sources(),
             xfcc_by: None,
+            header: None,
         }
     }
+}
+
+/// A proxy's certificate header: `{name: x-ssl-client-cert, encoding: pem_url}` behind NGINX,
+/// `{name: x-forwarded-tls-client-cert, encoding: der_base64}` behind Traefik.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateHeaderConfig {
+    pub name: String,
+    pub encoding: crate::certificate::HeaderEncoding,
 }
 
 /// Route rules and how denials are shown.

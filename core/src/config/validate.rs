@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use super::ConfigError;
 use super::schema::{
-    DpopConfig, FileConfig, IssuerConfig, PolicyConfig, ReplayMode, ReplayStoreKind,
-    RequirementsConfig,
+    CertificateConfig, DpopConfig, FileConfig, IssuerConfig, PolicyConfig, ReplayMode,
+    ReplayStoreKind, RequirementsConfig,
 };
 use crate::binding::BindingMode;
 use crate::certificate::CertificateCache;
 use crate::dpop::{DpopPolicy, NonceKeys};
 use crate::jwa::Algorithm;
 use crate::keys::{KeySet, KeySource, KeyTiming};
-use crate::policy::{Policy, UpstreamPolicy};
+use crate::policy::{CertificateHeader, Policy, UpstreamPolicy};
+use crate::request::CertificateSource;
 use crate::routes::{HostMatch, PathMatch, Requirements, RoutePolicy, Rule};
 use crate::token::IssuerPolicy;
 use crate::token_cache::TokenCache;
@@ -149,6 +150,7 @@ impl FileConfig {
                 "at least one source is required unless binding.mode is disabled",
             ));
         }
+        let certificate_header = validate_certificate_header(&self.certificate)?;
         let mut warnings = Vec::new();
         let mut issuers: Vec<IssuerPolicy> = Vec::new();
         let mut key_sources = Vec::new();
@@ -214,6 +216,7 @@ impl FileConfig {
                 introspection: None,
                 routes,
                 xfcc_by: self.certificate.xfcc_by.clone(),
+                certificate_header,
                 reason_header: self.policy.reason_header,
                 certificates: Arc::new(CertificateCache::new(CertificateCache::DEFAULT_CAPACITY)),
                 dpop,
@@ -700,6 +703,51 @@ fn validate_policy(
         allow_cors_preflight: config.allow_cors_preflight,
         escaped_slashes: config.escaped_slashes,
     })
+}
+
+/// `certificate.header` is required by the `header` source and means nothing without it.
+fn validate_certificate_header(
+    certificate: &CertificateConfig,
+) -> Result<Option<CertificateHeader>, ConfigError> {
+    let listed = certificate.sources.contains(&CertificateSource::Header);
+    match (&certificate.header, listed) {
+        (None, false) => Ok(None),
+        (None, true) => Err(ConfigError::new(
+            "certificate.header",
+            "the header source needs {name: ..., encoding: pem_url | der_base64}",
+        )),
+        (Some(_), false) => Err(ConfigError::new(
+            "certificate.header",
+            "set, but certificate.sources does not list header",
+        )),
+        (Some(header), true) => {
+            let name = header.name.trim().to_ascii_lowercase();
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if name.is_empty() || !name.chars().all(token) {
+                return Err(ConfigError::new(
+                    "certificate.header.name",
+                    "not an HTTP header name",
+                ));
+            }
+            let reserved = [
+                "authorization",
+                "dpop",
+                "x-forwarded-client-cert",
+                "client-cert",
+            ];
+            if reserved.contains(&name.as_str()) || name.starts_with(':') {
+                return Err(ConfigError::new(
+                    "certificate.header.name",
+                    format!("{name} has a meaning of its own; name the proxy's certificate header"),
+                ));
+            }
+            Ok(Some(CertificateHeader {
+                name,
+                encoding: header.encoding,
+                certificates: Arc::new(CertificateCache::new(CertificateCache::DEFAULT_CAPACITY)),
+            }))
+        }
+    }
 }
 
 #[cfg(test)]

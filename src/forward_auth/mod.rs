@@ -1,0 +1,189 @@
+//! The HTTP authorization adapter ("forward auth"): NGINX `auth_request`, Traefik `ForwardAuth`,
+//! Caddy `forward_auth`, HAProxy (a Lua sub-request) and Envoy's ext_authz `http_service` ask
+//! certbound about a request with an HTTP request of their own. Any path on the listener is a
+//! check; the answer is 200 (allow, with the claim headers to copy upstream) or the core's
+//! refusal (401, 403, 400, 503 with its JSON body and `WWW-Authenticate`).
+//!
+//! Same rules, metrics and decision log as the gRPC adapter: both call the [`Authorizer`].
+//! HTTP/1.1 and h2c on a plain listener; with `forward_auth.tls`, HTTP/1.1 and h2 by ALPN, and
+//! client certificates required when a client CA is set.
+
+mod convert;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+
+use crate::authorize::Authorizer;
+use crate::config::{ForwardAuthSettings, TlsSettings};
+
+pub use convert::{access_request, response};
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long in-flight checks get to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the HTTP authorization API on `listener` until `shutdown` resolves, then lets
+/// in-flight checks finish (up to [`DRAIN_TIMEOUT`]).
+pub async fn serve(
+    authorizer: Authorizer,
+    settings: ForwardAuthSettings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let tls = settings.tls.as_ref().map(tls_acceptor).transpose()?;
+    let settings = Arc::new(settings);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http1()
+        .header_read_timeout(Some(Duration::from_secs(30)));
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(%error, "forward_auth: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = CheckService {
+            authorizer: authorizer.clone(),
+            settings: Arc::clone(&settings),
+            peer,
+        };
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let served = match tls {
+                None => {
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "forward_auth: TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned();
+                    watcher.watch(connection).await
+                }
+            };
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "forward_auth: connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("forward_auth: checks still in flight after the drain timeout");
+    }
+    Ok(())
+}
+
+/// One connection's checks.
+#[derive(Clone)]
+struct CheckService {
+    authorizer: Authorizer,
+    settings: Arc<ForwardAuthSettings>,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for CheckService {
+    type Response = hyper::Response<Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            // The body is never read: proxies send none, and the decision never needs one.
+            let (head, _body) = request.into_parts();
+            let authorized = this
+                .authorizer
+                .authorize(
+                    |policy| access_request(&head, this.peer.ip(), &this.settings, policy),
+                    None,
+                )
+                .await;
+            Ok(response(&authorized.decision, authorized.reason_header))
+        })
+    }
+}
+
+/// TLS for the listener: the server's certificate, and client certificates required when a
+/// client CA is set (the proxy authenticates to certbound).
+fn tls_acceptor(settings: &TlsSettings) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let certs = CertificateDer::pem_slice_iter(&read(&settings.cert_file)?)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", settings.cert_file.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(&settings.key_file)?)
+        .with_context(|| format!("parsing {}", settings.key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?;
+    let builder = match &settings.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&read(path)?) {
+                roots.add(cert.with_context(|| format!("parsing {}", path.display()))?)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
