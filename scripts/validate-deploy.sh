@@ -6,7 +6,9 @@
 #   pass `certbound check-config`;
 # - the Envoy module's filter_config, wherever it is shipped (deploy/envoy/module.yaml, the
 #   Istio EnvoyFilter, the Envoy Gateway EnvoyExtensionPolicy), passes `check-config --module`;
-# - the Istio and Envoy Gateway manifests are well-formed YAML with apiVersion/kind/metadata.
+# - the Istio, Envoy Gateway and Traefik manifests are well-formed YAML with
+#   apiVersion/kind/metadata, and the CRD fields certbound relies on are spelt as their CRDs
+#   have them (Envoy Gateway v1.9.0, Traefik v3).
 # Envoy bootstraps under deploy/ are validated by tests/envoy_e2e.rs (envoy --mode validate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +40,7 @@ PY
   passed=$((passed + 1))
 done
 
-for config in deploy/istio/certbound-xfcc.yaml deploy/local/certbound.yaml; do
+for config in deploy/istio/certbound-xfcc.yaml deploy/local/certbound.yaml deploy/forward-auth/certbound*.yaml; do
   "$bin" check-config --config "$config" >/dev/null
   echo "ok: $config passes certbound check-config"
   passed=$((passed + 1))
@@ -81,8 +83,14 @@ while IFS=$'\t' read -r source config; do
   passed=$((passed + 1))
 done <"$work/module-configs.tsv"
 
-"$venv/python" - deploy/istio/*.yaml deploy/envoy-gateway/*.yaml <<'PY'
+"$venv/python" - deploy/istio/*.yaml deploy/envoy-gateway/*.yaml deploy/traefik/*.yaml <<'PY'
 import sys, yaml
+
+def only(path, kind, where, node, allowed):
+    """Kubernetes prunes unknown fields of a CRD: a misspelt one silently loses the setting."""
+    unknown = set(node) - set(allowed)
+    assert not unknown, f"{path}: {kind} {where} has fields its CRD does not: {unknown}"
+
 for path in sys.argv[1:]:
     for doc in yaml.safe_load_all(open(path)):
         if doc is None or "static_resources" in doc or "issuers" in doc:
@@ -110,7 +118,37 @@ for path in sys.argv[1:]:
                     assert {"url", "sha256"} <= set(remote), f"{path}: Remote needs url and sha256"
                 else:
                     raise AssertionError(f"{path}: source.type must be Local or Remote, not {kind}")
+        # Envoy Gateway v1.9.0's SecurityPolicy.spec.extAuth and its HTTPExtAuthService.
+        if doc["kind"] == "SecurityPolicy" and "extAuth" in doc.get("spec", {}):
+            ext = doc["spec"]["extAuth"]
+            only(path, "SecurityPolicy", "extAuth", ext, {"grpc", "http", "headersToExtAuth",
+                 "bodyToExtAuth", "failOpen", "recomputeRoute", "contextExtensions", "timeout"})
+            assert ext.get("failOpen") is False, f"{path}: extAuth must fail closed"
+            if "http" in ext:
+                only(path, "SecurityPolicy", "extAuth.http", ext["http"],
+                     {"backendRef", "backendRefs", "backendSettings", "path", "headersToBackend"})
+                sent = {h.lower() for h in ext.get("headersToExtAuth", [])}
+                assert {"authorization", "dpop", "x-forwarded-client-cert"} <= sent, \
+                    f"{path}: over HTTP, certbound needs authorization, dpop and XFCC sent"
+        # Traefik v3 (traefik.io/v1alpha1) Middleware and TLSOption fields used here.
+        if doc["apiVersion"].startswith("traefik.io/"):
+            spec = doc.get("spec", {})
+            if doc["kind"] == "Middleware":
+                if "forwardAuth" in spec:
+                    only(path, "Middleware", "forwardAuth", spec["forwardAuth"], {"address",
+                         "tls", "trustForwardHeader", "authResponseHeaders",
+                         "authResponseHeadersRegex", "authRequestHeaders",
+                         "addAuthCookiesToResponse", "headerField", "forwardBody", "maxBodySize",
+                         "preserveLocationHeader", "preserveRequestMethod"})
+                if "passTLSClientCert" in spec:
+                    only(path, "Middleware", "passTLSClientCert", spec["passTLSClientCert"],
+                         {"pem", "info"})
+                    assert spec["passTLSClientCert"].get("pem") is True, \
+                        f"{path}: certbound reads the certificate itself (pem: true)"
+            if doc["kind"] == "TLSOption":
+                auth = spec.get("clientAuth", {})
+                only(path, "TLSOption", "clientAuth", auth, {"secretNames", "clientAuthType"})
     print(f"ok: {path} is well-formed")
 PY
-passed=$((passed + $(ls deploy/istio/*.yaml deploy/envoy-gateway/*.yaml | wc -l)))
+passed=$((passed + $(ls deploy/istio/*.yaml deploy/envoy-gateway/*.yaml deploy/traefik/*.yaml | wc -l)))
 echo "deploy validation: $passed passed, 0 failed"

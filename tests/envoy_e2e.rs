@@ -142,6 +142,7 @@ fn shipped_envoy_configs_validate() {
     found.sort();
     for name in [
         "certbound-mtls.yaml",
+        "http-service.yaml",
         "module.yaml",
         "pki.yaml",
         "self-signed.yaml",

