@@ -8,6 +8,10 @@
 //! decode per Check) the generator used a whole core itself and capped the cached rate. It
 //! reports its own CPU share (`loadgen_cpu_share`), so a saturated generator shows.
 //!
+//! With `--api http`, the same Checks go to the HTTP authorization API (`forward_auth`, h2c)
+//! instead: `GET /auth` with the original request in `X-Forwarded-*` headers and the certificate
+//! in `X-SSL-Client-Cert` (URL-encoded PEM, as NGINX sends it); an allow is a 200.
+//!
 //! With `--dpop on`, every Check carries a DPoP-bound token and a proof of its own (made up front,
 //! `--proofs` of them, each sent once): the proof is verified and recorded against replay on
 //! every Check, in memory or, with `--replay redis --redis-url URL`, in Redis.
@@ -54,6 +58,8 @@ struct Args {
     replay: String,
     redis_url: String,
     proofs: usize,
+    /// `grpc` (ext_authz) or `http` (the HTTP authorization API).
+    api: String,
 }
 
 fn parse_args() -> Args {
@@ -74,6 +80,7 @@ fn parse_args() -> Args {
         replay: "memory".into(),
         redis_url: String::new(),
         proofs: 200_000,
+        api: "grpc".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -95,6 +102,7 @@ fn parse_args() -> Args {
             "--replay" => a.replay = value(),
             "--redis-url" => a.redis_url = value(),
             "--proofs" => a.proofs = value().parse().unwrap(),
+            "--api" => a.api = value(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -102,7 +110,12 @@ fn parse_args() -> Args {
 }
 
 /// Everything certbound needs, in a temp dir: JWKS, config; and the requests to send.
-fn prepare(args: &Args, dir: &std::path::Path, port: u16) -> (PathBuf, Vec<CheckRequest>) {
+fn prepare(
+    args: &Args,
+    dir: &std::path::Path,
+    port: u16,
+    http_port: u16,
+) -> (PathBuf, Vec<CheckRequest>) {
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let raw = pair.public_key_raw();
     let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "bench", "alg": "ES256",
@@ -121,10 +134,17 @@ fn prepare(args: &Args, dir: &std::path::Path, port: u16) -> (PathBuf, Vec<Check
             args.proofs + 1024
         ),
     };
+    let http_api = if args.api == "http" {
+        format!(
+            "forward_auth:\n  listen: 127.0.0.1:{http_port}\ncertificate:\n  sources: [header]\n  header: {{name: x-ssl-client-cert, encoding: pem_url}}\n"
+        )
+    } else {
+        String::new()
+    };
     std::fs::write(
         &config,
         format!(
-            "listen: 127.0.0.1:{port}\nadmin_listen: ''\nissuers:\n  - issuer: https://idp.bench\n    audiences: [https://api.bench]\n    jwks_file: {}\n    algorithms: [ES256]\ntoken_cache:\n  max_entries: {}\nruntime:\n  worker_threads: {}\nlimits:\n  max_concurrent_checks: 100000\n{dpop}",
+            "{http_api}listen: 127.0.0.1:{port}\nadmin_listen: ''\nissuers:\n  - issuer: https://idp.bench\n    audiences: [https://api.bench]\n    jwks_file: {}\n    algorithms: [ES256]\ntoken_cache:\n  max_entries: {}\nruntime:\n  worker_threads: {}\nlimits:\n  max_concurrent_checks: 100000\n{dpop}",
             dir.join("jwks.json").display(),
             if args.cache { args.tokens.max(1) + 16 } else { 0 },
             args.workers
@@ -282,8 +302,50 @@ struct CheckClient {
     uri: http::Uri,
 }
 
+/// One prepared Check: a gRPC frame, or the HTTP API's request headers.
+#[derive(Clone)]
+enum Payload {
+    Grpc(Bytes),
+    Http(std::sync::Arc<http::HeaderMap>),
+}
+
+/// The HTTP API's request for a CheckRequest: what NGINX would send for the same request.
+fn http_headers(request: &CheckRequest) -> http::HeaderMap {
+    let attributes = request.attributes.as_ref().unwrap();
+    let http = attributes
+        .request
+        .as_ref()
+        .and_then(|r| r.http.as_ref())
+        .unwrap();
+    let mut headers = http::HeaderMap::new();
+    let mut set = |name: &'static str, value: &str| {
+        headers.insert(name, http::HeaderValue::from_str(value).unwrap());
+    };
+    set("x-original-method", &http.method);
+    set("x-original-uri", &http.path);
+    set("x-forwarded-host", &http.host);
+    set(
+        "x-forwarded-proto",
+        if http.scheme.is_empty() {
+            "https"
+        } else {
+            &http.scheme
+        },
+    );
+    if let Some(peer) = &attributes.source {
+        set("x-ssl-client-cert", &peer.certificate);
+    }
+    for (name, value) in &http.headers {
+        headers.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    headers
+}
+
 impl CheckClient {
-    async fn connect(port: u16) -> Self {
+    async fn connect(port: u16, path: &str) -> Self {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
@@ -292,14 +354,42 @@ impl CheckClient {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let uri = format!("http://127.0.0.1:{port}/envoy.service.auth.v3.Authorization/Check")
-            .parse()
-            .unwrap();
+        let uri = format!("http://127.0.0.1:{port}{path}").parse().unwrap();
         Self { send, uri }
     }
 
+    /// Sends one Check; true when the answer is an allow.
+    async fn check(&mut self, payload: Payload) -> bool {
+        match payload {
+            Payload::Grpc(frame) => self.check_grpc(frame).await,
+            Payload::Http(headers) => self.check_http(&headers).await,
+        }
+    }
+
+    /// One HTTP API check; true on 200.
+    async fn check_http(&mut self, headers: &http::HeaderMap) -> bool {
+        let mut request = http::Request::get(self.uri.clone()).body(()).unwrap();
+        *request.headers_mut() = headers.clone();
+        let Ok(send) = self.send.clone().ready().await else {
+            return false;
+        };
+        self.send = send;
+        let Ok((response, _)) = self.send.send_request(request, true) else {
+            return false;
+        };
+        let Ok(response) = response.await else {
+            return false;
+        };
+        let ok = response.status() == 200;
+        let mut body = response.into_body();
+        while let Some(Ok(chunk)) = body.data().await {
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        ok
+    }
+
     /// Sends one gRPC-framed CheckRequest; true when the answer is gRPC OK with an allow.
-    async fn check(&mut self, frame: Bytes) -> bool {
+    async fn check_grpc(&mut self, frame: Bytes) -> bool {
         let request = http::Request::post(self.uri.clone())
             .header("content-type", "application/grpc")
             .header("te", "trailers")
@@ -369,7 +459,12 @@ async fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let (config, requests) = prepare(&args, dir.path(), port);
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (config, requests) = prepare(&args, dir.path(), port, http_port);
     let bin = std::env::var("CERTBOUND_BIN").unwrap_or_else(|_| "target/release/certbound".into());
     let mut command = match &args.server_cpu {
         Some(cpu) => {
@@ -417,6 +512,7 @@ async fn main() {
 
     // Sanity, through tonic's client with the whole answer decoded: the workload is allowed (a
     // benchmark of denials would measure the wrong thing).
+    let http_api = args.api == "http";
     let mut tonic_client = AuthorizationClient::new(
         Channel::from_shared(endpoint)
             .unwrap()
@@ -424,23 +520,44 @@ async fn main() {
             .await
             .unwrap(),
     );
-    let answer = tonic_client
-        .check(requests[0].clone())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        answer.status.map(|s| s.code),
-        Some(0),
-        "the benchmark request is not allowed"
-    );
+    if !http_api {
+        let answer = tonic_client
+            .check(requests[0].clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.status.map(|s| s.code),
+            Some(0),
+            "the benchmark request is not allowed"
+        );
+    }
     drop(tonic_client);
 
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        clients.push(CheckClient::connect(port).await);
+        clients.push(if http_api {
+            CheckClient::connect(http_port, "/auth").await
+        } else {
+            CheckClient::connect(port, "/envoy.service.auth.v3.Authorization/Check").await
+        });
     }
-    let requests: Vec<Bytes> = requests.iter().map(grpc_frame).collect();
+    let requests: Vec<Payload> = requests
+        .iter()
+        .map(|r| {
+            if http_api {
+                Payload::Http(std::sync::Arc::new(http_headers(r)))
+            } else {
+                Payload::Grpc(grpc_frame(r))
+            }
+        })
+        .collect();
+    if http_api {
+        assert!(
+            clients[0].clone().check(requests[0].clone()).await,
+            "the benchmark request is not allowed by the HTTP API"
+        );
+    }
     let requests = std::sync::Arc::new(requests);
     // One cursor over the requests for the warm-up and the run, so that each DPoP proof is sent
     // once (requests[0] was the check above).
@@ -553,7 +670,7 @@ async fn main() {
         "{}",
         json!({
             "label": args.label, "mode": args.mode, "concurrency": args.concurrency, "rate": args.rate,
-            "tokens": args.tokens, "cache": args.cache, "workers": args.workers,
+            "api": args.api, "tokens": args.tokens, "cache": args.cache, "workers": args.workers,
             "dpop": args.dpop, "replay": if args.dpop { args.replay.as_str() } else { "" },
             // With DPoP, over `--proofs` sent means proofs were replayed (and counted as errors).
             "sent": cursor.load(std::sync::atomic::Ordering::Relaxed),

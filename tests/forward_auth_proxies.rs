@@ -145,15 +145,19 @@ impl Setup {
         setup
     }
 
-    /// Waits until the proxy answers over TLS.
+    /// Waits until the proxy passes a bound token with its certificate: it may accept
+    /// connections before its routes and TLS options are all loaded (Traefik's file provider).
     async fn wait_ready(&self) {
-        let client = https_client(&self.pki, None, Http::One);
+        let cert = self.pki.client("ready");
+        let client = https_client(&self.pki, Some(&cert), Http::One);
+        let auth = self.bound(&cert, "read");
         for _ in 0..200 {
-            if client
-                .get(format!("https://127.0.0.1:{}/public/ready", self.port))
+            if let Ok(response) = client
+                .get(format!("https://127.0.0.1:{}/ready", self.port))
+                .header("authorization", &auth)
                 .send()
                 .await
-                .is_ok()
+                && response.status() == 200
             {
                 return;
             }
