@@ -83,7 +83,7 @@ while IFS=$'\t' read -r source config; do
   passed=$((passed + 1))
 done <"$work/module-configs.tsv"
 
-"$venv/python" - deploy/istio/*.yaml deploy/envoy-gateway/*.yaml deploy/traefik/*.yaml <<'PY'
+"$venv/python" - deploy/istio/*.yaml deploy/envoy-gateway/*.yaml deploy/traefik/*.yaml deploy/observability/prometheus-rule.yaml <<'PY'
 import sys, yaml
 
 def only(path, kind, where, node, allowed):
@@ -150,5 +150,5 @@ for path in sys.argv[1:]:
                 only(path, "TLSOption", "clientAuth", auth, {"secretNames", "clientAuthType"})
     print(f"ok: {path} is well-formed")
 PY
-passed=$((passed + $(ls deploy/istio/*.yaml deploy/envoy-gateway/*.yaml deploy/traefik/*.yaml | wc -l)))
+passed=$((passed + $(ls deploy/istio/*.yaml deploy/envoy-gateway/*.yaml deploy/traefik/*.yaml deploy/observability/prometheus-rule.yaml | wc -l)))
 echo "deploy validation: $passed passed, 0 failed"
