@@ -4,12 +4,29 @@
 # and token, then the three 401s, then certbound's decision lines, and stops everything it
 # started (at the end, on Ctrl-C, or when a part fails to start: then it exits 1 and says why).
 #
+#   scripts/demo.sh            the ext_authz service behind Envoy
+#   scripts/demo.sh --module   the same inside Envoy: the dynamic module (deploy/envoy/module.yaml
+#                              with the deploy/local keys and certificates), no certbound process;
+#                              shows Envoy's certbound counters at the end. CERTBOUND_MODULE_DIR: a
+#                              folder with libcertbound_envoy.so already built (else a release build).
+#   scripts/demo.sh --dpop     DPoP (RFC 9449) with the service: fresh demo material
+#                              (examples/dpop_demo.rs: an IdP key, a client key, a cnf.jkt token,
+#                              proofs): allowed, the proof replayed, the token downgraded to
+#                              Bearer, a proof for another URL.
+#
 # Ports (override with the environment): Envoy LISTEN_PORT=8443 (its admin ADMIN_PORT=9901),
 # certbound CERTBOUND_PORT=50051 (its admin listener CERTBOUND_ADMIN_PORT=9090: /metrics,
 # /readyz), upstream UPSTREAM_PORT=8080.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+MODE=service
+case "${1:-}" in
+  "") ;;
+  --module) MODE=module ;;
+  --dpop) MODE=dpop ;;
+  *) echo "usage: scripts/demo.sh [--module | --dpop]" >&2; exit 64 ;;
+esac
 LISTEN_PORT=${LISTEN_PORT:-8443}
 ADMIN_PORT=${ADMIN_PORT:-9901}
 CERTBOUND_PORT=${CERTBOUND_PORT:-50051}
@@ -22,8 +39,11 @@ fail() {
 }
 
 # Every port must be free: a busy one would silently turn the demo into a row of 503s.
-for spec in "LISTEN_PORT:$LISTEN_PORT" "ADMIN_PORT:$ADMIN_PORT" "CERTBOUND_PORT:$CERTBOUND_PORT" \
-            "CERTBOUND_ADMIN_PORT:$CERTBOUND_ADMIN_PORT" "UPSTREAM_PORT:$UPSTREAM_PORT"; do
+specs=("LISTEN_PORT:$LISTEN_PORT" "ADMIN_PORT:$ADMIN_PORT" "UPSTREAM_PORT:$UPSTREAM_PORT")
+if [ "$MODE" != module ]; then
+  specs+=("CERTBOUND_PORT:$CERTBOUND_PORT" "CERTBOUND_ADMIN_PORT:$CERTBOUND_ADMIN_PORT")
+fi
+for spec in "${specs[@]}"; do
   name=${spec%%:*} port=${spec#*:}
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     fail "port $port ($name) is already in use on 127.0.0.1; set $name to a free port"
@@ -32,9 +52,14 @@ done
 
 scripts/install-tools.sh >/dev/null
 # CERTBOUND_BIN: a certbound binary already built (the tests pass theirs); else a release build.
-if [ -z "${CERTBOUND_BIN:-}" ]; then
+# CERTBOUND_MODULE_DIR likewise for the module.
+if [ "$MODE" != module ] && [ -z "${CERTBOUND_BIN:-}" ]; then
   cargo build --release --quiet --bin certbound
   CERTBOUND_BIN=target/release/certbound
+fi
+if [ "$MODE" = module ] && [ -z "${CERTBOUND_MODULE_DIR:-}" ]; then
+  cargo build --release --quiet -p certbound-envoy
+  CERTBOUND_MODULE_DIR=$PWD/target/release
 fi
 work=$(mktemp -d)
 pids=()
@@ -82,14 +107,56 @@ upstream=$!
 pids+=("$upstream")
 wait_for upstream "$upstream" "$work/upstream.log" curl -fs "http://127.0.0.1:$UPSTREAM_PORT/"
 
-CERTBOUND_ADMIN_LISTEN="127.0.0.1:$CERTBOUND_ADMIN_PORT" \
-  "$CERTBOUND_BIN" serve --config deploy/local/certbound.yaml \
-  --listen "127.0.0.1:$CERTBOUND_PORT" 2>"$work/certbound.log" &
-certbound=$!
-pids+=("$certbound")
-# /readyz: serving, with the issuer's keys loaded.
-wait_for certbound "$certbound" "$work/certbound.log" \
-  curl -fs "http://127.0.0.1:$CERTBOUND_ADMIN_PORT/readyz"
+config=deploy/local/certbound.yaml
+if [ "$MODE" = dpop ]; then
+  cargo run --quiet --example dpop_demo -- "$work/dpop" "https://127.0.0.1:$LISTEN_PORT/items" >/dev/null
+  sed -e "s#jwks_file: deploy/local/jwks.json#jwks_file: $work/dpop/jwks.json#" \
+    deploy/local/certbound.yaml >"$work/certbound.yaml"
+  printf 'dpop:\n  enabled: true\n' >>"$work/certbound.yaml"
+  config=$work/certbound.yaml
+fi
+if [ "$MODE" != module ]; then
+  CERTBOUND_ADMIN_LISTEN="127.0.0.1:$CERTBOUND_ADMIN_PORT" \
+    "$CERTBOUND_BIN" serve --config "$config" \
+    --listen "127.0.0.1:$CERTBOUND_PORT" 2>"$work/certbound.log" &
+  certbound=$!
+  pids+=("$certbound")
+  # /readyz: serving, with the issuer's keys loaded.
+  wait_for certbound "$certbound" "$work/certbound.log" \
+    curl -fs "http://127.0.0.1:$CERTBOUND_ADMIN_PORT/readyz"
+  envoy_source=deploy/envoy/self-signed.yaml
+else
+  # The shipped module config with the local setup's policy (deploy/local/certbound.yaml's
+  # issuer, keys from its JWKS file instead of the idp cluster) in its filter_config.
+  python3 - "$PWD" >"$work/module.yaml" <<'PY'
+import re, sys
+root = sys.argv[1]
+text = open(f"{root}/deploy/envoy/module.yaml").read()
+local = f"""issuers:
+  - issuer: https://idp.example.com
+    audiences: [https://api.example.com]
+    jwks_file: {root}/deploy/local/jwks.json
+    algorithms: [ES256]
+    require_typ: at+jwt
+certificate:
+  sources: [peer]
+upstream:
+  claim_headers:
+    sub: x-certbound-subject
+    client_id: x-certbound-client-id
+  remove_authorization: true
+"""
+block = re.compile(r"(\n( +)value: \|\n)((?:\2  .*\n)+)")
+match = block.search(text)
+assert match, "no filter_config value block in deploy/envoy/module.yaml"
+indent = match.group(2) + "  "
+body = "".join(indent + line + "\n" for line in local.splitlines())
+text = text[:match.start(3)] + body + text[match.end(3):]
+text = text.replace("/etc/ssl/certs/ca-certificates.crt", f"{root}/deploy/local/demo-ca.pem")
+print(text, end="")
+PY
+  envoy_source=$work/module.yaml
+fi
 
 sed -e "s#port_value: 8443#port_value: $LISTEN_PORT#" \
     -e "s#port_value: 9901#port_value: $ADMIN_PORT#" \
@@ -97,8 +164,9 @@ sed -e "s#port_value: 8443#port_value: $LISTEN_PORT#" \
     -e "s#port_value: 8080#port_value: $UPSTREAM_PORT#" \
     -e "s#/etc/envoy/tls/server.crt#$PWD/deploy/local/demo-server.pem#" \
     -e "s#/etc/envoy/tls/server.key#$PWD/deploy/local/demo-server.key#" \
-    deploy/envoy/self-signed.yaml >"$work/envoy.yaml"
-.venv/bin/envoy -c "$work/envoy.yaml" --concurrency 1 --disable-hot-restart --log-level warn \
+    "$envoy_source" >"$work/envoy.yaml"
+ENVOY_DYNAMIC_MODULES_SEARCH_PATH="${CERTBOUND_MODULE_DIR:-}" \
+  .venv/bin/envoy -c "$work/envoy.yaml" --concurrency 1 --disable-hot-restart --log-level warn \
   >"$work/envoy.log" 2>&1 &
 envoy=$!
 pids+=("$envoy")
@@ -121,19 +189,40 @@ call() { # title, expected status, cert name, curl args...
     failures=$((failures + 1))
   fi
 }
-call "1. demo certificate + bound token: allowed (200 from the upstream)" 200 demo-client \
-  -H "authorization: Bearer $token"
-call "2. no token: 401" 401 demo-client
-call "3. token not bound to a certificate: 401" 401 demo-client -H "authorization: Bearer $unbound"
-call "4. another client's certificate (thumbprint mismatch): 401" 401 demo-other-client \
-  -H "authorization: Bearer $token"
+if [ "$MODE" = dpop ]; then
+  dpop_token=$(cat "$work/dpop/token.jwt")
+  proof=$(cat "$work/dpop/proof.jwt")
+  other_url=$(cat "$work/dpop/proof-other-url.jwt")
+  call "1. DPoP-bound token + a proof for this request: allowed (200 from the upstream)" 200 demo-client \
+    -H "authorization: DPoP $dpop_token" -H "dpop: $proof"
+  call "2. the same proof again (replayed): 401" 401 demo-client \
+    -H "authorization: DPoP $dpop_token" -H "dpop: $proof"
+  call "3. the DPoP-bound token sent as a Bearer token (downgrade): 401" 401 demo-client \
+    -H "authorization: Bearer $dpop_token"
+  call "4. a proof made for another URL: 401" 401 demo-client \
+    -H "authorization: DPoP $dpop_token" -H "dpop: $other_url"
+else
+  call "1. demo certificate + bound token: allowed (200 from the upstream)" 200 demo-client \
+    -H "authorization: Bearer $token"
+  call "2. no token: 401" 401 demo-client
+  call "3. token not bound to a certificate: 401" 401 demo-client -H "authorization: Bearer $unbound"
+  call "4. another client's certificate (thumbprint mismatch): 401" 401 demo-other-client \
+    -H "authorization: Bearer $token"
+fi
 
-# Stop certbound gracefully: its log writer flushes every line before it exits.
-kill -TERM "$certbound"
-wait "$certbound" 2>/dev/null || true
-echo
-echo "== certbound's decisions"
-grep -oE "decision=[^ ]+ reason=[^ ]+" "$work/certbound.log" || true
+if [ "$MODE" != module ]; then
+  # Stop certbound gracefully: its log writer flushes every line before it exits.
+  kill -TERM "$certbound"
+  wait "$certbound" 2>/dev/null || true
+  echo
+  echo "== certbound's decisions"
+  grep -oE "decision=[^ ]+ reason=[^ ]+" "$work/certbound.log" || true
+else
+  echo
+  echo "== certbound's decisions, as Envoy counts them (the module's stats)"
+  curl -s "http://127.0.0.1:$ADMIN_PORT/stats?filter=dynamicmodulescustom.checks" \
+    | grep -E ": [1-9]" | sed 's/^dynamicmodulescustom\.//' || true
+fi
 if [ "$failures" -gt 0 ]; then
   fail "$failures of 4 answers were not the expected ones (logs: certbound and Envoy above)"
 fi

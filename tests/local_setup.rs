@@ -80,6 +80,11 @@ fn demo_request_files_carry_the_demo_token_and_certificates() {
 /// Runs `scripts/demo.sh` with the test's certbound binary on free ports: `(exit code, stdout,
 /// stderr)`. `busy` is a port to hold while it runs.
 fn run_demo(busy: Option<&str>) -> (Option<i32>, String, String) {
+    run_demo_with(&[], busy)
+}
+
+/// [`run_demo`] with arguments (`--module`).
+fn run_demo_with(args: &[&str], busy: Option<&str>) -> (Option<i32>, String, String) {
     let port = || common::envoy::free_port().to_string();
     let ports = [
         "LISTEN_PORT",
@@ -94,8 +99,10 @@ fn run_demo(busy: Option<&str>) -> (Option<i32>, String, String) {
         std::net::TcpListener::bind(format!("127.0.0.1:{port}")).unwrap()
     });
     let output = std::process::Command::new("scripts/demo.sh")
+        .args(args)
         .envs(ports.iter().map(|(k, v)| (*k, v.as_str())))
         .env("CERTBOUND_BIN", env!("CARGO_BIN_EXE_certbound"))
+        .env("CERTBOUND_MODULE_DIR", common::envoy::module_dir())
         .output()
         .unwrap();
     (
@@ -117,6 +124,44 @@ fn the_demo_shows_every_answer_and_every_decision_line() {
         r#"decision="deny" reason="token_missing""#,
         r#"decision="deny" reason="cnf_missing""#,
         r#"decision="deny" reason="binding_mismatch""#,
+    ] {
+        assert!(out.contains(line), "missing {line} in:\n{out}");
+    }
+}
+
+/// `--module`: the same four answers from the dynamic module inside Envoy, on the deploy/local
+/// keys and certificates, and Envoy's counters of them.
+#[test]
+#[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
+fn the_module_demo_gives_the_same_answers_inside_envoy() {
+    let (code, out, err) = run_demo_with(&["--module"], None);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for line in [
+        "checks.decision.allow.reason.ok: 1",
+        "checks.decision.deny.reason.token_missing: 1",
+        "checks.decision.deny.reason.cnf_missing: 1",
+        "checks.decision.deny.reason.binding_mismatch: 1",
+    ] {
+        assert!(out.contains(line), "missing {line} in:\n{out}");
+    }
+    assert!(
+        out.contains(r#""x-certbound-subject": "demo-user""#),
+        "{out}"
+    );
+}
+
+/// `--dpop`: fresh DPoP material, and the four DPoP answers: allowed once, the replay, the
+/// downgrade to Bearer and a proof for another URL refused.
+#[test]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+fn the_dpop_demo_shows_allow_replay_downgrade_and_wrong_url() {
+    let (code, out, err) = run_demo_with(&["--dpop"], None);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for line in [
+        r#"decision="allow" reason="ok""#,
+        r#"decision="deny" reason="dpop_replayed""#,
+        r#"decision="deny" reason="dpop_downgrade""#,
+        r#"decision="deny" reason="dpop_url_mismatch""#,
     ] {
         assert!(out.contains(line), "missing {line} in:\n{out}");
     }
