@@ -60,6 +60,9 @@ struct Args {
     proofs: usize,
     /// `grpc` (ext_authz) or `http` (the HTTP authorization API).
     api: String,
+    /// OpenTelemetry traces: `off`, or the sample ratio (`0.01`, `1`), exported to an OTLP sink
+    /// in this process.
+    traces: String,
 }
 
 fn parse_args() -> Args {
@@ -81,6 +84,7 @@ fn parse_args() -> Args {
         redis_url: String::new(),
         proofs: 200_000,
         api: "grpc".into(),
+        traces: "off".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -103,6 +107,7 @@ fn parse_args() -> Args {
             "--redis-url" => a.redis_url = value(),
             "--proofs" => a.proofs = value().parse().unwrap(),
             "--api" => a.api = value(),
+            "--traces" => a.traces = value(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -115,6 +120,7 @@ fn prepare(
     dir: &std::path::Path,
     port: u16,
     http_port: u16,
+    sink_port: u16,
 ) -> (PathBuf, Vec<CheckRequest>) {
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let raw = pair.public_key_raw();
@@ -134,6 +140,14 @@ fn prepare(
             args.proofs + 1024
         ),
     };
+    let traces = if args.traces == "off" {
+        String::new()
+    } else {
+        format!(
+            "telemetry:\n  traces:\n    endpoint: http://127.0.0.1:{sink_port}\n    sample_ratio: {}\n",
+            args.traces
+        )
+    };
     let http_api = if args.api == "http" {
         format!(
             "forward_auth:\n  listen: 127.0.0.1:{http_port}\ncertificate:\n  sources: [header]\n  header: {{name: x-ssl-client-cert, encoding: pem_url}}\n"
@@ -144,7 +158,7 @@ fn prepare(
     std::fs::write(
         &config,
         format!(
-            "{http_api}listen: 127.0.0.1:{port}\nadmin_listen: ''\nissuers:\n  - issuer: https://idp.bench\n    audiences: [https://api.bench]\n    jwks_file: {}\n    algorithms: [ES256]\ntoken_cache:\n  max_entries: {}\nruntime:\n  worker_threads: {}\nlimits:\n  max_concurrent_checks: 100000\n{dpop}",
+            "{traces}{http_api}listen: 127.0.0.1:{port}\nadmin_listen: ''\nissuers:\n  - issuer: https://idp.bench\n    audiences: [https://api.bench]\n    jwks_file: {}\n    algorithms: [ES256]\ntoken_cache:\n  max_entries: {}\nruntime:\n  worker_threads: {}\nlimits:\n  max_concurrent_checks: 100000\n{dpop}",
             dir.join("jwks.json").display(),
             if args.cache { args.tokens.max(1) + 16 } else { 0 },
             args.workers
@@ -464,7 +478,16 @@ async fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let (config, requests) = prepare(&args, dir.path(), port, http_port);
+    let sink_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let spans = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if args.traces != "off" {
+        otlp_sink(sink_port, std::sync::Arc::clone(&spans)).await;
+    }
+    let (config, requests) = prepare(&args, dir.path(), port, http_port, sink_port);
     let bin = std::env::var("CERTBOUND_BIN").unwrap_or_else(|_| "target/release/certbound".into());
     let mut command = match &args.server_cpu {
         Some(cpu) => {
@@ -670,7 +693,9 @@ async fn main() {
         "{}",
         json!({
             "label": args.label, "mode": args.mode, "concurrency": args.concurrency, "rate": args.rate,
-            "api": args.api, "tokens": args.tokens, "cache": args.cache, "workers": args.workers,
+            "api": args.api, "traces": args.traces,
+            "spans_exported": spans.load(std::sync::atomic::Ordering::Relaxed),
+            "tokens": args.tokens, "cache": args.cache, "workers": args.workers,
             "dpop": args.dpop, "replay": if args.dpop { args.replay.as_str() } else { "" },
             // With DPoP, over `--proofs` sent means proofs were replayed (and counted as errors).
             "sent": cursor.load(std::sync::atomic::Ordering::Relaxed),
@@ -682,5 +707,42 @@ async fn main() {
             "loadgen_cpu_share": (own_ticks as f64 / clock_ticks_per_second() as f64 / elapsed * 100.0).round() / 100.0,
             "serving_after_ms": serving_after.as_secs_f64() * 1000.0,
         })
+    );
+}
+
+/// An OTLP/gRPC trace receiver that counts the spans it is sent (for `--traces`).
+async fn otlp_sink(port: u16, spans: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    struct Sink(std::sync::Arc<std::sync::atomic::AtomicU64>);
+    #[tonic::async_trait]
+    impl TraceService for Sink {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let count: usize = request
+                .get_ref()
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            self.0
+                .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Sink(spans)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
 }

@@ -8,11 +8,13 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::answer_gate::AnswerGate;
 use crate::check::Checker;
 use crate::decision_log;
 use crate::metrics::Metrics;
+use crate::telemetry;
 use certbound_core::{AccessRequest, Decision, DenyReason, Policy, Thumbprint, UnavailableReason};
 
 /// Decides checks for an adapter; cheap to clone.
@@ -47,7 +49,21 @@ impl Authorizer {
     /// Decides one request. `convert` builds it from what the adapter received, under the policy
     /// in force (it names the certificate header, for one); its error is the denial. `gate`
     /// orders expensive checks behind the writing of earlier answers (see [`AnswerGate`]).
+    ///
+    /// With traces on, the check is a span, a child of `parent` (the caller's trace context).
     pub async fn authorize(
+        &self,
+        convert: impl FnOnce(&Policy) -> Result<AccessRequest, DenyReason>,
+        gate: Option<&AnswerGate>,
+        parent: Option<opentelemetry::Context>,
+    ) -> Authorized {
+        let span = telemetry::check_span(parent);
+        let authorized = self.decide(convert, gate).instrument(span.clone()).await;
+        telemetry::record(&span, &authorized.decision);
+        authorized
+    }
+
+    async fn decide(
         &self,
         convert: impl FnOnce(&Policy) -> Result<AccessRequest, DenyReason>,
         gate: Option<&AnswerGate>,

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::introspection::{IntrospectionError, Introspector, JWT_REFUSAL_MEMORY_SECONDS};
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
@@ -72,7 +74,15 @@ impl Checker {
         let (Some(key), Some(replay)) = (decision.replay_key(), &self.parts.replay) else {
             return decision;
         };
-        let result = replay.record(&key, self.parts.clock.now()).await;
+        let span = crate::child_span!(
+            "certbound.dpop_replay",
+            certbound.store = replay.name(),
+            certbound.result = tracing::field::Empty
+        );
+        let result = replay
+            .record(&key, self.parts.clock.now())
+            .instrument(span.clone())
+            .await;
         let label = match &result {
             Ok(true) => "first_use",
             Ok(false) => "replayed",
@@ -81,6 +91,7 @@ impl Checker {
                 "error"
             }
         };
+        span.record("certbound.result", label);
         self.parts.metrics.replay_check(replay.name(), label);
         decision.after_replay_check(result)
     }
@@ -95,7 +106,22 @@ impl Checker {
             let now = self.parts.clock.now();
             let jwt = token::looks_like_jwt(token);
             if !(jwt && introspector.refuses_jwts(now)) {
-                match introspector.introspect(token, now).await {
+                let span = crate::child_span!(
+                    "certbound.introspection",
+                    certbound.result = tracing::field::Empty
+                );
+                let answer = introspector
+                    .introspect(token, now)
+                    .instrument(span.clone())
+                    .await;
+                span.record(
+                    "certbound.result",
+                    match &answer {
+                        Ok(_) => "answered",
+                        Err(_) => "error",
+                    },
+                );
+                match answer {
                     Ok(answer) => {
                         let decision = self.parts.policy.decide_introspected(request, &answer, now);
                         if jwt
@@ -131,11 +157,24 @@ impl Checker {
         };
         // The fetch runs in its own task so that a Check giving up does not cancel it.
         let keys = Arc::clone(&self.parts.keys);
-        let refetch =
-            tokio::spawn(async move { keys.refetch_unknown_kid(index, generation).await });
+        let span = crate::child_span!(
+            "certbound.key_refetch",
+            certbound.issuer = decision.facts.issuer.as_deref().unwrap_or_default(),
+            certbound.refetched = tracing::field::Empty
+        );
+        let refetch = tokio::spawn(
+            async move { keys.refetch_unknown_kid(index, generation).await }
+                .instrument(span.clone()),
+        );
         match tokio::time::timeout(self.parts.unknown_kid_wait, refetch).await {
-            Ok(Ok(true)) => self.decide_jwt(request),
-            _ => decision,
+            Ok(Ok(true)) => {
+                span.record("certbound.refetched", true);
+                self.decide_jwt(request)
+            }
+            _ => {
+                span.record("certbound.refetched", false);
+                decision
+            }
         }
     }
 

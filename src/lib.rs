@@ -25,6 +25,7 @@
 //! - [`config`]: YAML + environment -> validated [`config::Settings`].
 //! - [`fuzzing`]: fuzz entry points (cargo-fuzz in `fuzz/`, corpus replayed by a test).
 //! - [`explain`]: `certbound explain`, the real decision for one token, step by step.
+//! - [`telemetry`]: OpenTelemetry traces, one span per check, exported over OTLP.
 //! - [`server`]: the composition root: builds everything and serves Check, health and reflection.
 
 pub mod admin;
@@ -43,3 +44,4 @@ pub mod log_writer;
 pub mod metrics;
 pub mod replay;
 pub mod server;
+pub mod telemetry;

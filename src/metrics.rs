@@ -77,6 +77,8 @@ pub struct Metrics {
     /// 1: the Redis replay store's maxmemory-policy evicts keys; 0: noeviction; -1: unknown.
     pub replay_store_evicting: Gauge,
     pub log_lines_dropped: Counter,
+    /// Trace spans lost: the export queue was full, or their export failed.
+    pub trace_spans_dropped: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -164,6 +166,13 @@ impl Default for Metrics {
             "Log lines dropped because the log writer could not keep up",
             log_lines_dropped.clone(),
         );
+        let trace_spans_dropped = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Trace spans dropped, by result (queue_full: the export queue was full; \
+             export_failed: the collector did not take them)",
+            trace_spans_dropped.clone(),
+        );
         Self {
             registry,
             checks,
@@ -179,6 +188,7 @@ impl Default for Metrics {
             replay_checks,
             replay_store_evicting,
             log_lines_dropped,
+            trace_spans_dropped,
         }
     }
 }
@@ -224,6 +234,20 @@ impl Metrics {
             let (total, counted) = (dropped(), self.log_lines_dropped.get());
             if total > counted {
                 self.log_lines_dropped.inc_by(total - counted);
+            }
+        }
+        for (result, total) in [
+            ("queue_full", &crate::telemetry::DROPPED_QUEUE_FULL),
+            ("export_failed", &crate::telemetry::DROPPED_EXPORT_FAILED),
+        ] {
+            let total = total.load(std::sync::atomic::Ordering::Relaxed);
+            if total > 0 {
+                let counter = self
+                    .trace_spans_dropped
+                    .get_or_create(&ResultLabel { result });
+                if total > counter.get() {
+                    counter.inc_by(total - counter.get());
+                }
             }
         }
         let mut out = String::new();

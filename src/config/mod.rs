@@ -41,6 +41,8 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// The HTTP authorization API, when on.
     pub forward_auth: Option<ForwardAuthSettings>,
+    /// OpenTelemetry traces, when on.
+    pub traces: Option<crate::telemetry::TracesSettings>,
     pub max_concurrent_checks: usize,
     /// Poll interval for config file changes; `None` when watching is off.
     pub watch_interval: Option<Duration>,
@@ -120,6 +122,8 @@ fn validate(
         .map(|tls| tls_settings(tls, base, "tls"))
         .transpose()?;
     let forward_auth = forward_auth::validate(file.forward_auth, base)?;
+    let traces =
+        crate::telemetry::TracesSettings::validate(file.telemetry.and_then(|t| t.traces), env)?;
     let max_concurrent_checks = file.limits.max_concurrent_checks.unwrap_or(4096);
     if max_concurrent_checks == 0 {
         return Err(ConfigError::new(
@@ -151,6 +155,7 @@ fn validate(
         admin_listen,
         tls,
         forward_auth,
+        traces,
         max_concurrent_checks,
         watch_interval: reload
             .watch

@@ -140,11 +140,22 @@ impl hyper::service::Service<hyper::Request<Incoming>> for CheckService {
         Box::pin(async move {
             // The body is never read: proxies send none, and the decision never needs one.
             let (head, _body) = request.into_parts();
+            let parent = crate::telemetry::enabled()
+                .then(|| {
+                    crate::telemetry::parent(|name| {
+                        head.headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    })
+                })
+                .flatten();
             let authorized = this
                 .authorizer
                 .authorize(
                     |policy| access_request(&head, this.peer.ip(), &this.settings, policy),
                     None,
+                    parent,
                 )
                 .await;
             Ok(response(&authorized.decision, authorized.reason_header))

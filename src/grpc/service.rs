@@ -9,6 +9,7 @@ use super::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use super::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use crate::answer_gate::AnswerGate;
 use crate::authorize::Authorizer;
+use crate::telemetry;
 
 /// The ext_authz gRPC service over the Check use case.
 #[derive(Clone)]
@@ -38,6 +39,9 @@ impl Authorization for AuthorizationService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let parent = telemetry::enabled()
+            .then(|| trace_parent(&request))
+            .flatten();
         let request = request.into_inner();
         let authorized = self
             .authorizer
@@ -47,6 +51,7 @@ impl Authorization for AuthorizationService {
                     convert::access_request(request, header)
                 },
                 self.gate.as_deref(),
+                parent,
             )
             .await;
         let options = convert::ResponseOptions {
@@ -57,4 +62,28 @@ impl Authorization for AuthorizationService {
             options,
         )))
     }
+}
+
+/// The caller's trace: the Check call's own metadata (Envoy's ext_authz span, when Envoy traces),
+/// else the checked request's headers.
+fn trace_parent(request: &Request<CheckRequest>) -> Option<opentelemetry::Context> {
+    let metadata = request.metadata();
+    telemetry::parent(|name| {
+        metadata
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    })
+    .or_else(|| {
+        let headers = &request
+            .get_ref()
+            .attributes
+            .as_ref()?
+            .request
+            .as_ref()?
+            .http
+            .as_ref()?
+            .headers;
+        telemetry::parent(|name| headers.get(name).cloned())
+    })
 }

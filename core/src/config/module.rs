@@ -26,6 +26,10 @@ const SERVICE_ONLY: &[(&str, &str)] = &[
     ("admin_listen", "Envoy's admin interface serves stats"),
     ("tls", "Envoy terminates TLS"),
     (
+        "telemetry",
+        "Envoy's own tracer traces the requests; certbound's decision is in its dynamic metadata",
+    ),
+    (
         "forward_auth",
         "Envoy's own listeners receive the requests (the HTTP authorization API is the service's)",
     ),
@@ -51,6 +55,7 @@ fn present(file: &FileConfig, key: &str) -> bool {
         "listen" => file.listen.is_some(),
         "admin_listen" => file.admin_listen.is_some(),
         "tls" => file.tls.is_some(),
+        "telemetry" => file.telemetry.is_some(),
         "forward_auth" => file.forward_auth.is_some(),
         "reload" => file.reload.is_some(),
         "runtime" => file.runtime.is_some(),

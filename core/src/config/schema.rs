@@ -60,6 +60,37 @@ pub struct FileConfig {
     /// DPoP (RFC 9449), the other sender constraint.
     #[serde(default)]
     pub dpop: DpopConfig,
+    /// Service: OpenTelemetry export.
+    pub telemetry: Option<TelemetryConfig>,
+}
+
+/// OpenTelemetry export (the service; the module's requests are traced by Envoy's own tracer).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub traces: Option<TracesConfig>,
+}
+
+/// One span per check, exported over OTLP/gRPC. Off unless an endpoint is set here or in
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`; the standard `OTEL_*`
+/// variables apply where a key is left out.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// OTLP/gRPC collector, `http://otel-collector:4317`.
+    pub endpoint: Option<String>,
+    /// Share of new traces sampled (0..1), parent-based: a caller's sampling decision is
+    /// followed. Default `OTEL_TRACES_SAMPLER`, else every trace.
+    pub sample_ratio: Option<f64>,
+    /// Default `OTEL_SERVICE_NAME`, else `certbound`.
+    pub service_name: Option<String>,
+    /// Sent with every export (an API key); `OTEL_EXPORTER_OTLP_HEADERS` also applies.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Longest an export may take (default 5000).
+    pub timeout_ms: Option<u64>,
+    /// Spans waiting for export; beyond it new spans are dropped and counted (default 4096).
+    pub max_queue: Option<usize>,
 }
 
 /// DPoP (RFC 9449): tokens bound to a key the client proves it holds on every request.

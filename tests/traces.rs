@@ -1,0 +1,305 @@
+//! OpenTelemetry traces end to end: real Envoy 1.40 with its OpenTelemetry tracer and the real
+//! certbound binary both export to one OTLP/gRPC receiver in this test (a tonic server decoding
+//! the OTLP protobufs). certbound's `certbound.check` span must be a child of Envoy's ext_authz
+//! call span, in the same trace, with the decision's attributes; a stopped collector must not
+//! change or slow any answer, and the spans it misses are counted as dropped.
+//!
+//! Ignored by a plain `cargo test` (it needs Envoy); `scripts/test.sh` runs it with
+//! `--include-ignored`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::envoy::*;
+use common::stack::{Stack, Token};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+
+/// One received span, flattened.
+#[derive(Clone, Debug)]
+struct Received {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+    attributes: Vec<(String, String)>,
+}
+
+impl Received {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Received>>>);
+
+fn text(attributes: &[KeyValue]) -> Vec<(String, String)> {
+    attributes
+        .iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(AnyValue::StringValue(s)) => s.clone(),
+                Some(AnyValue::BoolValue(b)) => b.to_string(),
+                Some(AnyValue::IntValue(i)) => i.to_string(),
+                Some(AnyValue::DoubleValue(d)) => d.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().unwrap();
+        for resource_spans in request.into_inner().resource_spans {
+            let resource = text(
+                &resource_spans
+                    .resource
+                    .map(|r| r.attributes)
+                    .unwrap_or_default(),
+            );
+            let service = resource
+                .iter()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push(Received {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: span.trace_id,
+                        span_id: span.span_id,
+                        parent_span_id: span.parent_span_id,
+                        attributes: text(&span.attributes),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    /// Serves OTLP/gRPC on 127.0.0.1 until the returned sender is dropped.
+    async fn start(port: u16) -> (Self, tokio::sync::oneshot::Sender<()>) {
+        let collector = Self::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+        });
+        (collector, stop)
+    }
+
+    fn spans(&self) -> Vec<Received> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Envoy's OpenTelemetry tracer on the HTTP connection manager, every request sampled,
+/// exporting to the test's collector through an `otel` cluster.
+fn with_envoy_tracing(config: String, collector: SocketAddr) -> String {
+    let tracing = "                stat_prefix: ingress
+                generate_request_id: true
+                tracing:
+                  random_sampling: { value: 100 }
+                  provider:
+                    name: envoy.tracers.opentelemetry
+                    typed_config:
+                      \"@type\": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                      service_name: envoy
+                      grpc_service:
+                        envoy_grpc: { cluster_name: otel }
+                        timeout: 1s
+";
+    let out = config.replacen("                stat_prefix: ingress\n", tracing, 1);
+    assert_ne!(out, config, "no stat_prefix to hang the tracer on");
+    let cluster = format!(
+        "  clusters:
+    - name: otel
+      type: STATIC
+      connect_timeout: 1s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {{ http2_protocol_options: {{}} }}
+      load_assignment:
+        cluster_name: otel
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {{ address: 127.0.0.1, port_value: {} }}
+",
+        collector.port()
+    );
+    out.replacen("  clusters:\n", &cluster, 1)
+}
+
+/// Waits until `found` holds for the received spans (Envoy flushes every 5 s).
+async fn wait_for(collector: &Collector, found: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let spans = collector.spans();
+        if found(&spans) || Instant::now() > deadline {
+            return spans;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn names(spans: &[Received]) -> Vec<String> {
+    spans
+        .iter()
+        .map(|s| format!("{}:{}", s.service, s.name))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn the_check_span_is_a_child_of_envoys_ext_authz_span_and_a_dead_collector_changes_nothing() {
+    let port = free_port();
+    let (collector, stop) = Collector::start(port).await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let telemetry = format!(
+        "telemetry:\n  traces:\n    endpoint: http://{addr}\n    sample_ratio: 1.0\n    timeout_ms: 300\n"
+    );
+    let stack = Stack::service("traces", &telemetry, |config| {
+        with_envoy_tracing(config, addr)
+    })
+    .await;
+    let cert = stack.pki.client("traced");
+    stack.assert_serving(&cert).await;
+    let client = https_client(&stack.pki, Some(&cert), Http::One);
+    let token = stack.token(Token::Valid, &cert);
+    let allowed = get(
+        &client,
+        stack.port,
+        Http::One,
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(allowed.status, 200);
+    let denied = get(&client, stack.port, Http::One, &[]).await.unwrap();
+    assert_eq!(denied.status, 401);
+
+    let spans = wait_for(&collector, |spans| {
+        let checks: Vec<_> = spans
+            .iter()
+            .filter(|s| s.name == "certbound.check")
+            .collect();
+        checks.len() >= 3
+            && checks.iter().all(|c| {
+                spans
+                    .iter()
+                    .any(|e| e.service == "envoy" && e.span_id == c.parent_span_id)
+            })
+    })
+    .await;
+    let checks: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.name == "certbound.check")
+        .collect();
+    let allow = checks
+        .iter()
+        .rev()
+        .find(|c| c.attribute("certbound.decision") == Some("allow"))
+        .unwrap_or_else(|| panic!("no allowed check span among {:?}", names(&spans)));
+    assert_eq!(allow.service, "certbound");
+    let parent = spans
+        .iter()
+        .find(|s| s.span_id == allow.parent_span_id)
+        .unwrap_or_else(|| {
+            panic!(
+                "the check span's parent was not exported: {:?}",
+                names(&spans)
+            )
+        });
+    assert_eq!(parent.service, "envoy", "{:?}", names(&spans));
+    assert_eq!(parent.trace_id, allow.trace_id);
+    assert!(
+        parent.name.contains("Authorization") || parent.name.contains("ext_authz"),
+        "the parent is Envoy's ext_authz call, not {:?}",
+        parent.name
+    );
+    assert_eq!(allow.attribute("certbound.reason"), Some("ok"));
+    assert_eq!(
+        allow.attribute("certbound.issuer"),
+        Some(stack.issuer.as_str())
+    );
+    assert_eq!(allow.attribute("certbound.binding"), Some("x5t#S256"));
+    assert_eq!(
+        allow.attribute("certbound.certificate_source"),
+        Some("peer")
+    );
+    assert!(allow.attribute("certbound.token_cache_hit").is_some());
+    let deny = checks
+        .iter()
+        .find(|c| c.attribute("certbound.decision") == Some("deny"))
+        .expect("a denied check span");
+    assert_eq!(deny.attribute("certbound.reason"), Some("token_missing"));
+    // Never a token or a certificate among the attributes.
+    for span in &spans {
+        for (key, value) in &span.attributes {
+            assert!(!value.contains(&token), "{key} carries the token");
+            assert!(!value.contains("MII"), "{key} carries a certificate");
+        }
+    }
+
+    // The collector goes away: answers stay the same and prompt; the lost spans are counted.
+    drop(stop);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        let seen = get(
+            &client,
+            stack.port,
+            Http::One,
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(seen.status, 200);
+        let seen = get(&client, stack.port, Http::One, &[]).await.unwrap();
+        assert_eq!(seen.status, 401);
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "40 requests took {elapsed:?} with the collector down"
+    );
+    eprintln!("collector down: 40 requests in {elapsed:?}");
+}
