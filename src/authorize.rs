@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use opentelemetry::context::FutureExt as _;
 use tokio::sync::Semaphore;
-use tracing::Instrument;
 
 use crate::answer_gate::AnswerGate;
 use crate::check::Checker;
@@ -57,10 +57,14 @@ impl Authorizer {
         gate: Option<&AnswerGate>,
         parent: Option<opentelemetry::Context>,
     ) -> Authorized {
-        let span = telemetry::check_span(parent);
-        let authorized = self.decide(convert, gate).instrument(span.clone()).await;
-        telemetry::record(&span, &authorized.decision);
-        authorized
+        match telemetry::check_span(parent) {
+            None => self.decide(convert, gate).await,
+            Some(cx) => {
+                let authorized = self.decide(convert, gate).with_context(cx.clone()).await;
+                telemetry::record(&cx, &authorized.decision);
+                authorized
+            }
+        }
     }
 
     async fn decide(

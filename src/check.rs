@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use tracing::Instrument;
+use crate::telemetry::ChildSpan;
 
 use crate::introspection::{IntrospectionError, Introspector, JWT_REFUSAL_MEMORY_SECONDS};
 use crate::keys::KeyStore;
@@ -74,15 +74,9 @@ impl Checker {
         let (Some(key), Some(replay)) = (decision.replay_key(), &self.parts.replay) else {
             return decision;
         };
-        let span = crate::child_span!(
-            "certbound.dpop_replay",
-            certbound.store = replay.name(),
-            certbound.result = tracing::field::Empty
-        );
-        let result = replay
-            .record(&key, self.parts.clock.now())
-            .instrument(span.clone())
-            .await;
+        let span = ChildSpan::start("certbound.dpop_replay");
+        span.set("certbound.store", replay.name());
+        let result = replay.record(&key, self.parts.clock.now()).await;
         let label = match &result {
             Ok(true) => "first_use",
             Ok(false) => "replayed",
@@ -91,7 +85,7 @@ impl Checker {
                 "error"
             }
         };
-        span.record("certbound.result", label);
+        span.set("certbound.result", label);
         self.parts.metrics.replay_check(replay.name(), label);
         decision.after_replay_check(result)
     }
@@ -106,15 +100,9 @@ impl Checker {
             let now = self.parts.clock.now();
             let jwt = token::looks_like_jwt(token);
             if !(jwt && introspector.refuses_jwts(now)) {
-                let span = crate::child_span!(
-                    "certbound.introspection",
-                    certbound.result = tracing::field::Empty
-                );
-                let answer = introspector
-                    .introspect(token, now)
-                    .instrument(span.clone())
-                    .await;
-                span.record(
+                let span = ChildSpan::start("certbound.introspection");
+                let answer = introspector.introspect(token, now).await;
+                span.set(
                     "certbound.result",
                     match &answer {
                         Ok(_) => "answered",
@@ -157,22 +145,19 @@ impl Checker {
         };
         // The fetch runs in its own task so that a Check giving up does not cancel it.
         let keys = Arc::clone(&self.parts.keys);
-        let span = crate::child_span!(
-            "certbound.key_refetch",
-            certbound.issuer = decision.facts.issuer.as_deref().unwrap_or_default(),
-            certbound.refetched = tracing::field::Empty
-        );
-        let refetch = tokio::spawn(
-            async move { keys.refetch_unknown_kid(index, generation).await }
-                .instrument(span.clone()),
-        );
+        let span = ChildSpan::start("certbound.key_refetch");
+        if let Some(issuer) = decision.facts.issuer.clone() {
+            span.set("certbound.issuer", issuer);
+        }
+        let refetch =
+            tokio::spawn(async move { keys.refetch_unknown_kid(index, generation).await });
         match tokio::time::timeout(self.parts.unknown_kid_wait, refetch).await {
             Ok(Ok(true)) => {
-                span.record("certbound.refetched", true);
+                span.set("certbound.refetched", true);
                 self.decide_jwt(request)
             }
             _ => {
-                span.record("certbound.refetched", false);
+                span.set("certbound.refetched", false);
                 decision
             }
         }

@@ -277,11 +277,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     };
-    let (traces, tracer) = match traces {
-        Some((traces, tracer)) => (Some(traces), Some(tracer)),
-        None => (None, None),
-    };
-    let _log_writer = init_tracing(settings.log_format, tracer);
+    let _log_writer = init_tracing(settings.log_format);
     for warning in &settings.decision.warnings {
         tracing::warn!("{warning}");
     }
@@ -505,13 +501,7 @@ fn runtime_builder(worker_threads: usize) -> tokio::runtime::Builder {
 /// cannot keep up with 4 MiB waiting, further lines are dropped and counted in
 /// `certbound_log_lines_dropped_total` rather than slowing decisions down. The returned guard
 /// writes what is waiting when dropped, at exit.
-fn init_tracing(
-    format: LogFormat,
-    tracer: Option<opentelemetry_sdk::trace::Tracer>,
-) -> Option<FlushGuard> {
-    use tracing_subscriber::Layer;
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
+fn init_tracing(format: LogFormat) -> Option<FlushGuard> {
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (make_writer, guard) =
         match LogWriter::spawn(std::io::stderr(), Duration::from_millis(100), 4 << 20) {
@@ -535,39 +525,13 @@ fn init_tracing(
             }
         };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt::layer()
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(make_writer)
         .with_ansi(terminal);
-    let logs = match format {
-        LogFormat::Text => logs.boxed(),
-        LogFormat::Json => logs.json().flatten_event(true).boxed(),
-    };
-    match tracer {
-        // Without traces, one global filter: the cheapest for every event and `enabled!`.
-        None => tracing_subscriber::registry()
-            .with(filter)
-            .with(logs)
-            .init(),
-        // With traces, the check spans pass the global filter whatever RUST_LOG says, and go to
-        // the trace exporter only, never into the log lines' context. (Leaving the log layer
-        // unfiltered was cheaper, but tracing-subscriber then lost spans without a remote
-        // parent: the test and the benchmark both caught it.)
-        Some(tracer) => {
-            let target = certbound::telemetry::TARGET;
-            let filter =
-                filter.add_directive(format!("{target}=info").parse().expect("a directive"));
-            let only_logs = tracing_subscriber::filter::filter_fn(move |m| m.target() != target);
-            let only_spans = tracing_subscriber::filter::filter_fn(move |m| m.target() == target);
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(logs.with_filter(only_logs))
-                .with(
-                    tracing_opentelemetry::layer()
-                        .with_tracer(tracer)
-                        .with_filter(only_spans),
-                )
-                .init();
-        }
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard
 }

@@ -4,8 +4,10 @@
 //! the calls a check may wait on: the unknown-`kid` key refetch, introspection and the DPoP
 //! replay store. Never a token, proof, certificate or secret.
 //!
-//! Export is OTLP/gRPC (`opentelemetry-otlp`) from a task of its own, fed by a bounded queue: a
-//! dead or slow collector never slows a check. Spans that find the queue full, or whose export
+//! Spans are made with the OpenTelemetry API directly, not through `tracing`: the log
+//! subscriber keeps its one global filter, and a check that is not sampled (decided before any
+//! span is made) costs no span at all. Export is OTLP/gRPC (`opentelemetry-otlp`) from a task of
+//! its own, fed by a bounded queue: a dead or slow collector never slows a check. Spans that find the queue full, or whose export
 //! fails, are dropped and counted (`certbound_trace_spans_dropped_total`). Off by default; when
 //! off, no span is created at all.
 
@@ -13,23 +15,20 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
 use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer as _, TracerProvider,
 };
 use opentelemetry::{Context, propagation::TextMapPropagator};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
 use tokio::sync::mpsc;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::ConfigError;
 use certbound_core::config::TracesConfig;
 use certbound_core::{Decision, Outcome};
-
-/// The tracing target of certbound's spans: only the OpenTelemetry layer records it.
-pub const TARGET: &str = "certbound::trace";
 
 static ON: AtomicBool = AtomicBool::new(false);
 
@@ -126,6 +125,7 @@ fn random_unit() -> f64 {
 }
 
 static SAMPLER: std::sync::OnceLock<HeadSampler> = std::sync::OnceLock::new();
+static TRACER: std::sync::OnceLock<opentelemetry_sdk::trace::Tracer> = std::sync::OnceLock::new();
 
 impl TracesSettings {
     /// `None` when traces are off: no endpoint in the file or the environment, or
@@ -195,10 +195,8 @@ pub struct Traces {
     export: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the exporter (inside the runtime) and returns the tracer for the tracing layer.
-pub fn start(
-    settings: &TracesSettings,
-) -> anyhow::Result<(Traces, opentelemetry_sdk::trace::Tracer)> {
+/// Starts the exporter (inside the runtime): checks make spans from now on.
+pub fn start(settings: &TracesSettings) -> anyhow::Result<Traces> {
     use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
     let mut builder = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -235,9 +233,9 @@ pub fn start(
         .with_resource(resource)
         .build();
     let _ = SAMPLER.set(settings.sampler.clone());
-    let tracer = provider.tracer("certbound");
+    let _ = TRACER.set(provider.tracer("certbound"));
     ON.store(true, Ordering::Relaxed);
-    Ok((Traces { provider, export }, tracer))
+    Ok(Traces { provider, export })
 }
 
 impl Traces {
@@ -377,50 +375,38 @@ fn b3(get: &impl Fn(&str) -> Option<String>) -> Option<SpanContext> {
     ))
 }
 
-/// The span of one check (a disabled span when traces are off).
-pub fn check_span(parent: Option<Context>) -> Span {
-    if !enabled()
-        || !SAMPLER
-            .get()
-            .is_some_and(|sampler| sampler.sample(parent.as_ref()))
-    {
-        return Span::none();
+/// The span of one check, as the context to run the check in; `None` when traces are off or
+/// the check is not sampled.
+pub fn check_span(parent: Option<Context>) -> Option<Context> {
+    if !enabled() {
+        return None;
     }
-    let span = tracing::info_span!(
-        target: TARGET,
-        "certbound.check",
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        certbound.decision = tracing::field::Empty,
-        certbound.reason = tracing::field::Empty,
-        certbound.issuer = tracing::field::Empty,
-        certbound.rule = tracing::field::Empty,
-        certbound.binding = tracing::field::Empty,
-        certbound.token_cache_hit = tracing::field::Empty,
-        certbound.certificate_source = tracing::field::Empty,
-    );
-    if let Some(parent) = parent {
-        let _ = span.set_parent(parent);
+    let sampler = SAMPLER.get()?;
+    if !sampler.sample(parent.as_ref()) {
+        return None;
     }
-    span
+    let tracer = TRACER.get()?;
+    let parent = parent.unwrap_or_default();
+    let span = tracer
+        .span_builder("certbound.check")
+        .with_kind(SpanKind::Server)
+        .start_with_context(tracer, &parent);
+    Some(parent.with_span(span))
 }
 
-/// The decision's attributes on its span.
-pub fn record(span: &Span, decision: &Decision) {
-    if span.is_disabled() {
-        return;
-    }
+/// The decision's attributes on its span, which then ends.
+pub fn record(cx: &Context, decision: &Decision) {
+    let span = cx.span();
     let facts = &decision.facts;
-    span.record("certbound.decision", decision.outcome_name());
-    span.record("certbound.reason", decision.reason());
-    if matches!(decision.outcome, Outcome::Unavailable(_)) {
-        span.record("otel.status_code", "ERROR");
-    }
+    let mut attributes = vec![
+        KeyValue::new("certbound.decision", decision.outcome_name()),
+        KeyValue::new("certbound.reason", decision.reason()),
+    ];
     if let Some(issuer) = facts.issuer.as_deref() {
-        span.record("certbound.issuer", issuer);
+        attributes.push(KeyValue::new("certbound.issuer", issuer.to_owned()));
     }
     if let Some(rule) = facts.rule.as_deref() {
-        span.record("certbound.rule", rule);
+        attributes.push(KeyValue::new("certbound.rule", rule.to_owned()));
     }
     let binding = match (&facts.thumbprint, &facts.dpop) {
         (Some(_), Some(_)) => Some("x5t#S256 jkt"),
@@ -429,30 +415,54 @@ pub fn record(span: &Span, decision: &Decision) {
         (None, None) => None,
     };
     if let Some(binding) = binding {
-        span.record("certbound.binding", binding);
+        attributes.push(KeyValue::new("certbound.binding", binding));
     }
     if let Some(hit) = facts.token_cache {
-        span.record("certbound.token_cache_hit", hit);
+        attributes.push(KeyValue::new("certbound.token_cache_hit", hit));
     }
     if let Some(source) = facts.certificate_source {
-        span.record(
+        attributes.push(KeyValue::new(
             "certbound.certificate_source",
             format!("{source:?}").to_lowercase(),
-        );
+        ));
+    }
+    span.set_attributes(attributes);
+    if matches!(decision.outcome, Outcome::Unavailable(_)) {
+        span.set_status(Status::error(decision.reason()));
+    }
+    span.end();
+}
+
+/// A span for a call the current check waits on; ends when dropped. Nothing when the current
+/// check has no span.
+pub struct ChildSpan(Option<Context>);
+
+impl ChildSpan {
+    pub fn start(name: &'static str) -> Self {
+        if !enabled() {
+            return Self(None);
+        }
+        let current = Context::current();
+        let Some(tracer) = TRACER.get().filter(|_| current.has_active_span()) else {
+            return Self(None);
+        };
+        let span = tracer.start_with_context(name, &current);
+        Self(Some(current.with_span(span)))
+    }
+
+    pub fn set(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        if let Some(cx) = &self.0 {
+            cx.span().set_attribute(KeyValue::new(key, value));
+        }
     }
 }
 
-/// A child span of the current check's span (disabled when traces are off or the check is not
-/// sampled).
-#[macro_export]
-macro_rules! child_span {
-    ($name:literal $(, $($field:tt)*)?) => {
-        if $crate::telemetry::enabled() && !tracing::Span::current().is_disabled() {
-            tracing::info_span!(target: "certbound::trace", $name $(, $($field)*)?)
-        } else {
-            tracing::Span::none()
+impl Drop for ChildSpan {
+    fn drop(&mut self) {
+        if let Some(cx) = &self.0 {
+            cx.span().end();
         }
-    };
+    }
 }
 
 #[cfg(test)]
