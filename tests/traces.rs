@@ -303,3 +303,86 @@ async fn the_check_span_is_a_child_of_envoys_ext_authz_span_and_a_dead_collector
     );
     eprintln!("collector down: 40 requests in {elapsed:?}");
 }
+
+/// The HTTP authorization API: the span is a child of the `traceparent` the proxy sends
+/// (Traefik and Caddy send their own span's; NGINX passes the client's), and B3 works too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the certbound binary: run scripts/test.sh"]
+async fn the_http_api_span_is_a_child_of_the_proxys_trace() {
+    let port = free_port();
+    let (collector, _stop) = Collector::start(port).await;
+    let signer = common::Signer::es256("k1");
+    let idp = common::Idp::start(&[&signer]).await;
+    let forward_auth = free_port();
+    let yaml = common::config_for(
+        &idp,
+        &format!(
+            "forward_auth: {{listen: '127.0.0.1:{forward_auth}', path_prefix: /check}}\n\
+             telemetry:\n  traces:\n    endpoint: http://127.0.0.1:{port}\n    sample_ratio: 0.0\n"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (_certbound, _) = start_certbound(&yaml, dir.path()).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{forward_auth}/check/items");
+    // Sampled callers: W3C, then B3; the ratio is 0, so only the callers' decisions count.
+    let w3c = client
+        .get(&url)
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(w3c.status(), 401);
+    let b3 = client
+        .get(&url)
+        .header("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b3.status(), 401);
+    // An unsampled caller and no caller at ratio 0: no span.
+    for request in [
+        client.get(&url).header(
+            "traceparent",
+            "00-11111111111111111111111111111111-2222222222222222-00",
+        ),
+        client.get(&url),
+    ] {
+        assert_eq!(request.send().await.unwrap().status(), 401);
+    }
+    let spans = wait_for(&collector, |spans| spans.len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = if spans.len() >= 2 {
+        collector.spans()
+    } else {
+        spans
+    };
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let parents: Vec<(String, String)> = spans
+        .iter()
+        .map(|s| (hex(&s.trace_id), hex(&s.parent_span_id)))
+        .collect();
+    assert_eq!(
+        parents,
+        [
+            (
+                "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+                "00f067aa0ba902b7".to_owned()
+            ),
+            (
+                "80f198ee56343ba864fe8b2a57d3eff7".to_owned(),
+                "e457b5a2e4d86bd1".to_owned()
+            ),
+        ],
+        "{:?}",
+        names(&spans)
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.attribute("certbound.reason") == Some("token_missing"))
+    );
+}
