@@ -223,3 +223,106 @@ async fn redis_sentinel_refuses_replays_across_replicas_and_follows_a_failover()
 async fn valkey_sentinel_refuses_replays_across_replicas_and_follows_a_failover() {
     sentinel_refuses_replays_across_replicas_and_follows_a_failover(&valkey_bin()).await;
 }
+
+/// `wait_replicas: 1`: a proof counts as recorded only once a replica acknowledged it (Redis
+/// `WAIT`), so a failover right after the write cannot forget it. With the replicas frozen
+/// (SIGSTOP) no acknowledgement comes: the record fails closed within the timeout, where
+/// `wait_replicas: 0` still takes the master's word. In a cluster `WAIT` goes to the key's own
+/// master, for keys on every master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli: run scripts/test.sh"]
+async fn wait_replicas_counts_a_proof_only_once_a_replica_has_it() {
+    use certbound_core::config::{ReplayMode, ReplaySettings, ReplayStoreKind};
+    use certbound_core::dpop::ReplayKey;
+    use certbound_redis::RedisReplayStore;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |mode, urls: Vec<String>, wait_replicas, timeout_ms| ReplaySettings {
+        store: ReplayStoreKind::Redis,
+        mode,
+        url: None,
+        urls,
+        master_name: Some(MASTER_NAME.into()),
+        max_entries: 0,
+        max_per_key: 0,
+        timeout: Duration::from_millis(timeout_ms),
+        key_prefix: format!("wait:{wait_replicas}:"),
+        ca_file: None,
+        wait_replicas,
+    };
+    let now = 1_800_000_000;
+    let key = |i: u8| ReplayKey {
+        digest: [i; 32],
+        holder: [0; 32],
+        expires_at: now + 60,
+    };
+    let keys: Vec<ReplayKey> = (1..=24).map(key).collect();
+
+    let sentinels = RedisSentinels::start(&dir.path().join("sentinel"), &redis_bin()).await;
+    wait_replicated(sentinels.master_port).await;
+    let waiting =
+        RedisReplayStore::from_settings(&settings(ReplayMode::Sentinel, sentinels.urls(), 1, 400))
+            .unwrap();
+    let trusting =
+        RedisReplayStore::from_settings(&settings(ReplayMode::Sentinel, sentinels.urls(), 0, 400))
+            .unwrap();
+    assert_eq!(
+        waiting.record(&keys[0], now).await,
+        Ok(true),
+        "the replica acknowledges"
+    );
+    assert_eq!(
+        waiting.record(&keys[0], now).await,
+        Ok(false),
+        "then it is a replay"
+    );
+    sentinels.freeze_replica(true);
+    let started = Instant::now();
+    let refused = waiting.record(&keys[1], now).await;
+    assert!(refused.is_err(), "no replica: fail closed, not {refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(trusting.record(&keys[2], now).await, Ok(true));
+    sentinels.freeze_replica(false);
+
+    let cluster = RedisCluster::start(&dir.path().join("cluster"), &redis_bin()).await;
+    cluster.wait_ok().await;
+    let waiting =
+        RedisReplayStore::from_settings(&settings(ReplayMode::Cluster, cluster.urls(), 1, 3000))
+            .unwrap();
+    for key in &keys[3..] {
+        assert_eq!(waiting.record(key, now).await, Ok(true), "{}", key.hex());
+    }
+    // Connected before the replicas stop (a new cluster client would wait on them too).
+    let trusting =
+        RedisReplayStore::from_settings(&settings(ReplayMode::Cluster, cluster.urls(), 0, 3000))
+            .unwrap();
+    let warm: Vec<ReplayKey> = (200..=223).map(key).collect();
+    for key in &warm {
+        assert_eq!(trusting.record(key, now).await, Ok(true), "{}", key.hex());
+    }
+    let replicas = cluster.replicas();
+    assert_eq!(replicas.len(), 3, "three masters with a replica each");
+    for &replica in &replicas {
+        cluster.freeze(replica, true);
+    }
+    // Each refused record waits out the timeout: three keys are enough to show it.
+    let fresh: Vec<ReplayKey> = (100..=102).map(key).collect();
+    for key in &fresh {
+        let answer = waiting.record(key, now).await;
+        assert!(
+            answer.is_err(),
+            "{}: no replica acknowledges, not {answer:?}",
+            key.hex()
+        );
+    }
+    // The masters themselves answer: the master's word alone still records.
+    for key in &fresh {
+        assert_eq!(trusting.record(key, now).await, Ok(true), "{}", key.hex());
+    }
+    for &replica in &replicas {
+        cluster.freeze(replica, false);
+    }
+}

@@ -45,6 +45,28 @@ impl Connection {
             Self::Cluster(connection) => cmd.query_async(connection).await,
         }
     }
+
+    /// `WAIT replicas timeout` on the master that holds `key`: how many replicas acknowledged
+    /// this connection's writes. In a cluster it goes to the key's master only (the client
+    /// would otherwise ask every master and take the least).
+    async fn wait(&mut self, key: &str, replicas: u32, timeout_ms: u64) -> redis::RedisResult<u32> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout_ms);
+        match self {
+            Self::Node(connection) => wait.query_async(connection).await,
+            Self::Cluster(connection) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::with_key(key, SlotAddr::Master);
+                let answer = connection
+                    .route_command(
+                        wait,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(answer)?)
+            }
+        }
+    }
 }
 
 /// Proof keys in Redis, under `key_prefix` + hex(digest), each expiring with its proof's window.
@@ -60,6 +82,8 @@ pub struct RedisReplayStore {
     last_failure: Mutex<Option<Instant>>,
     timeout: Duration,
     prefix: String,
+    /// Replicas that must acknowledge a proof before it counts as recorded (`WAIT`).
+    wait_replicas: u32,
 }
 
 /// Errors never repeat a URL: it may carry a password.
@@ -150,6 +174,7 @@ impl RedisReplayStore {
             last_failure: Mutex::new(None),
             timeout: settings.timeout,
             prefix: settings.key_prefix.clone(),
+            wait_replicas: settings.wait_replicas,
         })
     }
 
@@ -179,6 +204,24 @@ impl RedisReplayStore {
         set.arg(&name).arg(1).arg("NX").arg("PX").arg(ttl_ms);
         let answer: redis::RedisResult<Option<String>> = connection.query(&set).await;
         match answer {
+            Ok(Some(_)) if self.wait_replicas > 0 => {
+                // Under the store's timeout: WAIT may block no longer than the check may wait.
+                let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+                match connection.wait(&name, self.wait_replicas, timeout_ms).await {
+                    Ok(acked) if acked >= self.wait_replicas => Ok(true),
+                    Ok(acked) => Err(ReplayError(format!(
+                        "the proof reached {acked} of the {} replicas required (wait_replicas)",
+                        self.wait_replicas
+                    ))),
+                    Err(error) => {
+                        self.connection.store(None);
+                        Err(ReplayError(format!(
+                            "Redis WAIT failed ({:?})",
+                            error.kind()
+                        )))
+                    }
+                }
+            }
             Ok(Some(_)) => Ok(true),
             Ok(None) => Ok(false),
             Err(error) => {

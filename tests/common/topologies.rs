@@ -181,6 +181,24 @@ impl RedisCluster {
             .expect("a master")
     }
 
+    /// The ports of the replicas, as the cluster sees them now.
+    pub fn replicas(&self) -> Vec<u16> {
+        let nodes = redis_cli(&["-p", &self.ports[0].to_string(), "cluster", "nodes"]);
+        nodes
+            .lines()
+            .filter(|l| l.contains("slave") && !l.contains("fail"))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter_map(|addr| addr.split(['@', ':']).nth(1))
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the node on `port`.
+    pub fn freeze(&self, port: u16, frozen: bool) {
+        let i = self.ports.iter().position(|&p| p == port).unwrap();
+        signal(self.nodes[i].as_ref().expect("running").id(), frozen);
+    }
+
     /// Kills the node on `port` (SIGKILL: no goodbye to the cluster).
     pub fn kill(&mut self, port: u16) {
         let i = self.ports.iter().position(|&p| p == port).unwrap();
@@ -201,6 +219,16 @@ pub struct RedisSentinels {
 }
 
 pub const MASTER_NAME: &str = "certbound";
+
+/// SIGSTOP or SIGCONT, with the shell's own kill (no procps needed).
+fn signal(pid: u32, stop: bool) {
+    let signal = if stop { "-STOP" } else { "-CONT" };
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill {signal} {pid}")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
 
 impl RedisSentinels {
     /// A master and a replica of `bin`, and three sentinels (`bin --sentinel`).
@@ -267,6 +295,11 @@ impl RedisSentinels {
     }
 
     /// The master's port as the sentinels see it now.
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the replica.
+    pub fn freeze_replica(&self, frozen: bool) {
+        signal(self._replica.id(), frozen);
+    }
+
     pub fn current_master(&self) -> Option<u16> {
         let answer = redis_cli(&[
             "-p",

@@ -199,6 +199,11 @@ pub struct ReplayConfig {
     /// PEM CA bundle that signs the Redis server's certificate (`rediss://` only; default: the
     /// system's trust store).
     pub ca_file: Option<PathBuf>,
+    /// Redis: a proof counts as recorded only once this many replicas acknowledged it (`WAIT`,
+    /// within `timeout_ms`); fewer is a 503. 0 (default) trusts the master's answer, and a
+    /// failover right after a write can forget that proof (replication is asynchronous).
+    #[serde(default)]
+    pub wait_replicas: u32,
 }
 
 impl Default for ReplayConfig {
@@ -214,6 +219,7 @@ impl Default for ReplayConfig {
             timeout_ms: default_replay_timeout(),
             key_prefix: default_replay_prefix(),
             ca_file: None,
+            wait_replicas: 0,
         }
     }
 }

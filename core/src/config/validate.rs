@@ -58,6 +58,8 @@ pub struct ReplaySettings {
     pub timeout: Duration,
     pub key_prefix: String,
     pub ca_file: Option<PathBuf>,
+    /// Redis replicas that must acknowledge a proof (`WAIT`); 0: the master's answer is enough.
+    pub wait_replicas: u32,
 }
 
 impl std::fmt::Debug for ReplaySettings {
@@ -73,6 +75,7 @@ impl std::fmt::Debug for ReplaySettings {
             .field("timeout", &self.timeout)
             .field("key_prefix", &self.key_prefix)
             .field("ca_file", &self.ca_file)
+            .field("wait_replicas", &self.wait_replicas)
             .finish()
     }
 }
@@ -577,6 +580,12 @@ fn validate_dpop(
             Some(path)
         }
     };
+    if replay.store == ReplayStoreKind::Memory && replay.wait_replicas > 0 {
+        return Err(ConfigError::new(
+            "dpop.replay.wait_replicas",
+            "only for store: redis (the in-memory store has no replicas)",
+        ));
+    }
     if replay.store == ReplayStoreKind::Memory && replay.max_entries == 0 {
         return Err(ConfigError::new(
             "dpop.replay.max_entries",
@@ -620,6 +629,7 @@ fn validate_dpop(
         timeout: Duration::from_millis(replay.timeout_ms),
         key_prefix: replay.key_prefix.clone(),
         ca_file,
+        wait_replicas: replay.wait_replicas,
     };
     Ok((policy, settings))
 }
