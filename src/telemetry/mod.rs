@@ -7,7 +7,8 @@
 //! Spans are made with the OpenTelemetry API directly, not through `tracing`: the log
 //! subscriber keeps its one global filter, and a check that is not sampled (decided before any
 //! span is made) costs no span at all. Export is OTLP/gRPC (`opentelemetry-otlp`) from a task of
-//! its own, fed by a bounded queue: a dead or slow collector never slows a check. Spans that find the queue full, or whose export
+//! its own, fed by a bounded queue: a dead or slow collector never slows a check. Spans that find
+//! the queue full, or whose export
 //! fails, are dropped and counted (`certbound_trace_spans_dropped_total`). Off by default; when
 //! off, no span is created at all.
 
@@ -15,16 +16,19 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
-    Tracer as _, TracerProvider,
-};
-use opentelemetry::{Context, propagation::TextMapPropagator};
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanExporter};
 use tokio::sync::mpsc;
+
+mod export;
+mod propagation;
+mod sampling;
+
+use export::{ExportQueue, export_loop};
+pub use propagation::parent;
+pub use sampling::HeadSampler;
 
 use crate::config::ConfigError;
 use certbound_core::config::TracesConfig;
@@ -54,74 +58,6 @@ pub struct TracesSettings {
     pub max_queue: usize,
     /// Which checks get a span: `sample_ratio`, else `OTEL_TRACES_SAMPLER`(`_ARG`).
     pub sampler: HeadSampler,
-}
-
-/// The sampling decision, taken before a span is made: a check that is not sampled costs no
-/// span at all (tracing-opentelemetry would build one and let the SDK drop it at the end).
-#[derive(Clone, Debug, PartialEq)]
-pub enum HeadSampler {
-    Always,
-    Never,
-    /// This share of traces.
-    Ratio(f64),
-    /// The caller's decision when it sent one, else the inner sampler.
-    ParentBased(Box<HeadSampler>),
-}
-
-impl HeadSampler {
-    /// The OpenTelemetry SDK's environment variables, as the specification names them.
-    fn from_env(env: &BTreeMap<String, String>) -> Self {
-        let arg = env
-            .get("OTEL_TRACES_SAMPLER_ARG")
-            .and_then(|a| a.trim().parse::<f64>().ok())
-            .filter(|r| (0.0..=1.0).contains(r))
-            .unwrap_or(1.0);
-        let sampler = env
-            .get("OTEL_TRACES_SAMPLER")
-            .map(|s| s.trim().to_ascii_lowercase());
-        match sampler.as_deref() {
-            Some("always_on") => Self::Always,
-            Some("always_off") => Self::Never,
-            Some("traceidratio") => Self::Ratio(arg),
-            Some("parentbased_always_off") => Self::ParentBased(Box::new(Self::Never)),
-            Some("parentbased_traceidratio") => Self::ParentBased(Box::new(Self::Ratio(arg))),
-            _ => Self::ParentBased(Box::new(Self::Always)),
-        }
-    }
-
-    fn sample(&self, parent: Option<&Context>) -> bool {
-        match self {
-            Self::Always => true,
-            Self::Never => false,
-            Self::Ratio(ratio) => *ratio >= 1.0 || (*ratio > 0.0 && random_unit() < *ratio),
-            Self::ParentBased(root) => match parent.map(|p| p.span().span_context().clone()) {
-                Some(span) if span.is_valid() => span.is_sampled(),
-                _ => root.sample(None),
-            },
-        }
-    }
-}
-
-/// A uniform number in [0, 1): xorshift64* per thread (sampling needs no cryptography).
-fn random_unit() -> f64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let time = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            let here = &time as *const u64 as u64;
-            (time ^ here.rotate_left(32)) | 1
-        });
-    }
-    STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        state.set(x);
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    })
 }
 
 static SAMPLER: std::sync::OnceLock<HeadSampler> = std::sync::OnceLock::new();
@@ -249,132 +185,6 @@ impl Traces {
     }
 }
 
-/// Ended spans into a bounded queue; never blocks, never waits for the collector.
-struct ExportQueue {
-    sender: mpsc::Sender<SpanData>,
-}
-
-impl std::fmt::Debug for ExportQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExportQueue")
-            .field("capacity", &self.sender.max_capacity())
-            .finish()
-    }
-}
-
-impl SpanProcessor for ExportQueue {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if self.sender.try_send(span).is_err() {
-            DROPPED_QUEUE_FULL.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-/// Largest batch per export call, and the longest a span waits for one to fill.
-const BATCH: usize = 512;
-const BATCH_DELAY: Duration = Duration::from_secs(1);
-
-async fn export_loop(
-    mut receiver: mpsc::Receiver<SpanData>,
-    exporter: opentelemetry_otlp::SpanExporter,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-        let mut closed = false;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) => {
-                    closed = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        if !batch.is_empty() {
-            let spans = batch.len() as u64;
-            if let Err(error) = exporter.export(std::mem::take(&mut batch)).await {
-                tracing::debug!(%error, spans, "trace export failed");
-                DROPPED_EXPORT_FAILED.fetch_add(spans, Ordering::Relaxed);
-            }
-        }
-        if closed {
-            return;
-        }
-    }
-}
-
-/// The caller's trace context: W3C `traceparent` (with `tracestate`), else B3 (single `b3`
-/// header or `x-b3-*`). `get` reads a header (lower-case name).
-pub fn parent(get: impl Fn(&str) -> Option<String>) -> Option<Context> {
-    if let Some(traceparent) = get("traceparent") {
-        let mut carrier = std::collections::HashMap::new();
-        carrier.insert("traceparent".to_owned(), traceparent);
-        if let Some(state) = get("tracestate") {
-            carrier.insert("tracestate".to_owned(), state);
-        }
-        let context =
-            opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
-        if context.span().span_context().is_valid() {
-            return Some(context);
-        }
-    }
-    b3(&get).map(|span| Context::new().with_remote_span_context(span))
-}
-
-/// B3 propagation, single header (`b3: traceid-spanid[-sampled[-parent]]`) or multiple
-/// (`x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`).
-fn b3(get: &impl Fn(&str) -> Option<String>) -> Option<SpanContext> {
-    let (trace, span, sampled) = match get("b3") {
-        Some(single) => {
-            let mut parts = single.trim().split('-');
-            let trace = parts.next()?.to_owned();
-            let span = parts.next()?.to_owned();
-            (trace, span, parts.next().map(str::to_owned))
-        }
-        None => (
-            get("x-b3-traceid")?,
-            get("x-b3-spanid")?,
-            get("x-b3-flags")
-                .filter(|f| f.trim() == "1")
-                .or_else(|| get("x-b3-sampled")),
-        ),
-    };
-    let trace = trace.trim();
-    let trace = match trace.len() {
-        16 => format!("{:0>32}", trace),
-        32 => trace.to_owned(),
-        _ => return None,
-    };
-    let trace_id = TraceId::from_hex(&trace).ok()?;
-    let span_id = SpanId::from_hex(span.trim()).ok()?;
-    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
-        return None;
-    }
-    let flags = match sampled.as_deref().map(str::trim) {
-        Some("1" | "d" | "true") => TraceFlags::SAMPLED,
-        _ => TraceFlags::default(),
-    };
-    Some(SpanContext::new(
-        trace_id,
-        span_id,
-        flags,
-        true,
-        TraceState::default(),
-    ))
-}
-
 /// The span of one check, as the context to run the check in; `None` when traces are off or
 /// the check is not sampled.
 pub fn check_span(parent: Option<Context>) -> Option<Context> {
@@ -469,66 +279,6 @@ impl Drop for ChildSpan {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
-
-    #[test]
-    fn w3c_first_then_b3_in_both_forms() {
-        let w3c = parent(headers(&[(
-            "traceparent",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        )]))
-        .unwrap();
-        let span = w3c.span().span_context().clone();
-        assert_eq!(
-            span.trace_id().to_string(),
-            "0af7651916cd43dd8448eb211c80319c"
-        );
-        assert!(span.is_sampled() && span.is_remote());
-        let single = parent(headers(&[(
-            "b3",
-            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1",
-        )]))
-        .unwrap();
-        assert_eq!(
-            single.span().span_context().span_id().to_string(),
-            "e457b5a2e4d86bd1"
-        );
-        let multi = parent(headers(&[
-            ("x-b3-traceid", "64fe8b2a57d3eff7"),
-            ("x-b3-spanid", "e457b5a2e4d86bd1"),
-            ("x-b3-sampled", "0"),
-        ]))
-        .unwrap();
-        let span = multi.span().span_context().clone();
-        assert_eq!(
-            span.trace_id().to_string(),
-            "000000000000000064fe8b2a57d3eff7"
-        );
-        assert!(
-            !span.is_sampled(),
-            "the caller's decision not to sample is kept"
-        );
-    }
-
-    #[test]
-    fn garbage_is_no_parent() {
-        for pairs in [
-            &[("traceparent", "00-zz-yy-01")][..],
-            &[("b3", "0")][..],
-            &[("x-b3-traceid", "abc"), ("x-b3-spanid", "e457b5a2e4d86bd1")][..],
-            &[("b3", "00000000000000000000000000000000-0000000000000000-1")][..],
-            &[][..],
-        ] {
-            assert!(parent(headers(pairs)).is_none(), "{pairs:?}");
-        }
-    }
-
     #[test]
     fn off_unless_an_endpoint_is_configured_or_in_the_environment() {
         let none = BTreeMap::new();
@@ -562,53 +312,5 @@ mod tests {
                 .key,
             "telemetry.traces.sample_ratio"
         );
-    }
-}
-
-#[cfg(test)]
-mod sampling {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect()
-    }
-
-    #[test]
-    fn the_environment_names_the_sampler() {
-        assert_eq!(
-            HeadSampler::from_env(&env(&[])),
-            HeadSampler::ParentBased(Box::new(HeadSampler::Always))
-        );
-        assert_eq!(
-            HeadSampler::from_env(&env(&[
-                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-                ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
-            ])),
-            HeadSampler::ParentBased(Box::new(HeadSampler::Ratio(0.25)))
-        );
-        assert_eq!(
-            HeadSampler::from_env(&env(&[("OTEL_TRACES_SAMPLER", "always_off")])),
-            HeadSampler::Never
-        );
-    }
-
-    #[test]
-    fn parent_based_follows_the_caller_and_a_ratio_samples_about_its_share() {
-        let sampler = HeadSampler::ParentBased(Box::new(HeadSampler::Ratio(0.1)));
-        let sampled = parent(|n| {
-            (n == "traceparent")
-                .then(|| "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into())
-        });
-        let unsampled = parent(|n| {
-            (n == "traceparent")
-                .then(|| "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00".into())
-        });
-        assert!((0..100).all(|_| sampler.sample(sampled.as_ref())));
-        assert!((0..100).all(|_| !sampler.sample(unsampled.as_ref())));
-        let share = (0..100_000).filter(|_| sampler.sample(None)).count();
-        assert!((8_000..12_000).contains(&share), "{share} of 100000 at 0.1");
     }
 }
