@@ -94,7 +94,14 @@ impl Authorizer {
             },
         };
         let elapsed = started.elapsed();
-        self.metrics.record_check(&decision, elapsed.as_secs_f64());
+        // The configured issuer (by index), never the token's own claim: bounded labels.
+        let issuer = decision
+            .facts
+            .issuer_index
+            .and_then(|i| checker.policy().issuers.get(i))
+            .map_or("", |p| p.issuer.as_str());
+        self.metrics
+            .record_check(&decision, elapsed.as_secs_f64(), issuer);
         if let Some(hit) = decision.facts.token_cache {
             Metrics::count(&self.metrics.token_cache, if hit { "hit" } else { "miss" });
         }

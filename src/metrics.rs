@@ -12,10 +12,15 @@ use prometheus_client::registry::Registry;
 
 use certbound_core::Decision;
 
+/// A check's labels. `issuer` and `rule` come from the configuration only (a configured
+/// issuer's name, a rule's name or `default`; empty when none applied), never from the request,
+/// so their number is bounded by the configuration.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CheckLabels {
     pub decision: &'static str,
     pub reason: &'static str,
+    pub issuer: String,
+    pub rule: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,7 +92,7 @@ impl Default for Metrics {
         let checks = Family::<CheckLabels, Counter>::default();
         registry.register(
             "checks",
-            "Checks answered, by decision and reason",
+            "Checks answered, by decision, reason, configured issuer and route rule",
             checks.clone(),
         );
         let check_duration: HistogramFamily<DecisionLabel> =
@@ -195,12 +200,16 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts one answered Check.
-    pub fn record_check(&self, decision: &Decision, seconds: f64) {
+    /// Counts a check. `issuer` is the configured issuer that applied (empty for none), `rule`
+    /// the route rule.
+    pub fn record_check(&self, decision: &Decision, seconds: f64, issuer: &str) {
         let name = decision.outcome_name();
         self.checks
             .get_or_create(&CheckLabels {
                 decision: name,
                 reason: decision.reason(),
+                issuer: issuer.to_owned(),
+                rule: decision.facts.rule.clone().unwrap_or_default(),
             })
             .inc();
         self.check_duration
@@ -267,10 +276,11 @@ mod tests {
         metrics.record_check(
             &Decision::deny(certbound_core::DenyReason::BindingMismatch),
             0.001,
+            "https://idp.example.com",
         );
         let text = metrics.encode();
         assert!(
-            text.contains(r#"certbound_checks_total{decision="deny",reason="binding_mismatch"} 1"#),
+            text.contains(r#"certbound_checks_total{decision="deny",reason="binding_mismatch",issuer="https://idp.example.com",rule=""} 1"#),
             "{text}"
         );
         assert!(

@@ -132,6 +132,7 @@ async fn every_query_in_the_dashboard_and_alerts_names_metrics_and_labels_certbo
     metrics.record_check(
         &certbound_core::Decision::unavailable(certbound_core::UnavailableReason::Overloaded),
         0.0,
+        "",
     );
     let scrape = scrape_labels(&certbound.app.metrics_text());
 

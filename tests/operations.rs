@@ -44,8 +44,13 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     assert_eq!(status, 200);
     let issuer = &idp.issuer;
     for expected in [
-        r#"certbound_checks_total{decision="allow",reason="ok"} 1"#.to_string(),
-        r#"certbound_checks_total{decision="deny",reason="token_missing"} 1"#.to_string(),
+        // The configured issuer and the rule that applied (bounded by the configuration); a
+        // check that never reached an issuer has none.
+        format!(
+            r#"certbound_checks_total{{decision="allow",reason="ok",issuer="{issuer}",rule="default"}} 1"#
+        ),
+        r#"certbound_checks_total{decision="deny",reason="token_missing",issuer="",rule="default"} 1"#
+            .to_string(),
         r#"certbound_check_duration_seconds_count{decision="allow"} 1"#.to_string(),
         format!(r#"certbound_key_refreshes_total{{issuer="{issuer}",result="success"}} 1"#),
         format!(r#"certbound_key_refreshes_total{{issuer="{issuer}",result="failure"}} 1"#),
@@ -55,6 +60,42 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     ] {
         assert!(text.contains(&expected), "missing {expected} in:\n{text}");
     }
+}
+
+/// A token's own `iss` never becomes a label: one request per issuer an attacker invents would
+/// otherwise add a series each. Only configured issuers and rules are labels.
+#[tokio::test]
+async fn decision_labels_come_from_the_configuration_never_from_the_token() {
+    let signer = Signer::es256("k1");
+    let idp = Idp::start(&[&signer]).await;
+    let certbound = Certbound::start(&config_for(
+        &idp,
+        "policy:\n  rules:\n    - name: items\n      path_prefix: /items\n",
+    ))
+    .await;
+    let cert = ClientCert::self_signed("client");
+    for i in 0..5 {
+        let invented = format!("https://attacker.example/{i}");
+        certbound
+            .check(bound_request(&signer, &invented, &cert))
+            .await
+            .assert_unauthorized("issuer_unknown", r#"Bearer error="invalid_token""#);
+    }
+    let text = certbound.app.metrics_text();
+    assert!(!text.contains("attacker.example"), "{text}");
+    assert_eq!(
+        certbound
+            .metric(r#"certbound_checks_total{decision="deny",reason="issuer_unknown",issuer=""}"#),
+        5
+    );
+    let mut request = bound_request(&signer, &idp.issuer, &cert);
+    http_mut(&mut request).path = "/items/7".into();
+    certbound.check(request).await.assert_allowed();
+    let labels = format!(
+        r#"certbound_checks_total{{decision="allow",reason="ok",issuer="{}",rule="items"}}"#,
+        idp.issuer
+    );
+    assert_eq!(certbound.metric(&labels), 1, "{text}");
 }
 
 #[tokio::test]

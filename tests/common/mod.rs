@@ -573,15 +573,38 @@ impl Certbound {
         }
     }
 
-    /// The value of the first Prometheus sample whose line starts with `line_start` (the metric
-    /// name and labels), 0 when there is none.
-    pub fn metric(&self, line_start: &str) -> u64 {
+    /// The sum of the Prometheus samples of `selector`'s metric that carry all its labels
+    /// (`certbound_checks_total{decision="deny",reason="x"}` counts every issuer and rule), 0
+    /// when there is none.
+    pub fn metric(&self, selector: &str) -> u64 {
+        let split = |series: &str| -> (String, Vec<String>) {
+            match series.split_once('{') {
+                Some((name, labels)) => (
+                    name.to_owned(),
+                    labels
+                        .trim_end_matches('}')
+                        .split(',')
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                ),
+                None => (series.to_owned(), Vec::new()),
+            }
+        };
+        let (name, wanted) = split(selector);
         self.app
             .metrics_text()
             .lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next())
-            .map_or(0, |v| v.parse().unwrap())
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (series_name, labels) = split(series);
+                (series_name == name && wanted.iter().all(|w| labels.contains(w)))
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
+            .map(|v| v as u64)
+            .sum()
     }
 
     /// The current checker (its key store, introspector and policy).
