@@ -85,11 +85,6 @@ fn original(path: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn der_base64(cert: &ClientCert) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(&cert.der)
-}
-
 const TRAEFIK_HEADER: &str = "certificate: {sources: [header], header: {name: x-forwarded-tls-client-cert, encoding: der_base64}}\nupstream: {claim_headers: {sub: x-certbound-subject}}\n";
 
 #[tokio::test]
@@ -101,7 +96,7 @@ async fn a_bound_token_is_allowed_with_the_claim_headers_and_counted_like_any_ch
     let token = signer.sign(&claims(&idp.issuer, Some(&cert.x5t())));
     let mut headers = original("/items?page=1");
     headers.push(("authorization", format!("Bearer {token}")));
-    headers.push(("x-forwarded-tls-client-cert", der_base64(&cert)));
+    headers.push(("x-forwarded-tls-client-cert", cert.der_base64()));
     let client = reqwest::Client::new();
     let allowed = api.ask(&client, &headers).await;
     assert_eq!(allowed.status, 200, "{allowed:?}");
@@ -112,12 +107,12 @@ async fn a_bound_token_is_allowed_with_the_claim_headers_and_counted_like_any_ch
     headers.pop();
     headers.push((
         "x-forwarded-tls-client-cert",
-        format!("{},{}", der_base64(&cert), der_base64(&other)),
+        format!("{},{}", cert.der_base64(), other.der_base64()),
     ));
     assert_eq!(api.ask(&client, &headers).await.status, 200);
     // Another certificate: certbound's 401, as the gRPC API would answer it.
     headers.pop();
-    headers.push(("x-forwarded-tls-client-cert", der_base64(&other)));
+    headers.push(("x-forwarded-tls-client-cert", other.der_base64()));
     let denied = api.ask(&client, &headers).await;
     assert_eq!(denied.status, 401);
     assert_eq!(denied.body, r#"{"message":"unauthorized"}"#);

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use common::dpop::DpopKey;
 use common::envoy::*;
-use common::paths::{PATHS_TO_ADMIN, UNSAFE_PATHS};
+use common::paths::{PATHS_TO_ADMIN, UNSAFE_PATHS, h2_can_send, is_plain_public};
 use common::raw::{self, H2Response, Step};
 use common::{ClientCert, Signer, now};
 use serde_json::{Value, json};
@@ -411,8 +411,8 @@ async fn scenarios(setup: &Setup) -> Vec<String> {
         // 5. No certificate on the connection, the right one in every header a client could
         // forge: the proxy's own header is overwritten or removed, so there is no certificate.
         let marker = format!("forged-{http:?}");
-        let pem = url_encode_pem(&cert.pem);
-        let der = base64_der(&cert.der);
+        let pem = cert.url_encoded();
+        let der = cert.der_base64();
         let rfc9440 = format!(":{der}:");
         let xfcc = format!("Hash=x;Cert=\"{pem}\"");
         let mut headers = vec![("authorization", bound.as_str())];
@@ -520,15 +520,6 @@ async fn scenarios(setup: &Setup) -> Vec<String> {
     failures
 }
 
-fn base64_der(der: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(der)
-}
-
-fn url_encode_pem(pem: &str) -> String {
-    common::url_encode_pem(pem)
-}
-
 /// certbound's refusal as the client must see it: the status, its JSON body and, for 401 and
 /// 403, its challenge.
 fn refused(seen: &Seen, status: u16, challenge: &str) -> Result<(), String> {
@@ -549,23 +540,6 @@ fn refused(seen: &Seen, status: u16, challenge: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Whether an HTTP/2 request can carry this `:path`.
-fn h2_can_send(path: &str) -> bool {
-    path.starts_with('/')
-        && format!("https://localhost{path}")
-            .parse::<http::Uri>()
-            .is_ok()
-}
-
-/// A target the upstream can only read as a public resource.
-fn is_plain_public(target: &str) -> bool {
-    let path = target.split('?').next().unwrap_or_default();
-    path.starts_with("/public/")
-        && !path.contains("//")
-        && !path.contains("/.")
-        && !path.contains(['%', '\\', ';'])
 }
 
 /// No spelling of an `/admin` path, nor one that cannot be resolved safely, reaches the upstream

@@ -15,7 +15,7 @@ mod common;
 use std::time::Duration;
 
 use common::ClientCert;
-use common::paths::{PATHS_TO_ADMIN, UNSAFE_PATHS};
+use common::paths::{PATHS_TO_ADMIN, UNSAFE_PATHS, h2_can_send, is_plain_public};
 use common::raw::{self, H2Response, Step};
 use common::stack::{Stack, unique, without_edge_path_settings};
 use serde_json::json;
@@ -72,25 +72,6 @@ async fn send(
             from_upstream: seen.header("x-upstream") == Some("seen"),
         }
     }
-}
-
-/// A target the upstream can only read as a public resource: under `/public/`, nothing to
-/// decode or resolve.
-fn is_plain_public(target: &str) -> bool {
-    let path = target.split('?').next().unwrap_or_default();
-    path.starts_with("/public/")
-        && !path.contains("//")
-        && !path.contains("/.")
-        && !path.contains(['%', '\\', ';'])
-}
-
-/// Whether an HTTP/2 request can carry this `:path` (the `http` crate refuses some bytes, such
-/// as a raw `\`, that only HTTP/1.1 can put on the wire).
-fn h2_can_send(path: &str) -> bool {
-    path.starts_with('/')
-        && format!("https://localhost{path}")
-            .parse::<http::Uri>()
-            .is_ok()
 }
 
 async fn run_table(stack: &Stack) -> Vec<String> {

@@ -2,7 +2,7 @@
 //! certbound binary both export to one OTLP/gRPC receiver in this test (a tonic server decoding
 //! the OTLP protobufs). certbound's `certbound.check` span must be a child of Envoy's ext_authz
 //! call span, in the same trace, with the decision's attributes; a stopped collector must not
-//! change or slow any answer, and the spans it misses are counted as dropped.
+//! change or slow any answer.
 //!
 //! Ignored by a plain `cargo test` (it needs Envoy); `scripts/test.sh` runs it with
 //! `--include-ignored`.
@@ -204,17 +204,21 @@ async fn the_check_span_is_a_child_of_envoys_ext_authz_span_and_a_dead_collector
     stack.assert_serving(&cert).await;
     let client = https_client(&stack.pki, Some(&cert), Http::One);
     let token = stack.token(Token::Valid, &cert);
-    let allowed = get(
-        &client,
-        stack.port,
-        Http::One,
-        &[("authorization", &format!("Bearer {token}"))],
-    )
-    .await
-    .unwrap();
-    assert_eq!(allowed.status, 200);
-    let denied = get(&client, stack.port, Http::One, &[]).await.unwrap();
-    assert_eq!(denied.status, 401);
+    let bearer = format!("Bearer {token}");
+    let send = |auth: Option<String>| {
+        let client = client.clone();
+        let port = stack.port;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            get(&client, port, Http::One, &headers)
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(send(Some(bearer.clone())).await, 200);
+    assert_eq!(send(None).await, 401);
 
     let spans = wait_for(&collector, |spans| {
         let checks: Vec<_> = spans
@@ -279,22 +283,13 @@ async fn the_check_span_is_a_child_of_envoys_ext_authz_span_and_a_dead_collector
         }
     }
 
-    // The collector goes away: answers stay the same and prompt; the lost spans are counted.
+    // The collector goes away: answers stay the same and prompt.
     drop(stop);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     for _ in 0..20 {
-        let seen = get(
-            &client,
-            stack.port,
-            Http::One,
-            &[("authorization", &format!("Bearer {token}"))],
-        )
-        .await
-        .unwrap();
-        assert_eq!(seen.status, 200);
-        let seen = get(&client, stack.port, Http::One, &[]).await.unwrap();
-        assert_eq!(seen.status, 401);
+        assert_eq!(send(Some(bearer.clone())).await, 200);
+        assert_eq!(send(None).await, 401);
     }
     let elapsed = started.elapsed();
     assert!(

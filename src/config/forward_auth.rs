@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
-use certbound_core::config::{ConfigError, ForwardAuthConfig};
+use certbound_core::config::{ConfigError, ForwardAuthConfig, header_name};
 use ipnet::IpNet;
 
 use super::{TlsSettings, tls_settings};
@@ -73,15 +73,12 @@ pub fn validate(
     let names = |list: Vec<String>, key: &str| -> Result<Vec<String>, ConfigError> {
         list.into_iter()
             .map(|name| {
-                let name = name.trim().to_ascii_lowercase();
-                let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-                if name.is_empty() || !name.chars().all(token) {
-                    return Err(ConfigError::new(
+                header_name(&name).ok_or_else(|| {
+                    ConfigError::new(
                         format!("forward_auth.headers.{key}"),
                         format!("{name:?} is not an HTTP header name"),
-                    ));
-                }
-                Ok(name)
+                    )
+                })
             })
             .collect()
     };

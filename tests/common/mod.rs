@@ -198,6 +198,12 @@ impl ClientCert {
     }
 
     /// The PEM as Envoy URL-encodes it in `attributes.source.certificate`.
+    /// Base64 of the DER, as Traefik, Caddy and HAProxy put it in a header.
+    pub fn der_base64(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&self.der)
+    }
+
     pub fn url_encoded(&self) -> String {
         url_encode_pem(&self.pem)
     }

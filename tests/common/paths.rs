@@ -43,3 +43,22 @@ pub const UNSAFE_PATHS: &[&str] = &[
     "/public/%+F",
     "admin/x",
 ];
+
+/// A target the upstream can only read as a public resource: under `/public/`, nothing to
+/// decode or resolve.
+pub fn is_plain_public(target: &str) -> bool {
+    let path = target.split('?').next().unwrap_or_default();
+    path.starts_with("/public/")
+        && !path.contains("//")
+        && !path.contains("/.")
+        && !path.contains(['%', '\\', ';'])
+}
+
+/// Whether an HTTP/2 request can carry this `:path` (the `http` crate refuses some bytes, such
+/// as a raw `\`, that only HTTP/1.1 can put on the wire).
+pub fn h2_can_send(path: &str) -> bool {
+    path.starts_with('/')
+        && format!("https://localhost{path}")
+            .parse::<http::Uri>()
+            .is_ok()
+}

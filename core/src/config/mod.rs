@@ -12,7 +12,7 @@ mod validate;
 pub use locate::line_of;
 pub use module::{ModuleSettings, RouteSettings};
 pub use schema::*;
-pub use validate::{DecisionSettings, ReplaySettings, check_url, resolve};
+pub use validate::{DecisionSettings, ReplaySettings, check_url, header_name, resolve};
 
 use std::fmt;
 

@@ -715,6 +715,13 @@ fn validate_policy(
     })
 }
 
+/// A configured header name, lower-cased: an RFC 9110 token, else `None`.
+pub fn header_name(text: &str) -> Option<String> {
+    let name = text.trim().to_ascii_lowercase();
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    (!name.is_empty() && name.chars().all(token)).then_some(name)
+}
+
 /// `certificate.header` is required by the `header` source and means nothing without it.
 fn validate_certificate_header(
     certificate: &CertificateConfig,
@@ -731,14 +738,12 @@ fn validate_certificate_header(
             "set, but certificate.sources does not list header",
         )),
         (Some(header), true) => {
-            let name = header.name.trim().to_ascii_lowercase();
-            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-            if name.is_empty() || !name.chars().all(token) {
+            let Some(name) = header_name(&header.name) else {
                 return Err(ConfigError::new(
                     "certificate.header.name",
                     "not an HTTP header name",
                 ));
-            }
+            };
             let reserved = [
                 "authorization",
                 "dpop",
