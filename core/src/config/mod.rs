@@ -132,6 +132,22 @@ certificate:
     }
 
     #[test]
+    fn a_typo_in_a_requirement_is_refused_not_ignored() {
+        // `scope` for `scopes` would otherwise drop the requirement: an allow where a 403 was meant.
+        for text in [
+            "policy: {default: {scope: [admin]}}",
+            "policy: {rules: [{path_prefix: /admin, scope: [admin]}]}",
+        ] {
+            let error = parse(text).expect_err(text);
+            assert!(error.message.contains("unknown field `scope`"), "{error}");
+            assert!(
+                error.message.contains("`scopes`"),
+                "the keys are listed: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn syntax_errors_keep_their_line() {
         let error = parse("issuers:\n  - issuer: a\n   bad: [\n").expect_err("syntax");
         assert!(error.line.is_some_and(|l| l >= 3), "{error}");

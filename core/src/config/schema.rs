@@ -544,11 +544,40 @@ pub struct RuleConfig {
     pub path_regex: Option<String>,
     #[serde(default)]
     pub methods: Vec<String>,
-    #[serde(flatten)]
-    pub requirements: RequirementsConfig,
+    // The requirements, as in `policy.default`. Spelled out rather than `#[serde(flatten)]`:
+    // with flatten, a typo's error cannot list the keys a rule accepts.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub match_all: bool,
+    pub binding: Option<BindingMode>,
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+impl RuleConfig {
+    /// What a request matching this rule must present.
+    pub fn requirements(&self) -> RequirementsConfig {
+        RequirementsConfig {
+            allow_anonymous: self.allow_anonymous,
+            scopes: self.scopes.clone(),
+            groups: self.groups.clone(),
+            match_all: self.match_all,
+            binding: self.binding,
+            issuers: self.issuers.clone(),
+            audiences: self.audiences.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RequirementsConfig {
     #[serde(default)]
     pub allow_anonymous: bool,

@@ -703,7 +703,7 @@ fn validate_policy(
                 .iter()
                 .map(|m| m.to_ascii_uppercase())
                 .collect(),
-            requirements: validate_requirements(&rule.requirements, &key, issuers)?,
+            requirements: validate_requirements(&rule.requirements(), &key, issuers)?,
         });
     }
     Ok(RoutePolicy {
