@@ -1,6 +1,6 @@
 //! Regenerates the DEMO-ONLY material in `deploy/local/`: a JWKS, two client certificates with
 //! their keys, a long-lived token bound to the first certificate, an unbound token, and the
-//! grpcurl request files of the README walk-through.
+//! grpcurl request files of the grpcurl walk-through (docs/src/getting-started.md).
 //!
 //! `cargo run --example demo_material` (then commit the result). The IdP signing key is not
 //! written anywhere: new demo tokens need a new run. `cargo run --example demo_material -- DIR`

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # grpcurl smoke test against a running certbound (deploy/local config on a free port):
-# list, health, one allow and two deny Checks from tests/grpcurl (links to the README walk-through's
-# request files in deploy/local/requests, so the walk-through cannot drift).
+# list, health, one allow and two deny Checks from tests/grpcurl (links to the request
+# files of the grpcurl walk-through, docs/src/getting-started.md, in deploy/local/requests, so the walk-through cannot drift).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

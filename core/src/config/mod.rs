@@ -70,8 +70,8 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         Ok(serde_yaml_ng::Value::Null) => {
             return Err(ConfigError::new(
                 "config",
-                "the configuration is empty; it needs at least `issuers` (see the README's \
-                 configuration reference, or deploy/local/certbound.yaml for an example)",
+                "the configuration is empty; it needs at least `issuers` (see the \
+                 configuration reference, docs/src/configuration.md, or deploy/local/certbound.yaml for an example)",
             ));
         }
         Ok(serde_yaml_ng::Value::Mapping(_)) => {}

@@ -1,5 +1,6 @@
 //! The configuration file as written: one schema for both adapters. Every key is documented
-//! here and in the README; which adapter accepts which key is decided by its validation
+//! here and in docs/src/configuration.md (tests/config_reference.rs keeps the two in step);
+//! which adapter accepts which key is decided by its validation
 //! ([`FileConfig::decision_settings`] for what both share, the adapters for the rest).
 
 use std::collections::BTreeMap;
