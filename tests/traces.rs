@@ -34,6 +34,8 @@ struct Received {
     span_id: Vec<u8>,
     parent_span_id: Vec<u8>,
     attributes: Vec<(String, String)>,
+    /// The export call's `x-api-key` metadata (`OTEL_EXPORTER_OTLP_HEADERS`).
+    api_key: Option<String>,
 }
 
 impl Received {
@@ -70,8 +72,20 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let api_key = request
+            .metadata()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.record(request.into_inner(), api_key);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    fn record(&self, request: ExportTraceServiceRequest, api_key: Option<String>) {
         let mut spans = self.0.lock().unwrap();
-        for resource_spans in request.into_inner().resource_spans {
+        for resource_spans in request.resource_spans {
             let resource = text(
                 &resource_spans
                     .resource
@@ -92,15 +106,13 @@ impl TraceService for Collector {
                         span_id: span.span_id,
                         parent_span_id: span.parent_span_id,
                         attributes: text(&span.attributes),
+                        api_key: api_key.clone(),
                     });
                 }
             }
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
-}
 
-impl Collector {
     /// Serves OTLP/gRPC on 127.0.0.1 until the returned sender is dropped.
     async fn start(port: u16) -> (Self, tokio::sync::oneshot::Sender<()>) {
         let collector = Self::default();
@@ -121,6 +133,44 @@ impl Collector {
                 .await
         });
         (collector, stop)
+    }
+
+    /// Serves OTLP/HTTP (`POST /v1/traces`, protobuf bodies) on 127.0.0.1.
+    async fn start_http(port: u16) -> Self {
+        use prost::Message;
+        let collector = Self::default();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let state = collector.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let state = state.clone();
+                    async move {
+                        let content_type = headers.get("content-type").cloned();
+                        if content_type.as_ref().and_then(|v| v.to_str().ok())
+                            != Some("application/x-protobuf")
+                        {
+                            return (axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new());
+                        }
+                        let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                            return (axum::http::StatusCode::BAD_REQUEST, Vec::new());
+                        };
+                        let api_key = headers
+                            .get("x-api-key")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        state.record(request, api_key);
+                        let answer = ExportTraceServiceResponse::default().encode_to_vec();
+                        (axum::http::StatusCode::OK, answer)
+                    }
+                },
+            ),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        collector
     }
 
     fn spans(&self) -> Vec<Received> {
@@ -377,4 +427,184 @@ async fn the_http_api_span_is_a_child_of_the_proxys_trace() {
             .iter()
             .all(|s| s.attribute("certbound.reason") == Some("token_missing"))
     );
+}
+
+/// The standard `OTEL_*` variables alone (no `telemetry` in the file) turn export on, name the
+/// service, add the export headers and choose the sampler: `parentbased_always_off` exports a
+/// span only for a caller that sampled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the certbound binary: run scripts/test.sh"]
+async fn the_otel_environment_variables_alone_configure_the_export() {
+    let port = free_port();
+    let (collector, _stop) = Collector::start(port).await;
+    let signer = common::Signer::es256("k1");
+    let idp = common::Idp::start(&[&signer]).await;
+    let forward_auth = free_port();
+    let yaml = common::config_for(
+        &idp,
+        &format!("forward_auth: {{listen: '127.0.0.1:{forward_auth}', path_prefix: /check}}\n"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_SERVICE_NAME", "orders-authz".to_owned()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret".to_owned()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_off".to_owned()),
+    ];
+    let (_certbound, _) = start_certbound_env(&yaml, dir.path(), None, &env).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{forward_auth}/check/items");
+    let sampled = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for request in [
+        client.get(&url),
+        client.get(&url).header(
+            "traceparent",
+            "00-11111111111111111111111111111111-2222222222222222-00",
+        ),
+        client.get(&url).header("traceparent", sampled),
+    ] {
+        assert_eq!(request.send().await.unwrap().status(), 401);
+    }
+    wait_for(&collector, |spans| !spans.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = collector.spans();
+    assert_eq!(
+        spans.len(),
+        1,
+        "only the sampled caller's: {:?}",
+        names(&spans)
+    );
+    let span = &spans[0];
+    assert_eq!(span.service, "orders-authz");
+    assert_eq!(span.api_key.as_deref(), Some("s3cret"));
+    let hex: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, "5bf92f3577b34da6a3ce929d0e0e4736");
+}
+
+/// A collector that accepts connections and never answers: checks stay prompt, the spans that
+/// do not fit the queue are dropped and counted (`queue_full`), and the batch stuck in the
+/// hung export is counted as `export_failed` when its timeout ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the certbound binary: run scripts/test.sh"]
+async fn a_hung_collector_costs_checks_nothing_and_lost_spans_are_counted() {
+    // The black hole: connections are accepted and held, nothing is read or written.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hole.accept().await {
+            held.push(socket);
+        }
+    });
+    let signer = common::Signer::es256("k1");
+    let idp = common::Idp::start(&[&signer]).await;
+    let forward_auth = free_port();
+    let admin = free_port();
+    let yaml = common::config_for(
+        &idp,
+        &format!(
+            "forward_auth: {{listen: '127.0.0.1:{forward_auth}', path_prefix: /check}}\n\
+             telemetry:\n  traces:\n    endpoint: http://{hole_addr}\n    sample_ratio: 1.0\n\
+             \x20   timeout_ms: 1500\n    max_queue: 8\n"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("CERTBOUND_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))];
+    let (_certbound, _) = start_certbound_env(&yaml, dir.path(), None, &env).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{forward_auth}/check/items");
+    let wave = |n: usize| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let started = Instant::now();
+            for _ in 0..n {
+                assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+            }
+            started.elapsed()
+        }
+    };
+    // The first wave fills a batch; after the batch delay its export hangs on the hole.
+    let first = wave(5).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The second wave finds the exporter stuck: 8 spans fit the queue, the rest are dropped.
+    let second = wave(100).await;
+    let scrape = || async {
+        reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let queue_full = common::metric_in(
+        &scrape().await,
+        r#"certbound_trace_spans_dropped_total{result="queue_full"}"#,
+    );
+    assert!(
+        (90..=100).contains(&queue_full),
+        "queue_full {queue_full}: 100 spans into a queue of 8 behind a hung export"
+    );
+    // The hung export times out (1.5 s): its batch is counted as lost too.
+    let mut export_failed = 0;
+    for _ in 0..100 {
+        export_failed = common::metric_in(
+            &scrape().await,
+            r#"certbound_trace_spans_dropped_total{result="export_failed"}"#,
+        );
+        if export_failed >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(export_failed >= 5, "export_failed {export_failed}");
+    eprintln!(
+        "hung collector: 5 checks in {first:?}, 100 in {second:?}; dropped {queue_full} queue_full, {export_failed} export_failed"
+    );
+    // Generous: 100 sequential checks take milliseconds each; a check waiting on the
+    // collector would take the export timeout.
+    assert!(second < Duration::from_secs(10), "{second:?}");
+}
+
+/// OTLP/HTTP (`protocol: http/protobuf`): the collector's base URL gets `/v1/traces`, the body
+/// is the protobuf export request, the headers go along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the certbound binary: run scripts/test.sh"]
+async fn spans_go_over_otlp_http_too() {
+    let port = free_port();
+    let collector = Collector::start_http(port).await;
+    let signer = common::Signer::es256("k1");
+    let idp = common::Idp::start(&[&signer]).await;
+    let forward_auth = free_port();
+    let yaml = common::config_for(
+        &idp,
+        &format!(
+            "forward_auth: {{listen: '127.0.0.1:{forward_auth}', path_prefix: /check}}\n\
+             telemetry:\n  traces:\n    endpoint: http://127.0.0.1:{port}\n\
+             \x20   protocol: http/protobuf\n    headers: {{x-api-key: k3y}}\n"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (_certbound, _) = start_certbound(&yaml, dir.path()).await;
+    let url = format!("http://127.0.0.1:{forward_auth}/check/items");
+    let answer = reqwest::Client::new()
+        .get(&url)
+        .header(
+            "traceparent",
+            "00-6bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+    let spans = wait_for(&collector, |spans| !spans.is_empty()).await;
+    let span = &spans[0];
+    assert_eq!(span.name, "certbound.check");
+    assert_eq!(span.service, "certbound");
+    assert_eq!(span.api_key.as_deref(), Some("k3y"));
+    assert_eq!(span.attribute("certbound.reason"), Some("token_missing"));
+    let hex: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, "6bf92f3577b34da6a3ce929d0e0e4736");
 }

@@ -24,6 +24,18 @@ pub enum CertificateSource {
     Header,
 }
 
+impl CertificateSource {
+    /// Its name in the configuration (`certificate.sources`), for logs and traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::Xfcc => "xfcc",
+            Self::ClientCert => "client_cert",
+            Self::Header => "header",
+        }
+    }
+}
+
 /// The client certificate of this connection, as the host reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum PeerCertificate {

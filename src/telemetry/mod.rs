@@ -31,7 +31,7 @@ pub use propagation::parent;
 pub use sampling::HeadSampler;
 
 use crate::config::ConfigError;
-use certbound_core::config::TracesConfig;
+use certbound_core::config::{OtlpProtocol, TracesConfig};
 use certbound_core::{Decision, Outcome};
 
 static ON: AtomicBool = AtomicBool::new(false);
@@ -51,6 +51,7 @@ pub fn enabled() -> bool {
 pub struct TracesSettings {
     /// `None`: the exporter reads `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `_ENDPOINT`.
     pub endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
     pub sample_ratio: Option<f64>,
     pub service_name: Option<String>,
     pub headers: BTreeMap<String, String>,
@@ -91,9 +92,29 @@ impl TracesSettings {
         {
             return Err(ConfigError::new(
                 "telemetry.traces.endpoint",
-                format!("{endpoint:?} is not an http:// or https:// URL (OTLP/gRPC)"),
+                format!("{endpoint:?} is not an http:// or https:// URL"),
             ));
         }
+        let protocol = match config.protocol {
+            Some(protocol) => protocol,
+            None => {
+                let named = [
+                    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                ]
+                .into_iter()
+                .find_map(|name| Some((name, env.get(name)?)));
+                match named {
+                    None => OtlpProtocol::Grpc,
+                    Some((name, value)) => OtlpProtocol::parse(value).ok_or_else(|| {
+                        ConfigError::new(
+                            name,
+                            format!("{value:?}: certbound exports grpc or http/protobuf"),
+                        )
+                    })?,
+                }
+            }
+        };
         if let Some(ratio) = config.sample_ratio
             && !(0.0..=1.0).contains(&ratio)
         {
@@ -112,6 +133,7 @@ impl TracesSettings {
         }
         Ok(Some(Self {
             endpoint: config.endpoint,
+            protocol,
             sample_ratio: config.sample_ratio,
             service_name: config.service_name,
             headers: config.headers,
@@ -125,6 +147,55 @@ impl TracesSettings {
     }
 }
 
+/// The OTLP exporter of `settings.protocol`. An endpoint left out is the exporter's to find in
+/// the `OTEL_EXPORTER_OTLP_*` variables, as the specification says.
+fn exporter(settings: &TracesSettings) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    Ok(match settings.protocol {
+        OtlpProtocol::Grpc => {
+            let mut builder = builder.with_tonic().with_timeout(settings.timeout);
+            if let Some(endpoint) = &settings.endpoint {
+                builder = builder.with_endpoint(endpoint.clone());
+            }
+            if !settings.headers.is_empty() {
+                let mut metadata = tonic::metadata::MetadataMap::new();
+                for (name, value) in &settings.headers {
+                    let key = tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes())?;
+                    metadata.insert(key, value.parse()?);
+                }
+                builder = builder.with_metadata(metadata);
+            }
+            builder.build()?
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut builder = builder
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_timeout(settings.timeout);
+            if let Some(endpoint) = &settings.endpoint {
+                builder = builder.with_endpoint(http_traces_url(endpoint));
+            }
+            if !settings.headers.is_empty() {
+                builder = builder.with_headers(settings.headers.clone().into_iter().collect());
+            }
+            builder.build()?
+        }
+    })
+}
+
+/// A collector's base URL gets the traces path, as `OTEL_EXPORTER_OTLP_ENDPOINT` does; a URL
+/// with a path is used as written.
+fn http_traces_url(endpoint: &str) -> String {
+    let rest = endpoint
+        .split_once("://")
+        .map_or(endpoint, |(_, rest)| rest);
+    match rest.find('/') {
+        Some(at) if rest[at..] != *"/" => endpoint.to_owned(),
+        _ => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+    }
+}
+
 /// The running export: flushed and stopped by [`Traces::shutdown`].
 pub struct Traces {
     provider: SdkTracerProvider,
@@ -133,22 +204,7 @@ pub struct Traces {
 
 /// Starts the exporter (inside the runtime): checks make spans from now on.
 pub fn start(settings: &TracesSettings) -> anyhow::Result<Traces> {
-    use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
-    let mut builder = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_timeout(settings.timeout);
-    if let Some(endpoint) = &settings.endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
-    }
-    if !settings.headers.is_empty() {
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        for (name, value) in &settings.headers {
-            let key = tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes())?;
-            metadata.insert(key, value.parse()?);
-        }
-        builder = builder.with_metadata(metadata);
-    }
-    let mut exporter = builder.build()?;
+    let mut exporter = exporter(settings)?;
     let mut resource = Resource::builder();
     match &settings.service_name {
         Some(name) => resource = resource.with_service_name(name.clone()),
@@ -231,10 +287,7 @@ pub fn record(cx: &Context, decision: &Decision) {
         attributes.push(KeyValue::new("certbound.token_cache_hit", hit));
     }
     if let Some(source) = facts.certificate_source {
-        attributes.push(KeyValue::new(
-            "certbound.certificate_source",
-            format!("{source:?}").to_lowercase(),
-        ));
+        attributes.push(KeyValue::new("certbound.certificate_source", source.name()));
     }
     span.set_attributes(attributes);
     if matches!(decision.outcome, Outcome::Unavailable(_)) {
@@ -278,6 +331,59 @@ impl Drop for ChildSpan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_protocol_comes_from_the_file_then_the_environment() {
+        let on = |config: TracesConfig, env: &[(&str, &str)]| {
+            let env: BTreeMap<String, String> = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let config = TracesConfig {
+                endpoint: Some("http://c:4318".into()),
+                ..config
+            };
+            TracesSettings::validate(Some(config), &env).map(|s| s.unwrap().protocol)
+        };
+        assert_eq!(
+            on(TracesConfig::default(), &[]).unwrap(),
+            OtlpProtocol::Grpc
+        );
+        let http = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
+        assert_eq!(
+            on(TracesConfig::default(), &http).unwrap(),
+            OtlpProtocol::HttpProtobuf
+        );
+        let traces_wins = [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ];
+        assert_eq!(
+            on(TracesConfig::default(), &traces_wins).unwrap(),
+            OtlpProtocol::Grpc
+        );
+        let file_wins = TracesConfig {
+            protocol: Some(OtlpProtocol::Grpc),
+            ..Default::default()
+        };
+        assert_eq!(on(file_wins, &http).unwrap(), OtlpProtocol::Grpc);
+        let json = on(
+            TracesConfig::default(),
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+        )
+        .unwrap_err();
+        assert_eq!(json.key, "OTEL_EXPORTER_OTLP_PROTOCOL");
+    }
+
+    #[test]
+    fn an_http_base_url_gets_the_traces_path() {
+        assert_eq!(http_traces_url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(http_traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(
+            http_traces_url("https://otlp.example.com/otlp/v1/traces"),
+            "https://otlp.example.com/otlp/v1/traces"
+        );
+    }
 
     #[test]
     fn off_unless_an_endpoint_is_configured_or_in_the_environment() {

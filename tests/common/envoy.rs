@@ -333,6 +333,17 @@ pub async fn start_certbound_with(
     dir: &Path,
     tls: Option<tonic::transport::ClientTlsConfig>,
 ) -> (Process, SocketAddr) {
+    start_certbound_env(yaml, dir, tls, &[]).await
+}
+
+/// Like [`start_certbound_with`], with these environment variables set (set after the test's
+/// own `CERTBOUND_ADMIN_LISTEN`, so `env` may override it).
+pub async fn start_certbound_env(
+    yaml: &str,
+    dir: &Path,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    env: &[(&str, String)],
+) -> (Process, SocketAddr) {
     let config = dir.join("certbound.yaml");
     std::fs::write(&config, yaml).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -343,6 +354,7 @@ pub async fn start_certbound_with(
         .args(["--listen", &addr.to_string()]);
     // Tests run in parallel: never the default admin port.
     command.env("CERTBOUND_ADMIN_LISTEN", "127.0.0.1:0");
+    command.envs(env.iter().map(|(k, v)| (k, v)));
     let mut process = spawn("certbound", command, dir);
     for _ in 0..200 {
         if let Some(status) = process.exited() {

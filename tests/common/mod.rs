@@ -583,34 +583,7 @@ impl Certbound {
     /// (`certbound_checks_total{decision="deny",reason="x"}` counts every issuer and rule), 0
     /// when there is none.
     pub fn metric(&self, selector: &str) -> u64 {
-        let split = |series: &str| -> (String, Vec<String>) {
-            match series.split_once('{') {
-                Some((name, labels)) => (
-                    name.to_owned(),
-                    labels
-                        .trim_end_matches('}')
-                        .split(',')
-                        .filter(|l| !l.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                ),
-                None => (series.to_owned(), Vec::new()),
-            }
-        };
-        let (name, wanted) = split(selector);
-        self.app
-            .metrics_text()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let (series_name, labels) = split(series);
-                (series_name == name && wanted.iter().all(|w| labels.contains(w)))
-                    .then(|| value.parse::<f64>().ok())
-                    .flatten()
-            })
-            .map(|v| v as u64)
-            .sum()
+        metric_in(&self.app.metrics_text(), selector)
     }
 
     /// The current checker (its key store, introspector and policy).
@@ -922,4 +895,34 @@ impl Answer {
             Some("application/json")
         );
     }
+}
+
+/// [`Certbound::metric`] over a Prometheus text scrape (a certbound process's `/metrics`).
+pub fn metric_in(text: &str, selector: &str) -> u64 {
+    let split = |series: &str| -> (String, Vec<String>) {
+        match series.split_once('{') {
+            Some((name, labels)) => (
+                name.to_owned(),
+                labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            None => (series.to_owned(), Vec::new()),
+        }
+    };
+    let (name, wanted) = split(selector);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, labels) = split(series);
+            (series_name == name && wanted.iter().all(|w| labels.contains(w)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .map(|v| v as u64)
+        .sum()
 }

@@ -72,14 +72,17 @@ pub struct TelemetryConfig {
     pub traces: Option<TracesConfig>,
 }
 
-/// One span per check, exported over OTLP/gRPC. Off unless an endpoint is set here or in
+/// One span per check, exported over OTLP (gRPC or HTTP). Off unless an endpoint is set here or in
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`; the standard `OTEL_*`
 /// variables apply where a key is left out.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracesConfig {
-    /// OTLP/gRPC collector, `http://otel-collector:4317`.
+    /// The collector: `http://otel-collector:4317` (gRPC), `http://otel-collector:4318`
+    /// (HTTP; `/v1/traces` is added to a URL without a path).
     pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`; default `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`, else `grpc`.
+    pub protocol: Option<OtlpProtocol>,
     /// Share of new traces sampled (0..1), parent-based: a caller's sampling decision is
     /// followed. Default `OTEL_TRACES_SAMPLER`, else every trace.
     pub sample_ratio: Option<f64>,
@@ -92,6 +95,27 @@ pub struct TracesConfig {
     pub timeout_ms: Option<u64>,
     /// Spans waiting for export; beyond it new spans are dropped and counted (default 4096).
     pub max_queue: Option<usize>,
+}
+
+/// How spans travel to the collector (the OTLP specification's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The specification's name (`OTEL_EXPORTER_OTLP_PROTOCOL`'s values).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim() {
+            "grpc" => Some(Self::Grpc),
+            "http/protobuf" => Some(Self::HttpProtobuf),
+            _ => None,
+        }
+    }
 }
 
 /// DPoP (RFC 9449): tokens bound to a key the client proves it holds on every request.
