@@ -322,6 +322,17 @@ pub fn spawn(name: &'static str, mut command: Command, dir: &Path) -> Process {
     Process { child, name, log }
 }
 
+/// Whether `process`'s output shows `needle` within 5 s (Envoy flushes access logs each second).
+pub async fn log_shows(process: &Process, needle: &str) -> bool {
+    for _ in 0..50 {
+        if process.log().contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// The real `certbound` binary with a config file, on a free port, once SERVING.
 pub async fn start_certbound(yaml: &str, dir: &Path) -> (Process, SocketAddr) {
     start_certbound_with(yaml, dir, None).await
@@ -569,6 +580,9 @@ pub async fn start_envoy_with(
             "--disable-hot-restart",
             "--log-level",
             "warn",
+            // Access logs reach the log file within 0.2 s (Envoy's default: 10 s).
+            "--file-flush-interval-msec",
+            "200",
         ])
         .args(extra)
         .arg("-c")
