@@ -27,6 +27,12 @@ case "${1:-}" in
   --dpop) MODE=dpop ;;
   *) echo "usage: scripts/demo.sh [--module | --dpop]" >&2; exit 64 ;;
 esac
+# A port variable set by the caller is used as given; a default that is busy (the service the
+# README's first command started holds 50051 and 9090) is replaced by the next free port.
+explicit=" "
+for name in LISTEN_PORT ADMIN_PORT CERTBOUND_PORT CERTBOUND_ADMIN_PORT UPSTREAM_PORT; do
+  if [ -n "${!name:-}" ]; then explicit+="$name "; fi
+done
 LISTEN_PORT=${LISTEN_PORT:-8443}
 ADMIN_PORT=${ADMIN_PORT:-9901}
 CERTBOUND_PORT=${CERTBOUND_PORT:-50051}
@@ -43,12 +49,29 @@ specs=("LISTEN_PORT:$LISTEN_PORT" "ADMIN_PORT:$ADMIN_PORT" "UPSTREAM_PORT:$UPSTR
 if [ "$MODE" != module ]; then
   specs+=("CERTBOUND_PORT:$CERTBOUND_PORT" "CERTBOUND_ADMIN_PORT:$CERTBOUND_ADMIN_PORT")
 fi
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+taken=" "
+busy=()
 for spec in "${specs[@]}"; do
   name=${spec%%:*} port=${spec#*:}
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    fail "port $port ($name) is already in use on 127.0.0.1; set $name to a free port"
+  if ! in_use "$port"; then taken+="$port "; continue; fi
+  if [[ "$explicit" == *" $name "* ]]; then
+    busy+=("port $port ($name) is already in use on 127.0.0.1")
+    continue
   fi
+  next=$port
+  while in_use "$next" || [[ "$taken" == *" $next "* ]]; do
+    next=$((next + 1))
+    if [ "$next" -gt $((port + 200)) ]; then fail "no free port near $port for $name; set $name"; fi
+  done
+  echo "demo: port $port ($name) is in use; using $next (set $name to choose)" >&2
+  printf -v "$name" '%s' "$next"
+  taken+="$next "
 done
+if [ ${#busy[@]} -gt 0 ]; then
+  printf 'demo: %s\n' "${busy[@]}" >&2
+  fail "set those variables to free ports"
+fi
 
 scripts/install-tools.sh >/dev/null
 # CERTBOUND_BIN: a certbound binary already built (the tests pass theirs); else a release build.

@@ -199,6 +199,11 @@ fn explain(args: ExplainArgs) -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Settings, ExitCode> {
+    // A file that cannot be read is not an invalid configuration: say what it is.
+    if let Err(e) = std::fs::File::open(path) {
+        eprintln!("certbound: cannot read {}: {e}", path.display());
+        return Err(ExitCode::from(EXIT_BAD_CONFIG));
+    }
     Settings::load(path).map_err(|error| {
         eprintln!(
             "certbound: invalid configuration {}: {error}",

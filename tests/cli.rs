@@ -269,21 +269,22 @@ fn check_config_checks_a_module_configuration_as_the_module_would() {
 }
 
 #[test]
-fn check_config_module_says_a_missing_file_cannot_be_read() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_certbound"))
-        .args([
-            "check-config",
-            "--module",
-            "--config",
-            "/nonexistent/filter.yaml",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(64));
-    assert!(
-        stderr.contains("cannot read /nonexistent/filter.yaml"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("invalid"), "{stderr}");
+fn check_config_says_a_missing_file_cannot_be_read() {
+    for module in [true, false] {
+        let mut args = vec!["check-config", "--config", "/nonexistent/filter.yaml"];
+        if module {
+            args.insert(1, "--module");
+        }
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_certbound"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64));
+        assert!(
+            stderr.contains("cannot read /nonexistent/filter.yaml"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("invalid"), "{args:?}: {stderr}");
+    }
 }
