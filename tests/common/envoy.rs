@@ -82,7 +82,7 @@ impl Pki {
         let server = pki.issue(
             "localhost",
             &["localhost", "127.0.0.1"],
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            &[rcgen::ExtendedKeyUsagePurpose::ServerAuth],
         );
         std::fs::write(pki.path("server.crt"), &server.pem).unwrap();
         std::fs::write(pki.path("server.key"), &server.key_pem).unwrap();
@@ -95,7 +95,24 @@ impl Pki {
 
     /// A server certificate issued by this CA for these names.
     pub fn server(&self, names: &[&str]) -> ClientCert {
-        self.issue(names[0], names, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+        self.issue(
+            names[0],
+            names,
+            &[rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+        )
+    }
+
+    /// A certificate for a peer that is server and client at once (a Redis Cluster node: the
+    /// cluster bus verifies the connecting node's certificate too).
+    pub fn peer(&self, names: &[&str]) -> ClientCert {
+        self.issue(
+            names[0],
+            names,
+            &[
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
     }
 
     /// Writes a certificate and its key as `NAME.crt` and `NAME.key` in the PKI's folder.
@@ -111,10 +128,15 @@ impl Pki {
 
     /// A client certificate issued by this CA.
     pub fn client(&self, name: &str) -> ClientCert {
-        self.issue(name, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(name, &[], &[rcgen::ExtendedKeyUsagePurpose::ClientAuth])
     }
 
-    fn issue(&self, cn: &str, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> ClientCert {
+    fn issue(
+        &self,
+        cn: &str,
+        names: &[&str],
+        usages: &[rcgen::ExtendedKeyUsagePurpose],
+    ) -> ClientCert {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -122,7 +144,7 @@ impl Pki {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages.to_vec();
         let cert = params.signed_by(&key, &self.ca).unwrap();
         ClientCert {
             pem: cert.pem(),

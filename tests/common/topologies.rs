@@ -1,6 +1,7 @@
 //! Redis as production runs it, on 127.0.0.1 for the tests: a Cluster of three masters with a
 //! replica each, and a master with a replica watched by three Sentinels. Every node is a real
-//! `redis-server` process, killed when dropped.
+//! `redis-server` process, killed when dropped. With [`NodeTls`], every node (and sentinel)
+//! speaks TLS only: to clients, on the cluster bus and for replication.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -10,7 +11,66 @@ pub use super::external::{redis_bin, valkey_bin};
 use std::process::Command;
 use std::time::Duration;
 
-use super::envoy::{Process, free_port, spawn};
+use super::envoy::{Pki, Process, free_port, spawn};
+
+/// TLS for every node: a server certificate of the test PKI (clients are not asked for one).
+#[derive(Clone)]
+pub struct NodeTls {
+    cert: PathBuf,
+    key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl NodeTls {
+    pub fn new(pki: &Pki) -> Self {
+        let (cert, key) = pki.write("redis-node", &pki.peer(&["127.0.0.1", "localhost"]));
+        Self {
+            cert,
+            key,
+            ca: pki.path("ca.crt"),
+        }
+    }
+
+    /// A node on `port` speaks TLS only, to clients, replicas and the cluster bus.
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let mut args: Vec<String> = vec!["--port".into(), "0".into()];
+        args.extend(["--tls-port".into(), port.to_string()]);
+        args.extend(self.files_args());
+        args
+    }
+
+    fn files_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            "--tls-cert-file".into(),
+            path(&self.cert),
+            "--tls-key-file".into(),
+            path(&self.key),
+            "--tls-ca-cert-file".into(),
+            path(&self.ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--tls-replication".into(),
+            "yes".into(),
+            "--tls-cluster".into(),
+            "yes".into(),
+        ]
+    }
+
+    fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            self.ca.to_string_lossy().into_owned(),
+        ]
+    }
+}
+
+/// `redis://` or, with TLS, `rediss://`.
+fn url(tls: Option<&NodeTls>, port: u16) -> String {
+    let scheme = if tls.is_some() { "rediss" } else { "redis" };
+    format!("{scheme}://127.0.0.1:{port}")
+}
 
 /// A port whose cluster bus port (port + 10000) is free too.
 fn cluster_port() -> u16 {
@@ -22,8 +82,12 @@ fn cluster_port() -> u16 {
     }
 }
 
-fn redis_cli(args: &[&str]) -> String {
-    let output = Command::new("redis-cli").args(args).output().unwrap();
+fn redis_cli(tls: Option<&NodeTls>, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(tls.map(NodeTls::cli_args).unwrap_or_default())
+        .args(args)
+        .output()
+        .unwrap();
     format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -44,12 +108,23 @@ async fn wait_port(port: u16) {
     panic!("nothing listens on {port}");
 }
 
-fn server(bin: &Path, name: &'static str, dir: &Path, port: u16, extra: &[&str]) -> Process {
+fn server(
+    bin: &Path,
+    name: &'static str,
+    dir: &Path,
+    port: u16,
+    extra: &[&str],
+    tls: Option<&NodeTls>,
+) -> Process {
     let node_dir = dir.join(format!("node-{port}"));
     std::fs::create_dir_all(&node_dir).unwrap();
     let mut command = Command::new(bin);
+    command.args(["--bind", "127.0.0.1"]);
+    match tls {
+        None => command.args(["--port", &port.to_string()]),
+        Some(tls) => command.args(tls.server_args(port)),
+    };
     command
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
         .arg("--dir")
         .arg(&node_dir)
@@ -60,14 +135,14 @@ fn server(bin: &Path, name: &'static str, dir: &Path, port: u16, extra: &[&str])
 /// Waits until the master on `port` has its replica caught up (its offset reached the
 /// master's). Replication is asynchronous: writes a master acknowledged in the instant before it
 /// dies may be lost in a failover, which no store client can see.
-pub async fn wait_replicated(port: u16) {
+pub async fn wait_replicated(port: u16, tls: Option<&NodeTls>) {
     let offset = |info: &str, key: &str| -> Option<u64> {
         info.lines()
             .find_map(|l| l.trim().strip_prefix(key))
             .and_then(|v| v.trim().parse().ok())
     };
     for _ in 0..400 {
-        let info = redis_cli(&["-p", &port.to_string(), "info", "replication"]);
+        let info = redis_cli(tls, &["-p", &port.to_string(), "info", "replication"]);
         let master = offset(&info, "master_repl_offset:");
         let replica = info
             .lines()
@@ -86,11 +161,17 @@ pub async fn wait_replicated(port: u16) {
 pub struct RedisCluster {
     pub ports: Vec<u16>,
     nodes: Vec<Option<Process>>,
+    pub tls: Option<NodeTls>,
 }
 
 impl RedisCluster {
     /// Six nodes of `bin` (redis-server or valkey-server).
     pub async fn start(dir: &Path, bin: &Path) -> Self {
+        Self::start_with(dir, bin, None).await
+    }
+
+    /// [`RedisCluster::start`], TLS only with `tls`.
+    pub async fn start_with(dir: &Path, bin: &Path, tls: Option<NodeTls>) -> Self {
         let ports: Vec<u16> = (0..6).map(|_| cluster_port()).collect();
         let mut nodes = Vec::new();
         for &port in &ports {
@@ -107,6 +188,7 @@ impl RedisCluster {
                     "--cluster-config-file",
                     &format!("nodes-{port}.conf"),
                 ],
+                tls.as_ref(),
             )));
         }
         for &port in &ports {
@@ -116,19 +198,19 @@ impl RedisCluster {
         args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
         args.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let created = redis_cli(&args);
+        let created = redis_cli(tls.as_ref(), &args);
         assert!(
             created.contains("[OK]"),
             "cluster create failed:\n{created}"
         );
-        let cluster = Self { ports, nodes };
+        let cluster = Self { ports, nodes, tls };
         cluster.wait_ok().await;
         // A replica that has not finished its first sync cannot take over: wait for all three.
         for _ in 0..400 {
             let synced = cluster
                 .ports
                 .iter()
-                .map(|p| redis_cli(&["-p", &p.to_string(), "info", "replication"]))
+                .map(|p| cluster.cli(&["-p", &p.to_string(), "info", "replication"]))
                 .filter(|info| {
                     info.contains("role:slave") && info.contains("master_link_status:up")
                 })
@@ -141,11 +223,15 @@ impl RedisCluster {
         panic!("the replicas never synced");
     }
 
+    fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.tls.as_ref(), args)
+    }
+
     /// Seed URLs (all six nodes).
     pub fn urls(&self) -> Vec<String> {
         self.ports
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .map(|&p| url(self.tls.as_ref(), p))
             .collect()
     }
 
@@ -158,7 +244,7 @@ impl RedisCluster {
                 .zip(&self.nodes)
                 .filter(|(_, node)| node.is_some())
                 .all(|(port, _)| {
-                    redis_cli(&["-p", &port.to_string(), "cluster", "info"])
+                    self.cli(&["-p", &port.to_string(), "cluster", "info"])
                         .contains("cluster_state:ok")
                 });
             if ok {
@@ -171,7 +257,7 @@ impl RedisCluster {
 
     /// The port of a master that has a replica.
     pub fn a_master(&self) -> u16 {
-        let nodes = redis_cli(&["-p", &self.ports[0].to_string(), "cluster", "nodes"]);
+        let nodes = self.cli(&["-p", &self.ports[0].to_string(), "cluster", "nodes"]);
         nodes
             .lines()
             .find(|l| l.contains("master") && !l.contains("fail"))
@@ -183,7 +269,7 @@ impl RedisCluster {
 
     /// The ports of the replicas, as the cluster sees them now.
     pub fn replicas(&self) -> Vec<u16> {
-        let nodes = redis_cli(&["-p", &self.ports[0].to_string(), "cluster", "nodes"]);
+        let nodes = self.cli(&["-p", &self.ports[0].to_string(), "cluster", "nodes"]);
         nodes
             .lines()
             .filter(|l| l.contains("slave") && !l.contains("fail"))
@@ -216,6 +302,7 @@ pub struct RedisSentinels {
     master: Option<Process>,
     _replica: Process,
     _sentinels: Vec<Process>,
+    pub tls: Option<NodeTls>,
 }
 
 pub const MASTER_NAME: &str = "certbound";
@@ -233,9 +320,14 @@ fn signal(pid: u32, stop: bool) {
 impl RedisSentinels {
     /// A master and a replica of `bin`, and three sentinels (`bin --sentinel`).
     pub async fn start(dir: &Path, bin: &Path) -> Self {
+        Self::start_with(dir, bin, None).await
+    }
+
+    /// [`RedisSentinels::start`], TLS only with `tls` (the sentinels too).
+    pub async fn start_with(dir: &Path, bin: &Path, tls: Option<NodeTls>) -> Self {
         let master_port = free_port();
         let replica_port = free_port();
-        let master = server(bin, "redis-master", dir, master_port, &[]);
+        let master = server(bin, "redis-master", dir, master_port, &[], tls.as_ref());
         wait_port(master_port).await;
         let replica = server(
             bin,
@@ -243,6 +335,7 @@ impl RedisSentinels {
             dir,
             replica_port,
             &["--replicaof", "127.0.0.1", &master_port.to_string()],
+            tls.as_ref(),
         );
         wait_port(replica_port).await;
         let mut sentinels = Vec::new();
@@ -250,10 +343,22 @@ impl RedisSentinels {
         for i in 0..3 {
             let port = free_port();
             let conf: PathBuf = dir.join(format!("sentinel-{i}.conf"));
+            // A sentinel's TLS: the same settings as a node's, as configuration lines.
+            let listen = match &tls {
+                None => format!("port {port}\n"),
+                Some(tls) => {
+                    let mut lines = format!("port 0\ntls-port {port}\n");
+                    for pair in tls.files_args().chunks(2) {
+                        let name = pair[0].trim_start_matches("--");
+                        lines.push_str(&format!("{name} {}\n", pair[1]));
+                    }
+                    lines
+                }
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
+                    "{listen}bind 127.0.0.1\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                      sentinel failover-timeout {MASTER_NAME} 5000\n\
                      sentinel parallel-syncs {MASTER_NAME} 1\n"
@@ -270,7 +375,10 @@ impl RedisSentinels {
         }
         // The replica has synced once it reports the master link up.
         for _ in 0..200 {
-            let info = redis_cli(&["-p", &replica_port.to_string(), "info", "replication"]);
+            let info = redis_cli(
+                tls.as_ref(),
+                &["-p", &replica_port.to_string(), "info", "replication"],
+            );
             if info.contains("master_link_status:up") {
                 break;
             }
@@ -283,6 +391,7 @@ impl RedisSentinels {
             master: Some(master),
             _replica: replica,
             _sentinels: sentinels,
+            tls,
         }
     }
 
@@ -290,7 +399,7 @@ impl RedisSentinels {
     pub fn urls(&self) -> Vec<String> {
         self.sentinel_ports
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .map(|&p| url(self.tls.as_ref(), p))
             .collect()
     }
 
@@ -301,13 +410,16 @@ impl RedisSentinels {
     }
 
     pub fn current_master(&self) -> Option<u16> {
-        let answer = redis_cli(&[
-            "-p",
-            &self.sentinel_ports[0].to_string(),
-            "sentinel",
-            "get-master-addr-by-name",
-            MASTER_NAME,
-        ]);
+        let answer = redis_cli(
+            self.tls.as_ref(),
+            &[
+                "-p",
+                &self.sentinel_ports[0].to_string(),
+                "sentinel",
+                "get-master-addr-by-name",
+                MASTER_NAME,
+            ],
+        );
         answer.lines().nth(1).and_then(|p| p.trim().parse().ok())
     }
 
@@ -332,7 +444,10 @@ impl RedisSentinels {
     /// Waits until the promoted replica takes writes.
     pub async fn wait_writable(&self) {
         for _ in 0..200 {
-            let role = redis_cli(&["-p", &self.replica_port.to_string(), "role"]);
+            let role = redis_cli(
+                self.tls.as_ref(),
+                &["-p", &self.replica_port.to_string(), "role"],
+            );
             if role.starts_with("master") {
                 return;
             }
