@@ -26,12 +26,19 @@ const AUDIENCE: &str = "https://api.example.com";
 const PUBLIC: &str = "https://api.example.com";
 
 /// The certbound settings every replica shares (issuer keys: the module's through its `idp`
-/// cluster, the service's from a file of the same keys).
-fn settings(keys: &str, redis: &RedisServer) -> String {
+/// cluster, the service's from a file of the same keys), with `replay` the `dpop.replay` lines.
+fn settings(keys: &str, replay: &str) -> String {
     format!(
         "issuers:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n{keys}    algorithms: [ES256]\n\
-         dpop:\n  enabled: true\n  public_base_url: {PUBLIC}\n  replay:\n    store: redis\n    url: {}\n    timeout_ms: 300\n\
-         policy:\n  reason_header: true\n",
+         dpop:\n  enabled: true\n  public_base_url: {PUBLIC}\n  replay:\n{replay}\
+         policy:\n  reason_header: true\n"
+    )
+}
+
+/// `dpop.replay` on one standalone server.
+fn standalone(redis: &RedisServer) -> String {
+    format!(
+        "    store: redis\n    url: {}\n    timeout_ms: 300\n",
         redis.url()
     )
 }
@@ -44,7 +51,7 @@ struct Replica {
     _certbound: Option<Process>,
 }
 
-async fn module_replica(name: &'static str, pki: &Pki, idp: &Idp, redis: &RedisServer) -> Replica {
+async fn module_replica(name: &'static str, pki: &Pki, idp: &Idp, replay: &str) -> Replica {
     let upstream = RecordingUpstream::start().await;
     let ports = EnvoyPorts {
         listener: free_port(),
@@ -56,7 +63,7 @@ async fn module_replica(name: &'static str, pki: &Pki, idp: &Idp, redis: &RedisS
     let keys = format!("    jwks_uri: {ISSUER}/.well-known/jwks.json\n    cluster: idp\n");
     let config = with_filter_config(
         &envoy_config("module", &ports, pki),
-        &settings(&keys, redis),
+        &settings(&keys, replay),
     );
     let dir = pki.dir.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -70,13 +77,13 @@ async fn module_replica(name: &'static str, pki: &Pki, idp: &Idp, redis: &RedisS
     }
 }
 
-async fn service_replica(pki: &Pki, signer: &Signer, redis: &RedisServer) -> Replica {
+async fn service_replica(pki: &Pki, signer: &Signer, replay: &str) -> Replica {
     let dir = pki.dir.path().join("service");
     std::fs::create_dir_all(&dir).unwrap();
     let jwks = dir.join("jwks.json");
     std::fs::write(&jwks, json!({"keys": [signer.jwk.clone()]}).to_string()).unwrap();
     let keys = format!("    jwks_file: {}\n", jwks.display());
-    let (certbound, addr) = start_certbound(&settings(&keys, redis), &dir).await;
+    let (certbound, addr) = start_certbound(&settings(&keys, replay), &dir).await;
     let upstream = RecordingUpstream::start().await;
     let ports = EnvoyPorts {
         listener: free_port(),
@@ -147,9 +154,9 @@ async fn a_proof_used_anywhere_in_the_fleet_is_refused_everywhere_else() {
     let idp = Idp::start_tls(&[&signer], &pki, "idp.example.com").await;
     let mut redis = RedisServer::start(pki.dir.path()).await;
     let fleet = [
-        module_replica("envoy-a", &pki, &idp, &redis).await,
-        module_replica("envoy-b", &pki, &idp, &redis).await,
-        service_replica(&pki, &signer, &redis).await,
+        module_replica("envoy-a", &pki, &idp, &standalone(&redis)).await,
+        module_replica("envoy-b", &pki, &idp, &standalone(&redis)).await,
+        service_replica(&pki, &signer, &standalone(&redis)).await,
     ];
     let key = DpopKey::es256();
     let mut claims = common::claims(ISSUER, None);
@@ -237,7 +244,7 @@ async fn a_proof_used_anywhere_in_the_fleet_is_refused_everywhere_else() {
     // An evicting maxmemory-policy would let Redis forget used proofs: a module that starts
     // on such a server says so in Envoy's log.
     redis.config_set("maxmemory-policy", "allkeys-lru").await;
-    let late = module_replica("envoy-c", &pki, &idp, &redis).await;
+    let late = module_replica("envoy-c", &pki, &idp, &standalone(&redis)).await;
     let mut log = String::new();
     for _ in 0..200 {
         log = late.envoy.log();
@@ -247,4 +254,177 @@ async fn a_proof_used_anywhere_in_the_fleet_is_refused_everywhere_else() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the module did not report the evicting policy:\n{log}");
+}
+
+/// A module replica and the service, sharing one store, with the token and DPoP key they check.
+struct Pair {
+    pki: Pki,
+    _idp: Idp,
+    fleet: [Replica; 2],
+    key: DpopKey,
+    token: String,
+}
+
+impl Pair {
+    async fn start(pki: Pki, replay: &str) -> Self {
+        let signer = Signer::es256("k1");
+        let idp = Idp::start_tls(&[&signer], &pki, "idp.example.com").await;
+        let fleet = [
+            module_replica("envoy-module", &pki, &idp, replay).await,
+            service_replica(&pki, &signer, replay).await,
+        ];
+        let key = DpopKey::es256();
+        let mut claims = common::claims(ISSUER, None);
+        claims["aud"] = json!(AUDIENCE);
+        claims["cnf"] = json!({"jkt": key.jkt()});
+        let token = signer.sign(&claims);
+        let pair = Self {
+            pki,
+            _idp: idp,
+            fleet,
+            key,
+            token,
+        };
+        pair.wait_ready().await;
+        pair
+    }
+
+    async fn wait_ready(&self) {
+        for replica in &self.fleet {
+            replica.wait_ready(&self.pki, &self.key, &self.token).await;
+        }
+    }
+
+    fn proof(&self) -> String {
+        self.key
+            .proof("GET", &format!("{PUBLIC}/items"), &self.token)
+    }
+
+    async fn outcome(&self, at: usize, proof: &str) -> (Option<u16>, String) {
+        self.fleet[at].outcome(&self.pki, &self.token, proof).await
+    }
+
+    /// `n` fresh proofs, first used at each shape in turn: each passes there once and is then
+    /// refused at both. Returns them.
+    async fn cross(&self, n: usize) -> Vec<String> {
+        let mut used = Vec::new();
+        for i in 0..n {
+            let proof = self.proof();
+            assert_eq!(self.outcome(i % 2, &proof).await, (Some(200), "ok".into()));
+            for other in 0..2 {
+                assert_eq!(
+                    self.outcome(other, &proof).await,
+                    (Some(401), "dpop_replayed".into()),
+                    "first used at {}, replayed at {}",
+                    self.fleet[i % 2].name,
+                    self.fleet[other].name
+                );
+            }
+            used.push(proof);
+        }
+        used
+    }
+
+    /// Fresh proofs at both shapes for `during`, while the topology fails over: each is allowed
+    /// or refused with 503, nothing else; the allowed ones are returned.
+    async fn through(&self, during: Duration) -> (Vec<String>, usize) {
+        let (mut accepted, mut unavailable) = (Vec::new(), 0);
+        let started = std::time::Instant::now();
+        let mut i = 0;
+        while started.elapsed() < during {
+            let proof = self.proof();
+            match self.outcome(i % 2, &proof).await {
+                (Some(200), reason) if reason == "ok" => accepted.push(proof),
+                (Some(503), _) => unavailable += 1,
+                other => panic!(
+                    "during the failover {} answered {other:?}",
+                    self.fleet[i % 2].name
+                ),
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (accepted, unavailable)
+    }
+
+    /// Every proof ever accepted is refused at both shapes.
+    async fn none_replayable(&self, used: &[String]) {
+        for proof in used {
+            for at in 0..2 {
+                assert_eq!(
+                    self.outcome(at, proof).await,
+                    (Some(401), "dpop_replayed".into()),
+                    "a used proof passed at {}",
+                    self.fleet[at].name
+                );
+            }
+        }
+    }
+}
+
+/// Both shapes on a Redis Cluster over TLS (three masters with a replica each, TLS only): a
+/// proof used at the module is refused at the service and the other way round; a master killed
+/// under load gives 503s and allows of fresh proofs only, never a replay; service resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40, the built module and redis-server: run scripts/test.sh"]
+async fn both_shapes_share_a_tls_redis_cluster_through_a_master_failover() {
+    use common::topologies::{NodeTls, RedisCluster, redis_bin, wait_replicated};
+    let pki = Pki::new("fleet-cluster");
+    let tls = NodeTls::new(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = RedisCluster::start_with(dir.path(), &redis_bin(), Some(tls.clone())).await;
+    let replay = format!(
+        "    store: redis\n    mode: cluster\n    urls: [{}]\n    ca_file: {}\n    timeout_ms: 400\n",
+        cluster.urls().join(", "),
+        tls.ca.display()
+    );
+    let pair = Pair::start(pki, &replay).await;
+    let mut used = pair.cross(12).await;
+    let victim = cluster.a_master();
+    wait_replicated(victim, Some(&tls)).await;
+    cluster.kill(victim);
+    let (accepted, unavailable) = pair.through(Duration::from_secs(4)).await;
+    eprintln!(
+        "cluster failover under both shapes: {unavailable} answered 503, {} fresh proofs allowed, 0 replays",
+        accepted.len()
+    );
+    assert!(unavailable > 0, "no 503 while a master was gone");
+    used.extend(accepted);
+    cluster.wait_ok().await;
+    pair.wait_ready().await;
+    used.extend(pair.cross(4).await);
+    pair.none_replayable(&used).await;
+}
+
+/// Both shapes behind Sentinel (a master and a replica, three sentinels, plain TCP): shared
+/// replay refusal, and the failover followed by the module and the service alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40, the built module and redis-server: run scripts/test.sh"]
+async fn both_shapes_share_redis_behind_sentinel_through_a_failover() {
+    use common::topologies::{MASTER_NAME, RedisSentinels, redis_bin, wait_replicated};
+    let pki = Pki::new("fleet-sentinel");
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisSentinels::start(dir.path(), &redis_bin()).await;
+    let replay = format!(
+        "    store: redis\n    mode: sentinel\n    urls: [{}]\n    sentinel:\n      master_name: {MASTER_NAME}\n    timeout_ms: 400\n",
+        redis.urls().join(", ")
+    );
+    let pair = Pair::start(pki, &replay).await;
+    let mut used = pair.cross(6).await;
+    wait_replicated(redis.master_port, None).await;
+    redis.kill_master();
+    let (accepted, unavailable) = pair.through(Duration::from_secs(4)).await;
+    assert!(
+        redis.wait_failover().await,
+        "the sentinels did not fail over"
+    );
+    eprintln!(
+        "sentinel failover under both shapes: {unavailable} answered 503, {} fresh proofs allowed, 0 replays",
+        accepted.len()
+    );
+    assert!(unavailable > 0, "no 503 while the master was gone");
+    used.extend(accepted);
+    pair.wait_ready().await;
+    used.extend(pair.cross(4).await);
+    pair.none_replayable(&used).await;
 }

@@ -162,8 +162,13 @@ impl RedisWorker {
                         let store = Arc::clone(&store);
                         let answers = Arc::clone(&answers);
                         tokio::spawn(async move {
-                            // Bounded by timeout_ms inside: every job is answered.
-                            let answer = store.record(&job.key, job.now).await;
+                            // Bounded by timeout_ms inside: every job is answered, a panic in
+                            // the Redis client included (a 503, never a stream left waiting).
+                            let (key, now) = (job.key, job.now);
+                            let record = tokio::spawn(async move { store.record(&key, now).await });
+                            let answer = record.await.unwrap_or_else(|e| {
+                                Err(ReplayError(format!("the Redis client failed: {e}")))
+                            });
                             let mut pending = lock(&answers);
                             if let Some(waiting) = pending.waiting.get_mut(&job.id) {
                                 waiting.answer = Some(answer);

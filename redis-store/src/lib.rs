@@ -101,6 +101,9 @@ impl RedisReplayStore {
     /// The store the settings describe (`store: redis`); no network I/O (it connects on first
     /// use).
     pub fn from_settings(settings: &ReplaySettings) -> Result<Self, String> {
+        // rediss:// builds its rustls configuration from the process default provider; in the
+        // Envoy module nothing else installs one (this is the module's own copy of rustls).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let certificates = match &settings.ca_file {
             None => None,
             Some(path) => Some(redis::TlsCertificates {
