@@ -83,7 +83,9 @@ fn cluster_port() -> u16 {
 }
 
 fn redis_cli(tls: Option<&NodeTls>, args: &[&str]) -> String {
-    let output = Command::new("redis-cli")
+    // Bounded: `--cluster create` waits forever for a cluster that cannot join.
+    let output = Command::new("timeout")
+        .args(["60", "redis-cli"])
         .args(tls.map(NodeTls::cli_args).unwrap_or_default())
         .args(args)
         .output()
