@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# DPoP through Envoy, both shapes, the replay store in memory and in Redis: what the shared store
+# costs where it is paid. Envoy --concurrency 1 pinned to CPU 0; certbound (the service shape),
+# redis-server and the load generator (examples/dpop_load.rs) on CPU 1. Every request carries a
+# fresh proof (made up front, sent once), so each one is verified and recorded against replay.
+# Configs, interleaved REPS times:
+#   module-memory / module-redis    deploy/envoy/module.yaml, dpop.replay.store memory / redis
+#   service-memory / service-redis  deploy/envoy/self-signed.yaml + certbound serve, likewise
+# For each: a closed loop (CONC in flight) for throughput, then a fixed RATE req/s for latency,
+# over HTTP/2 (HTTP=2) or HTTP/1.1 (HTTP=1). CPU per request of Envoy and certbound from /proc.
+# Results: benches/results/dpop-envoy-*.jsonl, and a table on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+REPS=${REPS:-2}
+CONC=${CONC:-32}
+RATE=${RATE:-2000}
+HTTP=${HTTP:-2}
+CONFIGS=${CONFIGS:-"module-memory module-redis service-memory service-redis"}
+
+scripts/install-tools.sh >/dev/null
+cargo build --release --quiet --bin certbound --example demo_material --example dpop_load
+cargo build --release --quiet -p certbound-envoy
+module_dir=$PWD/target/release
+envoy=.venv/bin/envoy
+load=target/release/examples/dpop_load
+work=$(mktemp -d)
+pids=()
+envoy_pid=""
+cleanup() { for p in "${pids[@]}" $envoy_pid; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+LISTEN=$(port); ADMIN=$(port); REDIS=$(port); CB_MEMORY=$(port); CB_REDIS=$(port)
+target/release/examples/demo_material "$work" >/dev/null
+"$load" material "$work"
+
+taskset -c 1 redis-server --bind 127.0.0.1 --port "$REDIS" --save "" --appendonly no --dir "$work" \
+  >"$work/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$REDIS") 2>/dev/null && break; sleep 0.05; done
+
+# The certbound settings both shapes share; $1 the replay store lines.
+settings() {
+  cat <<YAML
+issuers:
+  - issuer: https://idp.example.com
+    audiences: [https://api.example.com]
+    jwks_file: $work/jwks.json
+    algorithms: [ES256]
+dpop:
+  enabled: true
+  public_base_url: https://api.example.com
+  replay:
+$1
+YAML
+}
+# The memory store sized for the closed loop's rate (the default 200,000 live proofs hold about
+# 3,000 proofs/s; past it a full store answers 503, as it should).
+memory="    store: memory
+    max_entries: 2000000"
+redis="    store: redis
+    url: redis://127.0.0.1:$REDIS
+    timeout_ms: 250"
+
+start_certbound() { # name port replay-lines
+  { echo "listen: 127.0.0.1:$2"; echo "admin_listen: ''"; settings "$3"; } >"$work/$1.yaml"
+  taskset -c 1 target/release/certbound serve --config "$work/$1.yaml" 2>/dev/null &
+  pids+=($!)
+  echo $! >"$work/$1.pid"
+}
+start_certbound service-memory "$CB_MEMORY" "$memory"
+start_certbound service-redis "$CB_REDIS" "$redis"
+
+settings "$memory" >"$work/module-memory.filter.yaml"
+settings "$redis" >"$work/module-redis.filter.yaml"
+python3 - "$work" "$LISTEN" "$ADMIN" "$CB_MEMORY" "$CB_REDIS" <<'PY'
+import re, sys
+work, listen, admin, cb_memory, cb_redis = sys.argv[1:]
+direct = 'direct_response: { status: 200, body: { inline_string: "ok" } }'
+def common(text):
+    # No per-request access log: it is not what is measured.
+    text, n = re.subn(r"                # One line per request.*?request_id=%REQ\(X-REQUEST-ID\)%\\n\"\n", "", text, flags=re.S)
+    assert n == 1, "no shipped access log to take out"
+    text = text.replace("port_value: 8443", f"port_value: {listen}").replace("port_value: 9901", f"port_value: {admin}")
+    text = text.replace("/etc/envoy/tls/server.crt", f"{work}/demo-server.pem").replace("/etc/envoy/tls/server.key", f"{work}/demo-server.key")
+    return re.sub(r"route: \{ cluster: upstream \}", direct, text)
+ext = common(open("deploy/envoy/self-signed.yaml").read())
+open(f"{work}/service-memory.envoy.yaml", "w").write(ext.replace("port_value: 50051", f"port_value: {cb_memory}"))
+open(f"{work}/service-redis.envoy.yaml", "w").write(ext.replace("port_value: 50051", f"port_value: {cb_redis}"))
+module = common(open("deploy/envoy/module.yaml").read())
+module = module.replace("address: idp.example.com, port_value: 443", "address: 127.0.0.1, port_value: 1")
+module = module.replace("/etc/ssl/certs/ca-certificates.crt", f"{work}/demo-ca.pem")
+start = module.index("                        value: |\n", module.index("filter_name: certbound"))
+end = module.index("                  - name: envoy.filters.http.router")
+for store in ["memory", "redis"]:
+    lines = open(f"{work}/module-{store}.filter.yaml").read().splitlines()
+    value = "                        value: |\n" + "".join(f"                          {l}\n" for l in lines)
+    open(f"{work}/module-{store}.envoy.yaml", "w").write(module[:start] + value + module[end:])
+PY
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out=benches/results/dpop-envoy-$stamp.jsonl
+: >"$out"
+url="https://127.0.0.1:$LISTEN/items"
+run() { # name rep mode extra...
+  local name=$1 rep=$2 mode=$3; shift 3
+  local cb_pid=""; [[ $name = service-* ]] && cb_pid=$(cat "$work/$name.pid")
+  taskset -c 1 "$load" run --dir "$work" --url "$url" --htu https://api.example.com/items \
+    --ca "$work/demo-ca.pem" --http "$HTTP" --mode "$mode" --duration "$DURATION" \
+    --pids "$envoy_pid${cb_pid:+,$cb_pid}" --label "$name rep $rep" "$@" | tee -a "$out"
+}
+
+for rep in $(seq 1 "$REPS"); do
+  for name in $CONFIGS; do
+    ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$module_dir taskset -c 0 "$envoy" -c "$work/$name.envoy.yaml" \
+      --concurrency 1 --disable-hot-restart --log-level error >"$work/envoy.log" 2>&1 &
+    envoy_pid=$!
+    for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ADMIN/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+    # Correct first: fresh proofs pass (and, with Redis, are recorded there).
+    # Proofs recorded: Redis' count of SET calls (keys alone drop as older proofs expire).
+    sets() { redis-cli -p "$REDIS" info commandstats | grep -o 'cmdstat_set:calls=[0-9]*' | cut -d= -f2 || echo 0; }
+    before=$(sets)
+    check=$(taskset -c 1 "$load" run --dir "$work" --url "$url" --htu https://api.example.com/items \
+      --ca "$work/demo-ca.pem" --http "$HTTP" --mode rate --rate 50 --duration 1 --warmup 0)
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); assert r["ok"] == 50 and not r["other"], r' "$check" \
+      || { echo "$name is not correct: $check"; tail -20 "$work/envoy.log"; exit 1; }
+    after=$(sets)
+    if [[ $name = *-redis ]] && [ $((${after:-0} - ${before:-0})) -lt 50 ]; then
+      echo "$name did not record its proofs in Redis (SET calls $before -> $after)"; exit 1
+    fi
+    echo "correct: $name (50 fresh proofs allowed; Redis SET calls $before -> $after)"
+    run "$name" "$rep" closed --concurrency "$CONC"
+    run "$name" "$rep" rate --rate "$RATE"
+    kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
+    envoy_pid=""
+  done
+done
+
+python3 - "$out" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(f"\nresults: {sys.argv[1]}\n")
+print("| config | closed loop req/s | Envoy CPU-µs/req (closed) | certbound CPU-µs/req (closed) | p50 / p99 ms at fixed rate | non-200 |")
+print("|---|---|---|---|---|---|")
+for name in dict.fromkeys(r["label"].split(" rep ")[0] for r in rows):
+    closed = [r for r in rows if r["label"].startswith(name + " ") and r["mode"] == "closed"]
+    fixed = [r for r in rows if r["label"].startswith(name + " ") and r["mode"] == "rate"]
+    med = lambda xs: round(statistics.median(xs), 1) if xs else "-"
+    rps = " / ".join(str(int(r["rps"])) for r in closed)
+    envoy = med([r["cpu_us_per_req"][0] for r in closed])
+    cb = med([r["cpu_us_per_req"][1] for r in closed if len(r["cpu_us_per_req"]) > 1])
+    lat = " ; ".join(f'{r["p50_ms"]} / {r["p99_ms"]}' for r in fixed)
+    bad = sum(sum(r["other"].values()) for r in closed + fixed)
+    print(f"| {name} | {rps} | {envoy} | {cb} | {lat} | {bad} |")
+PY
