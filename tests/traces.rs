@@ -349,6 +349,28 @@ async fn the_check_span_is_a_child_of_envoys_ext_authz_span_and_a_dead_collector
     eprintln!("collector down: 40 requests in {elapsed:?}");
 }
 
+/// The certbound binary with its HTTP authorization API on a free port (`path_prefix: /check`),
+/// `telemetry` the config's traces lines (may be empty) and `env` its environment; the URL of a
+/// check of `/items`. Keep the returned parts alive for the test.
+async fn http_api(
+    telemetry: &str,
+    env: &[(&str, String)],
+) -> (String, (Process, common::Idp, tempfile::TempDir)) {
+    let signer = common::Signer::es256("k1");
+    let idp = common::Idp::start(&[&signer]).await;
+    let forward_auth = free_port();
+    let yaml = common::config_for(
+        &idp,
+        &format!(
+            "forward_auth: {{listen: '127.0.0.1:{forward_auth}', path_prefix: /check}}\n{telemetry}"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (certbound, _) = start_certbound_env(&yaml, dir.path(), None, env).await;
+    let url = format!("http://127.0.0.1:{forward_auth}/check/items");
+    (url, (certbound, idp, dir))
+}
+
 /// The HTTP authorization API: the span is a child of the `traceparent` the proxy sends
 /// (Traefik and Caddy send their own span's; NGINX passes the client's), and B3 works too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,20 +378,11 @@ async fn the_check_span_is_a_child_of_envoys_ext_authz_span_and_a_dead_collector
 async fn the_http_api_span_is_a_child_of_the_proxys_trace() {
     let port = free_port();
     let (collector, _stop) = Collector::start(port).await;
-    let signer = common::Signer::es256("k1");
-    let idp = common::Idp::start(&[&signer]).await;
-    let forward_auth = free_port();
-    let yaml = common::config_for(
-        &idp,
-        &format!(
-            "forward_auth: {{listen: '127.0.0.1:{forward_auth}', path_prefix: /check}}\n\
-             telemetry:\n  traces:\n    endpoint: http://127.0.0.1:{port}\n    sample_ratio: 0.0\n"
-        ),
+    let telemetry = format!(
+        "telemetry:\n  traces:\n    endpoint: http://127.0.0.1:{port}\n    sample_ratio: 0.0\n"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let (_certbound, _) = start_certbound(&yaml, dir.path()).await;
+    let (url, _running) = http_api(&telemetry, &[]).await;
     let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{forward_auth}/check/items");
     // Sampled callers: W3C, then B3; the ratio is 0, so only the callers' decisions count.
     let w3c = client
         .get(&url)
@@ -437,14 +450,6 @@ async fn the_http_api_span_is_a_child_of_the_proxys_trace() {
 async fn the_otel_environment_variables_alone_configure_the_export() {
     let port = free_port();
     let (collector, _stop) = Collector::start(port).await;
-    let signer = common::Signer::es256("k1");
-    let idp = common::Idp::start(&[&signer]).await;
-    let forward_auth = free_port();
-    let yaml = common::config_for(
-        &idp,
-        &format!("forward_auth: {{listen: '127.0.0.1:{forward_auth}', path_prefix: /check}}\n"),
-    );
-    let dir = tempfile::tempdir().unwrap();
     let env = [
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -454,9 +459,8 @@ async fn the_otel_environment_variables_alone_configure_the_export() {
         ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret".to_owned()),
         ("OTEL_TRACES_SAMPLER", "parentbased_always_off".to_owned()),
     ];
-    let (_certbound, _) = start_certbound_env(&yaml, dir.path(), None, &env).await;
+    let (url, _running) = http_api("", &env).await;
     let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{forward_auth}/check/items");
     let sampled = "00-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for request in [
         client.get(&url),
@@ -499,23 +503,14 @@ async fn a_hung_collector_costs_checks_nothing_and_lost_spans_are_counted() {
             held.push(socket);
         }
     });
-    let signer = common::Signer::es256("k1");
-    let idp = common::Idp::start(&[&signer]).await;
-    let forward_auth = free_port();
     let admin = free_port();
-    let yaml = common::config_for(
-        &idp,
-        &format!(
-            "forward_auth: {{listen: '127.0.0.1:{forward_auth}', path_prefix: /check}}\n\
-             telemetry:\n  traces:\n    endpoint: http://{hole_addr}\n    sample_ratio: 1.0\n\
-             \x20   timeout_ms: 1500\n    max_queue: 8\n"
-        ),
+    let telemetry = format!(
+        "telemetry:\n  traces:\n    endpoint: http://{hole_addr}\n    sample_ratio: 1.0\n\
+         \x20   timeout_ms: 1500\n    max_queue: 8\n"
     );
-    let dir = tempfile::tempdir().unwrap();
     let env = [("CERTBOUND_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))];
-    let (_certbound, _) = start_certbound_env(&yaml, dir.path(), None, &env).await;
+    let (url, _running) = http_api(&telemetry, &env).await;
     let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{forward_auth}/check/items");
     let wave = |n: usize| {
         let (client, url) = (client.clone(), url.clone());
         async move {
@@ -575,20 +570,11 @@ async fn a_hung_collector_costs_checks_nothing_and_lost_spans_are_counted() {
 async fn spans_go_over_otlp_http_too() {
     let port = free_port();
     let collector = Collector::start_http(port).await;
-    let signer = common::Signer::es256("k1");
-    let idp = common::Idp::start(&[&signer]).await;
-    let forward_auth = free_port();
-    let yaml = common::config_for(
-        &idp,
-        &format!(
-            "forward_auth: {{listen: '127.0.0.1:{forward_auth}', path_prefix: /check}}\n\
-             telemetry:\n  traces:\n    endpoint: http://127.0.0.1:{port}\n\
-             \x20   protocol: http/protobuf\n    headers: {{x-api-key: k3y}}\n"
-        ),
+    let telemetry = format!(
+        "telemetry:\n  traces:\n    endpoint: http://127.0.0.1:{port}\n\
+         \x20   protocol: http/protobuf\n    headers: {{x-api-key: k3y}}\n"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let (_certbound, _) = start_certbound(&yaml, dir.path()).await;
-    let url = format!("http://127.0.0.1:{forward_auth}/check/items");
+    let (url, _running) = http_api(&telemetry, &[]).await;
     let answer = reqwest::Client::new()
         .get(&url)
         .header(

@@ -344,15 +344,25 @@ pub fn spawn(name: &'static str, mut command: Command, dir: &Path) -> Process {
     Process { child, name, log }
 }
 
-/// Whether `process`'s output shows `needle` within 5 s (Envoy flushes access logs each second).
-pub async fn log_shows(process: &Process, needle: &str) -> bool {
-    for _ in 0..50 {
-        if process.log().contains(needle) {
-            return true;
+/// Asserts that Envoy's access log (the shipped format: status, decision, reason, issuer) shows
+/// each of `lines` within 5 s, and that `token` appears nowhere in its output.
+pub async fn assert_access_log(envoy: &Process, lines: &[String], token: &str) {
+    for line in lines {
+        let mut shown = false;
+        for _ in 0..50 {
+            shown = envoy.log().contains(line.as_str());
+            if shown {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            shown,
+            "{line:?} not in Envoy's access log:\n{}",
+            envoy.log()
+        );
     }
-    false
+    assert!(!envoy.log().contains(&token[..40]), "a token was logged");
 }
 
 /// The real `certbound` binary with a config file, on a free port, once SERVING.
