@@ -163,6 +163,34 @@ fn cpu_ticks(pid: u32) -> u64 {
             .unwrap_or(0)
 }
 
+/// CPU ticks of each of `pid`'s threads, summed by thread name (Envoy's `wrk:worker_0`, the
+/// module's `certbound-redis`, ...).
+fn thread_ticks(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = fields
+            .get(11)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        *by_name.entry(name).or_insert(0) += ticks;
+    }
+    by_name
+}
+
 fn clock_ticks() -> u64 {
     let out = std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -231,6 +259,7 @@ async fn main() {
     let measure_from = started + Duration::from_secs(args.warmup);
     let end = measure_from + Duration::from_secs(args.duration);
     let mut ticks0 = Vec::new();
+    let mut threads0 = std::collections::BTreeMap::new();
     let mut tasks = Vec::new();
     let record = |tally: &std::sync::Mutex<Tally>, status: String, latency: Duration| {
         let mut tally = tally.lock().unwrap();
@@ -255,6 +284,11 @@ async fn main() {
             if ticks0.is_empty() && scheduled >= measure_from {
                 measuring.store(true, Ordering::Relaxed);
                 ticks0 = args.pids.iter().map(|&p| cpu_ticks(p)).collect();
+                threads0 = args
+                    .pids
+                    .first()
+                    .map(|&p| thread_ticks(p))
+                    .unwrap_or_default();
             }
             let n = next.fetch_add(1, Ordering::Relaxed);
             let Some((token, proof)) = proofs.get(n).cloned() else {
@@ -301,10 +335,20 @@ async fn main() {
         }
         tokio::time::sleep_until(measure_from.into()).await;
         ticks0 = args.pids.iter().map(|&p| cpu_ticks(p)).collect();
+        threads0 = args
+            .pids
+            .first()
+            .map(|&p| thread_ticks(p))
+            .unwrap_or_default();
         measuring.store(true, Ordering::Relaxed);
         tokio::time::sleep_until(end.into()).await;
     }
     let ticks1: Vec<u64> = args.pids.iter().map(|&p| cpu_ticks(p)).collect();
+    let threads1 = args
+        .pids
+        .first()
+        .map(|&p| thread_ticks(p))
+        .unwrap_or_default();
     let window = measure_from
         .elapsed()
         .min(Duration::from_secs(args.duration));
@@ -328,6 +372,17 @@ async fn main() {
         .zip(&ticks1)
         .map(|(a, b)| ((b - a) as f64 * 1e6 / clk / count * 10.0).round() / 10.0)
         .collect();
+    // The first process's CPU per request by thread name (threads with any CPU in the window).
+    let threads: serde_json::Map<String, serde_json::Value> = threads1
+        .iter()
+        .filter_map(|(name, &after)| {
+            let spent = after.saturating_sub(*threads0.get(name).unwrap_or(&0));
+            (spent > 0).then(|| {
+                let us = (spent as f64 * 1e6 / clk / count * 10.0).round() / 10.0;
+                (name.clone(), json!(us))
+            })
+        })
+        .collect();
     let exhausted = next.load(Ordering::Relaxed) >= proofs.len();
     println!(
         "{}",
@@ -336,7 +391,8 @@ async fn main() {
             "rps": (sorted.len() as f64 / window.as_secs_f64()).round(),
             "ok": tally.ok, "other": tally.other,
             "p50_ms": pick(0.50), "p90_ms": pick(0.90), "p99_ms": pick(0.99), "p999_ms": pick(0.999),
-            "cpu_us_per_req": cpu, "pids": args.pids, "proofs_exhausted": exhausted,
+            "cpu_us_per_req": cpu, "first_pid_threads_cpu_us_per_req": threads,
+            "pids": args.pids, "proofs_exhausted": exhausted,
         })
     );
 }
