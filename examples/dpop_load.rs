@@ -148,19 +148,23 @@ fn client(dir: &str) -> (EcdsaKeyPair, String, Arc<str>, String) {
     (client, head, token.into(), ath)
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
+/// A `/proc/.../stat` line's command name and its utime + stime.
+fn name_and_ticks(stat: &str) -> Option<(String, u64)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
     // After the command: state is field 3, utime 14 and stime 15 (1-based, whole line).
-    fields
-        .get(11)
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
+    let field = |i: usize| {
+        fields
+            .get(i)
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
+    };
+    Some((stat[open + 1..close].to_owned(), field(11) + field(12)))
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    name_and_ticks(&stat).map_or(0, |(_, ticks)| ticks)
 }
 
 /// CPU ticks of each of `pid`'s threads, summed by thread name (Envoy's `wrk:worker_0`, the
@@ -173,20 +177,9 @@ fn thread_ticks(pid: u32) -> std::collections::BTreeMap<String, u64> {
         .flatten()
     {
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_owned();
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = fields
-            .get(11)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-            + fields
-                .get(12)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        *by_name.entry(name).or_insert(0) += ticks;
+        if let Some((name, ticks)) = name_and_ticks(&stat) {
+            *by_name.entry(name).or_insert(0) += ticks;
+        }
     }
     by_name
 }

@@ -198,13 +198,18 @@ fn explain(args: ExplainArgs) -> ExitCode {
     }
 }
 
-fn load(path: &Path) -> Result<Settings, ExitCode> {
-    // A file that cannot be read is not an invalid configuration: say what it is.
-    if let Err(e) = std::fs::File::open(path) {
+/// The configuration file's text. A file that cannot be read is not an invalid configuration:
+/// say what it is.
+fn read_config(path: &Path) -> Result<String, ExitCode> {
+    std::fs::read_to_string(path).map_err(|e| {
         eprintln!("certbound: cannot read {}: {e}", path.display());
-        return Err(ExitCode::from(EXIT_BAD_CONFIG));
-    }
-    Settings::load(path).map_err(|error| {
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
+fn load(path: &Path) -> Result<Settings, ExitCode> {
+    let text = read_config(path)?;
+    Settings::from_yaml(&text, std::env::vars(), path.parent()).map_err(|error| {
         eprintln!(
             "certbound: invalid configuration {}: {error}",
             path.display()
@@ -222,11 +227,7 @@ fn load_module(path: &Path) -> Result<Vec<String>, ExitCode> {
         );
         ExitCode::from(EXIT_BAD_CONFIG)
     };
-    // A file that cannot be read is not an invalid configuration: say what it is.
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        eprintln!("certbound: cannot read {}: {e}", path.display());
-        ExitCode::from(EXIT_BAD_CONFIG)
-    })?;
+    let text = read_config(path)?;
     certbound_core::config::ModuleSettings::from_yaml(&text)
         .map(|settings| settings.decision.warnings)
         .map_err(|e| invalid(&e))

@@ -14,6 +14,7 @@ use certbound_core::config::{ReplaySettings, ReplayStoreKind};
 use certbound_core::dpop::ReplayKey;
 use certbound_core::replay::{MemoryReplayStore, ReplayError, ReplayStore};
 use certbound_redis::{Eviction, RedisReplayStore};
+use futures_util::FutureExt;
 
 use crate::abi::{self, Level, StreamWaker};
 
@@ -164,10 +165,10 @@ impl RedisWorker {
                         tokio::spawn(async move {
                             // Bounded by timeout_ms inside: every job is answered, a panic in
                             // the Redis client included (a 503, never a stream left waiting).
-                            let (key, now) = (job.key, job.now);
-                            let record = tokio::spawn(async move { store.record(&key, now).await });
-                            let answer = record.await.unwrap_or_else(|e| {
-                                Err(ReplayError(format!("the Redis client failed: {e}")))
+                            let record =
+                                std::panic::AssertUnwindSafe(store.record(&job.key, job.now));
+                            let answer = record.catch_unwind().await.unwrap_or_else(|_| {
+                                Err(ReplayError("the Redis client panicked".into()))
                             });
                             let mut pending = lock(&answers);
                             if let Some(waiting) = pending.waiting.get_mut(&job.id) {
