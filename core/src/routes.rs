@@ -96,14 +96,11 @@ pub struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, request: &AccessRequest, path: &str) -> bool {
-        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(&request.host)))
+    fn matches(&self, method: &str, host: &str, path: &str) -> bool {
+        (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(host)))
             && self.path.as_ref().is_none_or(|p| p.matches(path))
             && (self.methods.is_empty()
-                || self
-                    .methods
-                    .iter()
-                    .any(|m| m.eq_ignore_ascii_case(&request.method)))
+                || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
     }
 }
 
@@ -136,7 +133,11 @@ impl RoutePolicy {
     pub fn select(&self, request: &AccessRequest) -> Result<Applied, DenyReason> {
         let path = path::canonical(&request.path, self.escaped_slashes)
             .map_err(|_| DenyReason::PathUnsafe)?;
-        let (rule, mut requirements) = match self.rules.iter().find(|r| r.matches(request, &path)) {
+        let (rule, mut requirements) = match self
+            .rules
+            .iter()
+            .find(|r| r.matches(&request.method, &request.host, &path))
+        {
             Some(rule) => (rule.name.clone(), rule.requirements.clone()),
             None => ("default".to_string(), self.default.clone()),
         };
@@ -155,6 +156,19 @@ impl RoutePolicy {
             requirements.allow_anonymous = true;
         }
         Ok(Applied { rule, requirements })
+    }
+}
+
+impl RoutePolicy {
+    /// The name of the rule (or `default`) a request with this method, host and path falls
+    /// under, the path taken as it is: no canonical form, no refusal. For checking what another
+    /// party resolved a path to (an upstream, in certbound's differential tests) against the
+    /// same rule table; decisions go through [`RoutePolicy::select`].
+    pub fn rule_name(&self, method: &str, host: &str, path: &str) -> &str {
+        self.rules
+            .iter()
+            .find(|r| r.matches(method, host, path))
+            .map_or("default", |r| r.name.as_str())
     }
 }
 
@@ -322,6 +336,23 @@ mod tests {
                 table().select(&request("PUT", "h", unsafe_path)).err(),
                 Some(DenyReason::PathUnsafe),
                 "{unsafe_path}"
+            );
+        }
+    }
+
+    #[test]
+    fn rule_name_matches_the_path_as_given() {
+        let table = table();
+        assert_eq!(table.rule_name("PUT", "h", "/items/7"), "items");
+        assert_eq!(table.rule_name("GET", "h", "/items/7"), "default");
+        // No canonical form: another spelling is another path, and nothing is refused.
+        assert_eq!(table.rule_name("PUT", "h", "//items/7"), "default");
+        assert_eq!(table.rule_name("GET", "h", "/healthz/..;/x"), "default");
+        assert_eq!(table.rule_name("GET", "admin.example.com", "/x"), "admin");
+        for (method, host, path) in [("PUT", "h", "/items/7"), ("GET", "h", "/healthz")] {
+            assert_eq!(
+                table.rule_name(method, host, path),
+                selected(method, host, path)
             );
         }
     }
