@@ -31,9 +31,11 @@ pub mod dpop;
 pub mod envoy;
 pub mod external;
 pub mod paths;
+pub mod proxies;
 pub mod raw;
 pub mod stack;
 pub mod topologies;
+pub mod upstream_paths;
 
 pub const AUDIENCE: &str = "https://api.test";
 

