@@ -27,12 +27,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use common::ClientCert;
-use common::envoy::{Pki, Received};
+use common::envoy::{
+    EnvoyPorts, Pki, Process, Received, envoy_config, free_port, start_certbound_env, start_envoy,
+};
 use common::paths::{PATHS_TO_ADMIN, UNSAFE_PATHS, h2_can_send};
-use common::proxies::{Proxy, Setup};
+use common::proxies::{AUDIENCE, ISSUER, Proxy, RawUpstream, Setup, point, repo};
 use common::raw::{self, H2Response, Step};
 use common::upstream_paths::{self, Semantics};
+use common::{ClientCert, Idp, Signer};
 
 /// Which token a case carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +49,14 @@ enum Token {
 }
 
 impl Token {
+    fn scopes(self) -> &'static [&'static str] {
+        match self {
+            Token::None => &[],
+            Token::Admin => &["read", "admin"],
+            Token::Reader | Token::OtherCertificate => &["read"],
+        }
+    }
+
     fn sub(self) -> Option<&'static str> {
         match self {
             Token::None => None,
@@ -278,6 +288,8 @@ struct Decision {
     client_id: Option<String>,
     method: Option<String>,
     path: Option<String>,
+    /// Whether `sub` and `client_id` were logged (Envoy's shipped access log has neither).
+    identity_logged: bool,
 }
 
 fn decisions(log: &str) -> HashMap<String, Vec<Decision>> {
@@ -301,21 +313,45 @@ fn decisions(log: &str) -> HashMap<String, Vec<Decision>> {
             client_id: field("client_id"),
             method: field("method"),
             path: field("path"),
+            identity_logged: true,
         });
     }
     out
 }
 
-/// The system under test: where to send, what the upstream got, what certbound decided.
-struct Under<'a> {
-    name: String,
-    pki: &'a Pki,
-    port: u16,
-    cert: ClientCert,
-    tokens: HashMap<&'static str, String>,
+/// Where certbound's decisions are read from.
+enum DecisionSource {
+    /// certbound's own decision log (JSON lines, `CERTBOUND_LOG_FORMAT=json`).
+    CertboundLog(&'static Process),
+    /// Envoy's access log in the shipped format (the module's dynamic metadata).
+    EnvoyAccessLog(&'static Process),
 }
 
-impl Under<'_> {
+impl DecisionSource {
+    fn read(&self) -> HashMap<String, Vec<Decision>> {
+        match self {
+            DecisionSource::CertboundLog(certbound) => decisions(&certbound.log()),
+            DecisionSource::EnvoyAccessLog(envoy) => access_log_decisions(&envoy.log()),
+        }
+    }
+}
+
+/// The system under test: where to send, what the upstream got, what certbound decided, and the
+/// rules it decided with (its own rule table, and the scopes Envoy's routes add).
+struct Target {
+    name: String,
+    pki: &'static Pki,
+    port: u16,
+    upstream: &'static RawUpstream,
+    cert: ClientCert,
+    tokens: HashMap<&'static str, String>,
+    routes: certbound_core::RoutePolicy,
+    claim_headers: Vec<(String, String)>,
+    envoy_routes: Vec<EnvoyRoute>,
+    decisions: DecisionSource,
+}
+
+impl Target {
     fn authorization(&self, token: Token) -> Option<&str> {
         let key = match token {
             Token::None => return None,
@@ -327,9 +363,33 @@ impl Under<'_> {
     }
 }
 
+/// A client certificate and the corpus's tokens (RFC 9068 `at+jwt`, bound to it or to another).
+fn tokens(pki: &Pki, signer: &Signer) -> (ClientCert, HashMap<&'static str, String>) {
+    let cert = pki.client("diff-client");
+    let other = pki.client("diff-other");
+    let bound = |sub: &str, cert: &ClientCert, scope: &str| {
+        let now = common::now();
+        let claims = json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "client_id": "client-a",
+            "scope": scope, "iat": now - 5, "exp": now + 3600, "jti": format!("jti-{sub}-{scope}"),
+            "cnf": {"x5t#S256": cert.x5t()},
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(signer.kid.clone());
+        header.typ = Some("at+jwt".into());
+        format!("Bearer {}", signer.sign_with(header, &claims))
+    };
+    let tokens = HashMap::from([
+        ("reader", bound("alice", &cert, "read")),
+        ("admin", bound("root", &cert, "read admin")),
+        ("other", bound("alice", &other, "read")),
+    ]);
+    (cert, tokens)
+}
+
 /// Sends one case on a fresh connection; its status, or `None` when the connection failed or was
 /// reset.
-async fn send(under: Arc<Under<'static>>, id: usize, case: Case) -> Option<u16> {
+async fn send(under: Arc<Target>, id: usize, case: Case) -> Option<u16> {
     let request_id = format!("diff-{id}");
     let case_id = id.to_string();
     let mut headers: Vec<(&str, &str)> = vec![("x-request-id", &request_id), ("x-case", &case_id)];
@@ -366,7 +426,7 @@ async fn send(under: Arc<Under<'static>>, id: usize, case: Case) -> Option<u16> 
     }
 }
 
-/// The header certbound's decision names, at the upstream.
+/// A header's non-empty values at the upstream.
 fn values<'r>(received: &'r Received, name: &str) -> Vec<&'r str> {
     received
         .headers
@@ -382,11 +442,10 @@ fn normalised(name: &str) -> String {
 
 /// Checks one request the upstream received against certbound's decision; the disagreements.
 fn check(
+    target: &Target,
     received: &Received,
     case: Option<&Case>,
     decisions: Option<&Vec<Decision>>,
-    routes: &certbound_core::RoutePolicy,
-    claim_headers: &[(String, String)],
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let Some(case) = case else {
@@ -400,8 +459,14 @@ fn check(
     if decision.decision != "allow" {
         problems.push(format!("certbound decided {}", decision.decision));
     }
-    // Only a verified token names a subject (an anonymous rule verifies none).
-    if case.token == Token::OtherCertificate && decision.sub.is_some() {
+    // Whether certbound verified a token: every rule but an anonymous one.
+    let verified = target
+        .routes
+        .rules
+        .iter()
+        .find(|r| Some(r.name.as_str()) == decision.rule.as_deref())
+        .is_none_or(|r| !r.requirements.allow_anonymous);
+    if case.token == Token::OtherCertificate && verified {
         problems.push("a token bound to another certificate passed".into());
     }
     if decision.method.as_deref() != Some(received.method.as_str()) {
@@ -418,13 +483,36 @@ fn check(
         let Some(path) = semantics.resolve(&received.target) else {
             continue;
         };
-        let rule = routes.rule_name(&received.method, host, &path);
+        let rule = target.routes.rule_name(&received.method, host, &path);
         if decision.rule.as_deref() != Some(rule) {
             problems.push(format!(
                 "{}: the upstream serves {path:?}, rule {rule:?}; certbound decided with {:?}",
                 semantics.name(),
                 decision.rule
             ));
+        }
+        // Envoy chose a route on its own (maybe normalised) path; the upstream's path must fall
+        // under a route whose scopes the allowed token has.
+        if let Some(route) = target
+            .envoy_routes
+            .iter()
+            .find(|r| path.starts_with(&r.prefix))
+        {
+            let scopes = case.token.scopes();
+            let missing: Vec<&String> = route
+                .scopes
+                .iter()
+                .filter(|s| !verified || !scopes.contains(&s.as_str()))
+                .collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "{}: the upstream serves {path:?}, Envoy route {:?} needs scopes {missing:?}; \
+                     certbound allowed {:?}",
+                    semantics.name(),
+                    route.prefix,
+                    case.token
+                ));
+            }
         }
     }
     // An anonymous rule verifies no token: no identity then, whatever the request carried.
@@ -434,10 +522,15 @@ fn check(
             decision.sub, case.token
         ));
     }
-    for (claim, header) in claim_headers {
-        let expected = match claim.as_str() {
-            "sub" => decision.sub.as_deref(),
-            "client_id" => decision.client_id.as_deref(),
+    for (claim, header) in &target.claim_headers {
+        // Not logged: the identity of the only token the request carried, if it was verified.
+        let expected = match (claim.as_str(), decision.identity_logged) {
+            ("sub", true) => decision.sub.as_deref(),
+            ("client_id", true) => decision.client_id.as_deref(),
+            ("sub", false) => case.token.sub().filter(|_| verified),
+            ("client_id", false) => {
+                Some("client-a").filter(|_| verified && case.token != Token::None)
+            }
             _ => continue,
         };
         let got = values(received, header);
@@ -466,50 +559,24 @@ struct Tally {
     disagreements: Vec<String>,
 }
 
-/// Sends the corpus through one setup and checks every request that reached the upstream.
-async fn differential(setup: &'static Setup) -> Tally {
-    let cert = setup.pki.client("diff-client");
-    let other = setup.pki.client("diff-other");
-    let bound = |sub: &str, cert: &ClientCert, scope: &str| {
-        format!(
-            "Bearer {}",
-            setup.token_for(sub, Some(json!({"x5t#S256": cert.x5t()})), scope)
-        )
-    };
-    let tokens = HashMap::from([
-        ("reader", bound("alice", &cert, "read")),
-        ("admin", bound("root", &cert, "read admin")),
-        ("other", bound("alice", &other, "read")),
-    ]);
-    let under = Arc::new(Under {
-        name: format!("{:?}", setup.proxy),
-        pki: &setup.pki,
-        port: setup.port,
-        cert,
-        tokens,
-    });
+/// Sends the corpus through one target and checks every request that reached the upstream.
+async fn differential(target: Arc<Target>) -> Tally {
     let cases = corpus();
     let outcomes: Vec<Option<u16>> = futures_util::stream::iter(cases.iter().cloned().enumerate())
         .map(|(id, case)| {
-            let under = Arc::clone(&under);
-            async move { tokio::spawn(send(under, id, case)).await.ok().flatten() }
+            let target = Arc::clone(&target);
+            async move { tokio::spawn(send(target, id, case)).await.ok().flatten() }
         })
         .buffered(12)
         .collect()
         .await;
-    let settings = certbound::config::Settings::from_yaml(
-        &setup.certbound_yaml,
-        std::iter::empty(),
-        Some(setup.pki.dir.path()),
-    )
-    .unwrap();
-    let policy = &settings.decision.policy;
-    let received = setup.upstream.all();
+    let received = target.upstream.all();
+    let from_corpus = |r: &Received| !values(r, "x-case").is_empty();
     // Every request the upstream received has its decision logged once certbound answered; the
-    // log is written asynchronously: wait until each is there (or 5 s).
-    let mut log = decisions(&setup.certbound.log());
+    // logs are written asynchronously: wait until each is there (or 5 s).
+    let mut log = target.decisions.read();
     for _ in 0..50 {
-        if received.iter().all(|r| {
+        if received.iter().filter(|r| from_corpus(r)).all(|r| {
             values(r, "x-request-id")
                 .first()
                 .is_none_or(|id| log.contains_key(*id))
@@ -517,7 +584,7 @@ async fn differential(setup: &'static Setup) -> Tally {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        log = decisions(&setup.certbound.log());
+        log = target.decisions.read();
     }
     let mut tally = Tally {
         sent: cases.len(),
@@ -530,7 +597,8 @@ async fn differential(setup: &'static Setup) -> Tally {
         }
     }
     for r in &received {
-        if r.target == "/ready" && values(r, "x-case").is_empty() {
+        // The setup's readiness probes.
+        if r.target == "/ready" && !from_corpus(r) {
             continue;
         }
         tally.reached += 1;
@@ -541,17 +609,11 @@ async fn differential(setup: &'static Setup) -> Tally {
         let found = values(r, "x-request-id")
             .first()
             .and_then(|id| log.get(*id));
-        let problems = check(
-            r,
-            case,
-            found,
-            &policy.routes,
-            &policy.upstream.claim_headers,
-        );
+        let problems = check(&target, r, case, found);
         if problems.is_empty() {
             continue;
         }
-        let mut text = format!("{} case {case_id:?}: ", under.name);
+        let mut text = format!("{} case {case_id:?}: ", target.name);
         if let Some(case) = case {
             let _ = write!(
                 text,
@@ -597,13 +659,12 @@ async fn differential(setup: &'static Setup) -> Tally {
     tally
 }
 
-async fn run(proxy: Proxy) {
-    let started = std::time::Instant::now();
-    // The setup lives for the whole test; leaking it gives the sending tasks a 'static borrow.
-    let setup: &'static Setup = Box::leak(Box::new(Setup::start(proxy).await));
-    let tally = differential(setup).await;
+/// Runs the corpus through `target` and asserts zero disagreements.
+async fn assert_no_disagreement(target: Target, started: std::time::Instant) {
+    let name = target.name.clone();
+    let tally = differential(Arc::new(target)).await;
     eprintln!(
-        "{proxy:?}: corpus {} requests, {} answered ({:?}), {} without an answer, {} reached \
+        "{name}: corpus {} requests, {} answered ({:?}), {} without an answer, {} reached \
          the upstream, {} disagreements, {:.1} s",
         tally.sent,
         tally.sent - tally.no_answer,
@@ -615,8 +676,8 @@ async fn run(proxy: Proxy) {
     );
     let disagreements = tally.disagreements.len();
     // All of them in a file, the first ones here.
-    let report = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("differential-{proxy:?}.txt"));
+    let report =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("differential-{name}.txt"));
     std::fs::write(&report, tally.disagreements.join("\n")).unwrap();
     for d in tally.disagreements.iter().take(40) {
         eprintln!("{d}");
@@ -624,7 +685,316 @@ async fn run(proxy: Proxy) {
     if disagreements > 0 {
         eprintln!("every disagreement: {}", report.display());
     }
-    assert_eq!(disagreements, 0, "{proxy:?}: {disagreements} disagreements");
+    assert_eq!(disagreements, 0, "{name}: {disagreements} disagreements");
+}
+
+/// The setup lives for the whole test: leaked, the sending tasks borrow it as 'static.
+fn leak<T>(value: T) -> &'static T {
+    Box::leak(Box::new(value))
+}
+
+async fn run(proxy: Proxy) {
+    let started = std::time::Instant::now();
+    let setup = leak(Setup::start(proxy).await);
+    let settings = certbound::config::Settings::from_yaml(
+        &setup.certbound_yaml,
+        std::iter::empty(),
+        Some(setup.pki.dir.path()),
+    )
+    .unwrap();
+    let policy = settings.decision.policy;
+    let (cert, tokens) = tokens(&setup.pki, &setup.signer);
+    let target = Target {
+        name: format!("{proxy:?}"),
+        pki: &setup.pki,
+        port: setup.port,
+        upstream: &setup.upstream,
+        cert,
+        tokens,
+        routes: policy.routes,
+        claim_headers: policy.upstream.claim_headers,
+        envoy_routes: Vec::new(),
+        decisions: DecisionSource::CertboundLog(&setup.certbound),
+    };
+    assert_no_disagreement(target, started).await;
+}
+
+/// A route of a shipped Envoy config, and the scopes it adds to certbound's requirements
+/// (`context_extensions` `certbound.scopes` for the service, the module's per-route config).
+#[derive(Debug)]
+struct EnvoyRoute {
+    prefix: String,
+    scopes: Vec<String>,
+}
+
+/// The routes of an Envoy config, in order.
+fn envoy_routes(config: &str) -> Vec<EnvoyRoute> {
+    fn scopes(value: &serde_yaml_ng::Value, out: &mut Vec<String>) {
+        use serde_yaml_ng::Value as Y;
+        match value {
+            Y::Mapping(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        (Some("certbound.scopes"), Y::String(list)) => out.extend(
+                            list.split([' ', ','])
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_owned),
+                        ),
+                        // The module's per-route filter_config: certbound's YAML in a string.
+                        (Some("value"), Y::String(text)) => {
+                            if let Ok(inner) = serde_yaml_ng::from_str::<Y>(text)
+                                && let Some(Y::Sequence(list)) = inner.get("scopes")
+                            {
+                                out.extend(list.iter().filter_map(Y::as_str).map(str::to_owned));
+                            }
+                        }
+                        _ => scopes(value, out),
+                    }
+                }
+            }
+            Y::Sequence(items) => items.iter().for_each(|v| scopes(v, out)),
+            _ => {}
+        }
+    }
+    fn walk(value: &serde_yaml_ng::Value, out: &mut Vec<EnvoyRoute>) {
+        use serde_yaml_ng::Value as Y;
+        match value {
+            Y::Mapping(map) => {
+                for (key, value) in map {
+                    if let (Some("routes"), Y::Sequence(routes)) = (key.as_str(), value) {
+                        for route in routes {
+                            let prefix = route["match"]["prefix"]
+                                .as_str()
+                                .expect("a prefix route")
+                                .to_owned();
+                            let mut found = Vec::new();
+                            scopes(&route["typed_per_filter_config"], &mut found);
+                            out.push(EnvoyRoute {
+                                prefix,
+                                scopes: found,
+                            });
+                        }
+                    } else {
+                        walk(value, out);
+                    }
+                }
+            }
+            Y::Sequence(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_yaml_ng::from_str(config).unwrap(), &mut out);
+    out
+}
+
+/// Decisions from Envoy's access log in the shipped format (`%REQ(:METHOD)% %RESPONSE_CODE%
+/// certbound=... reason=... iss=... rule=... request_id=...`).
+fn access_log_decisions(log: &str) -> HashMap<String, Vec<Decision>> {
+    let mut out: HashMap<String, Vec<Decision>> = HashMap::new();
+    for line in log.lines() {
+        let Some((_, rest)) = line.split_once("] ") else {
+            continue;
+        };
+        let mut words = rest.split(' ');
+        let method = words.next().unwrap_or_default();
+        let fields: HashMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
+        let (Some(decision), Some(id)) = (fields.get("certbound"), fields.get("request_id")) else {
+            continue;
+        };
+        let known = |name: &str| {
+            fields
+                .get(name)
+                .filter(|v| **v != "-")
+                .map(|v| v.to_string())
+        };
+        out.entry(id.to_string()).or_default().push(Decision {
+            decision: decision.to_string(),
+            reason: known("reason").unwrap_or_default(),
+            rule: known("rule"),
+            method: Some(method.to_owned()),
+            ..Decision::default()
+        });
+    }
+    out
+}
+
+/// Which Envoy shape asks certbound.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// The ext_authz gRPC service: deploy/envoy/self-signed.yaml with certbound on
+    /// deploy/local/certbound.yaml.
+    Service,
+    /// The dynamic module: deploy/envoy/module.yaml.
+    Module,
+}
+
+/// The three path settings the shipped configs turn on, off again (Envoy's defaults).
+fn without_normalisation(config: String) -> String {
+    let mut config = config;
+    for (on, off) in [
+        ("normalize_path: true", "normalize_path: false"),
+        ("merge_slashes: true", "merge_slashes: false"),
+        (
+            "path_with_escaped_slashes_action: REJECT_REQUEST",
+            "path_with_escaped_slashes_action: KEEP_UNCHANGED",
+        ),
+    ] {
+        assert!(
+            config.contains(on),
+            "the shipped config no longer has {on:?}"
+        );
+        config = config.replace(on, off);
+    }
+    config
+}
+
+async fn run_envoy(shape: Shape, normalised: bool) {
+    let started = std::time::Instant::now();
+    let name = format!(
+        "Envoy-{shape:?}-{}",
+        if normalised { "normalised" } else { "raw" }
+    );
+    let pki = leak(Pki::new(&name));
+    let dir = pki.dir.path();
+    let signer = Signer::es256("diff-k1");
+    let upstream = leak(RawUpstream::start().await);
+    let mut ports = EnvoyPorts {
+        listener: free_port(),
+        admin: free_port(),
+        upstream: Some(upstream.addr),
+        ..Default::default()
+    };
+    let mut certbound = None;
+    let (config, policy) = match shape {
+        Shape::Service => {
+            let jwks = dir.join("jwks.json");
+            std::fs::write(&jwks, json!({"keys": [signer.jwk.clone()]}).to_string()).unwrap();
+            let shipped = std::fs::read_to_string(repo("deploy/local/certbound.yaml")).unwrap();
+            let yaml = point(
+                &shipped,
+                &[("deploy/local/jwks.json", jwks.display().to_string())],
+                &[],
+            );
+            let (process, addr) =
+                start_certbound_env(&yaml, dir, None, &[("CERTBOUND_LOG_FORMAT", "json".into())])
+                    .await;
+            certbound = Some(leak(process));
+            ports.certbound = Some(addr);
+            let settings =
+                certbound::config::Settings::from_yaml(&yaml, std::iter::empty(), Some(dir))
+                    .unwrap();
+            (
+                envoy_config("self-signed", &ports, pki),
+                settings.decision.policy,
+            )
+        }
+        Shape::Module => {
+            let idp = leak(Idp::start_tls(&[&signer], pki, "idp.example.com").await);
+            ports.idp = Some(idp.addr);
+            let config = envoy_config("module", &ports, pki);
+            // The module's configuration is certbound's own, in the filter's filter_config.
+            let text = module_filter_config(&config);
+            let policy = certbound_core::config::parse(&text)
+                .unwrap()
+                .decision_settings(None)
+                .unwrap()
+                .policy;
+            (config, policy)
+        }
+    };
+    let config = if normalised {
+        config
+    } else {
+        without_normalisation(config)
+    };
+    let envoy = leak(start_envoy(&config, &ports, dir).await);
+    let (cert, tokens) = tokens(pki, &signer);
+    let target = Target {
+        name,
+        pki,
+        port: ports.listener,
+        upstream,
+        cert,
+        tokens,
+        routes: policy.routes,
+        claim_headers: policy.upstream.claim_headers,
+        envoy_routes: envoy_routes(&config),
+        decisions: match certbound {
+            Some(certbound) => DecisionSource::CertboundLog(certbound),
+            None => DecisionSource::EnvoyAccessLog(envoy),
+        },
+    };
+    assert!(
+        target.envoy_routes.iter().any(|r| !r.scopes.is_empty()),
+        "no route of the shipped config adds scopes: {:?}",
+        target.envoy_routes
+    );
+    wait_ready(&target).await;
+    assert_no_disagreement(target, started).await;
+}
+
+/// The certbound YAML in a module config's filter (not a per-route one).
+fn module_filter_config(config: &str) -> String {
+    let lines: Vec<&str> = config.lines().collect();
+    let filter = lines
+        .iter()
+        .position(|l| l.trim() == "filter_name: certbound")
+        .and_then(|at| (at..lines.len()).find(|&i| lines[i].trim() == "value: |"))
+        .expect("a certbound module filter with a value block");
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let inner = indent(lines[filter + 1]);
+    lines[filter + 1..]
+        .iter()
+        .take_while(|l| l.trim().is_empty() || indent(l) >= inner)
+        .map(|l| l.get(inner..).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits until a bound admin token passes (the module fetches its keys through Envoy first).
+async fn wait_ready(target: &Target) {
+    let auth = target.authorization(Token::Admin).unwrap();
+    for _ in 0..200 {
+        let head = raw::head("GET", "/ready", &[("authorization", auth)]);
+        let seen = raw::http1(
+            target.pki,
+            Some(&target.cert),
+            target.port,
+            vec![Step::Send(head)],
+            Duration::from_secs(2),
+        )
+        .await;
+        if seen.status == Some(200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} did not pass a bound token", target.name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn differential_envoy_service() {
+    run_envoy(Shape::Service, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn differential_envoy_service_without_normalisation() {
+    run_envoy(Shape::Service, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
+async fn differential_envoy_module() {
+    run_envoy(Shape::Module, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
+async fn differential_envoy_module_without_normalisation() {
+    run_envoy(Shape::Module, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
