@@ -14,6 +14,12 @@
 //! other spelling of them reached it. Every disagreement is printed with the request, what the
 //! upstream received, each resolution and certbound's decision.
 //!
+//! The same corpus goes through Envoy in both shapes, as shipped and with Envoy's path
+//! normalisation off (its defaults): the ext_authz service (deploy/envoy/self-signed.yaml with
+//! deploy/local/certbound.yaml) and the module (deploy/envoy/module.yaml, its decisions read from
+//! the shipped access log's `rule=` and `request_id=`). There the upstream's path must also fall
+//! under an Envoy route whose added scopes (read from the shipped file) the allowed token has.
+//!
 //! Ignored by a plain `cargo test` (they need the proxies); `scripts/test.sh` runs them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
