@@ -489,7 +489,12 @@ fn check(
         let Some(path) = semantics.resolve(&received.target) else {
             continue;
         };
-        let rule = target.routes.rule_name(&received.method, host, &path);
+        let request = certbound_core::AccessRequest {
+            method: received.method.clone(),
+            host: host.to_owned(),
+            ..Default::default()
+        };
+        let rule = target.routes.rule_name(&request, &path);
         if decision.rule.as_deref() != Some(rule) {
             problems.push(format!(
                 "{}: the upstream serves {path:?}, rule {rule:?}; certbound decided with {:?}",

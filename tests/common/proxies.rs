@@ -109,11 +109,17 @@ impl Setup {
         let shipped =
             std::fs::read_to_string(repo("deploy/forward-auth").join(proxy.certbound_config()))
                 .unwrap();
+        let port = free_port();
         let yaml = point(
             &shipped,
             &[
                 ("127.0.0.1:9292", forward_auth.to_string()),
                 ("deploy/local/jwks.json", jwks.display().to_string()),
+                // The public origin, which the file says to set.
+                (
+                    "https://localhost:8443",
+                    format!("https://127.0.0.1:{port}"),
+                ),
             ],
             &[],
         );
@@ -124,7 +130,6 @@ impl Setup {
             &[("CERTBOUND_LOG_FORMAT", "json".into())],
         )
         .await;
-        let port = free_port();
         let process = match proxy {
             Proxy::Envoy => {
                 let ports = EnvoyPorts {
@@ -209,7 +214,10 @@ impl Setup {
         self.upstream
             .all()
             .into_iter()
-            .filter(|r| r.target.contains(marker))
+            .filter(|r| {
+                r.target.contains(marker)
+                    || r.headers.iter().any(|(k, v)| k == "x-case" && v == marker)
+            })
             .collect()
     }
 }
@@ -240,7 +248,12 @@ pub async fn start_proxy(
     match proxy {
         Proxy::Nginx => {
             let config = dir.join("nginx.conf");
-            let required: Vec<_> = common.iter().chain(&files[..2]).cloned().collect();
+            // NGINX resolves them against the config's folder: the shipped file names them so.
+            let nginx_files = [
+                ("../local/demo-server.pem", at("server.crt")),
+                ("../local/demo-server.key", at("server.key")),
+            ];
+            let required: Vec<_> = common.iter().chain(&nginx_files).cloned().collect();
             std::fs::write(&config, point(&shipped("nginx.conf"), &required, &[])).unwrap();
             command = Command::new("nginx");
             command
