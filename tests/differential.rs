@@ -674,9 +674,10 @@ async fn differential(target: Arc<Target>) -> Tally {
 async fn assert_no_disagreement(target: Target, started: std::time::Instant) {
     let name = target.name.clone();
     let tally = differential(Arc::new(target)).await;
-    eprintln!(
+    // Straight to stderr, past the test harness's capture: the counts show in passing runs too.
+    let summary = format!(
         "{name}: corpus {} requests, {} answered ({:?}), {} without an answer, {} reached \
-         the upstream, {} disagreements, {:.1} s",
+         the upstream, {} disagreements, {:.1} s\n",
         tally.sent,
         tally.sent - tally.no_answer,
         tally.statuses,
@@ -685,6 +686,7 @@ async fn assert_no_disagreement(target: Target, started: std::time::Instant) {
         tally.disagreements.len(),
         started.elapsed().as_secs_f64()
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), summary.as_bytes());
     let disagreements = tally.disagreements.len();
     // All of them in a file, the first ones here.
     let report =
