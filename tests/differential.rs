@@ -36,9 +36,10 @@ use serde_json::{Value, json};
 use common::envoy::{
     EnvoyPorts, Pki, Process, Received, envoy_config, free_port, start_certbound_env, start_envoy,
 };
+use common::hostile;
 use common::paths::{PATHS_TO_ADMIN, UNSAFE_PATHS, h2_can_send};
-use common::proxies::{AUDIENCE, ISSUER, Proxy, RawUpstream, Setup, point, repo};
-use common::raw::{self, H2Response, Step};
+use common::proxies::{AUDIENCE, ISSUER, Proxy, RawUpstream, Setup, point, repo, send_raw};
+use common::raw::{self, Step};
 use common::upstream_paths::{self, Semantics};
 use common::{ClientCert, Idp, Signer};
 
@@ -140,83 +141,6 @@ fn paths() -> Vec<String> {
     out
 }
 
-/// What a client may send to steer what certbound decides on: (header, hostile value, the
-/// method and target the request really has).
-fn forwarded_headers() -> Vec<(String, &'static str, &'static str, &'static str)> {
-    // Each name as a client spells it, then with `_` for `-` (CGI, WSGI, PHP and many frameworks
-    // read both as the same variable).
-    let uri = [
-        "X-Forwarded-Uri",
-        "X-Original-URI",
-        "X-Original-URL",
-        "X-Rewrite-URL",
-        "X-Forwarded-Path",
-        "X-Forwarded-Prefix",
-        "X-Envoy-Original-Path",
-        "X-Forwarded-Url",
-        "X-Request-Uri",
-    ];
-    let method = [
-        "X-Forwarded-Method",
-        "X-Original-Method",
-        "X-HTTP-Method-Override",
-        "X-HTTP-Method",
-        "X-Method-Override",
-    ];
-    let host = ["X-Forwarded-Host", "X-Original-Host", "X-Host", "Host"];
-    let proto = ["X-Forwarded-Proto", "X-Forwarded-Scheme", "X-Scheme"];
-    let mut out = Vec::new();
-    for spell in [false, true] {
-        let name = |n: &str| {
-            if spell {
-                n.replace('-', "_")
-            } else {
-                n.to_owned()
-            }
-        };
-        for n in uri {
-            out.push((name(n), "/public/x", "GET", "/admin/x"));
-        }
-        for n in method {
-            // Refused on /admin without the admin scope: only an allowed request shows the
-            // method certbound decided on next to the one the upstream got.
-            for target in ["/admin/x", "/items"] {
-                out.push((name(n), "GET", "DELETE", target));
-            }
-        }
-        for n in host {
-            out.push((name(n), "admin.example.com", "GET", "/admin/x"));
-        }
-        for n in proto {
-            out.push((name(n), "http", "GET", "/admin/x"));
-        }
-        out.push((
-            name("Forwarded"),
-            "for=192.0.2.1;host=evil.example;proto=http",
-            "GET",
-            "/admin/x",
-        ));
-    }
-    out
-}
-
-/// Other spellings of the headers certbound sets (claims) or reads (the certificate): a client's
-/// copy must change nothing, and no alias of a claim header may reach the upstream.
-const ALIASES: &[&str] = &[
-    "X_Certbound_Subject",
-    "x_certbound_subject",
-    "X-CERTBOUND-SUBJECT",
-    "x-certbound-subject",
-    "X_Certbound_Client_Id",
-    "x-certbound-client-id",
-    "X_Forwarded_Tls_Client_Cert",
-    "x_ssl_client_cert",
-    "X_SSL_Client_Cert",
-    "x_forwarded_client_cert",
-    "client_cert",
-    "x_client_cert",
-];
-
 fn corpus() -> Vec<Case> {
     let mut cases = Vec::new();
     let mut add = |method: &str, target: &str, headers: Vec<(String, String)>, token: Token| {
@@ -238,27 +162,17 @@ fn corpus() -> Vec<Case> {
             add("GET", &path, Vec::new(), token);
         }
     }
-    for (name, value, method, target) in forwarded_headers() {
-        let other = match value {
-            "/public/x" => "/admin/x",
-            "GET" => "DELETE",
-            _ => "localhost",
-        };
-        let forms = [
-            vec![(name.clone(), value.to_owned())],
-            vec![
-                (name.clone(), value.to_owned()),
-                (name.clone(), other.to_owned()),
-            ],
-            vec![(name.clone(), format!("{value}, {other}"))],
-        ];
-        for headers in forms {
+    for hostile in hostile::forwarded_headers() {
+        for headers in hostile.forms() {
             for token in [Token::None, Token::Reader] {
-                add(method, target, headers.clone(), token);
+                add(hostile.method, hostile.target, headers.clone(), token);
             }
         }
     }
-    for name in ALIASES {
+    for name in hostile::CLAIM_ALIASES
+        .iter()
+        .chain(hostile::CERTIFICATE_ALIASES)
+    {
         for value in ["mallory", "root"] {
             for token in [Token::None, Token::Reader, Token::OtherCertificate] {
                 for target in ["/public/x", "/items"] {
@@ -405,31 +319,16 @@ async fn send(under: Arc<Target>, id: usize, case: Case) -> Option<u16> {
     for (name, value) in &case.headers {
         headers.push((name, value));
     }
-    if case.http2 {
-        // Not raw::http2, which waits for an extended-CONNECT setting most proxies never send.
-        let stream = raw::tls(under.pki, Some(&under.cert), under.port, b"h2").await;
-        let (client, connection) = h2::client::handshake(stream).await.ok()?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut client = client.ready().await.ok()?;
-        let request = raw::h2_request(&case.method, &case.target, &headers);
-        let (response, _) = client.send_request(request, true).ok()?;
-        H2Response::read(response, Duration::from_secs(5))
-            .await
-            .status
-    } else {
-        let head = raw::head(&case.method, &case.target, &headers);
-        raw::http1(
-            under.pki,
-            Some(&under.cert),
-            under.port,
-            vec![Step::Send(head)],
-            Duration::from_secs(5),
-        )
-        .await
-        .status
-    }
+    send_raw(
+        under.pki,
+        Some(&under.cert),
+        under.port,
+        case.http2,
+        &case.method,
+        &case.target,
+        &headers,
+    )
+    .await
 }
 
 /// A header's non-empty values at the upstream.
@@ -440,10 +339,6 @@ fn values<'r>(received: &'r Received, name: &str) -> Vec<&'r str> {
         .filter(|(n, v)| n == name && !v.is_empty())
         .map(|(_, v)| v.as_str())
         .collect()
-}
-
-fn normalised(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
 }
 
 /// Checks one request the upstream received against certbound's decision; the disagreements.
@@ -551,7 +446,7 @@ fn check(
             ));
         }
         for (name, value) in &received.headers {
-            if name != header && normalised(name) == *header {
+            if hostile::is_alias(name, header) {
                 problems.push(format!(
                     "an alias of {header} reached the upstream: {name}: {value}"
                 ));

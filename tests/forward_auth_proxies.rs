@@ -6,8 +6,9 @@
 //! token, an unbound token and another certificate are refused with certbound's 401), a
 //! client's own certificate header without a certificate (refused), a route rule (403), DPoP (a
 //! proof for the public URL passes once, its replay is refused), the claim headers at the
-//! upstream with a client's spoofed copies gone, and the path-spelling table: no spelling of an
-//! `/admin` path reaches the upstream for a token without the `admin` scope.
+//! upstream with a client's spoofed copies gone, the path-spelling table (no spelling of an
+//! `/admin` path reaches the upstream for a token without the `admin` scope), and hostile clients:
+//! their own forwarded headers, claim and certificate header aliases (tests/common/hostile.rs).
 //!
 //! Ignored by a plain `cargo test` (they need the proxies); `scripts/test.sh` installs them
 //! (scripts/install-tools.sh) and runs these with `--include-ignored`.
@@ -20,10 +21,11 @@ use std::time::Duration;
 use common::ClientCert;
 use common::dpop::DpopKey;
 use common::envoy::*;
+use common::hostile;
 use common::paths::{PATHS_TO_ADMIN, UNSAFE_PATHS, h2_can_send, is_plain_public};
-use common::proxies::{Proxy, Setup};
+use common::proxies::{Proxy, Setup, send_raw};
 use common::raw::{self, H2Response, Step};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Sends one request with reqwest (which normalises paths; the spelling table uses raw clients).
 async fn send(
@@ -352,12 +354,149 @@ async fn path_spellings(setup: &Setup) -> (usize, Vec<String>) {
     (cases, failures)
 }
 
+/// Hostile clients (issue 27, findings 1 and 7): a client's own forwarded headers (every name,
+/// alone, duplicated and comma-joined, and spelled with `_`), aliases of the claim headers, and
+/// underscore spellings of the certificate headers. Nothing may reach the upstream for a method,
+/// path, host or scheme certbound did not decide on, no alias of a claim header may reach it at
+/// all, and no certificate alias may stand in for the connection's certificate.
+async fn hostile_clients(setup: &Setup) -> (usize, Vec<String>) {
+    let cert = setup.pki.client("fa-hostile");
+    let reader = setup.bound(&cert, "read");
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    let claim_headers = ["x-certbound-subject", "x-certbound-client-id"];
+    for http2 in [false, true] {
+        let proto = if http2 { "h2" } else { "h1" };
+        // 1. Forwarded headers: /admin without a token must stay refused; /items with a token
+        // may pass, but then certbound decided on the method the upstream got.
+        for hostile in hostile::forwarded_headers() {
+            for headers in hostile.forms() {
+                cases += 1;
+                let marker = format!("hostile-{}", common::stack::unique());
+                let token = (hostile.target == "/items").then_some(reader.as_str());
+                let mut all: Vec<(&str, &str)> =
+                    vec![("x-case", &marker), ("x-request-id", &marker)];
+                all.extend(token.map(|t| ("authorization", t)));
+                all.extend(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                let status = send_raw(
+                    &setup.pki,
+                    Some(&cert),
+                    setup.port,
+                    http2,
+                    hostile.method,
+                    hostile.target,
+                    &all,
+                )
+                .await;
+                let received = setup.received(&marker);
+                let label = format!(
+                    "{:?} {proto} {} {} {headers:?} ({status:?})",
+                    setup.proxy, hostile.method, hostile.target
+                );
+                if token.is_none() && !received.is_empty() {
+                    failures.push(format!("{label}: WRONG ALLOW: reached the upstream"));
+                }
+                for r in &received {
+                    let decided: Vec<Value> = setup.decisions_for(&marker).await;
+                    let methods: Vec<&str> = decided
+                        .iter()
+                        .filter_map(|d| d["method"].as_str())
+                        .collect();
+                    if methods != [r.method.as_str()] {
+                        failures.push(format!(
+                            "{label}: the upstream got {} {}, certbound decided on {methods:?}",
+                            r.method, r.target
+                        ));
+                    }
+                }
+            }
+        }
+        // 2. Claim header aliases, on an anonymous route and with a token: at the upstream only
+        // certbound's own claim headers, with certbound's values.
+        for name in hostile::CLAIM_ALIASES {
+            for (target, token, sub) in [
+                ("/public/x", None, None),
+                ("/items", Some(reader.as_str()), Some("alice")),
+            ] {
+                cases += 1;
+                let marker = format!("alias-{}", common::stack::unique());
+                let mut all: Vec<(&str, &str)> =
+                    vec![("x-case", &marker), (name, "mallory"), (name, "root")];
+                all.extend(token.map(|t| ("authorization", t)));
+                let status = send_raw(
+                    &setup.pki,
+                    Some(&cert),
+                    setup.port,
+                    http2,
+                    "GET",
+                    target,
+                    &all,
+                )
+                .await;
+                let label = format!("{:?} {proto} GET {target} {name} ({status:?})", setup.proxy);
+                for r in setup.received(&marker) {
+                    for (header, value) in &r.headers {
+                        if claim_headers.iter().any(|c| hostile::is_alias(header, c)) {
+                            failures.push(format!(
+                                "{label}: an alias reached the upstream: {header}: {value}"
+                            ));
+                        }
+                    }
+                    let subjects: Vec<&str> = r
+                        .headers
+                        .iter()
+                        .filter(|(k, v)| k == "x-certbound-subject" && !v.is_empty())
+                        .map(|(_, v)| v.as_str())
+                        .collect();
+                    if subjects != sub.into_iter().collect::<Vec<_>>() {
+                        failures.push(format!(
+                            "{label}: x-certbound-subject at the upstream: {subjects:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        // 3. Certificate header aliases without a certificate on the connection, carrying the
+        // certificate the token is bound to: never a certificate.
+        let pem = cert.url_encoded();
+        let der = cert.der_base64();
+        for name in hostile::CERTIFICATE_ALIASES {
+            cases += 1;
+            let marker = format!("cert-alias-{}", common::stack::unique());
+            let value = if name.to_ascii_lowercase().contains("ssl") {
+                pem.as_str()
+            } else {
+                der.as_str()
+            };
+            let all = [
+                ("x-case", marker.as_str()),
+                ("authorization", reader.as_str()),
+                (name, value),
+            ];
+            let status = send_raw(&setup.pki, None, setup.port, http2, "GET", "/items", &all).await;
+            if !setup.received(&marker).is_empty() {
+                failures.push(format!(
+                    "{:?} {proto} {name} without a certificate ({status:?}): WRONG ALLOW: \
+                     reached the upstream",
+                    setup.proxy
+                ));
+            }
+        }
+    }
+    (cases, failures)
+}
+
 async fn run(proxy: Proxy) {
     let setup = Setup::start(proxy).await;
     let mut failures = scenarios(&setup).await;
     let (cases, spelling_failures) = path_spellings(&setup).await;
     failures.extend(spelling_failures);
-    eprintln!("{proxy:?}: scenarios over HTTP/1.1 and HTTP/2, {cases} path spellings");
+    let (hostile, hostile_failures) = hostile_clients(&setup).await;
+    failures.extend(hostile_failures);
+    eprintln!(
+        "{proxy:?}: scenarios over HTTP/1.1 and HTTP/2, {cases} path spellings, {hostile} \
+         hostile-client cases"
+    );
     assert!(
         failures.is_empty(),
         "{} failures:\n{}\n--- {:?} log:\n{}",

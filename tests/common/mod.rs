@@ -30,6 +30,7 @@ use certbound::grpc::pb::envoy::service::auth::v3::{
 pub mod dpop;
 pub mod envoy;
 pub mod external;
+pub mod hostile;
 pub mod paths;
 pub mod proxies;
 pub mod raw;

@@ -509,3 +509,71 @@ async fn read_chunked(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::
         total += size;
     }
 }
+
+/// Sends one request on a fresh connection, byte for byte (HTTP/1.1) or as given (HTTP/2, one
+/// stream); its status, or `None` when the connection failed or the stream was reset.
+pub async fn send_raw(
+    pki: &Pki,
+    cert: Option<&ClientCert>,
+    port: u16,
+    http2: bool,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Option<u16> {
+    use super::raw::{self, H2Response, Step};
+    if http2 {
+        // Not raw::http2, which waits for an extended-CONNECT setting most proxies never send.
+        let stream = raw::tls(pki, cert, port, b"h2").await;
+        let (client, connection) = h2::client::handshake(stream).await.ok()?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.ok()?;
+        let request = raw::h2_request(method, target, headers);
+        let (response, _) = client.send_request(request, true).ok()?;
+        H2Response::read(response, Duration::from_secs(5))
+            .await
+            .status
+    } else {
+        let head = raw::head(method, target, headers);
+        raw::http1(
+            pki,
+            cert,
+            port,
+            vec![Step::Send(head)],
+            Duration::from_secs(5),
+        )
+        .await
+        .status
+    }
+}
+
+impl Setup {
+    /// certbound's decision log so far: one JSON object per check.
+    pub fn decisions(&self) -> Vec<Value> {
+        self.certbound
+            .log()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["target"] == "certbound::decision")
+            .collect()
+    }
+
+    /// certbound's decisions for one `x-request-id`, waiting up to 3 s for the first (the log
+    /// is written asynchronously).
+    pub async fn decisions_for(&self, request_id: &str) -> Vec<Value> {
+        for _ in 0..30 {
+            let found: Vec<Value> = self
+                .decisions()
+                .into_iter()
+                .filter(|d| d["request_id"] == request_id)
+                .collect();
+            if !found.is_empty() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Vec::new()
+    }
+}
