@@ -45,6 +45,12 @@ pub struct StoreResultLabels {
     pub result: &'static str,
 }
 
+/// A configured claim header's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeaderLabel {
+    pub header: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
@@ -57,6 +63,9 @@ static DROPPED_LOG_LINES: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> = OnceLoc
 pub fn count_dropped_log_lines_with(source: impl Fn() -> u64 + Send + Sync + 'static) {
     let _ = DROPPED_LOG_LINES.set(Box::new(source));
 }
+
+/// What a DPoP replay check can find (`certbound_dpop_replay_checks_total{result}`).
+pub const REPLAY_RESULTS: [&str; 3] = ["first_use", "replayed", "error"];
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -82,6 +91,8 @@ pub struct Metrics {
     /// 1: the Redis replay store's maxmemory-policy evicts keys; 0: noeviction; -1: unknown.
     pub replay_store_evicting: Gauge,
     pub log_lines_dropped: Counter,
+    /// Claim headers left out of an allow: the claim had no safe header form.
+    pub claim_headers_dropped: Family<HeaderLabel, Counter>,
     /// Trace spans lost: the export queue was full, or their export failed.
     pub trace_spans_dropped: Family<ResultLabel, Counter>,
 }
@@ -178,7 +189,15 @@ impl Default for Metrics {
              export_failed: the collector did not take them)",
             trace_spans_dropped.clone(),
         );
-        Self {
+        let claim_headers_dropped = Family::<HeaderLabel, Counter>::default();
+        registry.register(
+            "claim_headers_dropped",
+            "Claim headers left out of an allow (and removed) because the claim had no safe \
+             header form (non-ASCII, an object, a list element with a comma), by header",
+            claim_headers_dropped.clone(),
+        );
+        let metrics = Self {
+            claim_headers_dropped,
             registry,
             checks,
             check_duration,
@@ -194,7 +213,27 @@ impl Default for Metrics {
             replay_store_evicting,
             log_lines_dropped,
             trace_spans_dropped,
+        };
+        // Every series whose labels are known in advance exists from the start, at 0: an alert
+        // on `increase(...) > 0` needs a sample before the first event to fire on it.
+        for (family, results) in [
+            (&metrics.config_reloads, &["applied", "rejected"][..]),
+            (
+                &metrics.introspection_requests,
+                &["active", "inactive", "error"],
+            ),
+            (&metrics.introspection_cache, &["hit", "miss"]),
+            (&metrics.token_cache, &["hit", "miss"]),
+            (
+                &metrics.trace_spans_dropped,
+                &["queue_full", "export_failed"],
+            ),
+        ] {
+            for &result in results {
+                drop(family.get_or_create(&ResultLabel { result }));
+            }
         }
+        metrics
     }
 }
 
@@ -215,6 +254,15 @@ impl Metrics {
         self.check_duration
             .get_or_create(&DecisionLabel { decision: name })
             .observe(seconds);
+        if let certbound_core::Outcome::Allow(upstream) = &decision.outcome {
+            for header in &upstream.dropped_headers {
+                self.claim_headers_dropped
+                    .get_or_create(&HeaderLabel {
+                        header: header.clone(),
+                    })
+                    .inc();
+            }
+        }
     }
 
     pub fn key_refresh(&self, issuer: &str, ok: bool) {
@@ -225,6 +273,26 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+
+    /// The replay store in use: its series exist from the start, at 0.
+    pub fn replay_store(&self, store: &'static str) {
+        for result in REPLAY_RESULTS {
+            drop(
+                self.replay_checks
+                    .get_or_create(&StoreResultLabels { store, result }),
+            );
+        }
+    }
+
+    /// A configured issuer: its key-refresh series exist from the start, at 0.
+    pub fn issuer(&self, issuer: &str) {
+        for result in ["success", "failure"] {
+            drop(self.key_refreshes.get_or_create(&IssuerResultLabels {
+                issuer: issuer.to_owned(),
+                result,
+            }));
+        }
     }
 
     pub fn replay_check(&self, store: &'static str, result: &'static str) {
@@ -291,5 +359,47 @@ mod tests {
             text.contains("certbound_log_lines_dropped_total 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn claim_headers_without_a_safe_form_are_counted() {
+        let metrics = Metrics::default();
+        let upstream = certbound_core::Upstream {
+            dropped_headers: vec!["x-certbound-name".into()],
+            ..Default::default()
+        };
+        let decision = Decision {
+            outcome: certbound_core::Outcome::Allow(upstream),
+            facts: Default::default(),
+        };
+        metrics.record_check(&decision, 0.001, "");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"certbound_claim_headers_dropped_total{header="x-certbound-name"} 1"#),
+            "{text}"
+        );
+    }
+
+    /// An alert on `increase(certbound_config_reloads_total{result="rejected"}[15m]) > 0` can
+    /// fire on the first rejected reload only if the series was there, at 0, before it.
+    #[test]
+    fn series_with_known_labels_exist_at_zero_from_the_start() {
+        let metrics = Metrics::default();
+        metrics.replay_store("redis");
+        metrics.issuer("https://idp.example.com");
+        let text = metrics.encode();
+        for series in [
+            r#"certbound_config_reloads_total{result="rejected"} 0"#,
+            r#"certbound_config_reloads_total{result="applied"} 0"#,
+            r#"certbound_introspection_requests_total{result="error"} 0"#,
+            r#"certbound_introspection_cache_total{result="miss"} 0"#,
+            r#"certbound_token_cache_total{result="hit"} 0"#,
+            r#"certbound_trace_spans_dropped_total{result="queue_full"} 0"#,
+            r#"certbound_dpop_replay_checks_total{store="redis",result="error"} 0"#,
+            r#"certbound_dpop_replay_checks_total{store="redis",result="first_use"} 0"#,
+            r#"certbound_key_refreshes_total{issuer="https://idp.example.com",result="failure"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 }
