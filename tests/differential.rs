@@ -6,10 +6,10 @@
 //! through each shipped proxy setup to a recording upstream that keeps each request byte for
 //! byte. For every request the upstream received, certbound's own decision for it is found in
 //! its decision log (by `x-request-id`, which the proxies pass to both) and the invariant is
-//! checked: the method the upstream got is the one certbound decided on; the path, as each
-//! upstream semantics resolves it (tests/common/upstream_paths.rs: strict RFC 3986,
-//! Tomcat/Spring `;` stripping, merged `//`, decoded `%2F`), falls under the rule certbound's
-//! decision named, matched by certbound's own rule table (parsed from the configuration it was
+//! checked: the method the upstream got (and any a method-override header names) is the one
+//! certbound decided on; the path, as each upstream semantics resolves it
+//! (tests/common/upstream_paths.rs: strict RFC 3986, Tomcat/Spring `;` stripping, merged `//`,
+//! decoded `%2F`), falls under the rule certbound's decision named, matched by certbound's own rule table (parsed from the configuration it was
 //! started with); the claim headers the upstream got are the identity certbound allowed, and no
 //! other spelling of them reached it. Every disagreement is printed with the request, what the
 //! upstream received, each resolution and certbound's decision.
@@ -375,6 +375,17 @@ fn check(
             "method: certbound decided on {:?}, the upstream got {:?}",
             decision.method, received.method
         ));
+    }
+    // An upstream that honours a method override acts on that method instead.
+    for (name, value) in &received.headers {
+        if let Some(method) = hostile::method_override(name, value)
+            && decision.method.as_deref() != Some(method)
+        {
+            problems.push(format!(
+                "method: certbound decided on {:?}, an upstream honouring {name} acts on {method:?}",
+                decision.method
+            ));
+        }
     }
     let host = values(received, "host")
         .first()

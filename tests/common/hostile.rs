@@ -124,3 +124,17 @@ pub const CERTIFICATE_ALIASES: &[&str] = &[
 pub fn is_alias(name: &str, header: &str) -> bool {
     name != header && name.to_ascii_lowercase().replace('_', "-") == header
 }
+
+/// Headers many frameworks take the method from instead of the request line's (Rails, Laravel,
+/// Express's method-override, Spring's HiddenHttpMethodFilter in some setups).
+pub const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The method override a framework reads from this header, if it is one (any spelling).
+pub fn method_override<'v>(name: &str, value: &'v str) -> Option<&'v str> {
+    let name = name.to_ascii_lowercase().replace('_', "-");
+    METHOD_OVERRIDES.contains(&name.as_str()).then_some(value)
+}
