@@ -972,8 +972,9 @@ async fn differential_envoy_http_service() {
     run(Proxy::Envoy).await;
 }
 
-/// The upstream path semantics themselves.
-mod semantics {
+/// The harness's own parts: the upstream path semantics, the corpus, the readers of the shipped
+/// Envoy routes and access log.
+mod harness {
     use super::*;
 
     fn all(target: &str) -> [Option<String>; 4] {
@@ -1053,6 +1054,46 @@ mod semantics {
         assert_eq!(one(JavaParameters, "/public/%zz"), None);
         // Not origin-form: nothing is served.
         assert_eq!(all("admin/x"), [None, None, None, None]);
+    }
+
+    #[test]
+    fn the_shipped_envoy_routes_and_their_scopes_are_read() {
+        for name in ["self-signed", "module"] {
+            let text = std::fs::read_to_string(repo(&format!("deploy/envoy/{name}.yaml"))).unwrap();
+            let routes: Vec<(String, Vec<String>)> = envoy_routes(&text)
+                .into_iter()
+                .map(|r| (r.prefix, r.scopes))
+                .collect();
+            assert_eq!(
+                routes,
+                [
+                    ("/admin".to_owned(), vec!["admin".to_owned()]),
+                    ("/".to_owned(), vec![])
+                ],
+                "{name}"
+            );
+        }
+        let module = std::fs::read_to_string(repo("deploy/envoy/module.yaml")).unwrap();
+        assert!(module_filter_config(&module).starts_with("issuers:\n"));
+    }
+
+    #[test]
+    fn decisions_are_read_from_the_shipped_access_log_format() {
+        let log = "[2026-12-07T12:00:00.000Z] DELETE 200 certbound=allow reason=ok \
+                   iss=https://idp.example.com rule=default request_id=diff-7\n\
+                   [2026-12-07T12:00:00.001Z] GET 400 certbound=- reason=- iss=- rule=- \
+                   request_id=diff-8\n";
+        let found = access_log_decisions(log);
+        let allow = &found["diff-7"][0];
+        assert_eq!(
+            (
+                allow.decision.as_str(),
+                allow.rule.as_deref(),
+                allow.method.as_deref()
+            ),
+            ("allow", Some("default"), Some("DELETE"))
+        );
+        assert_eq!(found["diff-8"][0].rule, None);
     }
 
     #[test]
