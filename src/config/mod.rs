@@ -44,6 +44,8 @@ pub struct Settings {
     /// OpenTelemetry traces, when on.
     pub traces: Option<crate::telemetry::TracesSettings>,
     pub max_concurrent_checks: usize,
+    /// What a connection to any listener may hold (restart to change).
+    pub connections: crate::listener::ConnectionLimits,
     /// Poll interval for config file changes; `None` when watching is off.
     pub watch_interval: Option<Duration>,
     pub log_format: LogFormat,
@@ -131,6 +133,7 @@ fn validate(
             "must be positive",
         ));
     }
+    let connections = crate::listener::ConnectionLimits::validate(&file.limits.connections)?;
     let idp_ca_file = file.idp_ca_file.map(|path| resolve(path, base));
     if let Some(path) = &idp_ca_file
         && !path.exists()
@@ -157,6 +160,7 @@ fn validate(
         forward_auth,
         traces,
         max_concurrent_checks,
+        connections,
         watch_interval: reload
             .watch
             .then(|| Duration::from_secs(reload.poll_interval_seconds.max(1))),
