@@ -299,7 +299,10 @@ impl RecordingUpstream {
     }
 }
 
-/// A child process killed when dropped (also when a test fails).
+/// A child process in its own process group, stopped when dropped (also when a test fails).
+///
+/// Proxies fork workers (NGINX, HAProxy) and may outlive a killed master, still listening: the
+/// whole group is signalled, and [`Process::stop`] (on drop) asks politely first.
 pub struct Process {
     child: Child,
     pub name: &'static str,
@@ -307,9 +310,51 @@ pub struct Process {
 }
 
 impl Process {
+    /// Kills the process and everything in its group at once (`SIGKILL`), as a crash would.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
+        signal_group(self.child.id(), "KILL");
         let _ = self.child.wait();
+        self.reap_group(Duration::from_secs(2));
+    }
+
+    /// Stops the process as an operator would: `SIGTERM` to its group (and `SIGCONT`, in case a
+    /// test froze it), up to 5 s to exit, then `SIGKILL` of the group as a last resort; and
+    /// waits until no process of the group is left (workers included).
+    pub fn stop(&mut self) {
+        if self.exited().is_none() {
+            signal_group(self.child.id(), "TERM");
+            signal_group(self.child.id(), "CONT");
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while self.exited().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if self.exited().is_none() {
+                signal_group(self.child.id(), "KILL");
+            }
+            let _ = self.child.wait();
+        }
+        self.reap_group(Duration::from_secs(2));
+    }
+
+    /// Waits for the rest of the group (the leader has been waited for) to be gone; whatever
+    /// is still there after `grace` is killed. The group id cannot be reused while a member
+    /// lives, so signalling it only reaches this test's processes.
+    fn reap_group(&self, grace: Duration) {
+        let group = self.child.id();
+        let deadline = std::time::Instant::now() + grace;
+        while !group_members(group).is_empty() {
+            if std::time::Instant::now() >= deadline {
+                signal_group(group, "KILL");
+                std::thread::sleep(Duration::from_millis(50));
+                let left = group_members(group);
+                if !left.is_empty() {
+                    // Not a panic: this runs in Drop, maybe while a test is already failing.
+                    eprintln!("{}: processes {left:?} survive SIGKILL", self.name);
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn id(&self) -> u32 {
@@ -327,17 +372,49 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 
+/// Sends `SIGNAL` to every process of group `group` (`kill -SIGNAL -- -GROUP`).
+fn signal_group(group: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{group}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The live processes (zombies aside) whose process group is `group`, from `/proc`.
+pub fn group_members(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let state = fields.next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == group && state != "Z" && state != "X").then_some(pid)
+        })
+        .collect()
+}
+
+/// Starts `command` in a process group of its own, output to `DIR/NAME.log`.
 pub fn spawn(name: &'static str, mut command: Command, dir: &Path) -> Process {
+    use std::os::unix::process::CommandExt as _;
     let log = dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     command
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
-        .stderr(file);
+        .stderr(file)
+        .process_group(0);
     let child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
