@@ -426,7 +426,9 @@ async fn a_static_jwks_file_logs_its_keys_once_then_only_changes() {
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(count("keys loaded"), 1, "{}", process.log());
     assert!(
-        process.log().contains("keys loaded issuer=https://idp.test keys=1 kids=k1"),
+        process
+            .log()
+            .contains("keys loaded issuer=https://idp.test keys=1 kids=k1"),
         "{}",
         process.log()
     );
@@ -451,7 +453,9 @@ async fn a_static_jwks_file_logs_its_keys_once_then_only_changes() {
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(count("keys changed"), 1, "{}", process.log());
     assert!(
-        process.log().contains("keys changed issuer=https://idp.test keys=2 kids=k1,k2"),
+        process
+            .log()
+            .contains("keys changed issuer=https://idp.test keys=2 kids=k1,k2"),
         "{}",
         process.log()
     );
