@@ -108,6 +108,7 @@ impl Authorizer {
         // Only for a deny: what the token said beside what is configured (bounded, no token).
         let detail = access
             .as_ref()
+            .filter(|_| decision_log::enabled())
             .and_then(|access| checker.deny_detail(access, &decision));
         log_decision(
             &decision,

@@ -49,9 +49,15 @@ pub fn install(format: LogFormat, write: impl Fn(&[u8]) + Send + Sync + 'static)
     let _ = SINK.set((format, Box::new(write)));
 }
 
+/// Whether decision lines are written (`RUST_LOG` lets `certbound::decision` INFO through):
+/// work done only for the line (a deny's detail) can be skipped otherwise.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "certbound::decision", tracing::Level::INFO)
+}
+
 /// Logs one decision, if `RUST_LOG` lets `certbound::decision` INFO through.
 pub fn log(line: &Line<'_>) {
-    if !tracing::enabled!(target: "certbound::decision", tracing::Level::INFO) {
+    if !enabled() {
         return;
     }
     let Some((format, write)) = SINK.get() else {

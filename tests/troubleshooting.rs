@@ -584,3 +584,50 @@ async fn the_served_binary_logs_the_detail() {
     assert!(log.contains(&expected), "{expected}\nnot in:\n{log}");
     assert!(!log.contains(&token[..40]), "token logged");
 }
+
+/// The detail quotes the token, and the token is the attacker's: a huge `iss` and `aud` full of
+/// line breaks, terminal escapes and bidi controls stay on one bounded, escaped line.
+#[tokio::test]
+async fn hostile_token_values_stay_bounded_and_escaped() {
+    capture_decision_log();
+    let (idp, signer, cert) = setup().await;
+    let hostile = format!(
+        "https://evil.test/\n2026-12-07T00:00:00Z  INFO certbound::decision: check decision=\"allow\"\u{1b}[2J\u{202e}{}",
+        "x".repeat(5000)
+    );
+    let mut claims = bound(&idp, &cert);
+    claims["iss"] = json!(hostile);
+    let certbound = Certbound::start(&config_for(&idp, "")).await;
+    let token = signer.sign(&claims);
+    let auth = format!("Bearer {token}");
+    let id = "row-hostile-iss";
+    let answer = certbound
+        .check(request(
+            &[("authorization", &auth), ("x-request-id", id)],
+            &cert.url_encoded(),
+        ))
+        .await;
+    assert_eq!(answer.reason(), "issuer_unknown");
+    let line = logged("request_id", id).await;
+    let raw = LINES
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains(id))
+        .cloned()
+        .unwrap();
+    assert_eq!(raw.matches('\n').count(), 1, "{raw:?}");
+    assert!(
+        !raw.chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+        "{raw:?}"
+    );
+    assert!(raw.len() < 4096, "{} bytes", raw.len());
+    let detail = line["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("iss \"https://evil.test/\n2026"),
+        "{detail:?}"
+    );
+    assert!(detail.chars().count() < 300, "{detail:?}");
+    assert!(detail.contains('…'), "cut: {detail:?}");
+}

@@ -56,18 +56,50 @@ impl Policy {
         now: i64,
     ) -> Option<()> {
         use DenyReason::*;
+        // Most denials say it all (and attack traffic is mostly those): nothing more is parsed.
+        let described = matches!(
+            reason,
+            IssuerUnknown
+                | AudienceMismatch
+                | AlgorithmNotAllowed
+                | TypInvalid
+                | KeyUnknown
+                | KeyTypeMismatch
+                | SignatureInvalid
+                | TokenExpired
+                | TokenNotYetValid
+                | TokenIssuedInFuture
+                | ClaimsInvalid
+                | CertMissing
+                | CertInvalid
+                | BindingMismatch
+                | CnfMissing
+                | X5tMissing
+                | IssuerNotAllowed
+                | AudienceNotAllowed
+                | GroupMissing
+                | ScopeMissing
+                | DpopUrlMismatch
+                | DpopDowngrade
+        );
+        if !described {
+            return None;
+        }
         let facts = &decision.facts;
-        // The token's claims and headers as sent (for the reasons found before or while
-        // verifying), or the introspection answer.
-        let token = match self.credential(request) {
-            Ok(Credential::Jwt(token) | Credential::Introspect(token)) => Some(token),
-            Err(_) => None,
+        // An introspection answer is kept as the facts' claims without a configured issuer
+        // index; a verified JWT's claims come with one.
+        let introspected = facts.claims.is_some() && facts.issuer_index.is_none();
+        // The token's claims and headers as sent, for the reasons found before or while
+        // verifying (no verified claims yet).
+        let jwt = match (&facts.claims, self.credential(request)) {
+            (None, Ok(Credential::Jwt(token) | Credential::Introspect(token))) => {
+                token::parse(token).ok()
+            }
+            _ => None,
         };
-        let jwt = token.and_then(|t| token::parse(t).ok());
-        let introspected = self.introspection.is_some() && jwt.is_none();
-        let claims: Option<&Map<String, Value>> = match (&jwt, &facts.claims) {
-            (_, Some(claims)) => Some(claims),
-            (Some(jwt), None) => Some(&jwt.claims),
+        let claims: Option<&Map<String, Value>> = match (&facts.claims, &jwt) {
+            (Some(claims), _) => Some(claims),
+            (None, Some(jwt)) => Some(&jwt.claims),
             (None, None) => None,
         };
         let issuer = facts.issuer_index.and_then(|i| self.issuers.get(i));
@@ -126,13 +158,26 @@ impl Policy {
                     ),
                 }
             }
-            TypInvalid => write!(
-                out,
-                "token typ {}; the issuer requires at+jwt (RFC 9068)",
-                jwt.as_ref()
-                    .and_then(|j| j.typ.as_deref())
-                    .map_or("(none)".into(), quoted)
-            ),
+            TypInvalid => {
+                // A `typ` that is not a string is refused before parsing completes.
+                let typ = self
+                    .credential(request)
+                    .ok()
+                    .and_then(|c| match c {
+                        Credential::Jwt(t) | Credential::Introspect(t) => t.split('.').next(),
+                    })
+                    .and_then(|header| token::decode_part(header).ok())
+                    .and_then(|header| header.get("typ").cloned());
+                write!(
+                    out,
+                    "token typ {}; the issuer requires at+jwt (RFC 9068)",
+                    match &typ {
+                        None => "(none)".into(),
+                        Some(Value::String(t)) => quoted(t),
+                        Some(other) => bounded(other.to_string(), MAX_VALUE),
+                    }
+                )
+            }
             KeyUnknown | KeyTypeMismatch | SignatureInvalid => {
                 let index = facts.issuer_index?;
                 let set = keys.key_set(index)?;
