@@ -61,6 +61,8 @@ struct Row {
     cert: Option<ClientCert>,
     dpop: Option<String>,
     path: &'static str,
+    /// The route's `context_extensions` (Envoy's per-route `check_settings`).
+    extensions: Vec<(&'static str, &'static str)>,
     /// Part of the decision line's `detail` and of `explain`'s `detail:` line.
     detail: Option<String>,
     /// Whether `certbound explain` can show it (it never records a DPoP proof against replay).
@@ -77,6 +79,7 @@ impl Row {
             cert: None,
             dpop: None,
             path: "/api/items?x=1",
+            extensions: Vec::new(),
             detail: None,
             explain: true,
         }
@@ -115,6 +118,11 @@ impl Row {
         let http = http_mut(&mut check);
         http.path = self.path.into();
         http.headers.insert(":path".into(), self.path.into());
+        check.attributes.as_mut().unwrap().context_extensions = self
+            .extensions
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let answer = certbound.check(check).await;
         assert!(
             answer.reason() == self.reason || answer.message == self.reason,
@@ -276,6 +284,99 @@ async fn token_not_yet_valid_shows_nbf_beside_now() {
         .detail(" s after now (leeway ")
         .assert_reported()
         .await;
+}
+
+#[tokio::test]
+async fn token_issued_in_future_shows_iat_beside_now() {
+    let (idp, signer, cert) = setup().await;
+    let mut claims = bound(&idp, &cert);
+    claims["iat"] = json!(now() + 3600);
+    Row::new("token_issued_in_future", config_for(&idp, ""))
+        .token(signer.sign(&claims), Some(&cert))
+        .detail(" s after now (leeway ")
+        .assert_reported()
+        .await;
+}
+
+#[tokio::test]
+async fn key_type_mismatch_shows_the_published_keys_type() {
+    let (idp, _, cert) = setup().await;
+    // The IdP publishes `k1` as an RSA key and signs with an EC key under the same kid.
+    idp.set_keys(&[&Signer::rs256("k1")]);
+    let ec = Signer::es256("k1");
+    Row::new("key_type_mismatch", config_for(&idp, ""))
+        .token(ec.sign(&bound(&idp, &cert)), Some(&cert))
+        .detail("token kid \"k1\" alg ES256; the key published under that kid is Rsa")
+        .assert_reported()
+        .await;
+}
+
+#[tokio::test]
+async fn cnf_unverified_shows_the_binding_mode() {
+    let (idp, signer, cert) = setup().await;
+    // Binding turned off while the IdP issues certificate-bound tokens.
+    Row::new(
+        "cnf_unverified",
+        config_for(&idp, "binding:\n  mode: disabled\n"),
+    )
+    .token(signer.sign(&bound(&idp, &cert)), Some(&cert))
+    .detail(format!(
+        "token cnf {{\"x5t#S256\":\"{}\"}}; binding mode Disabled; DPoP not enabled",
+        cert.x5t()
+    ))
+    .assert_reported()
+    .await;
+}
+
+#[tokio::test]
+async fn token_too_large_shows_the_size_and_the_limit() {
+    let (idp, signer, cert) = setup().await;
+    // A user in many groups: the IdP's token outgrows the limit.
+    let mut claims = bound(&idp, &cert);
+    claims["groups"] = json!((0..40).map(|i| format!("group-{i:03}")).collect::<Vec<_>>());
+    let token = signer.sign(&claims);
+    let detail = format!(
+        "token of {} bytes; limits.max_token_bytes 1024",
+        token.len()
+    );
+    Row::new(
+        "token_too_large",
+        config_for(&idp, "limits:\n  max_token_bytes: 1024\n"),
+    )
+    .token(token, Some(&cert))
+    .detail(detail)
+    .assert_reported()
+    .await;
+}
+
+#[tokio::test]
+async fn header_too_large_names_the_header_and_the_limit() {
+    let (idp, signer, cert) = setup().await;
+    let token = signer.sign(&bound(&idp, &cert));
+    let detail = format!(
+        "authorization of {} bytes; limits.max_header_bytes 256",
+        "Bearer ".len() + token.len()
+    );
+    Row::new(
+        "header_too_large",
+        config_for(&idp, "limits:\n  max_header_bytes: 256\n"),
+    )
+    .token(token, Some(&cert))
+    .detail(detail)
+    .assert_reported()
+    .await;
+}
+
+#[tokio::test]
+async fn policy_invalid_names_the_route_setting() {
+    let (idp, signer, cert) = setup().await;
+    let mut row = Row::new("policy_invalid", config_for(&idp, ""))
+        .token(signer.sign(&bound(&idp, &cert)), Some(&cert))
+        .detail("context_extensions certbound.binding \"sometimes\" is not required, when_present or disabled");
+    row.extensions = vec![("certbound.binding", "sometimes")];
+    // `explain` has no route settings to take them from.
+    row.explain = false;
+    row.assert_reported().await;
 }
 
 #[tokio::test]

@@ -81,9 +81,62 @@ impl Policy {
                 | ScopeMissing
                 | DpopUrlMismatch
                 | DpopDowngrade
+                | CnfUnverified
+                | TokenTooLarge
+                | HeaderTooLarge
+                | PolicyInvalid
         );
         if !described {
             return None;
+        }
+        // Reasons found before the token is read: sizes and the route's own settings.
+        match reason {
+            TokenTooLarge => {
+                let token = crate::bearer::credentials(&request.authorization, true)
+                    .map_or(0, |(_, token)| token.len());
+                return write!(
+                    out,
+                    "token of {token} bytes; limits.max_token_bytes {}",
+                    self.max_token_bytes
+                )
+                .ok();
+            }
+            HeaderTooLarge => {
+                let header =
+                    |name: &str, value: Option<&str>| Some((name.to_owned(), value?.len()));
+                let over = [
+                    header("authorization", request.authorization.value()),
+                    header("x-forwarded-client-cert", request.xfcc.as_deref()),
+                    header("client-cert", request.client_cert.as_deref()),
+                    self.certificate_header
+                        .as_ref()
+                        .and_then(|h| header(&h.name, request.certificate_header.as_deref())),
+                    Some((
+                        "the peer certificate".to_owned(),
+                        request.peer_certificate.len(),
+                    )),
+                ]
+                .into_iter()
+                .flatten()
+                .find(|(_, len)| *len > self.max_header_bytes)?;
+                return write!(
+                    out,
+                    "{} of {} bytes; limits.max_header_bytes {}",
+                    over.0, over.1, self.max_header_bytes
+                )
+                .ok();
+            }
+            PolicyInvalid => {
+                let value = request.context_extensions.get(routes::EXT_BINDING)?;
+                return write!(
+                    out,
+                    "context_extensions {} {} is not required, when_present or disabled",
+                    routes::EXT_BINDING,
+                    quoted(value)
+                )
+                .ok();
+            }
+            _ => {}
         }
         let facts = &decision.facts;
         // An introspection answer is kept as the facts' claims without a configured issuer
@@ -255,6 +308,19 @@ impl Policy {
                         .map_or("(none)".into(), |t| t.as_base64url().to_owned()),
                     facts.certificate_source.map_or("(none)", |s| s.name()),
                     quoted(&cnf)
+                )
+            }
+            CnfUnverified => {
+                let mode = self.binding_for(request).unwrap_or(self.binding);
+                write!(
+                    out,
+                    "token cnf {}; binding mode {mode:?}; DPoP {}",
+                    claim("cnf").map_or("absent".into(), |c| bounded(c.to_string(), MAX_VALUE)),
+                    if self.dpop.is_some() {
+                        "enabled"
+                    } else {
+                        "not enabled"
+                    }
                 )
             }
             CnfMissing | X5tMissing => {
