@@ -57,6 +57,7 @@ impl Policy {
     ) -> Option<()> {
         use DenyReason::*;
         // Most denials say it all (and attack traffic is mostly those): nothing more is parsed.
+        // Keep this list in step with the arms below (a reason missing here gets no detail).
         let described = matches!(
             reason,
             IssuerUnknown
