@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use certbound_core::IntrospectionPolicy;
 use certbound_core::config::{
-    self as schema, DecisionSettings, FileConfig, IntrospectionConfig, check_url, resolve,
+    self as schema, DecisionSettings, FileConfig, IntrospectionConfig, check_url, read_resolved,
+    resolve,
 };
 
 pub use certbound_core::config::{ConfigError, LogFormat};
@@ -242,12 +243,10 @@ fn introspection(
             ));
         }
         (Some(path), None) => {
-            let path = resolve(path.clone(), base);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::new(
-                    "introspection.client_secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
+            let (_, bytes) = read_resolved(path, base)
+                .map_err(|why| ConfigError::new("introspection.client_secret_file", why))?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                ConfigError::new("introspection.client_secret_file", "is not UTF-8 text")
             })?;
             text.trim_end_matches(['\r', '\n']).to_owned()
         }
