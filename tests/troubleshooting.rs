@@ -573,14 +573,20 @@ async fn proxy_untrusted_when_the_proxy_is_not_a_trusted_peer() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(certbound::forward_auth::serve(
-        certbound.app.authorizer(),
-        settings.forward_auth.unwrap(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let app = std::sync::Arc::clone(&certbound.app);
+    tokio::spawn(async move {
+        certbound::forward_auth::serve(
+            app.authorizer(),
+            settings.forward_auth.unwrap(),
+            settings.connections,
+            app.metrics(),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
     let token = signer.sign(&bound(&idp, &cert));
     let answer = reqwest::Client::new()
         .get(format!("http://{addr}/auth"))
