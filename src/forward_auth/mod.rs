@@ -31,7 +31,7 @@ use crate::config::{ForwardAuthSettings, TlsSettings};
 use crate::listener::{ConnectionLimits, Gate};
 use crate::metrics::Metrics;
 
-pub use convert::{access_request, response};
+pub use convert::{access_request, candidate_headers, response};
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
