@@ -327,13 +327,13 @@ pub fn forward_auth(data: &[u8]) {
     let target = first.get(1..).unwrap_or("/");
     let mut builder = http::Request::builder().uri(target);
     for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if let (Ok(name), Ok(value)) = (
+        if let Some((name, value)) = line.split_once(':')
+            && let (Ok(name), Ok(value)) = (
                 http::HeaderName::from_bytes(name.trim().as_bytes()),
                 http::HeaderValue::from_str(value.trim()),
-            ) {
-                builder = builder.header(name, value);
-            }
+            )
+        {
+            builder = builder.header(name, value);
         }
     }
     let Ok(request) = builder.body(()) else {
