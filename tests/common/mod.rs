@@ -30,10 +30,13 @@ use certbound::grpc::pb::envoy::service::auth::v3::{
 pub mod dpop;
 pub mod envoy;
 pub mod external;
+pub mod hostile;
 pub mod paths;
+pub mod proxies;
 pub mod raw;
 pub mod stack;
 pub mod topologies;
+pub mod upstream_paths;
 
 pub const AUDIENCE: &str = "https://api.test";
 
