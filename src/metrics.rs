@@ -45,6 +45,17 @@ pub struct StoreResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
 /// A configured claim header's name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HeaderLabel {
@@ -93,6 +104,10 @@ pub struct Metrics {
     pub log_lines_dropped: Counter,
     /// Claim headers left out of an allow: the claim had no safe header form.
     pub claim_headers_dropped: Family<HeaderLabel, Counter>,
+    /// Open connections per listener.
+    pub connections_open: Family<ListenerLabel, Gauge>,
+    /// Connections a listener closed itself (over its cap, silent, idle).
+    pub connections_closed: Family<ListenerReasonLabels, Counter>,
     /// Trace spans lost: the export queue was full, or their export failed.
     pub trace_spans_dropped: Family<ResultLabel, Counter>,
 }
@@ -196,8 +211,23 @@ impl Default for Metrics {
              header form (non-ASCII, an object, a list element with a comma), by header",
             claim_headers_dropped.clone(),
         );
+        let connections_open = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Open connections, by listener",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ListenerReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections a listener closed itself, by listener and reason (over_limit: its \
+             limits.connections cap was reached; first_byte_timeout; idle_timeout)",
+            connections_closed.clone(),
+        );
         let metrics = Self {
             claim_headers_dropped,
+            connections_open,
+            connections_closed,
             registry,
             checks,
             check_duration,
@@ -273,6 +303,24 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+
+    /// Listener `listener`'s open-connection gauge and its closed-connection counters (in
+    /// [`crate::listener::Closed::ALL`]'s order), all present from the start.
+    pub fn listener(&self, listener: &'static str) -> (Gauge, [Counter; 3]) {
+        let open = self
+            .connections_open
+            .get_or_create(&ListenerLabel { listener })
+            .clone();
+        let closed = crate::listener::Closed::ALL.map(|reason| {
+            self.connections_closed
+                .get_or_create(&ListenerReasonLabels {
+                    listener,
+                    reason: reason.name(),
+                })
+                .clone()
+        });
+        (open, closed)
     }
 
     /// The replay store in use: its series exist from the start, at 0.
