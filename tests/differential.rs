@@ -981,11 +981,11 @@ async fn differential_envoy_http_service() {
 mod harness {
     use super::*;
 
-    fn all(target: &str) -> [Option<String>; 4] {
+    fn all(target: &str) -> [Option<String>; 5] {
         upstream_paths::ALL.map(|s| s.resolve(target))
     }
 
-    fn same(path: &str) -> [Option<String>; 4] {
+    fn same(path: &str) -> [Option<String>; 5] {
         std::array::from_fn(|_| Some(path.to_owned()))
     }
 
