@@ -418,9 +418,11 @@ mod tests {
             ..Default::default()
         };
         let at = |path: &str| {
-            let mut req = AccessRequest::default();
-            req.method = "GET".into();
-            req.path = path.into();
+            let req = AccessRequest {
+                method: "GET".into(),
+                path: path.into(),
+                ..Default::default()
+            };
             policy.select(&req).map(|a| a.rule)
         };
         assert_eq!(at("/admin/x").unwrap(), "admin");
