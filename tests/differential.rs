@@ -1057,7 +1057,7 @@ mod harness {
         assert_eq!(one(Rfc3986, "/public/%zz").unwrap(), "/public/%zz");
         assert_eq!(one(JavaParameters, "/public/%zz"), None);
         // Not origin-form: nothing is served.
-        assert_eq!(all("admin/x"), [None, None, None, None]);
+        assert_eq!(all("admin/x"), [None, None, None, None, None]);
     }
 
     #[test]
