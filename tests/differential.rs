@@ -440,11 +440,7 @@ fn check(
         }
         // Envoy chose a route on its own (maybe normalised) path; the upstream's path must fall
         // under a route whose scopes the allowed token has.
-        if let Some(route) = target
-            .envoy_routes
-            .iter()
-            .find(|r| path.starts_with(&r.prefix))
-        {
+        if let Some(route) = target.envoy_routes.iter().find(|r| r.matches(&path)) {
             let scopes = case.token.scopes();
             let missing: Vec<&String> = route
                 .scopes
@@ -666,7 +662,21 @@ async fn run(proxy: Proxy) {
 #[derive(Debug)]
 struct EnvoyRoute {
     prefix: String,
+    /// `match.case_sensitive` (Envoy's default: true).
+    case_sensitive: bool,
     scopes: Vec<String>,
+}
+
+impl EnvoyRoute {
+    fn matches(&self, path: &str) -> bool {
+        if self.case_sensitive {
+            path.starts_with(&self.prefix)
+        } else {
+            path.as_bytes()
+                .get(..self.prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(self.prefix.as_bytes()))
+        }
+    }
 }
 
 /// The routes of an Envoy config, in order.
@@ -709,10 +719,13 @@ fn envoy_routes(config: &str) -> Vec<EnvoyRoute> {
                                 .as_str()
                                 .expect("a prefix route")
                                 .to_owned();
+                            let case_sensitive =
+                                route["match"]["case_sensitive"].as_bool().unwrap_or(true);
                             let mut found = Vec::new();
                             scopes(&route["typed_per_filter_config"], &mut found);
                             out.push(EnvoyRoute {
                                 prefix,
+                                case_sensitive,
                                 scopes: found,
                             });
                         }
