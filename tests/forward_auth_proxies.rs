@@ -397,7 +397,14 @@ async fn hostile_clients(setup: &Setup) -> (usize, Vec<String>) {
                     failures.push(format!("{label}: WRONG ALLOW: reached the upstream"));
                 }
                 for r in &received {
-                    let decided: Vec<Value> = setup.decisions_for(&marker).await;
+                    // The request id the upstream got: Envoy at the edge (use_remote_address)
+                    // replaces a client's own with its own.
+                    let id = r
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k == "x-request-id")
+                        .map_or(marker.as_str(), |(_, v)| v.as_str());
+                    let decided: Vec<Value> = setup.decisions_for(id).await;
                     let methods: Vec<&str> = decided
                         .iter()
                         .filter_map(|d| d["method"].as_str())
