@@ -524,7 +524,9 @@ fn describe_answer(out: &mut String, decision: &Decision, policy: &Policy) {
             // The exact bytes the client gets.
             let body = decision
                 .http_answer(false)
-                .map_or(convert::UNAUTHORIZED_BODY, |answer| answer.body);
+                .map_or(convert::UNAUTHORIZED_BODY.to_owned(), |answer| {
+                    answer.body.into_owned()
+                });
             let _ = writeln!(
                 out,
                 "decision: DENY {} reason {} (gRPC status {code})",
@@ -537,6 +539,15 @@ fn describe_answer(out: &mut String, decision: &Decision, policy: &Policy) {
                 decision.challenge().unwrap_or_default()
             );
             let _ = writeln!(out, "  body: {body}");
+        }
+        Outcome::Metadata(resource) => {
+            let _ = writeln!(
+                out,
+                "decision: METADATA 200 (gRPC status {code}): the RFC 9728 document of {}, \
+                 answered without reaching the upstream",
+                resource.id
+            );
+            let _ = writeln!(out, "  body: {}", resource.document);
         }
         Outcome::Unavailable(reason) => {
             let _ = writeln!(
