@@ -127,6 +127,16 @@ pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
                 },
                 r.binding.unwrap_or(policy.binding)
             );
+            if let Some(step_up) = &r.step_up {
+                let _ = writeln!(
+                    out,
+                    "step-up (RFC 9470): acr one of {:?}, auth_time within {}",
+                    step_up.acr_values,
+                    step_up
+                        .max_age_seconds
+                        .map_or_else(|| "any time".to_owned(), |s| format!("{s} s"))
+                );
+            }
         }
         Err(reason) => {
             let _ = writeln!(out, "rule: cannot be applied ({})", reason.as_str());
@@ -138,6 +148,14 @@ pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
                 );
             }
         }
+    }
+
+    if let Some(resource) = &decision.facts.resource {
+        let _ = writeln!(
+            out,
+            "resource: {} (path_prefix {}, metadata at {}); aud must contain one of {:?}",
+            resource.id, resource.path_prefix, resource.metadata_url, resource.audiences
+        );
     }
 
     match policy.credential(&request) {
@@ -294,7 +312,15 @@ fn describe_jwt(out: &mut String, checker: &Checker, policy: &Policy, token: &st
 }
 
 fn describe_claims(out: &mut String, claims: &serde_json::Map<String, Value>, now: i64) {
-    for name in ["iss", "sub", "aud", "client_id", "scope"] {
+    for name in [
+        "iss",
+        "sub",
+        "aud",
+        "client_id",
+        "scope",
+        "acr",
+        "auth_time",
+    ] {
         if let Some(value) = claims.get(name) {
             let _ = writeln!(out, "  {name}: {value}");
         }

@@ -279,3 +279,37 @@ async fn the_http_api_serves_a_routed_metadata_fetch_but_never_passes_a_check_of
     let challenges = challenge::parse(&value).unwrap();
     assert_eq!(challenges[0].param("resource_metadata"), Some(METADATA_URL));
 }
+
+#[tokio::test]
+async fn explain_names_the_resource_the_step_up_and_the_metadata_answer() {
+    use certbound::explain::{ExplainRequest, explain};
+    let world = World::start(&resources()).await;
+    let checker = world.certbound.checker();
+    let ask = |path: &str, token: String| ExplainRequest {
+        token,
+        certificate: Some(world.cert.pem.clone().into_bytes()),
+        method: "GET".into(),
+        scheme: "https".into(),
+        path: path.into(),
+        host: "mcp.example.com".into(),
+        dpop: None,
+    };
+    let weak = world.token(|c| c["acr"] = json!("urn:example:pwd"));
+    let report = explain(&checker, &ask("/mcp/admin", weak)).await.report;
+    for expected in [
+        "step-up (RFC 9470): acr one of [\"urn:example:mfa\"], auth_time within 300 s",
+        &format!("resource: {MCP} (path_prefix /mcp, metadata at {METADATA_URL})"),
+        "acr: \"urn:example:pwd\"",
+        "DENY 401 reason acr_insufficient",
+        "insufficient_user_authentication",
+    ] {
+        assert!(report.contains(expected), "{expected:?} not in:\n{report}");
+    }
+    let report = explain(
+        &checker,
+        &ask("/.well-known/oauth-protected-resource/mcp", String::new()),
+    )
+    .await
+    .report;
+    assert!(report.contains("decision: METADATA 200"), "{report}");
+}
