@@ -335,8 +335,8 @@ fn http_headers(request: &CheckRequest) -> http::HeaderMap {
     let mut set = |name: &'static str, value: &str| {
         headers.insert(name, http::HeaderValue::from_str(value).unwrap());
     };
-    set("x-original-method", &http.method);
-    set("x-original-uri", &http.path);
+    set("x-forwarded-method", &http.method);
+    set("x-forwarded-uri", &http.path);
     set("x-forwarded-host", &http.host);
     set(
         "x-forwarded-proto",

@@ -141,11 +141,17 @@ pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
         Err(reason) => {
             let _ = writeln!(out, "rule: cannot be applied ({})", reason.as_str());
             if reason == DenyReason::PathUnsafe {
-                let _ = writeln!(
-                    out,
-                    "path: cannot be resolved safely (an encoded / or \\, a .. above the root, a \
-                     dot-segment with ;parameters, double or invalid percent-encoding)"
-                );
+                let escaped = policy.routes.escaped_slashes;
+                let why = match certbound_core::path::routable(&request.path, escaped) {
+                    Err(rejection) => rejection.describe(),
+                    Ok(_) => "its ;parameters change the rule for an upstream that drops them",
+                };
+                let _ = writeln!(out, "path: refused: {why}");
+                if let Ok(canonical) = certbound_core::path::canonical(&request.path, escaped)
+                    && canonical != request.path.split('?').next().unwrap_or_default()
+                {
+                    let _ = writeln!(out, "path: its canonical spelling is {canonical:?}");
+                }
             }
         }
     }

@@ -58,6 +58,9 @@ pub fn count_dropped_log_lines_with(source: impl Fn() -> u64 + Send + Sync + 'st
     let _ = DROPPED_LOG_LINES.set(Box::new(source));
 }
 
+/// What a DPoP replay check can find (`certbound_dpop_replay_checks_total{result}`).
+pub const REPLAY_RESULTS: [&str; 3] = ["first_use", "replayed", "error"];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -178,7 +181,7 @@ impl Default for Metrics {
              export_failed: the collector did not take them)",
             trace_spans_dropped.clone(),
         );
-        Self {
+        let metrics = Self {
             registry,
             checks,
             check_duration,
@@ -194,7 +197,27 @@ impl Default for Metrics {
             replay_store_evicting,
             log_lines_dropped,
             trace_spans_dropped,
+        };
+        // Every series whose labels are known in advance exists from the start, at 0: an alert
+        // on `increase(...) > 0` needs a sample before the first event to fire on it.
+        for (family, results) in [
+            (&metrics.config_reloads, &["applied", "rejected"][..]),
+            (
+                &metrics.introspection_requests,
+                &["active", "inactive", "error"],
+            ),
+            (&metrics.introspection_cache, &["hit", "miss"]),
+            (&metrics.token_cache, &["hit", "miss"]),
+            (
+                &metrics.trace_spans_dropped,
+                &["queue_full", "export_failed"],
+            ),
+        ] {
+            for &result in results {
+                let _ = family.get_or_create(&ResultLabel { result });
+            }
         }
+        metrics
     }
 }
 
@@ -225,6 +248,25 @@ impl Metrics {
                 result,
             })
             .inc();
+    }
+
+    /// The replay store in use: its series exist from the start, at 0.
+    pub fn replay_store(&self, store: &'static str) {
+        for result in REPLAY_RESULTS {
+            let _ = self
+                .replay_checks
+                .get_or_create(&StoreResultLabels { store, result });
+        }
+    }
+
+    /// A configured issuer: its key-refresh series exist from the start, at 0.
+    pub fn issuer(&self, issuer: &str) {
+        for result in ["success", "failure"] {
+            let _ = self.key_refreshes.get_or_create(&IssuerResultLabels {
+                issuer: issuer.to_owned(),
+                result,
+            });
+        }
     }
 
     pub fn replay_check(&self, store: &'static str, result: &'static str) {
@@ -291,5 +333,28 @@ mod tests {
             text.contains("certbound_log_lines_dropped_total 0"),
             "{text}"
         );
+    }
+
+    /// An alert on `increase(certbound_config_reloads_total{result="rejected"}[15m]) > 0` can
+    /// fire on the first rejected reload only if the series was there, at 0, before it.
+    #[test]
+    fn series_with_known_labels_exist_at_zero_from_the_start() {
+        let metrics = Metrics::default();
+        metrics.replay_store("redis");
+        metrics.issuer("https://idp.example.com");
+        let text = metrics.encode();
+        for series in [
+            r#"certbound_config_reloads_total{result="rejected"} 0"#,
+            r#"certbound_config_reloads_total{result="applied"} 0"#,
+            r#"certbound_introspection_requests_total{result="error"} 0"#,
+            r#"certbound_introspection_cache_total{result="miss"} 0"#,
+            r#"certbound_token_cache_total{result="hit"} 0"#,
+            r#"certbound_trace_spans_dropped_total{result="queue_full"} 0"#,
+            r#"certbound_dpop_replay_checks_total{store="redis",result="error"} 0"#,
+            r#"certbound_dpop_replay_checks_total{store="redis",result="first_use"} 0"#,
+            r#"certbound_key_refreshes_total{issuer="https://idp.example.com",result="failure"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 }

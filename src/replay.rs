@@ -59,6 +59,12 @@ impl Replay {
     /// Builds the store the settings name; no network I/O (Redis connects on first use). On a
     /// tokio runtime, a Redis store's eviction policy is then watched ([`watch_eviction`]).
     pub fn new(settings: &ReplaySettings, metrics: &Arc<Metrics>) -> Result<Self, String> {
+        let replay = Self::build(settings, metrics)?;
+        metrics.replay_store(replay.name());
+        Ok(replay)
+    }
+
+    fn build(settings: &ReplaySettings, metrics: &Arc<Metrics>) -> Result<Self, String> {
         match settings.store {
             ReplayStoreKind::Redis => {
                 let store = Arc::new(RedisReplayStore::from_settings(settings)?);

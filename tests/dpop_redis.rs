@@ -292,3 +292,98 @@ async fn valkey_is_a_drop_in_replay_store() {
         evicting.app.metrics_text()
     );
 }
+
+/// A store that answers `SET ... NX` with anything but `OK` or nil has not recorded the proof:
+/// a server (or a proxy in front of one) answering `:0` to every command must not let a proof
+/// through twice. A tiny RESP server on loopback plays that store; certbound's Redis client
+/// talks to it as to Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_reply_that_is_neither_ok_nor_nil_records_nothing() {
+    use certbound_core::config::{ReplayMode, ReplaySettings, ReplayStoreKind};
+    use certbound_core::dpop::ReplayKey;
+    use certbound_redis::RedisReplayStore;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = socket.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    // One `:0` per complete command (a RESP array of bulk strings).
+                    while let Some(used) = resp_command_len(&buffer) {
+                        buffer.drain(..used);
+                        if socket.write_all(b":0\r\n").await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let store = RedisReplayStore::from_settings(&ReplaySettings {
+        store: ReplayStoreKind::Redis,
+        mode: ReplayMode::Standalone,
+        url: Some(format!("redis://{addr}/")),
+        urls: Vec::new(),
+        master_name: None,
+        max_entries: 0,
+        max_per_key: 0,
+        timeout: Duration::from_secs(2),
+        key_prefix: "zero:".into(),
+        ca_file: None,
+        wait_replicas: 0,
+    })
+    .unwrap();
+    let key = ReplayKey {
+        digest: [7; 32],
+        holder: [0; 32],
+        expires_at: 1_800_000_060,
+    };
+    for attempt in 0..2 {
+        let answer = store.record(&key, 1_800_000_000).await;
+        let error = answer.expect_err("`:0` was taken as an answer").to_string();
+        // Refused for the reply itself, not for a failed connection.
+        assert!(
+            error.contains("neither OK nor nil"),
+            "attempt {attempt}: {error}"
+        );
+    }
+}
+
+/// The length of the first complete RESP command in `buffer` (`*N` then N bulk strings).
+fn resp_command_len(buffer: &[u8]) -> Option<usize> {
+    fn line(buffer: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let end = buffer.get(at..)?.windows(2).position(|w| w == b"\r\n")? + at;
+        Some((&buffer[at..end], end + 2))
+    }
+    let (head, mut at) = line(buffer, 0)?;
+    let count: usize = std::str::from_utf8(head.strip_prefix(b"*")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    for _ in 0..count {
+        let (len, next) = line(buffer, at)?;
+        let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?)
+            .ok()?
+            .parse()
+            .ok()?;
+        at = next + len + 2;
+        if at > buffer.len() {
+            return None;
+        }
+    }
+    Some(at)
+}

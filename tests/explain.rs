@@ -294,7 +294,14 @@ async fn each_kind_of_deny_is_explained_with_its_reason_and_answer() {
             sign(&|_| {}),
             Some(&w.cert),
             "/public/..%2fadmin",
-            "path: cannot be resolved safely",
+            "path: refused: an encoded / or \\ (%2F, %5C), or a raw \\",
+        ),
+        (
+            "path_unsafe",
+            sign(&|_| {}),
+            Some(&w.cert),
+            "//admin/x",
+            "path: its canonical spelling is \"/admin/x\"",
         ),
         (
             "cert_invalid",

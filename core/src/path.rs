@@ -8,6 +8,13 @@
 //! encoded `/` or `\` (one upstream splits on it, another does not), a raw `\`, a `..` above the
 //! root, a dot-segment with `;` parameters (`/..;/`, resolved as `..` by Java servers), a
 //! double-encoded dot or separator, and invalid percent-encoding.
+//!
+//! Rules match only a path that is already canonical ([`routable`]): a proxy in front may route
+//! on one spelling (Envoy without path normalisation picks its route, and so a route's
+//! requirements, on the raw path) while the upstream resolves another, so certbound refuses a
+//! spelling rather than guess which one the upstream will act on. A segment that is only `;`
+//! parameters (`/;/`, `/;x/`) and a `#` are refused too: Tomcat and Spring drop `;` parameters
+//! before they resolve `..`, and a `#` cuts the path short in some upstreams but not in others.
 
 use std::borrow::Cow;
 
@@ -29,6 +36,35 @@ pub enum PathRejection {
     DotSegmentParameters,
     /// Not empty, not `*`, and not starting with `/`.
     NotOriginForm,
+    /// A `#` anywhere in the target: a fragment is never sent in a request, and upstreams
+    /// disagree on where such a path ends.
+    Fragment,
+    /// A segment whose name before `;` is empty (`/;/`, `/;x/`): Tomcat and Spring drop the
+    /// parameters, leaving an empty segment (or hiding a `..` behind it).
+    EmptySegmentName,
+    /// Resolvable, but not spelled canonically (`//admin`, `/%61dmin`, `/public/../admin`):
+    /// which route a proxy chose for it cannot be known, so it is never matched.
+    NotCanonical,
+}
+
+impl PathRejection {
+    /// What is wrong, for `explain` and the logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::InvalidEncoding => "a % not followed by two hex digits",
+            Self::EscapedSeparator => "an encoded / or \\ (%2F, %5C), or a raw \\",
+            Self::DoubleEncoding => "a double-encoded dot or separator (%252e, %252f)",
+            Self::AboveRoot => "a .. above the root",
+            Self::AmbiguousDotSegment => "a .. that removes an empty segment (//..)",
+            Self::DotSegmentParameters => "a . or .. segment with ;parameters",
+            Self::NotOriginForm => "not a path (it does not start with /)",
+            Self::Fragment => "a #",
+            Self::EmptySegmentName => "a segment that is only ;parameters (/;/ or /;x/)",
+            Self::NotCanonical => {
+                "not in canonical form (doubled /, . or .. segments, or %-encoded unreserved characters or lower-case hex)"
+            }
+        }
+    }
 }
 
 /// What to do with `%2F` and `%5C` inside a segment.
@@ -98,6 +134,36 @@ pub fn canonical(
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// The path route rules match: `raw` without its query, refused unless it is canonical (and
+/// free of `#` and of segments that are only `;` parameters). Borrows: no allocation when the
+/// path is plain.
+pub fn routable(raw: &str, escaped_slashes: EscapedSlashes) -> Result<&str, PathRejection> {
+    if raw.contains('#') {
+        return Err(PathRejection::Fragment);
+    }
+    let path = raw.split('?').next().unwrap_or_default();
+    if path.contains(';')
+        && path
+            .split('/')
+            .skip(1)
+            .any(|segment| segment.starts_with(';'))
+    {
+        return Err(PathRejection::EmptySegmentName);
+    }
+    match canonical(path, escaped_slashes)? {
+        Cow::Owned(canonical) if canonical != path => Err(PathRejection::NotCanonical),
+        _ => Ok(path),
+    }
+}
+
+/// `path` with every segment's `;` parameters dropped, as Tomcat and Spring read it.
+pub fn without_parameters(path: &str) -> String {
+    path.split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// A path with nothing to decode, merge or resolve (the common case: no allocation).
@@ -319,6 +385,57 @@ mod tests {
             Ok("/public/..%2Fadmin")
         );
         assert_eq!(keep("/a\\b"), Err(PathRejection::EscapedSeparator));
+    }
+
+    #[test]
+    fn only_canonical_paths_are_routable() {
+        let route = |raw| routable(raw, EscapedSlashes::Reject);
+        for raw in [
+            "/admin/x",
+            "/admin/x?q=/../y&r=//",
+            "/",
+            "",
+            "*",
+            "/a%20b/%3A",
+            "/caf\u{e9}",
+            "/.well-known/x",
+            "/admin;jsessionid=1/x",
+            "/items/7;v=2",
+        ] {
+            assert_eq!(route(raw), Ok(raw.split('?').next().unwrap()), "{raw}");
+        }
+        use PathRejection::*;
+        for (raw, why) in [
+            ("//admin/x", NotCanonical),
+            ("/admin//x", NotCanonical),
+            ("/./admin/x", NotCanonical),
+            ("/admin/.", NotCanonical),
+            ("/public/../admin/x", NotCanonical),
+            ("/%61dmin/x", NotCanonical),
+            ("/a%3ab", NotCanonical),
+            ("/public/;/../admin/x", EmptySegmentName),
+            ("/;/admin/x", EmptySegmentName),
+            ("/;x/admin/x", EmptySegmentName),
+            ("/admin/;", EmptySegmentName),
+            ("/public/#/../../admin/x", Fragment),
+            ("/admin/x#frag", Fragment),
+            ("/x?a=#b", Fragment),
+            ("/public/..;/admin", DotSegmentParameters),
+            ("/public/..%2fadmin", EscapedSeparator),
+        ] {
+            assert_eq!(route(raw), Err(why), "{raw}");
+        }
+        // Kept escaped slashes must be spelled as canonical form keeps them: upper-case hex.
+        let keep = |raw| routable(raw, EscapedSlashes::Keep);
+        assert_eq!(keep("/repos/a%2Fb"), Ok("/repos/a%2Fb"));
+        assert_eq!(keep("/repos/a%2fb"), Err(NotCanonical));
+    }
+
+    #[test]
+    fn parameters_are_dropped_segment_by_segment() {
+        assert_eq!(without_parameters("/admin;x=1/y;z"), "/admin/y");
+        assert_eq!(without_parameters("/a/b"), "/a/b");
+        assert_eq!(without_parameters("/a;"), "/a");
     }
 
     #[test]

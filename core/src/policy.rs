@@ -116,8 +116,8 @@ impl Policy {
     /// resources configured: answered from the configuration, whatever its credentials.
     pub fn is_metadata_request(&self, request: &AccessRequest) -> bool {
         !self.resources.is_empty()
-            && path::canonical(&request.path, self.routes.escaped_slashes)
-                .is_ok_and(|path| self.resources.well_known(&path).is_some())
+            && path::routable(&request.path, self.routes.escaped_slashes)
+                .is_ok_and(|path| self.resources.well_known(path).is_some())
     }
 
     /// Takes the bearer token and says how it is to be validated.
@@ -223,14 +223,14 @@ impl Policy {
         let selected = if self.resources.is_empty() {
             self.routes.select(request)
         } else {
-            match path::canonical(&request.path, self.routes.escaped_slashes) {
+            match path::routable(&request.path, self.routes.escaped_slashes) {
                 Err(_) => Err(DenyReason::PathUnsafe),
                 Ok(path) => {
-                    if let Some(answer) = self.resources.well_known(&path) {
+                    if let Some(answer) = self.resources.well_known(path) {
                         return metadata_decision(answer, request, facts);
                     }
-                    facts.resource = self.resources.for_path(&path).cloned();
-                    self.routes.select_canonical(request, &path)
+                    facts.resource = self.resources.for_path(path).cloned();
+                    self.routes.select_canonical(request, path)
                 }
             }
         };

@@ -31,15 +31,16 @@ impl HostMatch {
         }
     }
 
-    /// Whether an `:authority` (host, maybe with a port) matches, case-insensitively.
+    /// Whether an `:authority` (host, maybe with a port) matches, case-insensitively. A
+    /// fully qualified name's trailing dot (`admin.example.com.`) names the same host.
     fn matches(&self, authority: &str) -> bool {
         let host = match authority.rsplit_once(':') {
             Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
                 host
             }
             _ => authority,
-        }
-        .to_ascii_lowercase();
+        };
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
         match self {
             Self::Exact(exact) => host == *exact,
             Self::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
@@ -151,14 +152,16 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// A rule for `GET` also matches `HEAD`: upstreams answer `HEAD` with their `GET` handler.
     fn matches(&self, request: &AccessRequest, path: &str) -> bool {
+        let method = request.method.as_str();
         (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(&request.host)))
             && self.path.as_ref().is_none_or(|p| p.matches(path))
             && (self.methods.is_empty()
-                || self
-                    .methods
-                    .iter()
-                    .any(|m| m.eq_ignore_ascii_case(&request.method)))
+                || self.methods.iter().any(|m| {
+                    m.eq_ignore_ascii_case(method)
+                        || (m == "GET" && method.eq_ignore_ascii_case("HEAD"))
+                }))
     }
 }
 
@@ -186,21 +189,28 @@ pub struct Applied {
 impl RoutePolicy {
     /// First matching rule (else the default), with the route's `context_extensions` applied:
     /// their scopes and groups add to the rule's, their binding mode replaces the rule's.
-    /// Rules see the canonical path ([`path::canonical`]): the one the upstream resolves, however
-    /// it was spelled; a path that cannot be resolved safely is refused (`path_unsafe`).
+    /// Rules see only a canonical path ([`path::routable`]); any other spelling is refused
+    /// (`path_unsafe`), and so is a path whose `;` parameters would change the rule for an
+    /// upstream that drops them (Tomcat, Spring).
     pub fn select(&self, request: &AccessRequest) -> Result<Applied, DenyReason> {
-        let path = path::canonical(&request.path, self.escaped_slashes)
+        let path = path::routable(&request.path, self.escaped_slashes)
             .map_err(|_| DenyReason::PathUnsafe)?;
-        self.select_canonical(request, &path)
+        self.select_canonical(request, path)
     }
 
-    /// [`RoutePolicy::select`] for a request whose canonical path the caller already has.
+    /// [`RoutePolicy::select`] for a request whose routable path ([`path::routable`]) the
+    /// caller already has.
     pub fn select_canonical(
         &self,
         request: &AccessRequest,
         path: &str,
     ) -> Result<Applied, DenyReason> {
-        let (rule, mut requirements) = match self.rules.iter().find(|r| r.matches(request, path)) {
+        let index = self.rule_index(request, path);
+        if path.contains(';') && self.rule_index(request, &path::without_parameters(path)) != index
+        {
+            return Err(DenyReason::PathUnsafe);
+        }
+        let (rule, mut requirements) = match index.map(|i| &self.rules[i]) {
             Some(rule) => (rule.name.clone(), rule.requirements.clone()),
             None => ("default".to_string(), self.default.clone()),
         };
@@ -219,6 +229,20 @@ impl RoutePolicy {
             requirements.allow_anonymous = true;
         }
         Ok(Applied { rule, requirements })
+    }
+}
+
+impl RoutePolicy {
+    /// The first rule matching a request on `path` (a canonical path), by position.
+    pub fn rule_index(&self, request: &AccessRequest, path: &str) -> Option<usize> {
+        self.rules.iter().position(|r| r.matches(request, path))
+    }
+
+    /// The name of the rule a request on `path` (already resolved) falls under, `default` when
+    /// none matches: what the differential tests compare an upstream's view with.
+    pub fn rule_name(&self, request: &AccessRequest, path: &str) -> &str {
+        self.rule_index(request, path)
+            .map_or("default", |i| self.rules[i].name.as_str())
     }
 }
 
@@ -364,30 +388,57 @@ mod tests {
     }
 
     #[test]
-    fn rules_match_the_path_the_upstream_resolves() {
+    fn rules_match_only_a_canonical_path() {
+        assert_eq!(selected("PUT", "h", "/items/7"), "items");
+        assert_eq!(selected("PUT", "h", "/items/7?x=/../y"), "items");
         for spelling in [
-            "/items/7",
             "//items/7",
             "/./items/7",
             "/%69tems/7",
             "/x/../items/7",
             "/healthz/../items/7",
             "/healthz/%2e%2e/items//7",
-        ] {
-            assert_eq!(selected("PUT", "h", spelling), "items", "{spelling}");
-        }
-        assert_eq!(selected("GET", "h", "//healthz"), "health");
-        for unsafe_path in [
+            "//healthz",
             "/healthz/..%2fitems/7",
             "/healthz/..;/items/7",
             "/../items/7",
+            "/;/items/7",
+            "/healthz#/../items/7",
         ] {
             assert_eq!(
-                table().select(&request("PUT", "h", unsafe_path)).err(),
+                table().select(&request("PUT", "h", spelling)).err(),
                 Some(DenyReason::PathUnsafe),
-                "{unsafe_path}"
+                "{spelling}"
             );
         }
+    }
+
+    #[test]
+    fn parameters_that_would_change_the_rule_are_refused() {
+        // `/healthz;x` is not `/healthz` for certbound, but is for Tomcat: refused.
+        assert_eq!(
+            table().select(&request("GET", "h", "/healthz;x")).err(),
+            Some(DenyReason::PathUnsafe)
+        );
+        assert_eq!(
+            table().select(&request("PUT", "h", "/items;v=2/7")).err(),
+            Some(DenyReason::PathUnsafe)
+        );
+        // The same rule either way: decided.
+        assert_eq!(selected("PUT", "h", "/other;v=2/7;x"), "default");
+        assert_eq!(selected("GET", "admin.example.com", "/a;b/c"), "admin");
+    }
+
+    #[test]
+    fn a_get_rule_covers_head_and_a_trailing_dot_names_the_host() {
+        let mut t = table();
+        t.rules[3].methods = vec!["GET".into()];
+        assert_eq!(
+            t.select(&request("HEAD", "h", "/items/1")).unwrap().rule,
+            "items"
+        );
+        assert_eq!(selected("GET", "admin.example.com.", "/x"), "admin");
+        assert_eq!(selected("GET", "ADMIN.example.com.:8443", "/x"), "admin");
     }
 
     #[test]

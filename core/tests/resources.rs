@@ -257,8 +257,6 @@ fn metadata_paths_answer_without_a_token_and_only_there() {
     for path in [
         "/.well-known/oauth-protected-resource/mcp",
         "/.well-known/oauth-protected-resource/mcp?x=1",
-        "/.well-known/./oauth-protected-resource//mcp",
-        "/.well-known/oauth-protected-resource/%6Dcp",
     ] {
         for token in [None, Some(token.as_str()), Some("garbage")] {
             let decision = world.decide("GET", path, token);
@@ -267,6 +265,19 @@ fn metadata_paths_answer_without_a_token_and_only_there() {
                 "{path}: {decision:?}"
             );
         }
+    }
+    // Other spellings of it are refused like any path that is not canonical.
+    for path in [
+        "/.well-known/./oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource//mcp",
+        "/.well-known/oauth-protected-resource/%6Dcp",
+    ] {
+        let decision = world.decide("GET", path, None);
+        assert_eq!(
+            (reason(&decision), decision.http_status()),
+            ("path_unsafe", 400),
+            "{path}"
+        );
     }
     let head = world.decide("HEAD", "/.well-known/oauth-protected-resource/mcp", None);
     assert!(matches!(head.outcome, Outcome::Metadata(_)));
@@ -579,6 +590,11 @@ fn contradicting_configurations_are_refused_at_their_line() {
         "resources:\n  - id: https://mcp.example.com/mcp\n    path_prefix: /a/../mcp\n",
         "resources[0].path_prefix",
         "canonical",
+    );
+    refused(
+        "resources:\n  - id: https://mcp.example.com/a/../mcp\n",
+        "resources[0].id",
+        "must be canonical",
     );
     refused(
         "policy:\n  rules:\n    - path: /health\n      allow_anonymous: true\n      max_age_seconds: 60\n",

@@ -13,12 +13,14 @@ for name in string.gmatch(os.getenv("CERTBOUND_COPY_HEADERS") or "", "[^,%s]+") 
   table.insert(copy_headers, string.lower(name))
 end
 local certificate_header = "x-forwarded-tls-client-cert"
--- Never forwarded from the client: certbound learns these from HAProxy alone.
+-- Never forwarded from the client: certbound learns these from HAProxy alone (its
+-- forward_auth.headers and certificate.header). Every other header of the client's goes along,
+-- so certbound sees, and refuses, a client's other spellings (X-Original-URI, Forwarded,
+-- X_Forwarded_Uri, ...).
 local replaced = {
   [certificate_header] = true, ["x-forwarded-method"] = true, ["x-forwarded-uri"] = true,
-  ["x-forwarded-host"] = true, ["x-forwarded-proto"] = true, ["x-original-uri"] = true,
-  ["x-original-method"] = true, ["content-length"] = true, ["transfer-encoding"] = true,
-  ["connection"] = true, ["host"] = true,
+  ["x-forwarded-host"] = true, ["x-forwarded-proto"] = true, ["content-length"] = true,
+  ["transfer-encoding"] = true, ["connection"] = true, ["host"] = true,
 }
 -- Passed back to the client with a refusal.
 local answer_headers = { "content-type", "www-authenticate", "dpop-nonce" }

@@ -69,6 +69,28 @@ impl Connection {
     }
 }
 
+/// What `SET key 1 NX PX ttl` answered: `OK` means this proof was recorded now (its first use),
+/// nil means the key was there (a replay). Anything else (a proxy or a store that answers `:0`,
+/// an array, an error string) is neither: an error, never a first use.
+fn set_nx_recorded(reply: &redis::Value) -> Result<bool, ReplayError> {
+    match reply {
+        redis::Value::Okay => Ok(true),
+        redis::Value::SimpleString(text) if text == "OK" => Ok(true),
+        redis::Value::Nil => Ok(false),
+        other => Err(ReplayError(format!(
+            "Redis answered SET NX with {}, neither OK nor nil",
+            match other {
+                redis::Value::Int(_) => "an integer",
+                redis::Value::BulkString(_) => "a bulk string",
+                redis::Value::Array(_) => "an array",
+                redis::Value::SimpleString(_) => "another status",
+                redis::Value::ServerError(_) => "an error",
+                _ => "an unexpected reply",
+            }
+        ))),
+    }
+}
+
 /// Proof keys in Redis, under `key_prefix` + hex(digest), each expiring with its proof's window.
 /// In a cluster each key lands on the slot its own hash picks: a proof's whole check is one
 /// key, so no hash tag is needed (and none would help spread the load).
@@ -205,9 +227,13 @@ impl RedisReplayStore {
         let name = format!("{}{}", self.prefix, key.hex());
         let mut set = redis::cmd("SET");
         set.arg(&name).arg(1).arg("NX").arg("PX").arg(ttl_ms);
-        let answer: redis::RedisResult<Option<String>> = connection.query(&set).await;
+        let answer: redis::RedisResult<redis::Value> = connection.query(&set).await;
+        let answer = match answer {
+            Ok(reply) => Ok(set_nx_recorded(&reply)?),
+            Err(error) => Err(error),
+        };
         match answer {
-            Ok(Some(_)) if self.wait_replicas > 0 => {
+            Ok(true) if self.wait_replicas > 0 => {
                 // Under the store's timeout: WAIT may block no longer than the check may wait.
                 let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
                 match connection.wait(&name, self.wait_replicas, timeout_ms).await {
@@ -225,8 +251,7 @@ impl RedisReplayStore {
                     }
                 }
             }
-            Ok(Some(_)) => Ok(true),
-            Ok(None) => Ok(false),
+            Ok(recorded) => Ok(recorded),
             Err(error) => {
                 self.connection.store(None);
                 Err(ReplayError(format!(
@@ -390,3 +415,25 @@ pub async fn watch_eviction(
 
 /// How often the eviction policy is read again.
 pub const EVICTION_CHECK_EVERY: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    #[test]
+    fn only_ok_records_a_proof_and_only_nil_is_a_replay() {
+        assert!(set_nx_recorded(&Value::Okay).unwrap());
+        assert!(set_nx_recorded(&Value::SimpleString("OK".into())).unwrap());
+        assert!(!set_nx_recorded(&Value::Nil).unwrap());
+        for reply in [
+            Value::Int(0),
+            Value::Int(1),
+            Value::BulkString(b"OK".to_vec()),
+            Value::SimpleString("QUEUED".into()),
+            Value::Array(vec![]),
+        ] {
+            assert!(set_nx_recorded(&reply).is_err(), "{reply:?}");
+        }
+    }
+}

@@ -21,13 +21,13 @@ pub struct ForwardAuthSettings {
     pub path_prefix: Option<String>,
 }
 
-/// The headers the original request is described in, lower-case, in order of preference.
+/// The header each part of the original request is described in, lower-case.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForwardedHeaders {
-    pub method: Vec<String>,
-    pub uri: Vec<String>,
-    pub host: Vec<String>,
-    pub proto: Vec<String>,
+    pub method: String,
+    pub uri: String,
+    pub host: String,
+    pub proto: String,
 }
 
 impl ForwardAuthSettings {
@@ -70,17 +70,13 @@ pub fn validate(
             .map(|(i, text)| parse_peer(text, i))
             .collect::<Result<_, _>>()?,
     };
-    let names = |list: Vec<String>, key: &str| -> Result<Vec<String>, ConfigError> {
-        list.into_iter()
-            .map(|name| {
-                header_name(&name).ok_or_else(|| {
-                    ConfigError::new(
-                        format!("forward_auth.headers.{key}"),
-                        format!("{name:?} is not an HTTP header name"),
-                    )
-                })
-            })
-            .collect()
+    let names = |name: String, key: &str| -> Result<String, ConfigError> {
+        header_name(&name).ok_or_else(|| {
+            ConfigError::new(
+                format!("forward_auth.headers.{key}"),
+                format!("{name:?} is not an HTTP header name"),
+            )
+        })
     };
     let headers = ForwardedHeaders {
         method: names(config.headers.method, "method")?,
@@ -145,7 +141,7 @@ mod tests {
         // An IPv4 peer on a dual-stack listener arrives as a mapped IPv6 address.
         assert!(on.trusts("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!on.trusts("10.0.0.5".parse().unwrap()));
-        assert_eq!(on.headers.uri, ["x-forwarded-uri", "x-original-uri"]);
+        assert_eq!(on.headers.uri, "x-forwarded-uri");
     }
 
     #[test]
@@ -173,7 +169,7 @@ mod tests {
                 "forward_auth.path_prefix",
             ),
             (
-                "{listen: 127.0.0.1:1, headers: {uri: ['x uri']}}",
+                "{listen: 127.0.0.1:1, headers: {uri: 'x uri'}}",
                 "forward_auth.headers.uri",
             ),
             (
@@ -188,15 +184,12 @@ mod tests {
     #[test]
     fn header_names_are_lower_cased_and_the_prefix_loses_its_slash() {
         let on = settings(
-            "{listen: 127.0.0.1:1, headers: {uri: [X-Original-URI]}, path_prefix: /certbound/}",
+            "{listen: 127.0.0.1:1, headers: {uri: X-Original-URI}, path_prefix: /certbound/}",
         )
         .unwrap()
         .unwrap();
-        assert_eq!(on.headers.uri, ["x-original-uri"]);
-        assert_eq!(
-            on.headers.method,
-            ["x-forwarded-method", "x-original-method"]
-        );
+        assert_eq!(on.headers.uri, "x-original-uri");
+        assert_eq!(on.headers.method, "x-forwarded-method");
         assert_eq!(on.path_prefix.as_deref(), Some("/certbound"));
     }
 }

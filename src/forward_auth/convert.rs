@@ -13,12 +13,62 @@ use crate::config::ForwardAuthSettings;
 use certbound_core::answer::NOT_FOUND_BODY;
 use certbound_core::resource::WELL_KNOWN_PREFIX;
 use certbound_core::{
-    AccessRequest, Authorization, Decision, DenyReason, Outcome, PeerCertificate, Policy,
+    AccessRequest, Authorization, CertificateSource, Decision, DenyReason, Outcome,
+    PeerCertificate, Policy,
 };
 
+/// Headers a client can add to name another method than the one the upstream acts on: proxies'
+/// conventions, and the method overrides frameworks honour (Express, Symfony, Rails, ...).
+const METHOD_CANDIDATES: &[&str] = &[
+    "x-forwarded-method",
+    "x-original-method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+/// ... another path: proxies' conventions, IIS/Symfony's rewrite headers, Spring's prefix.
+const URI_CANDIDATES: &[&str] = &[
+    "x-forwarded-uri",
+    "x-original-uri",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+    "x-envoy-original-path",
+];
+/// ... another host.
+const HOST_CANDIDATES: &[&str] = &["x-forwarded-host", "x-original-host", "x-host"];
+/// ... another scheme.
+const PROTO_CANDIDATES: &[&str] = &[
+    "x-forwarded-proto",
+    "x-forwarded-scheme",
+    "x-scheme",
+    "x-url-scheme",
+    "x-forwarded-ssl",
+    "front-end-https",
+];
+/// ... another client certificate: what proxies and servers conventionally put one in.
+const CERTIFICATE_CANDIDATES: &[&str] = &[
+    "x-forwarded-client-cert",
+    "client-cert",
+    "client-cert-chain",
+    "x-forwarded-tls-client-cert",
+    "x-ssl-client-cert",
+    "ssl-client-cert",
+    "x-client-cert",
+    "x-ssl-cert",
+    "x-arr-clientcert",
+];
+/// Headers certbound reads whatever the configuration.
+const READ: &[&str] = &["authorization", "dpop", "host"];
+
 /// Reads the request a proxy asks about. A peer outside `trusted_peers` is refused before any
-/// header is read; a check that does not say which request it is for (no original URI or
-/// method, outside Envoy's `path_prefix` mode) cannot be decided safely.
+/// header is read. Each part of the original request comes from exactly one source, the one the
+/// configured proxy sets and overwrites: a check that also carries a header a client could have
+/// added to name that part differently (or two values of the source) is refused
+/// (`request_invalid`), never decided, since certbound cannot tell which one the upstream acts
+/// on. So is a header that differs from one certbound reads or sets only by `_` for `-`: CGI,
+/// WSGI, PHP and many frameworks read both spellings as one.
 pub fn access_request(
     head: &request::Parts,
     peer: IpAddr,
@@ -29,45 +79,99 @@ pub fn access_request(
         return Err(DenyReason::ProxyUntrusted);
     }
     let headers = &head.headers;
-    let first_of = |names: &[String]| names.iter().find_map(|name| first(headers, name));
-    // Envoy's http_service: the check request is the original one, its path under the prefix.
-    let own_path = settings.path_prefix.as_deref().and_then(|prefix| {
-        let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
-        let rest = path.strip_prefix(prefix)?;
-        match rest.as_bytes().first() {
-            None => Some("/".to_owned()),
-            Some(b'/') => Some(rest.to_owned()),
-            Some(b'?') => Some(format!("/{rest}")),
-            Some(_) => None,
-        }
-    });
-    let path = first_of(&settings.headers.uri)
-        .or(own_path)
-        .ok_or(DenyReason::RequestInvalid)?;
-    let method = match first_of(&settings.headers.method) {
-        Some(method) => method,
-        None if settings.path_prefix.is_some() => head.method.as_str().to_owned(),
-        None => return Err(DenyReason::RequestInvalid),
+    let refuse = |why: &str, name: &str| {
+        tracing::debug!(header = name, "forward_auth: check refused: {why}");
+        DenyReason::RequestInvalid
     };
-    let host = first_of(&settings.headers.host)
-        .or_else(|| first(headers, HOST.as_str()))
-        .or_else(|| head.uri.authority().map(|a| a.as_str().to_owned()))
-        .unwrap_or_default();
-    // A chain of proxies appends: the first entry is what the client used.
-    let scheme = first_of(&settings.headers.proto)
-        .map(|p| p.split(',').next().unwrap_or_default().trim().to_owned())
-        .unwrap_or_default();
+    let fields = &settings.headers;
+    let envoy = settings.path_prefix.is_some();
+    // In Envoy's http_service mode the check itself is the original request: no header names
+    // its method, path or host.
+    let sources: [&str; 4] = if envoy {
+        ["", "", "", &fields.proto]
+    } else {
+        [&fields.method, &fields.uri, &fields.host, &fields.proto]
+    };
+    let certificate_sources = certificate_headers(policy);
+    let groups = [
+        METHOD_CANDIDATES,
+        URI_CANDIDATES,
+        HOST_CANDIDATES,
+        PROTO_CANDIDATES,
+        CERTIFICATE_CANDIDATES,
+    ];
+    for candidates in groups {
+        for &name in candidates {
+            let ours = sources.contains(&name) || certificate_sources.contains(&name);
+            if !ours && headers.contains_key(name) {
+                return Err(refuse("a header a client could name the request in", name));
+            }
+        }
+    }
+    // RFC 7239 `Forwarded` can name a host and a scheme too (its `for=` alone is harmless).
+    let names_host_or_proto = |value: &HeaderValue| {
+        let value = value.as_bytes().to_ascii_lowercase();
+        value.windows(5).any(|w| w == b"host=") || value.windows(6).any(|w| w == b"proto=")
+    };
+    if headers.get_all("forwarded").iter().any(names_host_or_proto) {
+        return Err(refuse(
+            "a header a client could name the request in",
+            "forwarded",
+        ));
+    }
+    for name in sources.iter().chain(&certificate_sources) {
+        if !name.is_empty() && headers.get_all(*name).iter().nth(1).is_some() {
+            return Err(refuse("two values of a header that must have one", name));
+        }
+    }
+    for name in headers.keys() {
+        let name = name.as_str();
+        if name.contains('_') && aliases_a_header_we_use(&name.replace('_', "-"), settings, policy)
+        {
+            return Err(refuse(
+                "an underscore spelling of a header certbound uses",
+                name,
+            ));
+        }
+    }
+    let one = |name: &str| first(headers, name);
+    let (method, path, host) = if envoy {
+        let path = own_path(head, settings.path_prefix.as_deref().unwrap_or_default())
+            .ok_or_else(|| refuse("a path outside path_prefix", ":path"))?;
+        let host = one(HOST.as_str())
+            .or_else(|| head.uri.authority().map(|a| a.as_str().to_owned()))
+            .unwrap_or_default();
+        (head.method.as_str().to_owned(), path, host)
+    } else {
+        let method = one(&fields.method).ok_or_else(|| refuse("no method", &fields.method))?;
+        let path = one(&fields.uri).ok_or_else(|| refuse("no path", &fields.uri))?;
+        (method, path, one(&fields.host).unwrap_or_default())
+    };
+    if method.is_empty()
+        || !method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(refuse("not one method", "method"));
+    }
+    if host.contains([',', ' ']) {
+        return Err(refuse("not one host", "host"));
+    }
+    let scheme = one(&fields.proto).unwrap_or_default();
+    if scheme.contains([',', ' ']) {
+        return Err(refuse("not one scheme", &fields.proto));
+    }
     let mut authorization = all(headers, "authorization");
     let authorization = match authorization.len() {
         0 => Authorization::Absent,
         1 => Authorization::One(authorization.swap_remove(0)),
         _ => Authorization::Multiple,
     };
-    let xfcc = all(headers, "x-forwarded-client-cert");
+    let xfcc = one("x-forwarded-client-cert");
     let certificate_header = policy
         .certificate_header
         .as_ref()
-        .and_then(|h| first(headers, &h.name));
+        .and_then(|h| one(&h.name));
     let cors_preflight = method.eq_ignore_ascii_case("OPTIONS")
         && headers.contains_key("origin")
         && headers.contains_key("access-control-request-method");
@@ -75,10 +179,10 @@ pub fn access_request(
         authorization,
         // The proxy's connection to certbound is not the client's.
         peer_certificate: PeerCertificate::Absent,
-        xfcc: (!xfcc.is_empty()).then(|| xfcc.join(",")),
-        request_id: first(headers, "x-request-id"),
-        traceparent: first(headers, "traceparent"),
-        client_cert: first(headers, "client-cert"),
+        xfcc,
+        request_id: one("x-request-id"),
+        traceparent: one("traceparent"),
+        client_cert: one("client-cert"),
         certificate_header,
         method,
         path,
@@ -91,6 +195,61 @@ pub fn access_request(
         context_extensions: Default::default(),
         cors_preflight,
     })
+}
+
+/// Envoy's http_service: the check's own path after `prefix` is the original path.
+fn own_path(head: &request::Parts, prefix: &str) -> Option<String> {
+    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    let rest = path.strip_prefix(prefix)?;
+    match rest.as_bytes().first() {
+        None => Some("/".to_owned()),
+        Some(b'/') => Some(rest.to_owned()),
+        Some(b'?') => Some(format!("/{rest}")),
+        Some(_) => None,
+    }
+}
+
+/// The certificate headers certbound reads under `policy`'s sources.
+fn certificate_headers(policy: &Policy) -> Vec<&str> {
+    policy
+        .certificate_sources
+        .iter()
+        .filter_map(|source| match source {
+            CertificateSource::Peer => None,
+            CertificateSource::Xfcc => Some("x-forwarded-client-cert"),
+            CertificateSource::ClientCert => Some("client-cert"),
+            CertificateSource::Header => {
+                policy.certificate_header.as_ref().map(|h| h.name.as_str())
+            }
+        })
+        .collect()
+}
+
+/// Whether `name` (lower-case, dashes) is a header certbound reads or sets, or one a client
+/// could name the request in.
+fn aliases_a_header_we_use(name: &str, settings: &ForwardAuthSettings, policy: &Policy) -> bool {
+    let fields = &settings.headers;
+    [&fields.method, &fields.uri, &fields.host, &fields.proto]
+        .iter()
+        .any(|f| f.as_str() == name)
+        || [
+            METHOD_CANDIDATES,
+            URI_CANDIDATES,
+            HOST_CANDIDATES,
+            PROTO_CANDIDATES,
+            CERTIFICATE_CANDIDATES,
+            READ,
+        ]
+        .iter()
+        .any(|group| group.contains(&name))
+        || policy
+            .certificate_header
+            .as_ref()
+            .is_some_and(|h| h.name == name)
+        || policy.upstream.claim_headers.iter().any(|(_, h)| h == name)
+        || name.starts_with("x-certbound-")
+        || name == "dpop-nonce"
+        || name == "forwarded"
 }
 
 fn text(value: &HeaderValue) -> String {
@@ -111,11 +270,7 @@ fn all(headers: &HeaderMap, name: &str) -> Vec<String> {
 /// `/.well-known/oauth-protected-resource`.
 pub fn is_metadata_fetch(head: &request::Parts, settings: &ForwardAuthSettings) -> bool {
     let path = head.uri.path();
-    let forwarded = settings
-        .headers
-        .uri
-        .iter()
-        .any(|name| head.headers.contains_key(name.as_str()));
+    let forwarded = head.headers.contains_key(settings.headers.uri.as_str());
     let checked_by_prefix = settings
         .path_prefix
         .as_deref()
@@ -260,8 +415,10 @@ mod tests {
     }
 
     #[test]
-    fn the_nginx_convention_works_too() {
-        let on = settings("{listen: 127.0.0.1:1}");
+    fn another_convention_is_configured_not_guessed() {
+        let on = settings(
+            "{listen: 127.0.0.1:1, headers: {method: X-Original-Method, uri: X-Original-URI}}",
+        );
         let head = head(
             "/_certbound",
             &[("x-original-method", "GET"), ("x-original-uri", "/a")],
@@ -271,6 +428,168 @@ mod tests {
             (request.method.as_str(), request.path.as_str()),
             ("GET", "/a")
         );
+        // The default convention's headers are then a client's.
+        let head = head_with(&[
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/a"),
+            ("x-forwarded-uri", "/public/"),
+        ]);
+        assert_eq!(
+            access_request(&head, LOCAL, &on, &policy("{}")).unwrap_err(),
+            DenyReason::RequestInvalid
+        );
+    }
+
+    fn head_with(headers: &[(&str, &str)]) -> request::Parts {
+        head("/auth", headers)
+    }
+
+    const ORIGINAL: &[(&str, &str)] = &[
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/admin/x"),
+        ("x-forwarded-host", "api.example.com"),
+        ("x-forwarded-proto", "https"),
+    ];
+
+    /// The finding: a client's own header beside the proxy's named another request.
+    #[test]
+    fn a_check_carrying_a_clients_copy_of_any_part_is_refused() {
+        let on = settings("{listen: 127.0.0.1:1}");
+        let cert = policy(
+            "certificate: {sources: [header], header: {name: x-ssl-client-cert, encoding: pem_url}}",
+        );
+        assert!(access_request(&head_with(ORIGINAL), LOCAL, &on, &cert).is_ok());
+        let mut added: Vec<(&str, &str)> = Vec::new();
+        for group in [
+            METHOD_CANDIDATES,
+            URI_CANDIDATES,
+            HOST_CANDIDATES,
+            PROTO_CANDIDATES,
+            CERTIFICATE_CANDIDATES,
+        ] {
+            for name in group.iter().copied() {
+                // Two values of the sources themselves: the next test.
+                let source =
+                    ORIGINAL.iter().any(|(n, _)| *n == name) || name == "x-ssl-client-cert";
+                if !source {
+                    added.push((name, "x"));
+                }
+            }
+        }
+        added.push(("forwarded", "for=1.2.3.4;host=evil.example"));
+        added.push(("Forwarded", "proto=http"));
+        for extra in added {
+            let mut headers = ORIGINAL.to_vec();
+            headers.push(extra);
+            let result = access_request(&head_with(&headers), LOCAL, &on, &cert);
+            assert_eq!(result.unwrap_err(), DenyReason::RequestInvalid, "{extra:?}");
+        }
+        // `Forwarded` naming only the client address is no other source.
+        let mut headers = ORIGINAL.to_vec();
+        headers.push(("forwarded", "for=192.0.2.1"));
+        assert!(access_request(&head_with(&headers), LOCAL, &on, &cert).is_ok());
+    }
+
+    #[test]
+    fn two_values_of_a_source_are_refused_and_so_is_a_list_in_one() {
+        let on = settings("{listen: 127.0.0.1:1}");
+        let cert = policy(
+            "certificate: {sources: [header], header: {name: x-ssl-client-cert, encoding: pem_url}}",
+        );
+        for extra in [
+            ("x-forwarded-method", "DELETE"),
+            ("x-forwarded-uri", "/public/x"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "http"),
+            ("x-ssl-client-cert", "a"),
+        ] {
+            let mut headers = ORIGINAL.to_vec();
+            headers.push(extra);
+            headers.push(("x-ssl-client-cert", "b"));
+            if extra.0 == "x-ssl-client-cert" {
+                headers.pop();
+            }
+            headers.push(extra);
+            let result = access_request(&head_with(&headers), LOCAL, &on, &cert);
+            assert_eq!(result.unwrap_err(), DenyReason::RequestInvalid, "{extra:?}");
+        }
+        for (name, value) in [
+            ("x-forwarded-method", "GET, DELETE"),
+            ("x-forwarded-method", "GET DELETE"),
+            ("x-forwarded-host", "a.example, evil.example"),
+            ("x-forwarded-proto", "https,http"),
+        ] {
+            let headers: Vec<_> = ORIGINAL
+                .iter()
+                .map(|&(n, v)| if n == name { (n, value) } else { (n, v) })
+                .collect();
+            let result = access_request(&head_with(&headers), LOCAL, &on, &cert);
+            assert_eq!(
+                result.unwrap_err(),
+                DenyReason::RequestInvalid,
+                "{name}: {value}"
+            );
+        }
+    }
+
+    /// The finding: `X_Certbound_Subject` beside the proxy's `X-Certbound-Subject`.
+    #[test]
+    fn underscore_spellings_of_headers_certbound_uses_are_refused() {
+        let on = settings("{listen: 127.0.0.1:1}");
+        let with_claims = policy(
+            "certificate: {sources: [header], header: {name: x-ssl-client-cert, encoding: pem_url}}\n\
+             upstream: {claim_headers: {sub: x-user}}",
+        );
+        for name in [
+            "x_certbound_subject",
+            "x_user",
+            "x_forwarded_uri",
+            "x_forwarded_method",
+            "x_original_url",
+            "x_ssl_client_cert",
+            "x_forwarded_tls_client_cert",
+            "x_forwarded_client_cert",
+            "dpop_nonce",
+        ] {
+            let mut headers = ORIGINAL.to_vec();
+            headers.push((name, "evil"));
+            let result = access_request(&head_with(&headers), LOCAL, &on, &with_claims);
+            assert_eq!(result.unwrap_err(), DenyReason::RequestInvalid, "{name}");
+        }
+        // An underscore in a header certbound has nothing to do with is the upstream's business.
+        let mut headers = ORIGINAL.to_vec();
+        headers.push(("x_trace_tag", "1"));
+        assert!(access_request(&head_with(&headers), LOCAL, &on, &with_claims).is_ok());
+    }
+
+    #[test]
+    fn envoy_mode_reads_the_check_itself_and_refuses_forwarded_copies() {
+        let on = settings("{listen: 127.0.0.1:1, path_prefix: /certbound}");
+        let head = head(
+            "/certbound/admin/x",
+            &[("host", "api.example.com"), ("x-forwarded-proto", "https")],
+        );
+        let request = access_request(&head, LOCAL, &on, &policy("{}")).unwrap();
+        assert_eq!(
+            (
+                request.path.as_str(),
+                request.host.as_str(),
+                request.scheme.as_str()
+            ),
+            ("/admin/x", "api.example.com", "https")
+        );
+        for name in ["x-forwarded-uri", "x-forwarded-method", "x-forwarded-host"] {
+            let head = head_of("/certbound/admin/x", &[(name, "/public/x")]);
+            assert_eq!(
+                access_request(&head, LOCAL, &on, &policy("{}")).unwrap_err(),
+                DenyReason::RequestInvalid,
+                "{name}"
+            );
+        }
+    }
+
+    fn head_of(uri: &str, headers: &[(&str, &str)]) -> request::Parts {
+        head(uri, headers)
     }
 
     #[test]
@@ -342,8 +661,11 @@ mod tests {
         );
         let request = access_request(&head, LOCAL, &on, &with_header).unwrap();
         assert_eq!(request.certificate_header.as_deref(), Some("abc"));
-        let request = access_request(&head, LOCAL, &on, &policy("{}")).unwrap();
-        assert_eq!(request.certificate_header, None);
+        // Without that source the header is a client's: refused, not ignored.
+        assert_eq!(
+            access_request(&head, LOCAL, &on, &policy("{}")).unwrap_err(),
+            DenyReason::RequestInvalid
+        );
     }
 
     #[test]

@@ -85,6 +85,9 @@ impl KeyStore {
                 (name, source)
             })
             .unzip();
+        for name in &names {
+            metrics.issuer(name);
+        }
         Self {
             snapshots: KeySnapshots::new(names, timing, clock),
             sources,

@@ -22,8 +22,23 @@ pub const PATHS_TO_ADMIN: &[&str] = &[
     "/admin/.",
 ];
 
+/// The canonical spellings among [`PATHS_TO_ADMIN`]: decided by the `/admin` rule. Every other
+/// spelling is refused (`path_unsafe`) where certbound sees it raw, and decided as `/admin` only
+/// where a proxy in front resolved it first.
+pub const CANONICAL_ADMIN_PATHS: &[&str] = &[
+    "/admin/x",
+    "/admin/x?redirect=/public/",
+    "/admin",
+    "/admin/",
+];
+
 /// Paths upstreams resolve differently, or that climb above the root: always 400.
 pub const UNSAFE_PATHS: &[&str] = &[
+    "/public/;/../admin/x",
+    "/;/admin/x",
+    "/;x/admin/x",
+    "/public/#/../../admin/x",
+    "/admin#/x",
     "/public/..%2fadmin/x",
     "/public/..%2Fadmin/x",
     "/public%2f..%2f..%2fadmin/x",

@@ -103,6 +103,18 @@ fn validate_one(
 ) -> Result<Resource, ConfigError> {
     check_identifier(&config.id, &key("id"))?;
     let (_, id_path) = split_identifier(&config.id).unwrap_or_default();
+    // The metadata path is the identifier's path under the well-known prefix: it must be a path
+    // requests can take (rules see only canonical paths).
+    if !id_path.is_empty() && path::routable(id_path, EscapedSlashes::Reject) != Ok(id_path) {
+        return Err(ConfigError::new(
+            key("id"),
+            format!(
+                "{:?}: its path must be canonical (no dot-segments, repeated slashes, `;` \
+                 segments or percent-encoded unreserved characters)",
+                config.id
+            ),
+        ));
+    }
     let path_prefix = match &config.path_prefix {
         Some(prefix) => prefix.clone(),
         None if id_path.is_empty() => "/".to_owned(),

@@ -356,54 +356,58 @@ pub struct ForwardAuthConfig {
     /// CIDRs whose forwarded headers and certificate header are believed (default loopback
     /// only); any other peer's check is denied (`proxy_untrusted`).
     pub trusted_peers: Option<Vec<String>>,
-    /// Where the original request is described; the first header present wins.
+    /// The one header the proxy describes each part of the original request in. A check that
+    /// carries another header a client could use to name a method, path, host or scheme, or
+    /// two values of one, is refused (`request_invalid`).
     #[serde(default)]
     pub headers: ForwardedHeadersConfig,
     /// Envoy `http_service`: the check request's own method and path are the original ones,
-    /// after this `path_prefix` (the one in Envoy's config) is removed.
+    /// after this `path_prefix` (the one in Envoy's config) is removed; its Host is the
+    /// original host.
     pub path_prefix: Option<String>,
 }
 
-/// The headers a proxy describes the original request in.
+/// The header a proxy describes each part of the original request in: one name per part, the
+/// header the proxy sets and overwrites (a client's copy never survives it).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardedHeadersConfig {
-    #[serde(default = "default_method_headers")]
-    pub method: Vec<String>,
+    #[serde(default = "default_method_header")]
+    pub method: String,
     /// Path and query, as the client sent them.
-    #[serde(default = "default_uri_headers")]
-    pub uri: Vec<String>,
-    #[serde(default = "default_host_headers")]
-    pub host: Vec<String>,
-    #[serde(default = "default_proto_headers")]
-    pub proto: Vec<String>,
+    #[serde(default = "default_uri_header")]
+    pub uri: String,
+    #[serde(default = "default_host_header")]
+    pub host: String,
+    #[serde(default = "default_proto_header")]
+    pub proto: String,
 }
 
 impl Default for ForwardedHeadersConfig {
     fn default() -> Self {
         Self {
-            method: default_method_headers(),
-            uri: default_uri_headers(),
-            host: default_host_headers(),
-            proto: default_proto_headers(),
+            method: default_method_header(),
+            uri: default_uri_header(),
+            host: default_host_header(),
+            proto: default_proto_header(),
         }
     }
 }
 
-fn default_method_headers() -> Vec<String> {
-    vec!["x-forwarded-method".into(), "x-original-method".into()]
+fn default_method_header() -> String {
+    "x-forwarded-method".into()
 }
 
-fn default_uri_headers() -> Vec<String> {
-    vec!["x-forwarded-uri".into(), "x-original-uri".into()]
+fn default_uri_header() -> String {
+    "x-forwarded-uri".into()
 }
 
-fn default_host_headers() -> Vec<String> {
-    vec!["x-forwarded-host".into()]
+fn default_host_header() -> String {
+    "x-forwarded-host".into()
 }
 
-fn default_proto_headers() -> Vec<String> {
-    vec!["x-forwarded-proto".into()]
+fn default_proto_header() -> String {
+    "x-forwarded-proto".into()
 }
 
 #[derive(Clone, Debug, Deserialize)]
