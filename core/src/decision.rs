@@ -349,58 +349,71 @@ impl Decision {
             return None;
         }
         let dpop = self.facts.dpop.as_ref();
+        let resource = self.facts.resource.as_deref();
         // `, resource_metadata="..."`, built once per configuration.
-        let metadata = self
-            .facts
-            .resource
-            .as_ref()
-            .map_or("", |r| r.challenge_param());
+        let metadata = resource.map_or("", |r| r.challenge_param());
         if reason.is_missing_credentials() {
-            let bearer = match metadata {
-                "" => "Bearer".to_string(),
-                with => format!("Bearer {}", &with[2..]),
-            };
+            let bearer = resource.map_or("Bearer", |r| r.bearer_challenge());
             return Some(match dpop {
                 Some(dpop) => format!(r#"{bearer}, DPoP algs="{}"{metadata}"#, dpop.algs),
-                None => bearer,
+                None => bearer.to_owned(),
             });
         }
-        let error = if reason.is_forbidden() {
-            match self.facts.missing_scopes.as_slice() {
-                [] => r#"error="insufficient_scope""#.to_string(),
-                missing => format!(
-                    r#"error="insufficient_scope", scope="{}""#,
-                    missing.join(" ")
-                ),
-            }
-        } else if reason.is_bad_request() {
-            r#"error="invalid_request""#.to_string()
-        } else if reason.is_step_up() {
-            match self.facts.step_up.as_deref() {
-                Some(step_up) if !step_up.challenge.is_empty() => format!(
-                    r#"error="insufficient_user_authentication", {}"#,
-                    step_up.challenge
-                ),
-                _ => r#"error="insufficient_user_authentication""#.to_string(),
-            }
-        } else if *reason == DenyReason::DpopNonceRequired {
-            r#"error="use_dpop_nonce""#.to_string()
-        } else if reason.is_dpop_proof() {
-            r#"error="invalid_dpop_proof""#.to_string()
-        } else {
-            r#"error="invalid_token""#.to_string()
-        };
-        let in_dpop = dpop.is_some_and(|d| {
+        // Built in one buffer, pieces pushed (a 401 is a common answer: no formatting machinery
+        // and one allocation).
+        let in_dpop = dpop.filter(|d| {
             d.scheme
-                || matches!(reason, DenyReason::DpopDowngrade | DenyReason::DpopRequired)
+                || matches!(
+                    reason,
+                    DenyReason::DpopDowngrade
+                        | DenyReason::DpopRequired
+                        | DenyReason::DpopNonceRequired
+                )
                 || reason.is_dpop_proof()
         });
-        Some(match dpop {
-            Some(dpop) if in_dpop || *reason == DenyReason::DpopNonceRequired => {
-                format!(r#"DPoP {error}, algs="{}"{metadata}"#, dpop.algs)
+        let mut out = String::with_capacity(112 + metadata.len());
+        out.push_str(if in_dpop.is_some() {
+            "DPoP "
+        } else {
+            "Bearer "
+        });
+        if reason.is_forbidden() {
+            out.push_str(r#"error="insufficient_scope""#);
+            if let [first, rest @ ..] = self.facts.missing_scopes.as_slice() {
+                out.push_str(r#", scope=""#);
+                out.push_str(first);
+                for scope in rest {
+                    out.push(' ');
+                    out.push_str(scope);
+                }
+                out.push('"');
             }
-            _ => format!("Bearer {error}{metadata}"),
-        })
+        } else if reason.is_step_up() {
+            out.push_str(r#"error="insufficient_user_authentication""#);
+            if let Some(step_up) = self.facts.step_up.as_deref()
+                && !step_up.challenge.is_empty()
+            {
+                out.push_str(", ");
+                out.push_str(&step_up.challenge);
+            }
+        } else {
+            out.push_str(if reason.is_bad_request() {
+                r#"error="invalid_request""#
+            } else if *reason == DenyReason::DpopNonceRequired {
+                r#"error="use_dpop_nonce""#
+            } else if reason.is_dpop_proof() {
+                r#"error="invalid_dpop_proof""#
+            } else {
+                r#"error="invalid_token""#
+            });
+        }
+        if let Some(dpop) = in_dpop {
+            out.push_str(r#", algs=""#);
+            out.push_str(&dpop.algs);
+            out.push('"');
+        }
+        out.push_str(metadata);
+        Some(out)
     }
 
     /// The replay record of an allowed request's verified DPoP proof: store it before allowing.

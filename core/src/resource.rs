@@ -36,6 +36,8 @@ pub struct Resource {
     pub document: String,
     /// `, resource_metadata="<metadata_url>"`, appended to challenges.
     challenge_param: String,
+    /// The challenge to a request without credentials (DPoP off), built once.
+    bearer_challenge: String,
 }
 
 impl Resource {
@@ -58,6 +60,7 @@ impl Resource {
         .ok()?
         .into_owned();
         let challenge_param = format!(r#", resource_metadata="{metadata_url}""#);
+        let bearer_challenge = format!(r#"Bearer resource_metadata="{metadata_url}""#);
         Some(Self {
             id,
             path_prefix,
@@ -68,12 +71,18 @@ impl Resource {
             well_known_path,
             document,
             challenge_param,
+            bearer_challenge,
         })
     }
 
     /// `, resource_metadata="..."`, for a challenge.
     pub fn challenge_param(&self) -> &str {
         &self.challenge_param
+    }
+
+    /// `Bearer resource_metadata="..."`: the challenge to a request without credentials.
+    pub fn bearer_challenge(&self) -> &str {
+        &self.bearer_challenge
     }
 
     /// Whether a canonical path is under this resource's prefix, segment by segment.
