@@ -43,6 +43,11 @@ fail() {
   echo "demo: $*" >&2
   exit 1
 }
+# Progress on stderr: which step the demo is on (a release build takes minutes the first time).
+SECONDS=0
+step() {
+  echo "demo: [${SECONDS}s] $*" >&2
+}
 
 # Every port must be free: a busy one would silently turn the demo into a row of 503s.
 specs=("LISTEN_PORT:$LISTEN_PORT" "ADMIN_PORT:$ADMIN_PORT" "UPSTREAM_PORT:$UPSTREAM_PORT")
@@ -73,16 +78,24 @@ if [ ${#busy[@]} -gt 0 ]; then
   fail "set those variables to free ports"
 fi
 
-scripts/install-tools.sh >/dev/null
+step "checking the tools (scripts/install-tools.sh: Envoy, curl; installs what is missing)"
+# Its progress lines (what it installs, how long it took) are shown; its summary is not.
+scripts/install-tools.sh | { grep --line-buffered '^install-tools:' || true; } >&2
 # CERTBOUND_BIN: a certbound binary already built (the tests pass theirs); else a release build.
 # CERTBOUND_MODULE_DIR likewise for the module.
 if [ "$MODE" != module ] && [ -z "${CERTBOUND_BIN:-}" ]; then
+  step "building certbound (cargo build --release: a few minutes the first time, seconds after)"
   cargo build --release --quiet --bin certbound
   CERTBOUND_BIN=target/release/certbound
+elif [ "$MODE" != module ]; then
+  step "using $CERTBOUND_BIN (CERTBOUND_BIN): no build"
 fi
 if [ "$MODE" = module ] && [ -z "${CERTBOUND_MODULE_DIR:-}" ]; then
+  step "building the Envoy module libcertbound_envoy.so (cargo build --release: a few minutes the first time)"
   cargo build --release --quiet -p certbound-envoy
   CERTBOUND_MODULE_DIR=$PWD/target/release
+elif [ "$MODE" = module ]; then
+  step "using the module in $CERTBOUND_MODULE_DIR (CERTBOUND_MODULE_DIR): no build"
 fi
 work=$(mktemp -d)
 pids=()
@@ -111,6 +124,7 @@ wait_for() {
 }
 
 # The upstream: answers 200 with the headers it received.
+step "starting the upstream (python3, echoes the headers it receives) on 127.0.0.1:$UPSTREAM_PORT"
 python3 - "$UPSTREAM_PORT" >"$work/upstream.log" 2>&1 <<'PY' &
 import json, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -132,6 +146,7 @@ wait_for upstream "$upstream" "$work/upstream.log" curl -fs "http://127.0.0.1:$U
 
 config=deploy/local/certbound.yaml
 if [ "$MODE" = dpop ]; then
+  step "making fresh DPoP material (cargo run --example dpop_demo: builds it the first time, about a minute)"
   cargo run --quiet --example dpop_demo -- "$work/dpop" "https://127.0.0.1:$LISTEN_PORT/items" >/dev/null
   sed -e "s#jwks_file: deploy/local/jwks.json#jwks_file: $work/dpop/jwks.json#" \
     deploy/local/certbound.yaml >"$work/certbound.yaml"
@@ -139,6 +154,7 @@ if [ "$MODE" = dpop ]; then
   config=$work/certbound.yaml
 fi
 if [ "$MODE" != module ]; then
+  step "starting certbound on 127.0.0.1:$CERTBOUND_PORT (admin 127.0.0.1:$CERTBOUND_ADMIN_PORT), waiting for /readyz"
   CERTBOUND_ADMIN_LISTEN="127.0.0.1:$CERTBOUND_ADMIN_PORT" \
     "$CERTBOUND_BIN" serve --config "$config" \
     --listen "127.0.0.1:$CERTBOUND_PORT" 2>"$work/certbound.log" &
@@ -188,6 +204,7 @@ sed -e "s#port_value: 8443#port_value: $LISTEN_PORT#" \
     -e "s#/etc/envoy/tls/server.crt#$PWD/deploy/local/demo-server.pem#" \
     -e "s#/etc/envoy/tls/server.key#$PWD/deploy/local/demo-server.key#" \
     "$envoy_source" >"$work/envoy.yaml"
+step "starting Envoy on https://127.0.0.1:$LISTEN_PORT (admin 127.0.0.1:$ADMIN_PORT), waiting until ready"
 ENVOY_DYNAMIC_MODULES_SEARCH_PATH="${CERTBOUND_MODULE_DIR:-}" \
   .venv/bin/envoy -c "$work/envoy.yaml" --concurrency 1 --disable-hot-restart --log-level warn \
   >"$work/envoy.log" 2>&1 &
@@ -195,6 +212,7 @@ envoy=$!
 pids+=("$envoy")
 wait_for envoy "$envoy" "$work/envoy.log" curl -fs "http://127.0.0.1:$ADMIN_PORT/ready"
 
+step "ready: four requests with curl"
 token=$(cat deploy/local/demo-token.jwt)
 unbound=$(cat deploy/local/demo-token-unbound.jwt)
 failures=0

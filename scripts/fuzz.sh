@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZ_SECONDS=${FUZZ_SECONDS:-120}
-TARGETS=${TARGETS:-"xfcc certificate bearer jwt check_request dpop_proof htu path"}
+TARGETS=${TARGETS:-"xfcc certificate bearer jwt check_request dpop_proof htu path forward_auth"}
 FUZZ_RUNS=${FUZZ_RUNS:-}
 # address (the default) or none: without a sanitizer the safe-Rust targets run about twice as
 # fast, and panics and failed assertions (the properties) are still caught.

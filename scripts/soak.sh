@@ -113,6 +113,6 @@ PY
 done
 {
   echo
-  echo "Unexpected answers in total: **$total_unexpected**. Key refreshes logged by certbound: $(grep -c 'keys loaded' "$work/certbound.log")."
+  echo "Unexpected answers in total: **$total_unexpected**. Key sets loaded or changed, as logged by certbound: $(grep -cE 'keys (loaded|changed)' "$work/certbound.log")."
 } | tee -a "$out"
 [ "$total_unexpected" -eq 0 ]

@@ -105,7 +105,17 @@ impl Authorizer {
         if let Some(hit) = decision.facts.token_cache {
             Metrics::count(&self.metrics.token_cache, if hit { "hit" } else { "miss" });
         }
-        log_decision(&decision, access.as_ref(), elapsed.as_micros() as u64);
+        // Only for a deny: what the token said beside what is configured (bounded, no token).
+        let detail = access
+            .as_ref()
+            .filter(|_| decision_log::enabled())
+            .and_then(|access| checker.deny_detail(access, &decision));
+        log_decision(
+            &decision,
+            access.as_ref(),
+            detail.as_deref(),
+            elapsed.as_micros() as u64,
+        );
         Authorized {
             decision,
             reason_header: checker.policy().reason_header,
@@ -114,7 +124,12 @@ impl Authorizer {
 }
 
 /// One line per decision. Never the token, the certificate or a secret.
-fn log_decision(decision: &Decision, request: Option<&AccessRequest>, latency_us: u64) {
+fn log_decision(
+    decision: &Decision,
+    request: Option<&AccessRequest>,
+    detail: Option<&str>,
+    latency_us: u64,
+) {
     let facts = &decision.facts;
     decision_log::log(&decision_log::Line {
         decision: decision.outcome_name(),
@@ -131,6 +146,7 @@ fn log_decision(decision: &Decision, request: Option<&AccessRequest>, latency_us
         method: request.map(|r| r.method.as_str()),
         // Without the query: it may carry an access_token (RFC 6750 §2.3).
         path: request.map(|r| r.path.split('?').next().unwrap_or_default()),
+        detail,
         latency_us,
     });
 }

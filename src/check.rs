@@ -187,6 +187,17 @@ impl Checker {
         }
     }
 
+    /// The near-miss behind a deny (the token's value beside the configured ones), for the
+    /// decision log and `explain`; `None` for an allow or a reason that says it all.
+    pub fn deny_detail(&self, request: &AccessRequest, decision: &Decision) -> Option<String> {
+        self.parts.policy.deny_detail(
+            self.parts.keys.as_ref(),
+            request,
+            decision,
+            self.parts.clock.now(),
+        )
+    }
+
     fn decide_jwt(&self, request: &AccessRequest) -> Decision {
         let now = self.parts.clock.now();
         self.parts.policy.decide_cached(

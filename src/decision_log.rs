@@ -33,6 +33,9 @@ pub struct Line<'a> {
     pub traceparent: Option<&'a str>,
     pub method: Option<&'a str>,
     pub path: Option<&'a str>,
+    /// A deny's near-miss: the token's value beside the configured ones
+    /// ([`certbound_core::Policy::deny_detail`], bounded).
+    pub detail: Option<&'a str>,
     pub latency_us: u64,
 }
 
@@ -46,9 +49,15 @@ pub fn install(format: LogFormat, write: impl Fn(&[u8]) + Send + Sync + 'static)
     let _ = SINK.set((format, Box::new(write)));
 }
 
+/// Whether decision lines are written (`RUST_LOG` lets `certbound::decision` INFO through):
+/// work done only for the line (a deny's detail) can be skipped otherwise.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "certbound::decision", tracing::Level::INFO)
+}
+
 /// Logs one decision, if `RUST_LOG` lets `certbound::decision` INFO through.
 pub fn log(line: &Line<'_>) {
-    if !tracing::enabled!(target: "certbound::decision", tracing::Level::INFO) {
+    if !enabled() {
         return;
     }
     let Some((format, write)) = SINK.get() else {
@@ -80,6 +89,7 @@ fn log_with_tracing(line: &Line<'_>) {
         traceparent = line.traceparent,
         method = line.method,
         path = line.path,
+        detail = line.detail,
         latency_us = line.latency_us,
         "check"
     );
@@ -101,6 +111,7 @@ pub fn format_line(out: &mut String, format: LogFormat, now: SystemTime, line: &
         ("traceparent", line.traceparent),
         ("method", line.method),
         ("path", line.path),
+        ("detail", line.detail),
     ];
     let fields = strings
         .iter()
@@ -114,7 +125,7 @@ pub fn format_line(out: &mut String, format: LogFormat, now: SystemTime, line: &
                 out.push(' ');
                 out.push_str(name);
                 out.push_str("=\"");
-                push_escaped(out, value);
+                push_bounded(out, value);
                 out.push('"');
             }
             out.push_str(" latency_us=");
@@ -129,7 +140,7 @@ pub fn format_line(out: &mut String, format: LogFormat, now: SystemTime, line: &
                 out.push_str(",\"");
                 out.push_str(name);
                 out.push_str("\":\"");
-                push_escaped(out, value);
+                push_bounded(out, value);
                 out.push('"');
             }
             out.push_str(",\"latency_us\":");
@@ -138,6 +149,22 @@ pub fn format_line(out: &mut String, format: LogFormat, now: SystemTime, line: &
         }
     }
     out.push('\n');
+}
+
+/// Bytes of one value written before it is cut (a path, a claim: the line stays bounded).
+pub const MAX_VALUE_BYTES: usize = 1024;
+
+/// [`push_escaped`] of at most [`MAX_VALUE_BYTES`] of `value`, `…` marking a cut.
+fn push_bounded(out: &mut String, value: &str) {
+    if value.len() <= MAX_VALUE_BYTES {
+        return push_escaped(out, value);
+    }
+    let mut at = MAX_VALUE_BYTES;
+    while !value.is_char_boundary(at) {
+        at -= 1;
+    }
+    push_escaped(out, &value[..at]);
+    out.push('…');
 }
 
 /// JSON string escaping (also used inside the text format's quotes), plus the characters that
@@ -318,6 +345,7 @@ mod tests {
             traceparent: None,
             method: Some("GET"),
             path: Some("/items"),
+            detail: None,
             latency_us: 416,
         }
     }
@@ -407,6 +435,26 @@ mod tests {
             let back: String = serde_json::from_str(&out[start..end]).expect("a JSON string");
             assert_eq!(back, *value);
         }
+    }
+
+    #[test]
+    fn long_values_are_cut() {
+        let long = "é".repeat(5000);
+        let line = Line {
+            sub: Some(&long),
+            path: Some(&long),
+            detail: Some(&long),
+            ..line()
+        };
+        for format in [LogFormat::Text, LogFormat::Json] {
+            let out = formatted(format, &line);
+            assert!(out.len() < 4 * MAX_VALUE_BYTES, "{} bytes", out.len());
+            assert_eq!(out.matches('…').count(), 3);
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&formatted(LogFormat::Json, &line)).expect("valid JSON");
+        let sub = json["sub"].as_str().unwrap_or_default();
+        assert!(sub.starts_with("éé") && sub.ends_with('…') && sub.len() <= MAX_VALUE_BYTES + 3);
     }
 
     #[test]

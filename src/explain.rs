@@ -204,7 +204,8 @@ pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
             policy.routes.groups_claim
         );
     }
-    describe_answer(&mut out, &decision, policy);
+    let detail = checker.deny_detail(&request, &decision);
+    describe_answer(&mut out, &decision, policy, detail.as_deref());
     Explanation {
         decision,
         report: out,
@@ -252,12 +253,14 @@ fn describe_jwt(out: &mut String, checker: &Checker, policy: &Policy, token: &st
             "issuer: {iss:?} is not a configured issuer (configured: {configured:?})"
         );
         // `iss` is compared exactly: a trailing slash, the scheme or the case makes another issuer.
-        let loose = |s: &str| s.trim_end_matches('/').to_ascii_lowercase();
-        if let Some(near) = configured.iter().find(|c| loose(c) == loose(&iss)) {
+        if let Some((near, how)) = configured
+            .iter()
+            .find_map(|c| Some((c, certbound_core::detail::near_miss(&iss, c)?)))
+        {
             let _ = writeln!(
                 out,
-                "  near match: {near:?} differs only by a trailing slash or case; `iss` must \
-                 equal the configured issuer exactly (fix issuers[].issuer, or the IdP's issuer)"
+                "  near match: {near:?} differs only by {how}; `iss` must equal the configured \
+                 issuer exactly (fix issuers[].issuer, or the IdP's issuer)"
             );
         }
         return;
@@ -531,7 +534,7 @@ fn describe_binding(
     }
 }
 
-fn describe_answer(out: &mut String, decision: &Decision, policy: &Policy) {
+fn describe_answer(out: &mut String, decision: &Decision, policy: &Policy, detail: Option<&str>) {
     let response = convert::check_response(
         decision,
         convert::ResponseOptions {
@@ -565,6 +568,11 @@ fn describe_answer(out: &mut String, decision: &Decision, policy: &Policy) {
                 decision.http_status(),
                 reason.as_str()
             );
+            if let Some(detail) = detail {
+                // What the decision log's `detail` says, on the terminal without control
+                // characters (the token's values may carry them).
+                let _ = writeln!(out, "  detail: {}", terminal_safe(detail));
+            }
             let _ = writeln!(
                 out,
                 "  www-authenticate: {}",
@@ -590,4 +598,20 @@ fn describe_answer(out: &mut String, decision: &Decision, policy: &Policy) {
             let _ = writeln!(out, "  body: {}", convert::UNAVAILABLE_BODY);
         }
     }
+}
+
+/// `text` with control, line-separator and bidi characters escaped (`\u{1b}`), the rest as is.
+fn terminal_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let hiding = c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}')
+                || matches!(c, '\u{2066}'..='\u{2069}');
+            if hiding {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }

@@ -294,3 +294,109 @@ fn respell(canonical: &str, ops: &[u8]) -> String {
     }
     out
 }
+
+/// forward_auth settings for the conversion target: the X-Forwarded-* convention, and Envoy's
+/// http_service mode.
+fn forward_auth_fixture() -> &'static [crate::config::ForwardAuthSettings; 2] {
+    static FIXTURE: OnceLock<[crate::config::ForwardAuthSettings; 2]> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let settings = |extra: &str| {
+            let yaml = format!(
+                "issuers:\n  - issuer: https://idp.fuzz\n    audiences: [https://api.fuzz]\n    jwks_uri: https://idp.fuzz/jwks\n\
+                 forward_auth: {{listen: 127.0.0.1:1{extra}}}\n"
+            );
+            crate::config::Settings::from_yaml(&yaml, Vec::new(), None)
+                .expect("fuzz forward_auth")
+                .forward_auth
+                .expect("forward_auth on")
+        };
+        [settings(""), settings(", path_prefix: /certbound")]
+    })
+}
+
+/// The forward-auth conversion: a check request's head (first line: mode byte, then the check's
+/// target; then one `name: value` header per line) -> `AccessRequest` or a refusal. Whatever the
+/// headers, an accepted check was read from exactly one source per part: no other header a
+/// client could name the request in, no underscore spelling of one, the path exactly the one
+/// source's value; and nothing the fuzzer sends is allowed.
+pub fn forward_auth(data: &[u8]) {
+    let text = text(data);
+    let mut lines = text.split('\n');
+    let first = lines.next().unwrap_or_default();
+    let envoy = first.starts_with('E');
+    let target = first.get(1..).unwrap_or("/");
+    let mut builder = http::Request::builder().uri(target);
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':')
+            && let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name.trim().as_bytes()),
+                http::HeaderValue::from_str(value.trim()),
+            )
+        {
+            builder = builder.header(name, value);
+        }
+    }
+    let Ok(request) = builder.body(()) else {
+        return;
+    };
+    let (head, ()) = request.into_parts();
+    let settings = &forward_auth_fixture()[usize::from(envoy)];
+    let (policy, keys) = fixture();
+    let peer = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let Ok(access) = crate::forward_auth::access_request(&head, peer, settings, policy) else {
+        return;
+    };
+    let headers = &head.headers;
+    let fields = &settings.headers;
+    let sources: Vec<&str> = if envoy {
+        vec![
+            fields.proto.as_str(),
+            "x-forwarded-client-cert",
+            "client-cert",
+        ]
+    } else {
+        vec![
+            fields.method.as_str(),
+            fields.uri.as_str(),
+            fields.host.as_str(),
+            fields.proto.as_str(),
+            "x-forwarded-client-cert",
+            "client-cert",
+        ]
+    };
+    for name in crate::forward_auth::candidate_headers() {
+        assert!(
+            sources.contains(&name) || !headers.contains_key(name),
+            "accepted with a client's {name}"
+        );
+    }
+    for name in &sources {
+        assert!(
+            headers.get_all(*name).iter().count() <= 1,
+            "two values of {name}"
+        );
+    }
+    for name in headers.keys() {
+        let dashed = name.as_str().replace('_', "-");
+        assert!(
+            !name.as_str().contains('_')
+                || !(crate::forward_auth::candidate_headers().any(|c| c == dashed)
+                    || dashed.starts_with("x-certbound-")
+                    || dashed == "authorization"),
+            "accepted with an underscore spelling {name}"
+        );
+    }
+    if !envoy {
+        let uri = headers.get(fields.uri.as_str()).expect("a path source");
+        assert_eq!(
+            access.path.as_bytes(),
+            uri.as_bytes(),
+            "the path is not the source's"
+        );
+    }
+    let decision = policy.decide(keys, &access, 1_800_000_000);
+    assert!(
+        !matches!(decision.outcome, Outcome::Allow(_)),
+        "a fuzzed check was allowed"
+    );
+}

@@ -40,6 +40,7 @@ pub mod fuzzing;
 pub mod grpc;
 pub mod introspection;
 pub mod keys;
+pub mod listener;
 pub mod log_writer;
 pub mod metrics;
 pub mod replay;

@@ -380,12 +380,20 @@ async fn run(
         ))
     });
     let forward_auth = forward_auth.map(|(listener, settings)| {
-        tokio::spawn(certbound::forward_auth::serve(
-            app.authorizer(),
-            settings,
-            listener,
-            until_stopped(),
-        ))
+        let app = Arc::clone(&app);
+        let until = until_stopped();
+        tokio::spawn(async move {
+            let limits = app.connection_limits().await;
+            certbound::forward_auth::serve(
+                app.authorizer(),
+                settings,
+                limits,
+                app.metrics(),
+                listener,
+                until,
+            )
+            .await
+        })
     });
     let reloads = tokio::spawn(reload_loop(
         Arc::clone(&app),

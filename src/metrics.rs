@@ -46,6 +46,23 @@ pub struct StoreResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerReasonLabels {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
+/// A configured claim header's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeaderLabel {
+    pub header: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -85,6 +102,12 @@ pub struct Metrics {
     /// 1: the Redis replay store's maxmemory-policy evicts keys; 0: noeviction; -1: unknown.
     pub replay_store_evicting: Gauge,
     pub log_lines_dropped: Counter,
+    /// Claim headers left out of an allow: the claim had no safe header form.
+    pub claim_headers_dropped: Family<HeaderLabel, Counter>,
+    /// Open connections per listener.
+    pub connections_open: Family<ListenerLabel, Gauge>,
+    /// Connections a listener closed itself (over its cap, silent, idle).
+    pub connections_closed: Family<ListenerReasonLabels, Counter>,
     /// Trace spans lost: the export queue was full, or their export failed.
     pub trace_spans_dropped: Family<ResultLabel, Counter>,
 }
@@ -181,7 +204,30 @@ impl Default for Metrics {
              export_failed: the collector did not take them)",
             trace_spans_dropped.clone(),
         );
+        let claim_headers_dropped = Family::<HeaderLabel, Counter>::default();
+        registry.register(
+            "claim_headers_dropped",
+            "Claim headers left out of an allow (and removed) because the claim had no safe \
+             header form (non-ASCII, an object, a list element with a comma), by header",
+            claim_headers_dropped.clone(),
+        );
+        let connections_open = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Open connections, by listener",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ListenerReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections a listener closed itself, by listener and reason (over_limit: its \
+             limits.connections cap was reached; first_byte_timeout; idle_timeout)",
+            connections_closed.clone(),
+        );
         let metrics = Self {
+            claim_headers_dropped,
+            connections_open,
+            connections_closed,
             registry,
             checks,
             check_duration,
@@ -214,7 +260,7 @@ impl Default for Metrics {
             ),
         ] {
             for &result in results {
-                let _ = family.get_or_create(&ResultLabel { result });
+                drop(family.get_or_create(&ResultLabel { result }));
             }
         }
         metrics
@@ -238,6 +284,15 @@ impl Metrics {
         self.check_duration
             .get_or_create(&DecisionLabel { decision: name })
             .observe(seconds);
+        if let certbound_core::Outcome::Allow(upstream) = &decision.outcome {
+            for header in &upstream.dropped_headers {
+                self.claim_headers_dropped
+                    .get_or_create(&HeaderLabel {
+                        header: header.clone(),
+                    })
+                    .inc();
+            }
+        }
     }
 
     pub fn key_refresh(&self, issuer: &str, ok: bool) {
@@ -250,22 +305,41 @@ impl Metrics {
             .inc();
     }
 
+    /// Listener `listener`'s open-connection gauge and its closed-connection counters (in
+    /// [`crate::listener::Closed::ALL`]'s order), all present from the start.
+    pub fn listener(&self, listener: &'static str) -> (Gauge, [Counter; 3]) {
+        let open = self
+            .connections_open
+            .get_or_create(&ListenerLabel { listener })
+            .clone();
+        let closed = crate::listener::Closed::ALL.map(|reason| {
+            self.connections_closed
+                .get_or_create(&ListenerReasonLabels {
+                    listener,
+                    reason: reason.name(),
+                })
+                .clone()
+        });
+        (open, closed)
+    }
+
     /// The replay store in use: its series exist from the start, at 0.
     pub fn replay_store(&self, store: &'static str) {
         for result in REPLAY_RESULTS {
-            let _ = self
-                .replay_checks
-                .get_or_create(&StoreResultLabels { store, result });
+            drop(
+                self.replay_checks
+                    .get_or_create(&StoreResultLabels { store, result }),
+            );
         }
     }
 
     /// A configured issuer: its key-refresh series exist from the start, at 0.
     pub fn issuer(&self, issuer: &str) {
         for result in ["success", "failure"] {
-            let _ = self.key_refreshes.get_or_create(&IssuerResultLabels {
+            drop(self.key_refreshes.get_or_create(&IssuerResultLabels {
                 issuer: issuer.to_owned(),
                 result,
-            });
+            }));
         }
     }
 
@@ -331,6 +405,25 @@ mod tests {
         );
         assert!(
             text.contains("certbound_log_lines_dropped_total 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn claim_headers_without_a_safe_form_are_counted() {
+        let metrics = Metrics::default();
+        let upstream = certbound_core::Upstream {
+            dropped_headers: vec!["x-certbound-name".into()],
+            ..Default::default()
+        };
+        let decision = Decision {
+            outcome: certbound_core::Outcome::Allow(upstream),
+            facts: Default::default(),
+        };
+        metrics.record_check(&decision, 0.001, "");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"certbound_claim_headers_dropped_total{header="x-certbound-name"} 1"#),
             "{text}"
         );
     }

@@ -26,6 +26,7 @@ use crate::grpc::pb::envoy::service::auth::v3::authorization_server::Authorizati
 use crate::grpc::{AuthorizationService, CheckConnection};
 use crate::introspection::Introspector;
 use crate::keys::KeyStore;
+use crate::listener::Gate;
 use crate::metrics::Metrics;
 use crate::replay::Replay;
 use certbound_core::clock::{Clock, SystemClock};
@@ -111,6 +112,11 @@ impl App {
         self.authorizer.clone()
     }
 
+    /// `limits.connections` as the listeners were started with (restart to change).
+    pub async fn connection_limits(&self) -> crate::listener::ConnectionLimits {
+        self.applied.lock().await.connections
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -162,6 +168,10 @@ impl App {
             (
                 applied.max_concurrent_checks != settings.max_concurrent_checks,
                 "limits.max_concurrent_checks",
+            ),
+            (
+                applied.connections != settings.connections,
+                "limits.connections",
             ),
         ] {
             if changed {
@@ -338,13 +348,20 @@ pub async fn serve(
         == tokio::runtime::RuntimeFlavor::CurrentThread;
     let gate = single_threaded.then(|| Arc::new(AnswerGate::new()));
     let authorization = AuthorizationService::new(app.authorizer()).with_gate(gate.clone());
-    let incoming = TcpListenerStream::new(listener).map(move |stream| {
-        stream.map(|stream| {
+    // Each connection under limits.connections: a cap, first-byte and idle deadlines.
+    let limits = app.applied.lock().await.connections;
+    let admission = Gate::new("grpc", limits.max_open, &limits, &app.metrics);
+    let incoming = TcpListenerStream::new(listener).filter_map(move |accepted| match accepted {
+        Ok(stream) => {
             let _ = stream.set_nodelay(true);
-            CheckConnection::new(stream, gate.clone())
-        })
+            admission
+                .admit(CheckConnection::new(stream, gate.clone()))
+                .map(Ok)
+        }
+        Err(error) => Some(Err(error)),
     });
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder =
+        tonic::transport::Server::builder().http2_max_header_list_size(limits.h2_header_list());
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

@@ -77,6 +77,55 @@ fn a_missing_jwks_file_is_refused_naming_the_key_and_line() {
     );
 }
 
+/// The shipped local config names `deploy/local/jwks.json` relative to the repository root. Run
+/// from another folder, the error names that path as written and the two folders looked in,
+/// not the two joined (`deploy/local/deploy/local/jwks.json`); from the root and with a path
+/// relative to the config's folder, it loads.
+#[test]
+fn a_relative_jwks_file_not_found_names_where_it_was_looked_for() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = root.join("deploy/local/certbound.yaml");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |cwd: &Path, config: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_certbound"))
+            .args(["check-config", "--config"])
+            .arg(config)
+            .env_remove("CERTBOUND_CONFIG")
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    };
+    let output = run(elsewhere.path(), &shipped);
+    assert_eq!(output.status.code(), Some(EXIT_USAGE));
+    let text = stderr(&output);
+    let expected = format!(
+        "issuers[0].jwks_file: cannot find deploy/local/jwks.json: a relative path is looked up \
+         in the working directory ({}), then in the configuration file's folder ({})",
+        elsewhere.path().canonicalize().unwrap().display(),
+        root.join("deploy/local").display()
+    );
+    assert!(text.contains(&expected), "{expected}\nnot in:\n{text}");
+    assert!(!text.contains("deploy/local/deploy/local"), "{text}");
+
+    assert_eq!(run(root, &shipped).status.code(), Some(0));
+    // Relative to the configuration's folder: found from anywhere.
+    let config = elsewhere.path().join("certbound.yaml");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&shipped)
+            .unwrap()
+            .replace("jwks_file: deploy/local/jwks.json", "jwks_file: jwks.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("deploy/local/jwks.json"),
+        elsewhere.path().join("jwks.json"),
+    )
+    .unwrap();
+    let output = run(root, &config);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
 #[test]
 fn environment_variables_are_named_when_bad_and_warned_about_when_unknown() {
     let dir = tempfile::tempdir().unwrap();

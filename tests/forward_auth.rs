@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use common::envoy::Pki;
 use common::{Certbound, ClientCert, Idp, Signer, claims, config_for};
@@ -29,14 +30,20 @@ impl Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(certbound::forward_auth::serve(
-            certbound.app.authorizer(),
-            settings.forward_auth.unwrap(),
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let app = Arc::clone(&certbound.app);
+        tokio::spawn(async move {
+            certbound::forward_auth::serve(
+                app.authorizer(),
+                settings.forward_auth.unwrap(),
+                settings.connections,
+                app.metrics(),
+                listener,
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        });
         Self {
             certbound,
             addr,

@@ -6,8 +6,9 @@
 //! token, an unbound token and another certificate are refused with certbound's 401), a
 //! client's own certificate header without a certificate (refused), a route rule (403), DPoP (a
 //! proof for the public URL passes once, its replay is refused), the claim headers at the
-//! upstream with a client's spoofed copies gone, and the path-spelling table: no spelling of an
-//! `/admin` path reaches the upstream for a token without the `admin` scope.
+//! upstream with a client's spoofed copies gone, the path-spelling table (no spelling of an
+//! `/admin` path reaches the upstream for a token without the `admin` scope), and hostile clients:
+//! their own forwarded headers, claim and certificate header aliases (tests/common/hostile.rs).
 //!
 //! Ignored by a plain `cargo test` (they need the proxies); `scripts/test.sh` installs them
 //! (scripts/install-tools.sh) and runs these with `--include-ignored`.
@@ -15,320 +16,16 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use common::ClientCert;
 use common::dpop::DpopKey;
 use common::envoy::*;
+use common::hostile;
 use common::paths::{PATHS_TO_ADMIN, UNSAFE_PATHS, h2_can_send, is_plain_public};
+use common::proxies::{Proxy, Setup, send_raw};
 use common::raw::{self, H2Response, Step};
-use common::{ClientCert, Signer, now};
 use serde_json::{Value, json};
-
-const ISSUER: &str = "https://idp.example.com";
-const AUDIENCE: &str = "https://api.example.com";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Proxy {
-    Nginx,
-    Traefik,
-    Caddy,
-    Haproxy,
-    Envoy,
-}
-
-impl Proxy {
-    /// The certbound config the proxy's shipped setup goes with.
-    fn certbound_config(self) -> &'static str {
-        match self {
-            Proxy::Nginx => "certbound-nginx.yaml",
-            Proxy::Envoy => "certbound-envoy.yaml",
-            Proxy::Traefik | Proxy::Caddy | Proxy::Haproxy => "certbound.yaml",
-        }
-    }
-
-    /// Every header name a client might use to smuggle a certificate in.
-    const FORGED_CERTIFICATE_HEADERS: [&'static str; 5] = [
-        "x-ssl-client-cert",
-        "x-forwarded-tls-client-cert",
-        "x-client-cert",
-        "client-cert",
-        "x-forwarded-client-cert",
-    ];
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn venv_bin(name: &str) -> PathBuf {
-    repo(".venv/bin").join(name)
-}
-
-/// One proxy in front of a recording upstream, asking a real certbound process.
-struct Setup {
-    proxy: Proxy,
-    pki: Pki,
-    signer: Signer,
-    upstream: RecordingUpstream,
-    port: u16,
-    _certbound: Process,
-    process: Process,
-}
-
-/// Swaps a shipped file's documented addresses and paths for the test's; each `required` one
-/// must be in the file, so the test fails if the file drifts.
-fn point(text: &str, required: &[(&str, String)], optional: &[(&str, String)]) -> String {
-    let mut text = text.to_owned();
-    for (from, to) in required {
-        assert!(
-            text.contains(from),
-            "the shipped config no longer has {from:?}"
-        );
-        text = text.replace(from, to);
-    }
-    for (from, to) in optional {
-        text = text.replace(from, to);
-    }
-    text
-}
-
-impl Setup {
-    async fn start(proxy: Proxy) -> Self {
-        Self::start_with(proxy, "").await
-    }
-
-    /// [`Setup::start`] with `extra` appended to the shipped certbound configuration.
-    async fn start_with(proxy: Proxy, extra: &str) -> Self {
-        let pki = Pki::new(&format!("{proxy:?}"));
-        let dir = pki.dir.path().to_owned();
-        let signer = Signer::es256("fa-k1");
-        let jwks = dir.join("jwks.json");
-        std::fs::write(&jwks, json!({"keys": [signer.jwk.clone()]}).to_string()).unwrap();
-        let upstream = RecordingUpstream::start().await;
-        let forward_auth: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let shipped =
-            std::fs::read_to_string(repo("deploy/forward-auth").join(proxy.certbound_config()))
-                .unwrap();
-        let port = free_port();
-        let yaml = point(
-            &shipped,
-            &[
-                ("127.0.0.1:9292", forward_auth.to_string()),
-                ("deploy/local/jwks.json", jwks.display().to_string()),
-                // The public origin, which the file says to set.
-                (
-                    "https://localhost:8443",
-                    format!("https://127.0.0.1:{port}"),
-                ),
-            ],
-            &[],
-        ) + extra;
-        let (certbound, _) = start_certbound(&yaml, &dir).await;
-        let process = match proxy {
-            Proxy::Envoy => {
-                let ports = EnvoyPorts {
-                    listener: port,
-                    admin: free_port(),
-                    certbound: Some(forward_auth),
-                    upstream: Some(upstream.addr),
-                    ..Default::default()
-                };
-                let config =
-                    point_envoy_config(&repo("deploy/envoy/http-service.yaml"), &ports, &pki);
-                start_envoy(&config, &ports, &dir).await
-            }
-            _ => start_proxy(proxy, &pki, port, forward_auth, upstream.addr).await,
-        };
-        let setup = Self {
-            proxy,
-            pki,
-            signer,
-            upstream,
-            port,
-            _certbound: certbound,
-            process,
-        };
-        setup.wait_ready().await;
-        setup
-    }
-
-    /// Waits until the proxy passes a bound token with its certificate: it may accept
-    /// connections before its routes and TLS options are all loaded (Traefik's file provider).
-    async fn wait_ready(&self) {
-        let cert = self.pki.client("ready");
-        let client = https_client(&self.pki, Some(&cert), Http::One);
-        let auth = self.bound(&cert, "read");
-        for _ in 0..200 {
-            if let Ok(response) = client
-                .get(format!("https://127.0.0.1:{}/ready", self.port))
-                .header("authorization", &auth)
-                .send()
-                .await
-                && response.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{:?} did not come up: {}", self.proxy, self.process.log());
-    }
-
-    fn token(&self, cnf: Option<Value>, scope: &str) -> String {
-        let now = now();
-        let mut claims = json!({
-            "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "client_id": "client-a",
-            "scope": scope, "iat": now - 5, "exp": now + 600, "jti": format!("jti-{now}"),
-        });
-        if let Some(cnf) = cnf {
-            claims["cnf"] = cnf;
-        }
-        self.signer.sign(&claims)
-    }
-
-    fn bound(&self, cert: &ClientCert, scope: &str) -> String {
-        format!(
-            "Bearer {}",
-            self.token(Some(json!({"x5t#S256": cert.x5t()})), scope)
-        )
-    }
-
-    fn label(&self, http: Http, what: &str) -> String {
-        format!("{:?} {http:?} {what}", self.proxy)
-    }
-
-    fn received(&self, marker: &str) -> Vec<Received> {
-        self.upstream
-            .all()
-            .into_iter()
-            .filter(|r| {
-                r.target.contains(marker)
-                    || r.headers.iter().any(|(k, v)| k == "x-case" && v == marker)
-            })
-            .collect()
-    }
-}
-
-/// Starts NGINX, Traefik, Caddy or HAProxy on its shipped config.
-async fn start_proxy(
-    proxy: Proxy,
-    pki: &Pki,
-    port: u16,
-    forward_auth: SocketAddr,
-    upstream: SocketAddr,
-) -> Process {
-    let dir = pki.dir.path();
-    let at = |name: &str| pki.path(name).display().to_string();
-    let common = [
-        ("127.0.0.1:8443", format!("127.0.0.1:{port}")),
-        ("127.0.0.1:9292", forward_auth.to_string()),
-        ("127.0.0.1:8080", upstream.to_string()),
-    ];
-    let files = [
-        ("deploy/local/demo-server.pem", at("server.crt")),
-        ("deploy/local/demo-server.key", at("server.key")),
-        ("deploy/local/demo-ca.pem", at("ca.crt")),
-    ];
-    let shipped =
-        |name: &str| std::fs::read_to_string(repo("deploy/forward-auth").join(name)).unwrap();
-    let mut command;
-    match proxy {
-        Proxy::Nginx => {
-            let config = dir.join("nginx.conf");
-            // NGINX resolves them against the config's folder: the shipped file names them so.
-            let nginx_files = [
-                ("../local/demo-server.pem", at("server.crt")),
-                ("../local/demo-server.key", at("server.key")),
-            ];
-            let required: Vec<_> = common.iter().chain(&nginx_files).cloned().collect();
-            std::fs::write(&config, point(&shipped("nginx.conf"), &required, &[])).unwrap();
-            command = Command::new("nginx");
-            command
-                .arg("-p")
-                .arg(dir)
-                .args(["-e", "stderr", "-c"])
-                .arg(&config)
-                .args(["-g", "daemon off;"]);
-        }
-        Proxy::Traefik => {
-            let dynamic = dir.join("traefik-dynamic.yml");
-            let required: Vec<_> = common[1..].iter().chain(&files[..2]).cloned().collect();
-            std::fs::write(
-                &dynamic,
-                point(&shipped("traefik-dynamic.yml"), &required, &[]),
-            )
-            .unwrap();
-            let config = dir.join("traefik.yml");
-            let text = point(
-                &shipped("traefik.yml"),
-                &[
-                    common[0].clone(),
-                    (
-                        "deploy/forward-auth/traefik-dynamic.yml",
-                        dynamic.display().to_string(),
-                    ),
-                ],
-                &[],
-            );
-            std::fs::write(&config, text).unwrap();
-            command = Command::new(venv_bin("traefik"));
-            command.arg(format!("--configFile={}", config.display()));
-        }
-        Proxy::Caddy => {
-            let config = dir.join("Caddyfile");
-            let required: Vec<_> = common.iter().chain(&files[..2]).cloned().collect();
-            let text = point(
-                &shipped("Caddyfile"),
-                &required,
-                &[(":8443", format!(":{port}"))],
-            );
-            std::fs::write(&config, text).unwrap();
-            command = Command::new(venv_bin("caddy"));
-            command
-                .args(["run", "--adapter", "caddyfile", "--config"])
-                .arg(&config)
-                .env("XDG_DATA_HOME", dir)
-                .env("XDG_CONFIG_HOME", dir);
-        }
-        Proxy::Haproxy => {
-            let pem = dir.join("server-with-key.pem");
-            let both = format!(
-                "{}{}",
-                std::fs::read_to_string(pki.path("server.crt")).unwrap(),
-                std::fs::read_to_string(pki.path("server.key")).unwrap()
-            );
-            std::fs::write(&pem, both).unwrap();
-            let config = dir.join("haproxy.cfg");
-            let lua = repo("deploy/forward-auth/certbound.lua");
-            let mut required: Vec<_> = common.to_vec();
-            required.push(files[2].clone());
-            required.push((
-                "deploy/forward-auth/certbound.lua",
-                lua.display().to_string(),
-            ));
-            std::fs::write(&config, point(&shipped("haproxy.cfg"), &required, &[])).unwrap();
-            command = Command::new("haproxy");
-            command
-                .args(["-db", "-f"])
-                .arg(&config)
-                .env("CERTBOUND_SERVER_PEM", &pem);
-        }
-        Proxy::Envoy => unreachable!("started by start_envoy"),
-    }
-    command.current_dir(dir);
-    spawn(
-        match proxy {
-            Proxy::Nginx => "nginx",
-            Proxy::Traefik => "traefik",
-            Proxy::Caddy => "caddy",
-            _ => "haproxy",
-        },
-        command,
-        dir,
-    )
-}
 
 /// Sends one request with reqwest (which normalises paths; the spelling table uses raw clients).
 async fn send(
@@ -657,12 +354,149 @@ async fn path_spellings(setup: &Setup) -> (usize, Vec<String>) {
     (cases, failures)
 }
 
+/// Hostile clients (issue 27, findings 1 and 7): a client's own forwarded headers (every name,
+/// alone, duplicated and comma-joined, and spelled with `_`), aliases of the claim headers, and
+/// underscore spellings of the certificate headers. Nothing may reach the upstream for a method,
+/// path, host or scheme certbound did not decide on, no alias of a claim header may reach it at
+/// all, and no certificate alias may stand in for the connection's certificate.
+async fn hostile_clients(setup: &Setup) -> (usize, Vec<String>) {
+    let cert = setup.pki.client("fa-hostile");
+    let reader = setup.bound(&cert, "read");
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    let claim_headers = ["x-certbound-subject", "x-certbound-client-id"];
+    for http2 in [false, true] {
+        let proto = if http2 { "h2" } else { "h1" };
+        // 1. Forwarded headers: /admin without a token must stay refused; /items with a token
+        // may pass, but then certbound decided on the method the upstream got.
+        for hostile in hostile::forwarded_headers() {
+            for headers in hostile.forms() {
+                cases += 1;
+                let marker = format!("hostile-{}", common::stack::unique());
+                let token = (hostile.target == "/items").then_some(reader.as_str());
+                let mut all: Vec<(&str, &str)> =
+                    vec![("x-case", &marker), ("x-request-id", &marker)];
+                all.extend(token.map(|t| ("authorization", t)));
+                all.extend(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                let status = send_raw(
+                    &setup.pki,
+                    Some(&cert),
+                    setup.port,
+                    http2,
+                    hostile.method,
+                    hostile.target,
+                    &all,
+                )
+                .await;
+                let received = setup.received(&marker);
+                let label = format!(
+                    "{:?} {proto} {} {} {headers:?} ({status:?})",
+                    setup.proxy, hostile.method, hostile.target
+                );
+                if token.is_none() && !received.is_empty() {
+                    failures.push(format!("{label}: WRONG ALLOW: reached the upstream"));
+                }
+                for r in &received {
+                    let decided: Vec<Value> = setup.decisions_for(&marker).await;
+                    let methods: Vec<&str> = decided
+                        .iter()
+                        .filter_map(|d| d["method"].as_str())
+                        .collect();
+                    if methods != [r.method.as_str()] {
+                        failures.push(format!(
+                            "{label}: the upstream got {} {}, certbound decided on {methods:?}",
+                            r.method, r.target
+                        ));
+                    }
+                }
+            }
+        }
+        // 2. Claim header aliases, on an anonymous route and with a token: at the upstream only
+        // certbound's own claim headers, with certbound's values.
+        for name in hostile::CLAIM_ALIASES {
+            for (target, token, sub) in [
+                ("/public/x", None, None),
+                ("/items", Some(reader.as_str()), Some("alice")),
+            ] {
+                cases += 1;
+                let marker = format!("alias-{}", common::stack::unique());
+                let mut all: Vec<(&str, &str)> =
+                    vec![("x-case", &marker), (name, "mallory"), (name, "root")];
+                all.extend(token.map(|t| ("authorization", t)));
+                let status = send_raw(
+                    &setup.pki,
+                    Some(&cert),
+                    setup.port,
+                    http2,
+                    "GET",
+                    target,
+                    &all,
+                )
+                .await;
+                let label = format!("{:?} {proto} GET {target} {name} ({status:?})", setup.proxy);
+                for r in setup.received(&marker) {
+                    for (header, value) in &r.headers {
+                        if claim_headers.iter().any(|c| hostile::is_alias(header, c)) {
+                            failures.push(format!(
+                                "{label}: an alias reached the upstream: {header}: {value}"
+                            ));
+                        }
+                    }
+                    let subjects: Vec<&str> = r
+                        .headers
+                        .iter()
+                        .filter(|(k, v)| k == "x-certbound-subject" && !v.is_empty())
+                        .map(|(_, v)| v.as_str())
+                        .collect();
+                    if subjects != sub.into_iter().collect::<Vec<_>>() {
+                        failures.push(format!(
+                            "{label}: x-certbound-subject at the upstream: {subjects:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        // 3. Certificate header aliases without a certificate on the connection, carrying the
+        // certificate the token is bound to: never a certificate.
+        let pem = cert.url_encoded();
+        let der = cert.der_base64();
+        for name in hostile::CERTIFICATE_ALIASES {
+            cases += 1;
+            let marker = format!("cert-alias-{}", common::stack::unique());
+            let value = if name.to_ascii_lowercase().contains("ssl") {
+                pem.as_str()
+            } else {
+                der.as_str()
+            };
+            let all = [
+                ("x-case", marker.as_str()),
+                ("authorization", reader.as_str()),
+                (name, value),
+            ];
+            let status = send_raw(&setup.pki, None, setup.port, http2, "GET", "/items", &all).await;
+            if !setup.received(&marker).is_empty() {
+                failures.push(format!(
+                    "{:?} {proto} {name} without a certificate ({status:?}): WRONG ALLOW: \
+                     reached the upstream",
+                    setup.proxy
+                ));
+            }
+        }
+    }
+    (cases, failures)
+}
+
 async fn run(proxy: Proxy) {
     let setup = Setup::start(proxy).await;
     let mut failures = scenarios(&setup).await;
     let (cases, spelling_failures) = path_spellings(&setup).await;
     failures.extend(spelling_failures);
-    eprintln!("{proxy:?}: scenarios over HTTP/1.1 and HTTP/2, {cases} path spellings");
+    let (hostile, hostile_failures) = hostile_clients(&setup).await;
+    failures.extend(hostile_failures);
+    eprintln!(
+        "{proxy:?}: scenarios over HTTP/1.1 and HTTP/2, {cases} path spellings, {hostile} \
+         hostile-client cases"
+    );
     assert!(
         failures.is_empty(),
         "{} failures:\n{}\n--- {:?} log:\n{}",
@@ -722,7 +556,7 @@ async fn behind_nginx_resource_metadata_is_served_and_challenges_point_at_it() {
         let label = setup.label(http, "metadata");
         let fetch = client
             .get(url("/.well-known/oauth-protected-resource/mcp"))
-            .header("x-original-uri", "/admin")
+            .header("x-forwarded-uri", "/admin")
             .send()
             .await
             .unwrap();
@@ -741,7 +575,7 @@ async fn behind_nginx_resource_metadata_is_served_and_challenges_point_at_it() {
         assert_eq!(document["resource"], MCP, "{label}");
         assert_eq!(
             document["authorization_servers"],
-            json!([ISSUER]),
+            json!([common::proxies::ISSUER]),
             "{label}"
         );
         assert_eq!(

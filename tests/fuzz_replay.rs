@@ -10,7 +10,7 @@ use prost::Message;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 8] = [
+const TARGETS: [(&str, Target); 9] = [
     ("xfcc", fuzzing::xfcc),
     ("certificate", fuzzing::certificate),
     ("bearer", fuzzing::bearer),
@@ -19,6 +19,7 @@ const TARGETS: [(&str, Target); 8] = [
     ("dpop_proof", fuzzing::dpop_proof),
     ("htu", fuzzing::htu),
     ("path", fuzzing::path),
+    ("forward_auth", fuzzing::forward_auth),
 ];
 
 #[test]

@@ -405,3 +405,59 @@ async fn readiness_waits_for_every_issuer_unless_partial_is_allowed() {
         .await
         .assert_unavailable();
 }
+
+/// A static `jwks_file` re-read on every refresh says "keys loaded" once at INFO; the same
+/// keys again are a DEBUG "keys unchanged", and a changed file an INFO "keys changed" naming
+/// the kids. The real binary, refreshing every second.
+#[tokio::test]
+async fn a_static_jwks_file_logs_its_keys_once_then_only_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let (k1, k2) = (Signer::es256("k1"), Signer::es256("k2"));
+    std::fs::write(&jwks, serde_json::json!({"keys": [k1.jwk]}).to_string()).unwrap();
+    let yaml = format!(
+        "issuers:\n  - issuer: https://idp.test\n    audiences: [{AUDIENCE}]\n    jwks_file: {}\n\
+         keys:\n  refresh_interval_seconds: 1\n  min_refresh_seconds: 1\n",
+        jwks.display()
+    );
+    let (process, _) = common::envoy::start_certbound(&yaml, dir.path()).await;
+    let count = |what: &str| process.log().matches(what).count();
+    // Three refreshes or more of the same file.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(count("keys loaded"), 1, "{}", process.log());
+    assert!(
+        process
+            .log()
+            .contains("keys loaded issuer=https://idp.test keys=1 kids=k1"),
+        "{}",
+        process.log()
+    );
+    assert_eq!(
+        count("keys changed") + count("keys unchanged"),
+        0,
+        "{}",
+        process.log()
+    );
+
+    std::fs::write(
+        &jwks,
+        serde_json::json!({"keys": [k1.jwk, k2.jwk]}).to_string(),
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if count("keys changed") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(count("keys changed"), 1, "{}", process.log());
+    assert!(
+        process
+            .log()
+            .contains("keys changed issuer=https://idp.test keys=2 kids=k1,k2"),
+        "{}",
+        process.log()
+    );
+    assert_eq!(count("keys loaded"), 1, "{}", process.log());
+}

@@ -141,6 +141,17 @@ fn the_demo_shows_every_answer_and_every_decision_line() {
     ] {
         assert!(out.contains(line), "missing {line} in:\n{out}");
     }
+    // Which step it is on, as it goes (on stderr).
+    for step in [
+        "s] checking the tools",
+        "(CERTBOUND_BIN): no build",
+        "s] starting the upstream",
+        "s] starting certbound on 127.0.0.1:",
+        "s] starting Envoy on https://127.0.0.1:",
+        "s] ready: four requests with curl",
+    ] {
+        assert!(err.contains(step), "missing {step:?} in:\n{err}");
+    }
 }
 
 /// `--module`: the same four answers from the dynamic module inside Envoy, on the deploy/local
@@ -158,6 +169,8 @@ fn the_module_demo_gives_the_same_answers_inside_envoy() {
     ] {
         assert!(out.contains(line), "missing {line} in:\n{out}");
     }
+    assert!(err.contains("(CERTBOUND_MODULE_DIR): no build"), "{err}");
+    assert!(!err.contains("starting certbound"), "{err}");
     assert!(
         out.contains(r#""x-certbound-subject": "demo-user""#),
         "{out}"
@@ -179,6 +192,7 @@ fn the_dpop_demo_shows_allow_replay_downgrade_and_wrong_url() {
     ] {
         assert!(out.contains(line), "missing {line} in:\n{out}");
     }
+    assert!(err.contains("s] making fresh DPoP material"), "{err}");
 }
 
 /// A busy port is named, with its variable, and the demo exits 1 (it used to print four 503s and

@@ -407,3 +407,51 @@ async fn the_binary_reloads_on_sighup_and_file_change_and_keeps_running_on_a_bad
     assert!(!log.contains(&token), "the token was logged");
     assert!(!log.contains("BEGIN"), "a certificate was logged");
 }
+
+/// The test harness stops what it starts: NGINX's master and its workers are gone (and the port
+/// free) once its `Process` is dropped, and after `kill()` (a crash) no worker is left listening.
+#[tokio::test]
+async fn the_harness_stops_a_forking_proxy_and_its_workers() {
+    use common::envoy::{free_port, group_members, spawn};
+    let dir = tempfile::tempdir().unwrap();
+    for crash in [false, true] {
+        let port = free_port();
+        let config = dir.path().join("nginx.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "worker_processes 2;\npid {dir}/nginx.pid;\nevents {{}}\nhttp {{\n  \
+                 access_log off;\n  server {{ listen 127.0.0.1:{port}; return 204; }}\n}}\n",
+                dir = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut command = std::process::Command::new("nginx");
+        command
+            .arg("-p")
+            .arg(dir.path())
+            .args(["-e", "stderr", "-c"])
+            .arg(&config)
+            .args(["-g", "daemon off;"]);
+        let mut nginx = spawn("nginx", command, dir.path());
+        let group = nginx.id();
+        let mut members = Vec::new();
+        for _ in 0..200 {
+            members = group_members(group);
+            if members.len() == 3 && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(members.len(), 3, "master and 2 workers: {}", nginx.log());
+        if crash {
+            nginx.kill();
+        }
+        drop(nginx);
+        assert_eq!(group_members(group), Vec::<u32>::new(), "crash: {crash}");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still served (crash: {crash})"
+        );
+    }
+}

@@ -213,14 +213,20 @@ async fn http_api(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(certbound::forward_auth::serve(
-        world.certbound.app.authorizer(),
-        settings.forward_auth.unwrap(),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let app = std::sync::Arc::clone(&world.certbound.app);
+    tokio::spawn(async move {
+        certbound::forward_auth::serve(
+            app.authorizer(),
+            settings.forward_auth.unwrap(),
+            settings.connections,
+            app.metrics(),
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
     (addr, stop)
 }
 

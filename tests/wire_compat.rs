@@ -166,6 +166,7 @@ fn our_allow_decodes_with_envoy_types() {
             set_headers: vec![("x-certbound-subject".into(), "alice".into())],
             remove_headers: vec!["authorization".into()],
             response_headers: vec![("dpop-nonce".into(), "n-1".into())],
+            dropped_headers: Vec::new(),
         }),
         facts: Facts::default(),
     };

@@ -91,11 +91,15 @@ impl Decision {
     }
 
     /// What access logs and later filters may read: the decision and its reason always, the
-    /// issuer and the client thumbprint when known, `sub`, `client_id` and `scope` of an allowed
-    /// token. Never the token or the certificate.
+    /// route rule that decided (its name, or `default`) once one was chosen, the issuer and the
+    /// client thumbprint when known, `sub`, `client_id` and `scope` of an allowed token. Never
+    /// the token or the certificate.
     pub fn metadata(&self) -> Vec<(&'static str, &str)> {
         let mut fields = vec![("decision", self.outcome_name()), ("reason", self.reason())];
         let facts = &self.facts;
+        if let Some(rule) = &facts.rule {
+            fields.push(("rule", rule));
+        }
         if let Some(issuer) = &facts.issuer {
             fields.push(("iss", issuer));
         }
@@ -180,5 +184,11 @@ mod tests {
         };
         assert_eq!(allow.http_answer(true), None);
         assert_eq!(allow.metadata(), [("decision", "allow"), ("reason", "ok")]);
+        let mut public = allow.clone();
+        public.facts.rule = Some("public".into());
+        assert_eq!(
+            public.metadata(),
+            [("decision", "allow"), ("reason", "ok"), ("rule", "public")]
+        );
     }
 }

@@ -226,6 +226,9 @@ pub struct Upstream {
     pub remove_headers: Vec<String>,
     /// Headers for the client's response (a fresh `DPoP-Nonce`).
     pub response_headers: Vec<(String, String)>,
+    /// Claim headers left out (and removed) because the claim had no safe header form: a
+    /// non-ASCII string, an object, an array with a comma or such a string in it. Counted.
+    pub dropped_headers: Vec<String>,
 }
 
 /// The outcome of one check.

@@ -31,6 +31,7 @@ pub mod certificate;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub mod detail;
 pub mod dpop;
 pub mod jwa;
 pub mod keys;

@@ -566,8 +566,12 @@ impl Policy {
     fn upstream_for(&self, claims: &Map<String, Value>) -> Upstream {
         let mut upstream = Upstream::default();
         for (claim, header) in &self.upstream.claim_headers {
-            match claims.get(claim).and_then(header_value) {
-                Some(value) => upstream.set_headers.push((header.clone(), value)),
+            match claims.get(claim).map(header_value) {
+                Some(Some(value)) => upstream.set_headers.push((header.clone(), value)),
+                Some(None) => {
+                    upstream.remove_headers.push(header.clone());
+                    upstream.dropped_headers.push(header.clone());
+                }
                 None => upstream.remove_headers.push(header.clone()),
             }
         }
@@ -609,25 +613,35 @@ pub fn request_htu(dpop: &DpopPolicy, request: &AccessRequest) -> Option<String>
     dpop::normalize_htu(&format!("{base}{path}"))
 }
 
-/// A claim rendered as a header value; `None` when absent or not safely representable.
+/// A claim rendered as a header value, one encoding everywhere: a string, number or boolean as
+/// its text; an array of them joined with `,` (the HTTP list form). Only visible ASCII and inner
+/// spaces pass: a non-ASCII string would be read as Latin-1 by one upstream and UTF-8 by
+/// another, a control character could smuggle a header, and an element that holds a comma
+/// would read as two. `None` (the header dropped, and counted) when the claim has no such form.
 fn header_value(value: &Value) -> Option<String> {
-    let text = match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Array(items) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()?
-            .join(","),
-        Value::Null | Value::Object(_) => return None,
+    let scalar = |item: &Value| match item {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     };
-    // Control characters (CR, LF, NUL) would let a claim smuggle headers.
-    (!text.is_empty() && !text.chars().any(char::is_control)).then_some(text)
+    let safe = |text: &str| {
+        !text.is_empty()
+            && text.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+            && !text.starts_with(' ')
+            && !text.ends_with(' ')
+    };
+    let text = match value {
+        Value::Array(items) => {
+            let items = items.iter().map(scalar).collect::<Option<Vec<_>>>()?;
+            if items.iter().any(|item| item.contains(',') || !safe(item)) {
+                return None;
+            }
+            items.join(",")
+        }
+        other => scalar(other)?,
+    };
+    safe(&text).then_some(text)
 }
 
 /// The certificate of the last XFCC element (the peer of the proxy nearest to us), or of the
@@ -711,6 +725,18 @@ mod tests {
         assert_eq!(header_value(&json!({"a": 1})), None);
         assert_eq!(header_value(&json!(null)), None);
         assert_eq!(header_value(&json!("")), None);
+        // One safe encoding: visible ASCII only, a list only when no element could read as two.
+        assert_eq!(header_value(&json!("Zoë")), None);
+        assert_eq!(header_value(&json!("a\tb")), None);
+        assert_eq!(header_value(&json!(" alice")), None);
+        assert_eq!(
+            header_value(&json!("Alice Smith")),
+            Some("Alice Smith".into())
+        );
+        assert_eq!(header_value(&json!(["admin", "a,b"])), None);
+        assert_eq!(header_value(&json!(["admin", "Zoë"])), None);
+        assert_eq!(header_value(&json!(["admin", {"x": 1}])), None);
+        assert_eq!(header_value(&json!([true, 3])), Some("true,3".into()));
     }
 
     fn xfcc(header: Option<&str>, by: Option<&str>) -> CertificateOutcome {

@@ -299,7 +299,7 @@ fn answer(
     if let Some(id) = config.counters.checks {
         stream.increment_counter(id, &[decision.outcome_name(), decision.reason()]);
     }
-    log_decision(request, decision, started);
+    log_decision(config, request, decision, started);
     match &decision.outcome {
         Outcome::Allow(upstream) => {
             for name in &upstream.remove_headers {
@@ -359,17 +359,27 @@ fn refuse(stream: &Stream<'_>, status: u16, headers: &[(&str, &str)], body: &str
 }
 
 /// One debug line per decision (Envoy's access log is the per-request record). Never the token,
-/// the certificate or a secret; the path without its query.
-fn log_decision(request: &AccessRequest, decision: &Decision, started: Instant) {
+/// the certificate or a secret; the path without its query. A deny's `detail` is the near-miss
+/// (the token's value beside the configured ones), as in the service's decision log.
+fn log_decision(
+    config: &FilterConfig,
+    request: &AccessRequest,
+    decision: &Decision,
+    started: Instant,
+) {
     if !abi::log_enabled(Level::Debug) {
         return;
     }
+    let now = certbound_core::clock::Clock::now(&certbound_core::clock::SystemClock);
+    let detail = config
+        .policy
+        .deny_detail(&config.keys, request, decision, now);
     let facts = &decision.facts;
     let field = |value: Option<&str>| format!("{:?}", value.unwrap_or(""));
     abi::log(
         Level::Debug,
         &format!(
-            "certbound: decision={} reason={} rule={} issuer={} kid={} alg={} sub={} x5t={} request_id={} method={:?} path={:?} latency_us={}",
+            "certbound: decision={} reason={} rule={} issuer={} kid={} alg={} sub={} x5t={} request_id={} method={:?} path={:?} detail={} latency_us={}",
             decision.outcome_name(),
             decision.reason(),
             field(facts.rule.as_deref()),
@@ -381,6 +391,7 @@ fn log_decision(request: &AccessRequest, decision: &Decision, started: Instant) 
             field(request.request_id.as_deref()),
             request.method,
             request.path.split('?').next().unwrap_or_default(),
+            field(detail.as_deref()),
             started.elapsed().as_micros()
         ),
     );

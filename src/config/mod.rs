@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use certbound_core::IntrospectionPolicy;
 use certbound_core::config::{
-    self as schema, DecisionSettings, FileConfig, IntrospectionConfig, check_url, resolve,
+    self as schema, DecisionSettings, FileConfig, IntrospectionConfig, check_url, read_resolved,
+    resolve,
 };
 
 pub use certbound_core::config::{ConfigError, LogFormat};
@@ -44,6 +45,8 @@ pub struct Settings {
     /// OpenTelemetry traces, when on.
     pub traces: Option<crate::telemetry::TracesSettings>,
     pub max_concurrent_checks: usize,
+    /// What a connection to any listener may hold (restart to change).
+    pub connections: crate::listener::ConnectionLimits,
     /// Poll interval for config file changes; `None` when watching is off.
     pub watch_interval: Option<Duration>,
     pub log_format: LogFormat,
@@ -131,6 +134,7 @@ fn validate(
             "must be positive",
         ));
     }
+    let connections = crate::listener::ConnectionLimits::validate(&file.limits.connections)?;
     let idp_ca_file = file.idp_ca_file.map(|path| resolve(path, base));
     if let Some(path) = &idp_ca_file
         && !path.exists()
@@ -157,6 +161,7 @@ fn validate(
         forward_auth,
         traces,
         max_concurrent_checks,
+        connections,
         watch_interval: reload
             .watch
             .then(|| Duration::from_secs(reload.poll_interval_seconds.max(1))),
@@ -238,12 +243,10 @@ fn introspection(
             ));
         }
         (Some(path), None) => {
-            let path = resolve(path.clone(), base);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::new(
-                    "introspection.client_secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
+            let (_, bytes) = read_resolved(path, base)
+                .map_err(|why| ConfigError::new("introspection.client_secret_file", why))?;
+            let text = String::from_utf8(bytes).map_err(|_| {
+                ConfigError::new("introspection.client_secret_file", "is not UTF-8 text")
             })?;
             text.trim_end_matches(['\r', '\n']).to_owned()
         }

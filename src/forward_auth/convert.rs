@@ -59,6 +59,20 @@ const CERTIFICATE_CANDIDATES: &[&str] = &[
     "x-ssl-cert",
     "x-arr-clientcert",
 ];
+/// Every header a client could name a part of the request in (the sources among them).
+pub fn candidate_headers() -> impl Iterator<Item = &'static str> {
+    [
+        METHOD_CANDIDATES,
+        URI_CANDIDATES,
+        HOST_CANDIDATES,
+        PROTO_CANDIDATES,
+        CERTIFICATE_CANDIDATES,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+}
+
 /// Headers certbound reads whatever the configuration.
 const READ: &[&str] = &["authorization", "dpop", "host"];
 

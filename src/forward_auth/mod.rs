@@ -31,8 +31,10 @@ use tokio_rustls::rustls;
 
 use crate::authorize::Authorizer;
 use crate::config::{ForwardAuthSettings, TlsSettings};
+use crate::listener::{ConnectionLimits, Gate};
+use crate::metrics::Metrics;
 
-pub use convert::{access_request, response};
+pub use convert::{access_request, candidate_headers, response};
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,21 +44,45 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the HTTP authorization API on `listener` until `shutdown` resolves, then lets
 /// in-flight checks finish (up to [`DRAIN_TIMEOUT`]).
+///
+/// Connections live under `limits` ([`crate::listener`]). A peer outside `trusted_peers` gets
+/// a place of its own (`untrusted_max_open`), no HTTP/1 keep-alive and the first-byte timeout as
+/// its idle timeout: it is answered 403 (`proxy_untrusted`, counted) and closed, and however
+/// many such peers come, the proxies' places stay free.
 pub async fn serve(
     authorizer: Authorizer,
     settings: ForwardAuthSettings,
+    limits: ConnectionLimits,
+    metrics: &Metrics,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let tls = settings.tls.as_ref().map(tls_acceptor).transpose()?;
     let settings = Arc::new(settings);
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new());
-    builder
-        .http1()
-        .header_read_timeout(Some(Duration::from_secs(30)));
-    let builder = Arc::new(builder);
+    let trusted_gate = Gate::new("forward_auth", limits.max_open, &limits, metrics);
+    let untrusted_gate = Gate::with_deadlines(
+        "forward_auth_untrusted",
+        limits.untrusted_max_open,
+        limits.first_byte,
+        limits.first_byte,
+        metrics,
+    );
+    let builder = |keep_alive: bool| {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Some(Duration::from_secs(30)))
+            .max_buf_size(limits.max_request_header_bytes)
+            .keep_alive(keep_alive);
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .max_header_list_size(limits.h2_header_list());
+        Arc::new(builder)
+    };
+    let (trusted_builder, untrusted_builder) = (builder(true), builder(false));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -71,13 +97,22 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let trusted = settings.trusts(peer.ip());
+        let (gate, builder) = if trusted {
+            (&trusted_gate, &trusted_builder)
+        } else {
+            (&untrusted_gate, &untrusted_builder)
+        };
         let _ = stream.set_nodelay(true);
+        let Some(stream) = gate.admit(stream) else {
+            continue;
+        };
         let service = CheckService {
             authorizer: authorizer.clone(),
             settings: Arc::clone(&settings),
             peer,
         };
-        let builder = Arc::clone(&builder);
+        let builder = Arc::clone(builder);
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {

@@ -4,6 +4,7 @@
 //! schedule ([`KeySnapshots::after_success`], [`KeySnapshots::after_failure`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -15,6 +16,11 @@ use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 
 use crate::metrics::{IssuerLabel, Metrics};
+
+/// Hashes JWKS documents to tell a changed one from the same one read again (fixed keys: the
+/// same document hashes the same for the process's life).
+static DOCUMENT_HASH: std::hash::BuildHasherDefault<std::hash::DefaultHasher> =
+    std::hash::BuildHasherDefault::new();
 
 /// Largest discovery or JWKS document accepted.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
@@ -46,6 +52,9 @@ struct IssuerSource {
     discovered_jwks_uri: ArcSwapOption<String>,
     /// When the last unknown-`kid` refetch started; the lock makes refetches single-flight.
     last_refetch: Mutex<Option<Instant>>,
+    /// A hash of the last JWKS document loaded (0: none yet): a refresh that reads the same
+    /// keys again (a static `jwks_file` every few minutes) is not news at INFO.
+    last_document: AtomicU64,
 }
 
 /// Every issuer's current keys, and the fetching behind them.
@@ -81,6 +90,7 @@ impl KeyStore {
                     source,
                     discovered_jwks_uri: ArcSwapOption::empty(),
                     last_refetch: Mutex::new(None),
+                    last_document: AtomicU64::new(0),
                 };
                 (name, source)
             })
@@ -197,8 +207,21 @@ impl KeyStore {
     pub async fn refresh(&self, index: usize) -> Result<Duration, FetchError> {
         let name = self.snapshots.name(index).to_owned();
         match self.fetch(index).await {
-            Ok((set, max_age)) => {
-                tracing::info!(issuer = %name, keys = set.len(), "keys loaded");
+            Ok((set, max_age, document)) => {
+                let previous = self.sources[index]
+                    .last_document
+                    .swap(document, Ordering::Relaxed);
+                let kids = || {
+                    let kids: Vec<&str> = set.kids().map(|k| k.unwrap_or("-")).collect();
+                    kids.join(",")
+                };
+                if previous == 0 {
+                    tracing::info!(issuer = %name, keys = set.len(), kids = %kids(), "keys loaded");
+                } else if previous != document {
+                    tracing::info!(issuer = %name, keys = set.len(), kids = %kids(), "keys changed");
+                } else {
+                    tracing::debug!(issuer = %name, keys = set.len(), "keys unchanged");
+                }
                 self.metrics.key_refresh(&name, true);
                 self.metrics
                     .keys_loaded
@@ -248,7 +271,8 @@ impl KeyStore {
         self.refresh(index).await.is_ok()
     }
 
-    async fn fetch(&self, index: usize) -> Result<(KeySet, Option<Duration>), FetchError> {
+    /// The issuer's keys, their `max-age`, and a hash of the document they came from.
+    async fn fetch(&self, index: usize) -> Result<(KeySet, Option<Duration>, u64), FetchError> {
         let issuer = &self.sources[index];
         let (document, from) = match &issuer.source {
             KeySource::File(path) => {
@@ -294,7 +318,9 @@ impl KeyStore {
         for key in self.snapshots.first_reports(index, ignored) {
             tracing::warn!(issuer = %self.snapshots.name(index), kid = key.kid.as_deref().unwrap_or(""), why = key.why, "JWKS key ignored");
         }
-        Ok((set, document.max_age))
+        // Never 0, which means "none yet".
+        let hash = std::hash::BuildHasher::hash_one(&DOCUMENT_HASH, &document.body).max(1);
+        Ok((set, document.max_age, hash))
     }
 
     async fn discover(&self, issuer: &str) -> Result<String, FetchError> {

@@ -299,21 +299,40 @@ impl RecordingUpstream {
     }
 }
 
-/// A child process killed when dropped (also when a test fails).
+/// A child process in its own process group, stopped when dropped (also when a test fails).
+///
+/// Proxies fork workers (NGINX, HAProxy) and may outlive a killed master, still listening: the
+/// whole group is signalled, politely first, and its members are waited for.
 pub struct Process {
-    child: Child,
+    /// `None` once handed to the thread that finishes stopping it.
+    child: Option<Child>,
     pub name: &'static str,
     log: PathBuf,
 }
 
+/// How long a stop waits on the test's thread before the rest of the wait moves to a thread of
+/// its own: a process may be draining a connection that only the test's runtime can close (a
+/// gRPC client, an in-process collector), and that runtime is blocked while `drop` waits.
+const STOP_WAIT_INLINE: Duration = Duration::from_millis(300);
+/// How long a process has to exit after `SIGTERM` before its group gets `SIGKILL`.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl Process {
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("a running process")
+    }
+
+    /// Kills the process and everything in its group at once (`SIGKILL`), as a crash would.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let name = self.name;
+        let child = self.child();
+        signal_group(child.id(), "KILL");
+        let _ = child.wait();
+        reap_group(child.id(), name);
     }
 
     pub fn id(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().expect("a running process").id()
     }
 
     pub fn log(&self) -> String {
@@ -321,27 +340,115 @@ impl Process {
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.child().try_wait().ok().flatten()
     }
 }
 
 impl Drop for Process {
+    /// Stops the process as an operator would: `SIGTERM` to its group (and `SIGCONT`, in case a
+    /// test froze it), up to [`STOP_GRACE`] to exit, then `SIGKILL` of the group as a last
+    /// resort; then waits until no process of the group is left (workers included).
     fn drop(&mut self) {
-        self.kill();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let group = child.id();
+        let exited = |child: &mut Child| child.try_wait().ok().flatten().is_some();
+        if !exited(&mut child) {
+            signal_group(group, "TERM");
+            signal_group(group, "CONT");
+        }
+        let started = std::time::Instant::now();
+        while !exited(&mut child) && started.elapsed() < STOP_WAIT_INLINE {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let name = self.name;
+        let done = exited(&mut child);
+        let mut finish = move || {
+            while !exited(&mut child) && started.elapsed() < STOP_GRACE {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !exited(&mut child) {
+                signal_group(group, "KILL");
+            }
+            let _ = child.wait();
+            reap_group(group, name);
+        };
+        if done {
+            finish();
+        } else {
+            std::thread::spawn(finish);
+        }
     }
 }
 
+/// Waits for the rest of a group whose leader has been waited for to be gone; whatever is still
+/// there after 2 s is killed. The group id cannot be reused while a member lives, so signalling
+/// it only reaches this test's processes.
+fn reap_group(group: u32, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !group_members(group).is_empty() {
+        if std::time::Instant::now() >= deadline {
+            signal_group(group, "KILL");
+            std::thread::sleep(Duration::from_millis(50));
+            let left = group_members(group);
+            if !left.is_empty() {
+                // Not a panic: this runs in Drop, maybe while a test is already failing.
+                eprintln!("{name}: processes {left:?} survive SIGKILL");
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `SIGNAL` to every process of group `group` (`kill -SIGNAL -- -GROUP`).
+fn signal_group(group: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{group}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The live processes (zombies aside) whose process group is `group`, from `/proc`.
+pub fn group_members(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let state = fields.next()?;
+            let pgrp: u32 = fields.nth(1)?.parse().ok()?;
+            (pgrp == group && state != "Z" && state != "X").then_some(pid)
+        })
+        .collect()
+}
+
+/// Starts `command` in a process group of its own, output to `DIR/NAME.log`.
 pub fn spawn(name: &'static str, mut command: Command, dir: &Path) -> Process {
+    use std::os::unix::process::CommandExt as _;
     let log = dir.join(format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     command
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
-        .stderr(file);
+        .stderr(file)
+        .process_group(0);
     let child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    Process { child, name, log }
+    Process {
+        child: Some(child),
+        name,
+        log,
+    }
 }
 
 /// Asserts that Envoy's access log (the shipped format: status, decision, reason, issuer) shows

@@ -31,10 +31,13 @@ pub mod challenge;
 pub mod dpop;
 pub mod envoy;
 pub mod external;
+pub mod hostile;
 pub mod paths;
+pub mod proxies;
 pub mod raw;
 pub mod stack;
 pub mod topologies;
+pub mod upstream_paths;
 
 pub const AUDIENCE: &str = "https://api.test";
 

@@ -13,7 +13,9 @@ mod validate;
 pub use locate::line_of;
 pub use module::{ModuleSettings, RouteSettings};
 pub use schema::*;
-pub use validate::{DecisionSettings, ReplaySettings, check_url, header_name, resolve};
+pub use validate::{
+    DecisionSettings, ReplaySettings, check_url, header_name, read_resolved, resolve,
+};
 
 use std::fmt;
 

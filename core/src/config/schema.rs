@@ -769,6 +769,65 @@ pub struct LimitsConfig {
     /// Service: checks decided at once; more get 503 (`overloaded`) at once instead of queueing
     /// (default 4096).
     pub max_concurrent_checks: Option<usize>,
+    /// Service: what a connection to any of its listeners may hold.
+    #[serde(default)]
+    pub connections: ConnectionLimitsConfig,
+}
+
+/// How many connections each listener keeps open, and for how long a silent one is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionLimitsConfig {
+    /// Open connections per listener (gRPC, forward_auth); beyond, a new one is closed at once.
+    /// The admin listener keeps at most 64.
+    #[serde(default = "default_max_open")]
+    pub max_open: usize,
+    /// forward_auth: connections from peers outside `trusted_peers`, each answered one 403 and
+    /// closed; beyond, closed at once.
+    #[serde(default = "default_untrusted_max_open")]
+    pub untrusted_max_open: usize,
+    /// A connection that sends nothing (not even a TLS hello) for this long is closed.
+    #[serde(default = "default_first_byte_timeout")]
+    pub first_byte_timeout_seconds: u64,
+    /// A connection on which nothing is read or written for this long is closed (HTTP/1
+    /// keep-alive and idle HTTP/2 alike; a check in progress is never that slow).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
+    /// A request's headers, all together (HTTP/1 buffer, HTTP/2 header list).
+    #[serde(default = "default_max_request_header_bytes")]
+    pub max_request_header_bytes: usize,
+}
+
+impl Default for ConnectionLimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_open: default_max_open(),
+            untrusted_max_open: default_untrusted_max_open(),
+            first_byte_timeout_seconds: default_first_byte_timeout(),
+            idle_timeout_seconds: default_idle_timeout(),
+            max_request_header_bytes: default_max_request_header_bytes(),
+        }
+    }
+}
+
+fn default_max_open() -> usize {
+    1024
+}
+
+fn default_untrusted_max_open() -> usize {
+    64
+}
+
+fn default_first_byte_timeout() -> u64 {
+    10
+}
+
+fn default_idle_timeout() -> u64 {
+    300
+}
+
+fn default_max_request_header_bytes() -> usize {
+    96 * 1024
 }
 
 fn default_max_header_bytes() -> usize {
@@ -781,6 +840,7 @@ impl Default for LimitsConfig {
             max_token_bytes: default_max_token_bytes(),
             max_header_bytes: default_max_header_bytes(),
             max_concurrent_checks: None,
+            connections: ConnectionLimitsConfig::default(),
         }
     }
 }

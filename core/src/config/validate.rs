@@ -96,6 +96,40 @@ pub fn resolve(path: PathBuf, base: Option<&Path>) -> PathBuf {
     }
 }
 
+/// Reads the file at `written` (a configuration value), [`resolve`]d against `base`. When it is
+/// in neither place, the error names the path as written and both folders looked in, not the
+/// two joined (`deploy/local/deploy/local/jwks.json` told a user nothing).
+pub fn read_resolved(written: &Path, base: Option<&Path>) -> Result<(PathBuf, Vec<u8>), String> {
+    let path = resolve(written.to_path_buf(), base);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok((path, bytes)),
+        Err(e) => Err(not_found(written, base, &path, &e)),
+    }
+}
+
+/// The error for a configured file that cannot be read (see [`read_resolved`]).
+pub fn not_found(written: &Path, base: Option<&Path>, path: &Path, e: &std::io::Error) -> String {
+    match base {
+        Some(base) if written.is_relative() && e.kind() == std::io::ErrorKind::NotFound => {
+            let cwd = std::env::current_dir()
+                .map_or_else(|_| "(unknown)".into(), |d| d.display().to_string());
+            let base = if base.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                base
+            };
+            format!(
+                "cannot find {}: a relative path is looked up in the working directory ({cwd}), \
+                 then in the configuration file's folder ({}); give an absolute path, or one \
+                 relative to either",
+                written.display(),
+                base.display()
+            )
+        }
+        _ => format!("cannot read {}: {e}", path.display()),
+    }
+}
+
 /// Checks a URL certbound will fetch from (keys, discovery, introspection): `https://`, or
 /// `http://` to a loopback host (127.0.0.0/8, `::1`, `localhost`). Plain HTTP to any other host
 /// lets anyone on the path swap the keys, so it needs `allow_insecure_http`; the returned
@@ -344,9 +378,10 @@ fn validate_issuer(
                 "set jwks_file or jwks_uri, not both",
             ));
         }
-        (Some(path), None) => {
-            let path = resolve(path.clone(), base);
-            check_jwks_file(&path).map_err(|why| ConfigError::new(key("jwks_file"), why))?;
+        (Some(written), None) => {
+            let (path, bytes) = read_resolved(written, base)
+                .map_err(|why| ConfigError::new(key("jwks_file"), why))?;
+            check_jwks(&path, &bytes).map_err(|why| ConfigError::new(key("jwks_file"), why))?;
             KeySource::File(path)
         }
         (None, Some(uri)) => {
@@ -388,10 +423,9 @@ fn validate_issuer(
 }
 
 /// A `jwks_file` must exist and hold a JWKS with at least one usable key.
-fn check_jwks_file(path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+fn check_jwks(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let (set, ignored) =
-        KeySet::from_jwks(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        KeySet::from_jwks(bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     if set.is_empty() {
         let why: Vec<String> = ignored
             .iter()
@@ -454,13 +488,8 @@ fn validate_dpop(
     let nonces = match &config.nonce {
         None => None,
         Some(nonce) => {
-            let path = resolve(nonce.secret_file.clone(), base);
-            let secret = std::fs::read(&path).map_err(|e| {
-                ConfigError::new(
-                    "dpop.nonce.secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
+            let (_, secret) = read_resolved(&nonce.secret_file, base)
+                .map_err(|why| ConfigError::new("dpop.nonce.secret_file", why))?;
             let secret = secret.trim_ascii();
             if secret.len() < 16 {
                 return Err(ConfigError::new(

@@ -129,6 +129,22 @@ impl KeySet {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
+    /// The `kid` of each key, in document order (`None` for a key without one).
+    pub fn kids(&self) -> impl Iterator<Item = Option<&str>> {
+        self.keys.iter().map(|k| k.kid.as_deref())
+    }
+
+    /// The kinds of the keys published under `kid` (`EcP256`, `Rsa`, ...), for a denial's detail.
+    pub fn kinds_of(&self, kid: &str) -> String {
+        let kinds: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|k| k.kid.as_deref() == Some(kid))
+            .map(|k| format!("{:?}", k.kind))
+            .collect();
+        kinds.join(", ")
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
