@@ -18,7 +18,7 @@ const MCP: &str = "https://mcp.example.com/mcp";
 const METADATA_URL: &str = "https://mcp.example.com/.well-known/oauth-protected-resource/mcp";
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource/mcp";
 
-const RESOURCES: &str = "resources:\n  - id: https://mcp.example.com/mcp\n    resource_name: Example MCP\npolicy:\n  rules:\n    - path_prefix: /mcp/admin\n      acr_values: [urn:example:mfa]\n      max_age_seconds: 300\n";
+const RESOURCES: &str = "resources:\n  - id: https://mcp.example.com/mcp\n    resource_name: Example MCP\npolicy:\n  reason_header: true\n  rules:\n    - path_prefix: /mcp/admin\n      acr_values: [urn:example:mfa]\n      max_age_seconds: 300\n";
 
 struct Got {
     status: u16,
@@ -29,6 +29,10 @@ struct Got {
 impl Got {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    fn reason(&self) -> Option<&str> {
+        self.header("x-certbound-reason")
     }
 
     fn challenge(&self) -> challenge::Challenge {
@@ -114,6 +118,7 @@ async fn scenarios(stack: Stack) {
             (405, Some("GET, HEAD")),
             "{name}"
         );
+        assert_eq!(post.reason(), Some("method_not_allowed"), "{name}");
         let unknown = send(
             &stack,
             &client,
@@ -124,6 +129,7 @@ async fn scenarios(stack: Stack) {
         )
         .await;
         assert_eq!(unknown.status, 404, "{name}");
+        assert_eq!(unknown.reason(), Some("resource_unknown"), "{name}");
         assert_eq!(unknown.header("x-upstream"), None, "{name}");
         // Another well-known path is decided like any path.
         let other = send(&stack, &client, "GET", "/.well-known/other", None, None).await;
@@ -142,6 +148,11 @@ async fn scenarios(stack: Stack) {
         let elsewhere = stack.signer.sign(&stack.claims(&cert));
         let refused = send(&stack, &client, "GET", "/mcp/tools", Some(&elsewhere), None).await;
         assert_eq!(refused.status, 401, "{name}");
+        assert_eq!(
+            refused.reason(),
+            Some("resource_audience_mismatch"),
+            "{name}"
+        );
         let parsed = refused.challenge();
         assert_eq!(parsed.param("error"), Some("invalid_token"), "{name}");
         assert_eq!(
@@ -155,18 +166,35 @@ async fn scenarios(stack: Stack) {
             (200, Some("seen")),
             "{name}"
         );
-        // RFC 9470 step-up.
-        let weak = send(&stack, &client, "GET", "/mcp/admin", Some(&valid), None).await;
-        assert_eq!(weak.status, 401, "{name}");
-        let parsed = weak.challenge();
-        assert_eq!(
-            parsed.param("error"),
-            Some("insufficient_user_authentication"),
-            "{name}"
-        );
-        assert_eq!(parsed.param("acr_values"), Some("urn:example:mfa"));
-        assert_eq!(parsed.param("max_age"), Some("300"));
-        assert_eq!(parsed.param("resource_metadata"), Some(METADATA_URL));
+        // RFC 9470 step-up: each way a token falls short.
+        let now = common::now();
+        let short = [
+            ("acr_insufficient", valid.clone()),
+            (
+                "auth_time_missing",
+                token(&|c| c["acr"] = json!("urn:example:mfa")),
+            ),
+            (
+                "auth_time_too_old",
+                token(&|c| {
+                    c["acr"] = json!("urn:example:mfa");
+                    c["auth_time"] = json!(now - 3600);
+                }),
+            ),
+        ];
+        for (reason, weak) in &short {
+            let weak = send(&stack, &client, "GET", "/mcp/admin", Some(weak), None).await;
+            assert_eq!((weak.status, weak.reason()), (401, Some(*reason)), "{name}");
+            let parsed = weak.challenge();
+            assert_eq!(
+                parsed.param("error"),
+                Some("insufficient_user_authentication"),
+                "{name}"
+            );
+            assert_eq!(parsed.param("acr_values"), Some("urn:example:mfa"));
+            assert_eq!(parsed.param("max_age"), Some("300"));
+            assert_eq!(parsed.param("resource_metadata"), Some(METADATA_URL));
+        }
         let strong = token(&|c| {
             c["acr"] = json!("urn:example:mfa");
             c["auth_time"] = json!(common::now() - 5);
@@ -198,4 +226,43 @@ async fn the_module_serves_metadata_and_points_every_401_at_it() {
 #[ignore = "needs Envoy 1.40: run scripts/test.sh"]
 async fn the_service_serves_metadata_through_the_check_and_points_every_401_at_it() {
     scenarios(Stack::service("resources-service", RESOURCES, |c| c).await).await;
+}
+
+/// A resource that requires DPoP-bound tokens refuses a certificate-bound Bearer token
+/// (`dpop_required`) with a DPoP challenge pointing at the metadata, in both shapes.
+async fn dpop_required(stack: Stack) {
+    let cert = stack.pki.client("client-a");
+    stack.assert_serving(&cert).await;
+    let mut claims = stack.claims(&cert);
+    claims["aud"] = json!([stack.audience, MCP]);
+    let bearer = stack.signer.sign(&claims);
+    let client = https_client(&stack.pki, Some(&cert), Http::One);
+    let got = send(&stack, &client, "GET", "/mcp", Some(&bearer), None).await;
+    assert_eq!(
+        (got.status, got.reason()),
+        (401, Some("dpop_required")),
+        "{}",
+        stack.name
+    );
+    let parsed = challenge::single(got.header("www-authenticate").unwrap(), "dpop");
+    assert_eq!(parsed.param("error"), Some("invalid_token"));
+    assert_eq!(parsed.param("resource_metadata"), Some(METADATA_URL));
+    let metadata = send(&stack, &client, "GET", METADATA_PATH, None, None).await;
+    let document: Value = serde_json::from_str(&metadata.body).unwrap();
+    assert_eq!(document["dpop_bound_access_tokens_required"], true);
+    assert!(stack.upstream.received("/mcp").is_empty(), "{}", stack.name);
+}
+
+const DPOP_ONLY: &str = "dpop: {enabled: true}\nresources:\n  - id: https://mcp.example.com/mcp\n    dpop_bound_access_tokens_required: true\npolicy: {reason_header: true}\n";
+
+#[tokio::test]
+#[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
+async fn the_module_refuses_bearer_tokens_where_dpop_is_required() {
+    dpop_required(Stack::module("resources-dpop-module", DPOP_ONLY, |c| c).await).await;
+}
+
+#[tokio::test]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn the_service_refuses_bearer_tokens_where_dpop_is_required() {
+    dpop_required(Stack::service("resources-dpop-service", DPOP_ONLY, |c| c).await).await;
 }
