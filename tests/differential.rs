@@ -107,6 +107,10 @@ fn paths() -> Vec<String> {
         out.push(format!("/public/{a}/../../admin/x"));
         for b in SEGMENTS {
             out.push(format!("/{a}/{b}/admin/x"));
+        }
+        // Two segments to climb out of: the empty, dot and parameter ones are what matter
+        // there (every pair would add 1,500 requests and nothing new).
+        for b in ["", ".", "..", ";", ";x", "%2e%2e", "#"] {
             out.push(format!("/public/{a}/{b}/../../admin/x"));
         }
     }
@@ -239,19 +243,47 @@ fn decisions(log: &str) -> HashMap<String, Vec<Decision>> {
     out
 }
 
-/// Where certbound's decisions are read from.
-enum DecisionSource {
-    /// certbound's own decision log (JSON lines, `CERTBOUND_LOG_FORMAT=json`).
-    CertboundLog(&'static Process),
-    /// Envoy's access log in the shipped format (the module's dynamic metadata).
-    EnvoyAccessLog(&'static Process),
+/// What runs for one target, owned by it: stopped when the test ends, passing or not.
+enum Stack {
+    /// A proxy from deploy/forward-auth (or Envoy's http_service) and certbound's HTTP API.
+    ForwardAuth(Setup),
+    /// Envoy with certbound's service beside it or its module inside it.
+    Envoy {
+        pki: Pki,
+        upstream: RawUpstream,
+        /// The service; `None` for the module.
+        certbound: Option<Process>,
+        envoy: Process,
+        _idp: Option<Idp>,
+    },
 }
 
-impl DecisionSource {
-    fn read(&self) -> HashMap<String, Vec<Decision>> {
+impl Stack {
+    fn pki(&self) -> &Pki {
         match self {
-            DecisionSource::CertboundLog(certbound) => decisions(&certbound.log()),
-            DecisionSource::EnvoyAccessLog(envoy) => access_log_decisions(&envoy.log()),
+            Stack::ForwardAuth(setup) => &setup.pki,
+            Stack::Envoy { pki, .. } => pki,
+        }
+    }
+
+    fn upstream(&self) -> &RawUpstream {
+        match self {
+            Stack::ForwardAuth(setup) => &setup.upstream,
+            Stack::Envoy { upstream, .. } => upstream,
+        }
+    }
+
+    /// certbound's decisions so far, by request id: from its own decision log (JSON lines,
+    /// `CERTBOUND_LOG_FORMAT=json`), or for the module from Envoy's access log in the shipped
+    /// format (the module's dynamic metadata).
+    fn decisions(&self) -> HashMap<String, Vec<Decision>> {
+        match self {
+            Stack::ForwardAuth(Setup { certbound, .. })
+            | Stack::Envoy {
+                certbound: Some(certbound),
+                ..
+            } => decisions(&certbound.log()),
+            Stack::Envoy { envoy, .. } => access_log_decisions(&envoy.log()),
         }
     }
 }
@@ -260,15 +292,13 @@ impl DecisionSource {
 /// rules it decided with (its own rule table, and the scopes Envoy's routes add).
 struct Target {
     name: String,
-    pki: &'static Pki,
     port: u16,
-    upstream: &'static RawUpstream,
     cert: ClientCert,
     tokens: HashMap<&'static str, String>,
     routes: certbound_core::RoutePolicy,
     claim_headers: Vec<(String, String)>,
     envoy_routes: Vec<EnvoyRoute>,
-    decisions: DecisionSource,
+    stack: Stack,
 }
 
 impl Target {
@@ -320,7 +350,7 @@ async fn send(under: Arc<Target>, id: usize, case: Case) -> Option<u16> {
         headers.push((name, value));
     }
     send_raw(
-        under.pki,
+        under.stack.pki(),
         Some(&under.cert),
         under.port,
         case.http2,
@@ -487,11 +517,11 @@ async fn differential(target: Arc<Target>) -> Tally {
         .buffered(12)
         .collect()
         .await;
-    let received = target.upstream.all();
+    let received = target.stack.upstream().all();
     let from_corpus = |r: &Received| !values(r, "x-case").is_empty();
     // Every request the upstream received has its decision logged once certbound answered; the
     // logs are written asynchronously: wait until each is there (or 5 s).
-    let mut log = target.decisions.read();
+    let mut log = target.stack.decisions();
     for _ in 0..50 {
         if received.iter().filter(|r| from_corpus(r)).all(|r| {
             values(r, "x-request-id")
@@ -501,7 +531,7 @@ async fn differential(target: Arc<Target>) -> Tally {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        log = target.decisions.read();
+        log = target.stack.decisions();
     }
     let mut tally = Tally {
         sent: cases.len(),
@@ -607,14 +637,9 @@ async fn assert_no_disagreement(target: Target, started: std::time::Instant) {
     assert_eq!(disagreements, 0, "{name}: {disagreements} disagreements");
 }
 
-/// The setup lives for the whole test: leaked, the sending tasks borrow it as 'static.
-fn leak<T>(value: T) -> &'static T {
-    Box::leak(Box::new(value))
-}
-
 async fn run(proxy: Proxy) {
     let started = std::time::Instant::now();
-    let setup = leak(Setup::start(proxy).await);
+    let setup = Setup::start(proxy).await;
     let settings = certbound::config::Settings::from_yaml(
         &setup.certbound_yaml,
         std::iter::empty(),
@@ -625,15 +650,13 @@ async fn run(proxy: Proxy) {
     let (cert, tokens) = tokens(&setup.pki, &setup.signer);
     let target = Target {
         name: format!("{proxy:?}"),
-        pki: &setup.pki,
         port: setup.port,
-        upstream: &setup.upstream,
         cert,
         tokens,
         routes: policy.routes,
         claim_headers: policy.upstream.claim_headers,
         envoy_routes: Vec::new(),
-        decisions: DecisionSource::CertboundLog(&setup.certbound),
+        stack: Stack::ForwardAuth(setup),
     };
     assert_no_disagreement(target, started).await;
 }
@@ -774,10 +797,10 @@ async fn run_envoy(shape: Shape, normalised: bool) {
         "Envoy-{shape:?}-{}",
         if normalised { "normalised" } else { "raw" }
     );
-    let pki = leak(Pki::new(&name));
-    let dir = pki.dir.path();
+    let pki = Pki::new(&name);
+    let dir = pki.dir.path().to_owned();
     let signer = Signer::es256("diff-k1");
-    let upstream = leak(RawUpstream::start().await);
+    let upstream = RawUpstream::start().await;
     let mut ports = EnvoyPorts {
         listener: free_port(),
         admin: free_port(),
@@ -785,6 +808,7 @@ async fn run_envoy(shape: Shape, normalised: bool) {
         ..Default::default()
     };
     let mut certbound = None;
+    let mut idp = None;
     let (config, policy) = match shape {
         Shape::Service => {
             let jwks = dir.join("jwks.json");
@@ -795,23 +819,28 @@ async fn run_envoy(shape: Shape, normalised: bool) {
                 &[("deploy/local/jwks.json", jwks.display().to_string())],
                 &[],
             );
-            let (process, addr) =
-                start_certbound_env(&yaml, dir, None, &[("CERTBOUND_LOG_FORMAT", "json".into())])
-                    .await;
-            certbound = Some(leak(process));
+            let (process, addr) = start_certbound_env(
+                &yaml,
+                &dir,
+                None,
+                &[("CERTBOUND_LOG_FORMAT", "json".into())],
+            )
+            .await;
+            certbound = Some(process);
             ports.certbound = Some(addr);
             let settings =
-                certbound::config::Settings::from_yaml(&yaml, std::iter::empty(), Some(dir))
+                certbound::config::Settings::from_yaml(&yaml, std::iter::empty(), Some(&dir))
                     .unwrap();
             (
-                envoy_config("self-signed", &ports, pki),
+                envoy_config("self-signed", &ports, &pki),
                 settings.decision.policy,
             )
         }
         Shape::Module => {
-            let idp = leak(Idp::start_tls(&[&signer], pki, "idp.example.com").await);
-            ports.idp = Some(idp.addr);
-            let config = envoy_config("module", &ports, pki);
+            let server = Idp::start_tls(&[&signer], &pki, "idp.example.com").await;
+            ports.idp = Some(server.addr);
+            idp = Some(server);
+            let config = envoy_config("module", &ports, &pki);
             // The module's configuration is certbound's own, in the filter's filter_config.
             let text = module_filter_config(&config);
             let policy = certbound_core::config::parse(&text)
@@ -827,21 +856,22 @@ async fn run_envoy(shape: Shape, normalised: bool) {
     } else {
         without_normalisation(config)
     };
-    let envoy = leak(start_envoy(&config, &ports, dir).await);
-    let (cert, tokens) = tokens(pki, &signer);
+    let envoy = start_envoy(&config, &ports, &dir).await;
+    let (cert, tokens) = tokens(&pki, &signer);
     let target = Target {
         name,
-        pki,
         port: ports.listener,
-        upstream,
         cert,
         tokens,
         routes: policy.routes,
         claim_headers: policy.upstream.claim_headers,
         envoy_routes: envoy_routes(&config),
-        decisions: match certbound {
-            Some(certbound) => DecisionSource::CertboundLog(certbound),
-            None => DecisionSource::EnvoyAccessLog(envoy),
+        stack: Stack::Envoy {
+            pki,
+            upstream,
+            certbound,
+            envoy,
+            _idp: idp,
         },
     };
     assert!(
@@ -877,7 +907,7 @@ async fn wait_ready(target: &Target) {
     for _ in 0..200 {
         let head = raw::head("GET", "/ready", &[("authorization", auth)]);
         let seen = raw::http1(
-            target.pki,
+            target.stack.pki(),
             Some(&target.cert),
             target.port,
             vec![Step::Send(head)],
@@ -946,15 +976,16 @@ async fn differential_envoy_http_service() {
     run(Proxy::Envoy).await;
 }
 
-/// The upstream path semantics themselves.
-mod semantics {
+/// The harness's own parts: the upstream path semantics, the corpus, the readers of the shipped
+/// Envoy routes and access log.
+mod harness {
     use super::*;
 
-    fn all(target: &str) -> [Option<String>; 4] {
+    fn all(target: &str) -> [Option<String>; 5] {
         upstream_paths::ALL.map(|s| s.resolve(target))
     }
 
-    fn same(path: &str) -> [Option<String>; 4] {
+    fn same(path: &str) -> [Option<String>; 5] {
         std::array::from_fn(|_| Some(path.to_owned()))
     }
 
@@ -1026,7 +1057,47 @@ mod semantics {
         assert_eq!(one(Rfc3986, "/public/%zz").unwrap(), "/public/%zz");
         assert_eq!(one(JavaParameters, "/public/%zz"), None);
         // Not origin-form: nothing is served.
-        assert_eq!(all("admin/x"), [None, None, None, None]);
+        assert_eq!(all("admin/x"), [None, None, None, None, None]);
+    }
+
+    #[test]
+    fn the_shipped_envoy_routes_and_their_scopes_are_read() {
+        for name in ["self-signed", "module"] {
+            let text = std::fs::read_to_string(repo(&format!("deploy/envoy/{name}.yaml"))).unwrap();
+            let routes: Vec<(String, Vec<String>)> = envoy_routes(&text)
+                .into_iter()
+                .map(|r| (r.prefix, r.scopes))
+                .collect();
+            assert_eq!(
+                routes,
+                [
+                    ("/admin".to_owned(), vec!["admin".to_owned()]),
+                    ("/".to_owned(), vec![])
+                ],
+                "{name}"
+            );
+        }
+        let module = std::fs::read_to_string(repo("deploy/envoy/module.yaml")).unwrap();
+        assert!(module_filter_config(&module).starts_with("issuers:\n"));
+    }
+
+    #[test]
+    fn decisions_are_read_from_the_shipped_access_log_format() {
+        let log = "[2026-12-07T12:00:00.000Z] DELETE 200 certbound=allow reason=ok \
+                   iss=https://idp.example.com rule=default request_id=diff-7\n\
+                   [2026-12-07T12:00:00.001Z] GET 400 certbound=- reason=- iss=- rule=- \
+                   request_id=diff-8\n";
+        let found = access_log_decisions(log);
+        let allow = &found["diff-7"][0];
+        assert_eq!(
+            (
+                allow.decision.as_str(),
+                allow.rule.as_deref(),
+                allow.method.as_deref()
+            ),
+            ("allow", Some("default"), Some("DELETE"))
+        );
+        assert_eq!(found["diff-8"][0].rule, None);
     }
 
     #[test]

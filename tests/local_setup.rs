@@ -83,7 +83,7 @@ fn run_demo(busy: Option<&str>) -> (Option<i32>, String, String) {
     run_demo_with(&[], busy)
 }
 
-/// [`run_demo`] with arguments (`--module`).
+/// [`run_demo`] with arguments (`--module`, `--proxy nginx`).
 fn run_demo_with(args: &[&str], busy: Option<&str>) -> (Option<i32>, String, String) {
     run_demo_ports(args, busy, None)
 }
@@ -101,6 +101,7 @@ fn run_demo_ports(
         "CERTBOUND_PORT",
         "CERTBOUND_ADMIN_PORT",
         "UPSTREAM_PORT",
+        "FORWARD_AUTH_PORT",
     ]
     .map(|name| (name, port()));
     let _held = busy.map(|name| {
@@ -224,4 +225,70 @@ fn the_demo_moves_off_a_busy_default_port() {
         "{err}"
     );
     assert!(out.contains(r#"decision="allow" reason="ok""#), "{out}");
+}
+
+/// `--proxy`: each proxy on its shipped files (deploy/forward-auth/, deploy/envoy/http-service.yaml)
+/// in front of certbound's HTTP authorization API gives the seven documented answers, certbound's
+/// claim header (not the client's own copy) reaches the upstream, and certbound logs each
+/// decision. One test, the proxies in turn: each run takes seconds.
+#[test]
+#[ignore = "needs NGINX, Traefik, Caddy, HAProxy and Envoy 1.40: run scripts/test.sh"]
+fn the_proxy_demos_show_every_answer_behind_each_proxy() {
+    let mut failures = Vec::new();
+    for proxy in ["nginx", "traefik", "caddy", "haproxy", "envoy-http"] {
+        let (code, out, err) = run_demo_with(&["--proxy", proxy], None);
+        let mut fail = |what: String| failures.push(format!("{proxy}: {what}"));
+        if code != Some(0) {
+            fail(format!("exit {code:?}\nstdout:\n{out}\nstderr:\n{err}"));
+            continue;
+        }
+        let statuses: Vec<&str> = out
+            .lines()
+            .filter_map(|line| line.strip_prefix("HTTP/"))
+            .filter_map(|rest| rest.split_whitespace().nth(1))
+            .collect();
+        if statuses != ["200", "401", "401", "401", "403", "200", "401"] {
+            fail(format!("statuses {statuses:?} in:\n{out}"));
+        }
+        let decisions: Vec<&str> = out
+            .lines()
+            .filter(|line| line.starts_with("decision="))
+            .collect();
+        let expected = [
+            r#"decision="allow" reason="ok""#,
+            r#"decision="deny" reason="token_missing""#,
+            r#"decision="deny" reason="cnf_missing""#,
+            r#"decision="deny" reason="binding_mismatch""#,
+            r#"decision="deny" reason="scope_missing""#,
+            r#"decision="allow" reason="ok""#,
+            r#"decision="deny" reason="dpop_replayed""#,
+        ];
+        if decisions != expected {
+            fail(format!("decisions {decisions:?} in:\n{out}"));
+        }
+        // The upstream's echo of the claim header, for the two allows: certbound's value only
+        // (a repeated header would show both values), never the client's "mallory".
+        let subjects: Vec<String> = out
+            .lines()
+            .map(|line| line.trim().to_ascii_lowercase())
+            .filter(|line| line.starts_with(r#""x-certbound-subject":"#))
+            .collect();
+        if subjects != [r#""x-certbound-subject": "demo-user","#; 2] {
+            fail(format!(
+                "claim headers at the upstream {subjects:?} in:\n{out}"
+            ));
+        }
+        for step in [
+            "s] checking the tools",
+            "(CERTBOUND_BIN): no build",
+            "s] making fresh DPoP material",
+            &format!("s] starting {proxy} on https://localhost:"),
+            &format!("s] ready: seven requests with curl through {proxy}"),
+        ] {
+            if !err.contains(step) {
+                fail(format!("missing {step:?} in:\n{err}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

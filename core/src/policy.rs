@@ -613,11 +613,45 @@ pub fn request_htu(dpop: &DpopPolicy, request: &AccessRequest) -> Option<String>
     dpop::normalize_htu(&format!("{base}{path}"))
 }
 
+impl Policy {
+    /// Whether a request header `name` (lower-case) is another spelling of a header certbound
+    /// reads or sets: it differs only in bytes that are not letters or digits (`_`, `.`, `~`),
+    /// which CGI, WSGI, PHP and many frameworks map to the same variable.
+    pub fn aliases_a_header(&self, name: &str) -> bool {
+        if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return false;
+        }
+        let dashed: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b)
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        matches!(
+            dashed.as_str(),
+            "authorization" | "dpop" | "x-forwarded-client-cert" | "client-cert" | "dpop-nonce"
+        ) || dashed.starts_with("x-certbound-")
+            || self
+                .certificate_header
+                .as_ref()
+                .is_some_and(|h| h.name == dashed)
+            || self
+                .upstream
+                .claim_headers
+                .iter()
+                .any(|(_, h)| *h == dashed)
+    }
+}
+
 /// A claim rendered as a header value, one encoding everywhere: a string, number or boolean as
 /// its text; an array of them joined with `,` (the HTTP list form). Only visible ASCII and inner
 /// spaces pass: a non-ASCII string would be read as Latin-1 by one upstream and UTF-8 by
-/// another, a control character could smuggle a header, and an element that holds a comma
-/// would read as two. `None` (the header dropped, and counted) when the claim has no such form.
+/// another, a control character could smuggle a header, and a text (or element) that holds a
+/// comma would read as two. `None` (the header dropped, and counted) when the claim has no such form.
 fn header_value(value: &Value) -> Option<String> {
     let scalar = |item: &Value| match item {
         Value::String(s) => Some(s.clone()),
@@ -639,7 +673,8 @@ fn header_value(value: &Value) -> Option<String> {
             }
             items.join(",")
         }
-        other => scalar(other)?,
+        // A text with a comma would read as a list of two.
+        other => scalar(other).filter(|text| !text.contains(','))?,
     };
     safe(&text).then_some(text)
 }
@@ -716,6 +751,27 @@ mod tests {
     }
 
     #[test]
+    fn other_spellings_of_the_headers_certbound_uses_are_aliases() {
+        let yaml = "issuers:\n  - issuer: https://idp\n    audiences: [a]\n    jwks_uri: https://idp/jwks\n\
+                    upstream: {claim_headers: {sub: x-user}}\n";
+        let file: crate::config::FileConfig = serde_yaml_ng::from_str(yaml).unwrap();
+        let policy = file.decision_settings(None).unwrap().policy;
+        for name in [
+            "x_user",
+            "x.user",
+            "x~user",
+            "x_certbound_subject",
+            "x.certbound.client.id",
+            "x_forwarded_client_cert",
+        ] {
+            assert!(policy.aliases_a_header(name), "{name}");
+        }
+        for name in ["x-user", "authorization", "x_trace", "x.other"] {
+            assert!(!policy.aliases_a_header(name), "{name}");
+        }
+    }
+
+    #[test]
     fn claims_render_as_safe_header_values() {
         use serde_json::json;
         assert_eq!(header_value(&json!("alice")), Some("alice".into()));
@@ -737,6 +793,7 @@ mod tests {
         assert_eq!(header_value(&json!(["admin", "Zoë"])), None);
         assert_eq!(header_value(&json!(["admin", {"x": 1}])), None);
         assert_eq!(header_value(&json!([true, 3])), Some("true,3".into()));
+        assert_eq!(header_value(&json!("a,admin")), None);
     }
 
     fn xfcc(header: Option<&str>, by: Option<&str>) -> CertificateOutcome {

@@ -54,7 +54,24 @@ pub enum PathMatch {
     Exact(String),
     Prefix(String),
     /// Anchored: the whole path must match.
-    Regex(Regex),
+    Regex(CasedRegex),
+}
+
+/// A rule's `path_regex`, anchored, and the same ignoring ASCII case.
+#[derive(Clone, Debug)]
+pub struct CasedRegex {
+    exact: Regex,
+    folded: Regex,
+}
+
+impl CasedRegex {
+    pub fn new(pattern: &str) -> Result<Self, regex::Error> {
+        Ok(Self {
+            exact: Regex::new(&format!("^(?:{pattern})$"))?,
+            folded: Regex::new(&format!("(?i-u)^(?:{pattern})$"))
+                .or_else(|_| Regex::new(&format!("(?i)^(?:{pattern})$")))?,
+        })
+    }
 }
 
 impl PathMatch {
@@ -62,7 +79,20 @@ impl PathMatch {
         match self {
             Self::Exact(exact) => path == exact,
             Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
-            Self::Regex(regex) => regex.is_match(path),
+            Self::Regex(regex) => regex.exact.is_match(path),
+        }
+    }
+
+    /// As an upstream that routes without regard to ASCII case matches (Express, ASP.NET Core
+    /// by default).
+    fn matches_folded(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(exact) => path.eq_ignore_ascii_case(exact),
+            Self::Prefix(prefix) => path
+                .as_bytes()
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes())),
+            Self::Regex(regex) => regex.folded.is_match(path),
         }
     }
 }
@@ -154,9 +184,18 @@ pub struct Rule {
 impl Rule {
     /// A rule for `GET` also matches `HEAD`: upstreams answer `HEAD` with their `GET` handler.
     fn matches(&self, request: &AccessRequest, path: &str) -> bool {
+        self.matches_with(request, path, PathMatch::matches)
+    }
+
+    fn matches_with(
+        &self,
+        request: &AccessRequest,
+        path: &str,
+        path_matches: fn(&PathMatch, &str) -> bool,
+    ) -> bool {
         let method = request.method.as_str();
         (self.hosts.is_empty() || self.hosts.iter().any(|h| h.matches(&request.host)))
-            && self.path.as_ref().is_none_or(|p| p.matches(path))
+            && self.path.as_ref().is_none_or(|p| path_matches(p, path))
             && (self.methods.is_empty()
                 || self.methods.iter().any(|m| {
                     m.eq_ignore_ascii_case(method)
@@ -208,6 +247,15 @@ impl RoutePolicy {
         let index = self.rule_index(request, path);
         if path.contains(';') && self.rule_index(request, &path::without_parameters(path)) != index
         {
+            return Err(DenyReason::PathUnsafe);
+        }
+        // An upstream that ignores case (Express, ASP.NET Core) serves `/ADMIN/x` from its
+        // `/admin` handler: a path whose rule depends on its case is refused.
+        let folded = self
+            .rules
+            .iter()
+            .position(|r| r.matches_with(request, path, PathMatch::matches_folded));
+        if folded != index {
             return Err(DenyReason::PathUnsafe);
         }
         let (rule, mut requirements) = match index.map(|i| &self.rules[i]) {
@@ -369,7 +417,7 @@ mod tests {
                 rule(
                     "items",
                     &[],
-                    Some(PathMatch::Regex(Regex::new("^/items/[0-9]+$").unwrap())),
+                    Some(PathMatch::Regex(CasedRegex::new("/items/[0-9]+").unwrap())),
                     &["PUT", "DELETE"],
                 ),
             ],
@@ -411,6 +459,45 @@ mod tests {
                 "{spelling}"
             );
         }
+    }
+
+    /// Express and ASP.NET Core route `/ADMIN/x` to their `/admin` handler.
+    #[test]
+    fn a_path_whose_rule_depends_on_its_case_is_refused() {
+        let policy = RoutePolicy {
+            rules: vec![
+                rule(
+                    "public",
+                    &[],
+                    Some(PathMatch::Prefix("/public/".into())),
+                    &[],
+                ),
+                rule("admin", &[], Some(PathMatch::Prefix("/admin".into())), &[]),
+                rule(
+                    "item",
+                    &[],
+                    Some(PathMatch::Regex(CasedRegex::new("/items/[0-9]+").unwrap())),
+                    &[],
+                ),
+            ],
+            ..Default::default()
+        };
+        let at = |path: &str| {
+            let req = AccessRequest {
+                method: "GET".into(),
+                path: path.into(),
+                ..Default::default()
+            };
+            policy.select(&req).map(|a| a.rule)
+        };
+        assert_eq!(at("/admin/x").unwrap(), "admin");
+        assert_eq!(at("/items/7").unwrap(), "item");
+        for path in ["/ADMIN/x", "/Admin/x", "/PUBLIC/x", "/Items/7"] {
+            assert_eq!(at(path), Err(DenyReason::PathUnsafe), "{path}");
+        }
+        // Case that changes no rule is no concern.
+        assert_eq!(at("/public/ReadMe").unwrap(), "public");
+        assert_eq!(at("/Other").unwrap(), "default");
     }
 
     #[test]

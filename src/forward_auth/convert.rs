@@ -140,13 +140,32 @@ pub fn access_request(
     }
     for name in headers.keys() {
         let name = name.as_str();
-        if name.contains('_') && aliases_a_header_we_use(&name.replace('_', "-"), settings, policy)
-        {
-            return Err(refuse(
-                "an underscore spelling of a header certbound uses",
-                name,
-            ));
+        // `_`, `.`, `~` and the like: PHP, CGI gateways and lighttpd map any byte that is not a
+        // letter or digit to the same variable.
+        let dashed: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b)
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if dashed != name && aliases_a_header_we_use(&dashed, settings, policy) {
+            return Err(refuse("another spelling of a header certbound uses", name));
         }
+    }
+    // An allowed request that upgrades to h2c turns the proxy's connection into a tunnel whose
+    // requests certbound never sees (HAProxy and Caddy forward the upgrade).
+    let upgrade_h2c = |value: &HeaderValue| {
+        value
+            .as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"h2c"))
+    };
+    if headers.get_all("upgrade").iter().any(upgrade_h2c) {
+        return Err(refuse("an upgrade to h2c", "upgrade"));
     }
     let one = |name: &str| first(headers, name);
     let (method, path, host) = if envoy {
@@ -159,6 +178,13 @@ pub fn access_request(
     } else {
         let method = one(&fields.method).ok_or_else(|| refuse("no method", &fields.method))?;
         let path = one(&fields.uri).ok_or_else(|| refuse("no path", &fields.uri))?;
+        // An absolute-form target with an empty path (`GET http://host?q=1`): NGINX's
+        // $request_uri is then `?q=1`, which the upstream serves as `/?q=1`.
+        let path = match path.as_bytes().first() {
+            None => "/".to_owned(),
+            Some(b'?') => format!("/{path}"),
+            Some(_) => path,
+        };
         (method, path, one(&fields.host).unwrap_or_default())
     };
     if method.is_empty()
@@ -570,10 +596,49 @@ mod tests {
             let result = access_request(&head_with(&headers), LOCAL, &on, &with_claims);
             assert_eq!(result.unwrap_err(), DenyReason::RequestInvalid, "{name}");
         }
+        for name in [
+            "x.certbound.subject",
+            "x~certbound~subject",
+            "x.original.url",
+            "x.user",
+        ] {
+            let mut headers = ORIGINAL.to_vec();
+            headers.push((name, "evil"));
+            let result = access_request(&head_with(&headers), LOCAL, &on, &with_claims);
+            assert_eq!(result.unwrap_err(), DenyReason::RequestInvalid, "{name}");
+        }
         // An underscore in a header certbound has nothing to do with is the upstream's business.
         let mut headers = ORIGINAL.to_vec();
         headers.push(("x_trace_tag", "1"));
         assert!(access_request(&head_with(&headers), LOCAL, &on, &with_claims).is_ok());
+    }
+
+    #[test]
+    fn an_upgrade_to_h2c_is_refused_and_an_empty_path_is_the_root() {
+        let on = settings("{listen: 127.0.0.1:1}");
+        for value in ["h2c", "H2C", "websocket, h2c"] {
+            let mut headers = ORIGINAL.to_vec();
+            headers.push(("upgrade", value));
+            let result = access_request(&head_with(&headers), LOCAL, &on, &policy("{}"));
+            assert_eq!(result.unwrap_err(), DenyReason::RequestInvalid, "{value}");
+        }
+        let mut headers = ORIGINAL.to_vec();
+        headers.push(("upgrade", "websocket"));
+        assert!(access_request(&head_with(&headers), LOCAL, &on, &policy("{}")).is_ok());
+        for (uri, path) in [("?q=1", "/?q=1"), ("", "/")] {
+            let headers: Vec<_> = ORIGINAL
+                .iter()
+                .map(|&(n, v)| {
+                    if n == "x-forwarded-uri" {
+                        (n, uri)
+                    } else {
+                        (n, v)
+                    }
+                })
+                .collect();
+            let request = access_request(&head_with(&headers), LOCAL, &on, &policy("{}")).unwrap();
+            assert_eq!(request.path, path);
+        }
     }
 
     #[test]

@@ -97,6 +97,27 @@ pub fn access_request(
     })
 }
 
+/// Whether the request carries another spelling of a header certbound reads or sets
+/// ([`Policy::aliases_a_header`]): refused, since the upstream may read it as the real one.
+pub fn carries_an_alias(request: &CheckRequest, policy: &certbound_core::Policy) -> bool {
+    let Some(http) = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+    else {
+        return false;
+    };
+    http.headers
+        .keys()
+        .any(|name| policy.aliases_a_header(name))
+        || http.header_map.as_ref().is_some_and(|map| {
+            map.headers
+                .iter()
+                .any(|h| policy.aliases_a_header(&h.key.to_ascii_lowercase()))
+        })
+}
+
 /// Values of a header: moved out of `headers` (Envoy's default; each header is read once), else
 /// from `header_map` (with `encode_raw_headers: true`), where repeated headers stay separate.
 fn take_header(http: &mut HttpRequest, name: &str) -> Vec<String> {

@@ -47,6 +47,9 @@ impl Authorization for AuthorizationService {
             .authorizer
             .authorize(
                 |policy| {
+                    if convert::carries_an_alias(&request, policy) {
+                        return Err(certbound_core::DenyReason::RequestInvalid);
+                    }
                     let header = policy.certificate_header.as_ref().map(|h| h.name.as_str());
                     convert::access_request(request, header)
                 },

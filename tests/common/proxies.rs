@@ -227,6 +227,30 @@ impl Setup {
     }
 }
 
+impl Drop for Setup {
+    /// NGINX's workers outlive a master killed with SIGKILL (what dropping a [`Process`] does):
+    /// its master is asked to stop them first (SIGTERM, a fast shutdown that reaps them), and is
+    /// waited for until it has exited.
+    fn drop(&mut self) {
+        if self.proxy != Proxy::Nginx {
+            return;
+        }
+        let pid = self.process.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..100 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the command name in parentheses; Z: exited, not yet reaped.
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if matches!(state, None | Some('Z')) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Starts NGINX, Traefik, Caddy or HAProxy on its shipped config.
 pub async fn start_proxy(
     proxy: Proxy,

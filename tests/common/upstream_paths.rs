@@ -23,13 +23,17 @@ pub enum Semantics {
     JavaParameters,
     MergeSlashes,
     DecodeSlashes,
+    /// RFC 3986, then routed without regard to ASCII case (Express, ASP.NET Core by default):
+    /// as the rules are lower-case, the path lower-cased.
+    IgnoreCase,
 }
 
-pub const ALL: [Semantics; 4] = [
+pub const ALL: [Semantics; 5] = [
     Semantics::Rfc3986,
     Semantics::JavaParameters,
     Semantics::MergeSlashes,
     Semantics::DecodeSlashes,
+    Semantics::IgnoreCase,
 ];
 
 /// Which percent-encodings a server decodes.
@@ -47,6 +51,7 @@ impl Semantics {
             Semantics::JavaParameters => "tomcat-spring",
             Semantics::MergeSlashes => "merge-slashes",
             Semantics::DecodeSlashes => "decode-%2F",
+            Semantics::IgnoreCase => "ignore-case",
         }
     }
 
@@ -68,6 +73,9 @@ impl Semantics {
                 Decode::Unreserved,
             )?))),
             Semantics::DecodeSlashes => Some(remove_dot_segments(&decode(path, Decode::All)?)),
+            Semantics::IgnoreCase => {
+                Some(remove_dot_segments(&decode(path, Decode::Unreserved)?).to_ascii_lowercase())
+            }
             Semantics::JavaParameters => {
                 if path.contains(['\\', '#']) {
                     return None;

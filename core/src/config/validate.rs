@@ -753,7 +753,7 @@ fn validate_policy(
             (Some(exact), None, None) => Some(PathMatch::Exact(exact.clone())),
             (None, Some(prefix), None) => Some(PathMatch::Prefix(prefix.clone())),
             (None, None, Some(pattern)) => {
-                let regex = regex::Regex::new(&format!("^(?:{pattern})$"))
+                let regex = crate::routes::CasedRegex::new(pattern)
                     .map_err(|e| ConfigError::new(format!("{key}.path_regex"), e.to_string()))?;
                 Some(PathMatch::Regex(regex))
             }
