@@ -229,8 +229,14 @@ impl Policy {
                     if let Some(answer) = self.resources.well_known(path) {
                         return metadata_decision(answer, request, facts);
                     }
-                    facts.resource = self.resources.for_path(path).cloned();
-                    self.routes.select_canonical(request, path)
+                    match self.resources.for_path_checked(path) {
+                        Ok(resource) if !self.resources.well_known_in_other_case(path) => {
+                            facts.resource = resource.cloned();
+                            self.routes.select_canonical(request, path)
+                        }
+                        // Its resource would change for an upstream that ignores case.
+                        _ => Err(DenyReason::PathUnsafe),
+                    }
                 }
             }
         };

@@ -99,6 +99,17 @@ pub fn covers(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// [`covers`] ignoring ASCII case, as an upstream that routes case-insensitively reads it.
+pub fn covers_folded(prefix: &str, path: &str) -> bool {
+    match path.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => {
+            let rest = &path[prefix.len()..];
+            rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/')
+        }
+        _ => false,
+    }
+}
+
 /// `https://host:port` and the path (`/mcp`, or `` when there is none) of an identifier without
 /// query or fragment.
 pub fn split_identifier(id: &str) -> Option<(&str, &str)> {
@@ -135,6 +146,32 @@ impl Resources {
             .iter()
             .filter(|r| r.covers(path))
             .max_by_key(|r| r.path_prefix.len())
+    }
+
+    /// [`Resources::for_path`], refused (`Err`) when the answer would change for an upstream
+    /// that ignores case: `/MCP/x` reaches `/mcp`'s handler there, so it must not escape the
+    /// resource's audience check here.
+    pub fn for_path_checked(
+        &self,
+        path: &str,
+    ) -> Result<Option<&Arc<Resource>>, crate::decision::DenyReason> {
+        let exact = self.for_path(path);
+        let folded = self
+            .list
+            .iter()
+            .filter(|r| covers_folded(&r.path_prefix, path))
+            .max_by_key(|r| r.path_prefix.len());
+        match (exact, folded) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => Ok(exact),
+            (None, None) => Ok(None),
+            _ => Err(crate::decision::DenyReason::PathUnsafe),
+        }
+    }
+
+    /// Whether a path differs from a metadata path only in case (refused rather than decided
+    /// differently from a case-insensitive upstream).
+    pub fn well_known_in_other_case(&self, path: &str) -> bool {
+        covers_folded(WELL_KNOWN_PREFIX, path) && !covers(WELL_KNOWN_PREFIX, path)
     }
 
     /// What a canonical path under the well-known prefix answers; `None` for any other path

@@ -266,6 +266,23 @@ fn metadata_paths_answer_without_a_token_and_only_there() {
             );
         }
     }
+    // A path whose resource (or metadata) depends on its case is refused: an upstream that
+    // ignores case would serve /mcp's handler without the resource's audience check.
+    let token = world
+        .signer
+        .sign(|c| c["aud"] = json!("https://other.example.com/api"));
+    for path in [
+        "/MCP/tools",
+        "/Mcp",
+        "/.WELL-KNOWN/oauth-protected-resource/mcp",
+    ] {
+        let decision = world.decide("GET", path, Some(&token));
+        assert_eq!(
+            (reason(&decision), decision.http_status()),
+            ("path_unsafe", 400),
+            "{path}"
+        );
+    }
     // Other spellings of it are refused like any path that is not canonical.
     for path in [
         "/.well-known/./oauth-protected-resource/mcp",
