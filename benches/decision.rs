@@ -106,6 +106,17 @@ fn policy() -> Policy {
         .policy
 }
 
+/// [`policy`] with the API a protected resource (RFC 9728): its 401s carry `resource_metadata`.
+fn resource_policy() -> Policy {
+    let yaml = format!(
+        "issuers:\n  - issuer: {ISSUER}\n    audiences: [https://api.bench]\n    jwks_uri: https://idp.bench/jwks.json\nresources:\n  - id: https://api.bench\n"
+    );
+    Settings::from_yaml(&yaml, Vec::new(), None)
+        .unwrap()
+        .decision
+        .policy
+}
+
 fn dpop_policy() -> Policy {
     let yaml = format!(
         "issuers:\n  - issuer: {ISSUER}\n    audiences: [https://api.bench]\n    jwks_uri: https://idp.bench/jwks.json\ndpop:\n  enabled: true\n"
@@ -211,6 +222,33 @@ fn benches(c: &mut Criterion) {
             assert_eq!(d.reason(), "ok");
         })
     });
+
+    // The 401 path, answer included (the challenge is built per deny), without and with a
+    // protected resource whose challenges carry `resource_metadata`.
+    let mut group = c.benchmark_group("deny_401");
+    let other_cert = client_certificate().0;
+    let no_token = AccessRequest {
+        authorization: Authorization::Absent,
+        ..request("", &cert)
+    };
+    let mismatch = request(&token(&es, &x5t), &other_cert);
+    for (name, policy) in [("plain", policy.clone()), ("resource", resource_policy())] {
+        group.bench_function(format!("no_token/{name}"), |b| {
+            b.iter(|| {
+                let d = policy.decide(&keys, black_box(&no_token), NOW);
+                d.http_answer(false).unwrap().headers.len()
+            })
+        });
+        let cache = TokenCache::new(1000, 300);
+        group.bench_function(format!("binding_mismatch_cached/{name}"), |b| {
+            b.iter(|| {
+                let d = policy.decide_cached(&keys, Some(&cache), black_box(&mismatch), NOW);
+                assert_eq!(d.reason(), "binding_mismatch");
+                d.http_answer(false).unwrap().headers.len()
+            })
+        });
+    }
+    group.finish();
 
     // DPoP: the token (cnf.jkt) from the cache, the proof verified every time.
     let dpop = dpop_policy();

@@ -127,6 +127,16 @@ pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
                 },
                 r.binding.unwrap_or(policy.binding)
             );
+            if let Some(step_up) = &r.step_up {
+                let _ = writeln!(
+                    out,
+                    "step-up (RFC 9470): acr one of {:?}, auth_time within {}",
+                    step_up.acr_values,
+                    step_up
+                        .max_age_seconds
+                        .map_or_else(|| "any time".to_owned(), |s| format!("{s} s"))
+                );
+            }
         }
         Err(reason) => {
             let _ = writeln!(out, "rule: cannot be applied ({})", reason.as_str());
@@ -144,6 +154,14 @@ pub async fn explain(checker: &Checker, input: &ExplainRequest) -> Explanation {
                 }
             }
         }
+    }
+
+    if let Some(resource) = &decision.facts.resource {
+        let _ = writeln!(
+            out,
+            "resource: {} (path_prefix {}, metadata at {}); aud must contain one of {:?}",
+            resource.id, resource.path_prefix, resource.metadata_url, resource.audiences
+        );
     }
 
     match policy.credential(&request) {
@@ -303,7 +321,15 @@ fn describe_jwt(out: &mut String, checker: &Checker, policy: &Policy, token: &st
 }
 
 fn describe_claims(out: &mut String, claims: &serde_json::Map<String, Value>, now: i64) {
-    for name in ["iss", "sub", "aud", "client_id", "scope"] {
+    for name in [
+        "iss",
+        "sub",
+        "aud",
+        "client_id",
+        "scope",
+        "acr",
+        "auth_time",
+    ] {
         if let Some(value) = claims.get(name) {
             let _ = writeln!(out, "  {name}: {value}");
         }
@@ -533,7 +559,9 @@ fn describe_answer(out: &mut String, decision: &Decision, policy: &Policy, detai
             // The exact bytes the client gets.
             let body = decision
                 .http_answer(false)
-                .map_or(convert::UNAUTHORIZED_BODY, |answer| answer.body);
+                .map_or(convert::UNAUTHORIZED_BODY.to_owned(), |answer| {
+                    answer.body.into_owned()
+                });
             let _ = writeln!(
                 out,
                 "decision: DENY {} reason {} (gRPC status {code})",
@@ -551,6 +579,15 @@ fn describe_answer(out: &mut String, decision: &Decision, policy: &Policy, detai
                 decision.challenge().unwrap_or_default()
             );
             let _ = writeln!(out, "  body: {body}");
+        }
+        Outcome::Metadata(resource) => {
+            let _ = writeln!(
+                out,
+                "decision: METADATA 200 (gRPC status {code}): the RFC 9728 document of {}, \
+                 answered without reaching the upstream",
+                resource.id
+            );
+            let _ = writeln!(out, "  body: {}", resource.document);
         }
         Outcome::Unavailable(reason) => {
             let _ = writeln!(

@@ -543,3 +543,83 @@ async fn behind_haproxy() {
 async fn behind_envoy_http_service() {
     run(Proxy::Envoy).await;
 }
+
+/// RFC 9728 behind NGINX as shipped: the well-known path is routed to certbound's HTTP API,
+/// which serves the document; a check's 401 points at it; the API never sees the metadata path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NGINX: run scripts/test.sh"]
+async fn behind_nginx_resource_metadata_is_served_and_challenges_point_at_it() {
+    const MCP: &str = "https://api.example.com/mcp";
+    const METADATA_URL: &str = "https://api.example.com/.well-known/oauth-protected-resource/mcp";
+    let setup = Setup::start_with(
+        Proxy::Nginx,
+        "resources:\n  - id: https://api.example.com/mcp\n    audiences: [https://api.example.com]\n",
+    )
+    .await;
+    let cert = setup.pki.client("client-a");
+    for http in [Http::One, Http::Two] {
+        let client = https_client(&setup.pki, Some(&cert), http);
+        let url = |path: &str| format!("https://127.0.0.1:{}{path}", setup.port);
+        let label = setup.label(http, "metadata");
+        let fetch = client
+            .get(url("/.well-known/oauth-protected-resource/mcp"))
+            .header("x-forwarded-uri", "/admin")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fetch.status(), 200, "{label}");
+        assert_eq!(
+            fetch.headers()["content-type"],
+            "application/json",
+            "{label}"
+        );
+        assert_eq!(
+            fetch.headers()["cache-control"],
+            "public, max-age=300",
+            "{label}"
+        );
+        let document: Value = fetch.json().await.unwrap();
+        assert_eq!(document["resource"], MCP, "{label}");
+        assert_eq!(
+            document["authorization_servers"],
+            json!([common::proxies::ISSUER]),
+            "{label}"
+        );
+        assert_eq!(
+            document["dpop_bound_access_tokens_required"], false,
+            "{label}"
+        );
+        let unknown = client
+            .get(url("/.well-known/oauth-protected-resource/nope"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unknown.status(), 404, "{label}");
+        let refused = send(&setup, Some(&cert), http, "/mcp/tools", &[]).await;
+        assert_eq!(refused.status, 401, "{label}");
+        let challenges =
+            common::challenge::parse(refused.www_authenticate.as_deref().unwrap()).unwrap();
+        assert_eq!(challenges.len(), 2, "{label}: Bearer and DPoP");
+        for challenge in &challenges {
+            assert_eq!(
+                challenge.param("resource_metadata"),
+                Some(METADATA_URL),
+                "{label}"
+            );
+        }
+        let auth = setup.bound(&cert, "read");
+        let allowed = send(
+            &setup,
+            Some(&cert),
+            http,
+            "/mcp/tools",
+            &[("authorization", &auth)],
+        )
+        .await;
+        assert_eq!(allowed.status, 200, "{label}");
+    }
+    assert!(
+        setup.received("/.well-known").is_empty(),
+        "the metadata reached the API"
+    );
+}

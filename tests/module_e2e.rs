@@ -856,10 +856,23 @@ upstream:
         "token_inactive",
         "policy_invalid",
     ];
+    // Protected resources' reasons: through the module in tests/resources_e2e.rs.
+    let resources = [
+        "resource_audience_mismatch",
+        "dpop_required",
+        "acr_insufficient",
+        "auth_time_missing",
+        "auth_time_too_old",
+        "resource_unknown",
+        "method_not_allowed",
+    ];
     for reason in certbound_core::DenyReason::ALL {
         let code = reason.as_str();
         assert!(
-            reasons.contains(code) || unreachable.contains(&code) || code.starts_with("dpop_"),
+            reasons.contains(code)
+                || unreachable.contains(&code)
+                || resources.contains(&code)
+                || code.starts_with("dpop_"),
             "no case for {code}"
         );
     }
@@ -1075,8 +1088,9 @@ upstream:
     }
     for reason in certbound_core::DenyReason::ALL {
         let code = reason.as_str();
+        // dpop_required is a protected resource's: tests/resources_e2e.rs.
         assert!(
-            !code.starts_with("dpop_") || reasons.contains(code),
+            !code.starts_with("dpop_") || code == "dpop_required" || reasons.contains(code),
             "no module case for {code}"
         );
     }

@@ -136,7 +136,7 @@ async fn every_query_in_the_dashboard_and_alerts_names_metrics_and_labels_certbo
     );
     let scrape = scrape_labels(&certbound.app.metrics_text());
 
-    let decisions = ["allow", "deny", "unavailable"];
+    let decisions = ["allow", "deny", "unavailable", "metadata"];
     let mut reasons: BTreeSet<&str> = certbound_core::DenyReason::ALL
         .iter()
         .map(|r| r.as_str())

@@ -1,12 +1,17 @@
 //! What a decision answers: the client's response to a refusal, and the metadata for access logs.
 //! Every adapter sends exactly these bytes, so the service and the Envoy module answer alike.
 
-use crate::decision::{Decision, Outcome};
+use std::borrow::Cow;
+
+use crate::decision::{Decision, DenyReason, Outcome};
+use crate::resource::METADATA_CACHE_CONTROL;
 
 pub const UNAUTHORIZED_BODY: &str = r#"{"message":"unauthorized"}"#;
 pub const FORBIDDEN_BODY: &str = r#"{"message":"forbidden"}"#;
 pub const BAD_REQUEST_BODY: &str = r#"{"message":"bad request"}"#;
 pub const UNAVAILABLE_BODY: &str = r#"{"message":"service unavailable"}"#;
+pub const NOT_FOUND_BODY: &str = r#"{"message":"not found"}"#;
+pub const METHOD_NOT_ALLOWED_BODY: &str = r#"{"message":"method not allowed"}"#;
 
 /// The response a refused request gets instead of reaching the upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,7 +19,8 @@ pub struct HttpAnswer {
     pub status: u16,
     /// Lower-case names; each replaces any header of that name.
     pub headers: Vec<(&'static str, String)>,
-    pub body: &'static str,
+    /// A fixed message, or a resource's metadata document.
+    pub body: Cow<'static, str>,
 }
 
 impl Decision {
@@ -25,6 +31,34 @@ impl Decision {
         let json = ("content-type", "application/json".to_owned());
         match &self.outcome {
             Outcome::Allow(_) => None,
+            // RFC 9728 §3.2: the document as `application/json`; public, so any origin may
+            // read it and caches may keep it a while.
+            Outcome::Metadata(resource) => Some(HttpAnswer {
+                status: 200,
+                headers: vec![
+                    json,
+                    ("cache-control", METADATA_CACHE_CONTROL.to_owned()),
+                    ("access-control-allow-origin", "*".to_owned()),
+                ],
+                body: Cow::Owned(resource.document.clone()),
+            }),
+            Outcome::Deny(reason) if reason.is_not_about_credentials() => {
+                let mut headers = vec![json];
+                if *reason == DenyReason::MethodNotAllowed {
+                    headers.push(("allow", "GET, HEAD".to_owned()));
+                }
+                if reason_header {
+                    headers.push(("x-certbound-reason", reason.as_str().to_owned()));
+                }
+                Some(HttpAnswer {
+                    status: self.http_status(),
+                    headers,
+                    body: Cow::Borrowed(match reason {
+                        DenyReason::MethodNotAllowed => METHOD_NOT_ALLOWED_BODY,
+                        _ => NOT_FOUND_BODY,
+                    }),
+                })
+            }
             Outcome::Deny(reason) => {
                 let mut headers = vec![
                     json,
@@ -39,19 +73,19 @@ impl Decision {
                 Some(HttpAnswer {
                     status: self.http_status(),
                     headers,
-                    body: if reason.is_forbidden() {
+                    body: Cow::Borrowed(if reason.is_forbidden() {
                         FORBIDDEN_BODY
                     } else if reason.is_bad_request() {
                         BAD_REQUEST_BODY
                     } else {
                         UNAUTHORIZED_BODY
-                    },
+                    }),
                 })
             }
             Outcome::Unavailable(_) => Some(HttpAnswer {
                 status: 503,
                 headers: vec![json],
-                body: UNAVAILABLE_BODY,
+                body: Cow::Borrowed(UNAVAILABLE_BODY),
             }),
         }
     }
@@ -95,6 +129,16 @@ mod tests {
     fn every_deny_is_json_with_a_challenge() {
         for &reason in DenyReason::ALL {
             let answer = Decision::deny(reason).http_answer(false).expect("answer");
+            if reason.is_not_about_credentials() {
+                assert!(
+                    answer
+                        .headers
+                        .iter()
+                        .all(|(name, _)| *name != "www-authenticate")
+                );
+                assert_eq!(answer.status, Decision::deny(reason).http_status());
+                continue;
+            }
             assert_eq!(
                 answer.headers[0],
                 ("content-type", "application/json".into())
@@ -102,12 +146,18 @@ mod tests {
             assert_eq!(answer.headers[1].0, "www-authenticate");
             assert_eq!(answer.headers.len(), 2);
             if reason.is_forbidden() {
-                assert_eq!((answer.status, answer.body), (403, FORBIDDEN_BODY));
+                assert_eq!((answer.status, answer.body.as_ref()), (403, FORBIDDEN_BODY));
             } else if reason.is_bad_request() {
-                assert_eq!((answer.status, answer.body), (400, BAD_REQUEST_BODY));
+                assert_eq!(
+                    (answer.status, answer.body.as_ref()),
+                    (400, BAD_REQUEST_BODY)
+                );
                 assert_eq!(answer.headers[1].1, r#"Bearer error="invalid_request""#);
             } else {
-                assert_eq!((answer.status, answer.body), (401, UNAUTHORIZED_BODY));
+                assert_eq!(
+                    (answer.status, answer.body.as_ref()),
+                    (401, UNAUTHORIZED_BODY)
+                );
             }
         }
         let with_reason = Decision::deny(DenyReason::BindingMismatch).http_answer(true);

@@ -115,6 +115,23 @@ deny_reasons! {
     DpopTokenUnbound => "dpop_token_unbound",
     /// A DPoP-bound token presented with the `Bearer` scheme (RFC 9449 §7.2).
     DpopDowngrade => "dpop_downgrade",
+    /// Under a protected resource (`resources`), the token's `aud` does not name it (RFC 8707):
+    /// a token issued for another resource.
+    ResourceAudienceMismatch => "resource_audience_mismatch",
+    /// The resource says `dpop_bound_access_tokens_required` and the token is not DPoP-bound
+    /// (with a verified proof).
+    DpopRequired => "dpop_required",
+    /// RFC 9470: the token's `acr` is not one of the rule's `acr_values`.
+    AcrInsufficient => "acr_insufficient",
+    /// RFC 9470: the rule has `max_age_seconds` and the token has no `auth_time`.
+    AuthTimeMissing => "auth_time_missing",
+    /// RFC 9470: the token's `auth_time` is older than the rule's `max_age_seconds`.
+    AuthTimeTooOld => "auth_time_too_old",
+    /// A path under `/.well-known/oauth-protected-resource` that names no configured resource
+    /// (404).
+    ResourceUnknown => "resource_unknown",
+    /// A metadata path asked with a method other than GET or HEAD (405).
+    MethodNotAllowed => "method_not_allowed",
 }
 
 impl DenyReason {
@@ -134,6 +151,23 @@ impl DenyReason {
     /// A request that cannot be routed safely: 400 `invalid_request` (RFC 6750 §3.1).
     pub fn is_bad_request(self) -> bool {
         matches!(self, DenyReason::PathUnsafe)
+    }
+
+    /// RFC 9470 step-up: 401 `insufficient_user_authentication`.
+    pub fn is_step_up(self) -> bool {
+        matches!(
+            self,
+            DenyReason::AcrInsufficient | DenyReason::AuthTimeMissing | DenyReason::AuthTimeTooOld
+        )
+    }
+
+    /// A refusal that is not about credentials at all (an unknown metadata document, a method
+    /// metadata is not served with): no challenge.
+    pub fn is_not_about_credentials(self) -> bool {
+        matches!(
+            self,
+            DenyReason::ResourceUnknown | DenyReason::MethodNotAllowed
+        )
     }
 
     /// A fault of the DPoP proof itself (RFC 9449 §7.1 `invalid_dpop_proof`), not of the token
@@ -203,6 +237,9 @@ pub enum Outcome {
     Allow(Upstream),
     Deny(DenyReason),
     Unavailable(UnavailableReason),
+    /// A request for a resource's RFC 9728 metadata: answered here with the document (200),
+    /// never passed to the upstream.
+    Metadata(Arc<crate::resource::Resource>),
 }
 
 /// What was learnt while deciding, for logs, metadata and the upstream.
@@ -229,6 +266,11 @@ pub struct Facts {
     pub signature_checked: bool,
     /// DPoP, when enabled: what the challenge and the replay store need.
     pub dpop: Option<DpopFacts>,
+    /// The protected resource (`resources`) the request's path is under: its challenges carry
+    /// `resource_metadata`.
+    pub resource: Option<Arc<crate::resource::Resource>>,
+    /// The step-up requirement a token fell short of, for the RFC 9470 challenge.
+    pub step_up: Option<Arc<crate::routes::StepUp>>,
 }
 
 /// What a decision learnt about DPoP.
@@ -280,15 +322,18 @@ impl Decision {
             Outcome::Allow(_) => "allow",
             Outcome::Deny(_) => "deny",
             Outcome::Unavailable(_) => "unavailable",
+            Outcome::Metadata(_) => "metadata",
         }
     }
 
     /// The HTTP status Envoy sends the client.
     pub fn http_status(&self) -> u16 {
         match &self.outcome {
-            Outcome::Allow(_) => 200,
+            Outcome::Allow(_) | Outcome::Metadata(_) => 200,
             Outcome::Deny(reason) if reason.is_forbidden() => 403,
             Outcome::Deny(reason) if reason.is_bad_request() => 400,
+            Outcome::Deny(DenyReason::ResourceUnknown) => 404,
+            Outcome::Deny(DenyReason::MethodNotAllowed) => 405,
             Outcome::Deny(_) => 401,
             Outcome::Unavailable(_) => 503,
         }
@@ -296,44 +341,82 @@ impl Decision {
 
     /// The `WWW-Authenticate` challenge of a deny: RFC 6750's `Bearer`, or RFC 9449's `DPoP`
     /// (with `algs`) when the request used the DPoP scheme or its token is DPoP-bound. With DPoP
-    /// enabled, a request without credentials is offered both schemes.
+    /// enabled, a request without credentials is offered both schemes. Under a protected
+    /// resource every challenge carries RFC 9728's `resource_metadata`; a step-up refusal carries
+    /// RFC 9470's `acr_values` / `max_age`.
     pub fn challenge(&self) -> Option<String> {
         let Outcome::Deny(reason) = &self.outcome else {
             return None;
         };
+        if reason.is_not_about_credentials() {
+            return None;
+        }
         let dpop = self.facts.dpop.as_ref();
+        let resource = self.facts.resource.as_deref();
+        // `, resource_metadata="..."`, built once per configuration.
+        let metadata = resource.map_or("", |r| r.challenge_param());
         if reason.is_missing_credentials() {
+            let bearer = resource.map_or("Bearer", |r| r.bearer_challenge());
             return Some(match dpop {
-                Some(dpop) => format!(r#"Bearer, DPoP algs="{}""#, dpop.algs),
-                None => "Bearer".to_string(),
+                Some(dpop) => format!(r#"{bearer}, DPoP algs="{}"{metadata}"#, dpop.algs),
+                None => bearer.to_owned(),
             });
         }
-        let error = if reason.is_forbidden() {
-            match self.facts.missing_scopes.as_slice() {
-                [] => r#"error="insufficient_scope""#.to_string(),
-                missing => format!(
-                    r#"error="insufficient_scope", scope="{}""#,
-                    missing.join(" ")
-                ),
-            }
-        } else if reason.is_bad_request() {
-            r#"error="invalid_request""#.to_string()
-        } else if *reason == DenyReason::DpopNonceRequired {
-            r#"error="use_dpop_nonce""#.to_string()
-        } else if reason.is_dpop_proof() {
-            r#"error="invalid_dpop_proof""#.to_string()
-        } else {
-            r#"error="invalid_token""#.to_string()
-        };
-        let in_dpop = dpop.is_some_and(|d| {
-            d.scheme || matches!(reason, DenyReason::DpopDowngrade) || reason.is_dpop_proof()
+        // Built in one buffer, pieces pushed (a 401 is a common answer: no formatting machinery
+        // and one allocation).
+        let in_dpop = dpop.filter(|d| {
+            d.scheme
+                || matches!(
+                    reason,
+                    DenyReason::DpopDowngrade
+                        | DenyReason::DpopRequired
+                        | DenyReason::DpopNonceRequired
+                )
+                || reason.is_dpop_proof()
         });
-        Some(match dpop {
-            Some(dpop) if in_dpop || *reason == DenyReason::DpopNonceRequired => {
-                format!(r#"DPoP {error}, algs="{}""#, dpop.algs)
+        let mut out = String::with_capacity(112 + metadata.len());
+        out.push_str(if in_dpop.is_some() {
+            "DPoP "
+        } else {
+            "Bearer "
+        });
+        if reason.is_forbidden() {
+            out.push_str(r#"error="insufficient_scope""#);
+            if let [first, rest @ ..] = self.facts.missing_scopes.as_slice() {
+                out.push_str(r#", scope=""#);
+                out.push_str(first);
+                for scope in rest {
+                    out.push(' ');
+                    out.push_str(scope);
+                }
+                out.push('"');
             }
-            _ => format!("Bearer {error}"),
-        })
+        } else if reason.is_step_up() {
+            out.push_str(r#"error="insufficient_user_authentication""#);
+            if let Some(step_up) = self.facts.step_up.as_deref()
+                && !step_up.challenge.is_empty()
+            {
+                out.push_str(", ");
+                out.push_str(&step_up.challenge);
+            }
+        } else {
+            out.push_str(if reason.is_bad_request() {
+                r#"error="invalid_request""#
+            } else if *reason == DenyReason::DpopNonceRequired {
+                r#"error="use_dpop_nonce""#
+            } else if reason.is_dpop_proof() {
+                r#"error="invalid_dpop_proof""#
+            } else {
+                r#"error="invalid_token""#
+            });
+        }
+        if let Some(dpop) = in_dpop {
+            out.push_str(r#", algs=""#);
+            out.push_str(&dpop.algs);
+            out.push('"');
+        }
+        out.push_str(metadata);
+        Some(out)
     }
 
     /// The replay record of an allowed request's verified DPoP proof: store it before allowing.
@@ -366,6 +449,7 @@ impl Decision {
             Outcome::Allow(_) => "ok",
             Outcome::Deny(reason) => reason.as_str(),
             Outcome::Unavailable(reason) => reason.as_str(),
+            Outcome::Metadata(_) => "resource_metadata",
         }
     }
 }

@@ -15,7 +15,8 @@
 //! - [`token`]: JWT verification against a key snapshot (RFC 9068, RFC 8725 rules).
 //! - [`binding`]: the `cnf` binding check (RFC 8705 `x5t#S256`); [`dpop`]: RFC 9449 proofs,
 //!   thumbprints and nonces; [`replay`]: the in-memory replay store and the trait for others.
-//! - [`routes`]: route rules, scopes and groups.
+//! - [`routes`]: route rules, scopes, groups and RFC 9470 step-up.
+//! - [`resource`]: protected resources: RFC 9728 metadata and RFC 8707 audiences.
 //! - [`policy`]: the validated [`Policy`] and the decision over it.
 //! - [`decision`]: [`Decision`], its deny reasons and outcomes; [`answer`]: what it answers.
 //! - [`token_cache`], [`cache`]: the verified-token cache and the bounded TTL cache under it.
@@ -38,6 +39,7 @@ pub mod path;
 pub mod policy;
 pub mod replay;
 pub mod request;
+pub mod resource;
 pub mod routes;
 pub mod token;
 pub mod token_cache;

@@ -12,7 +12,9 @@ use crate::decision::{
 };
 use crate::dpop::{self, DpopPolicy};
 use crate::keys::KeySet;
+use crate::path;
 use crate::request::{AccessRequest, CertificateSource, PeerCertificate};
+use crate::resource::{Resources, WellKnown};
 use crate::routes::{self, Requirements, RoutePolicy};
 use crate::token::{self, IssuerPolicy};
 use crate::token_cache::TokenCache;
@@ -71,6 +73,8 @@ pub struct Policy {
     pub certificates: Arc<certificate::CertificateCache>,
     /// DPoP (RFC 9449), when enabled.
     pub dpop: Option<Arc<DpopPolicy>>,
+    /// Protected resources (RFC 9728 metadata, RFC 8707 audiences); empty when none.
+    pub resources: Arc<Resources>,
 }
 
 /// A proxy's certificate header, validated.
@@ -92,6 +96,9 @@ pub trait KeyLookup {
 impl Policy {
     /// Whether the request needs an RFC 7662 answer to be decided.
     pub fn needs_introspection<'r>(&self, request: &'r AccessRequest) -> Option<&'r str> {
+        if self.is_metadata_request(request) {
+            return None;
+        }
         if self
             .routes
             .select(request)
@@ -103,6 +110,14 @@ impl Policy {
             Ok(Credential::Introspect(token)) => Some(token),
             _ => None,
         }
+    }
+
+    /// Whether the request's path is under `/.well-known/oauth-protected-resource` with
+    /// resources configured: answered from the configuration, whatever its credentials.
+    pub fn is_metadata_request(&self, request: &AccessRequest) -> bool {
+        !self.resources.is_empty()
+            && path::routable(&request.path, self.routes.escaped_slashes)
+                .is_ok_and(|path| self.resources.well_known(path).is_some())
     }
 
     /// Takes the bearer token and says how it is to be validated.
@@ -205,18 +220,34 @@ impl Policy {
                 ..DpopFacts::default()
             });
         }
-        let routed = self
-            .routes
-            .select(request)
-            .map_err(Refusal::from)
-            .and_then(|applied| {
-                facts.rule = Some(applied.rule);
-                if applied.requirements.allow_anonymous {
-                    Ok(self.anonymous_upstream())
-                } else {
-                    decide(&mut facts, &applied.requirements)
+        let selected = if self.resources.is_empty() {
+            self.routes.select(request)
+        } else {
+            match path::routable(&request.path, self.routes.escaped_slashes) {
+                Err(_) => Err(DenyReason::PathUnsafe),
+                Ok(path) => {
+                    if let Some(answer) = self.resources.well_known(path) {
+                        return metadata_decision(answer, request, facts);
+                    }
+                    match self.resources.for_path_checked(path) {
+                        Ok(resource) if !self.resources.well_known_in_other_case(path) => {
+                            facts.resource = resource.cloned();
+                            self.routes.select_canonical(request, path)
+                        }
+                        // Its resource would change for an upstream that ignores case.
+                        _ => Err(DenyReason::PathUnsafe),
+                    }
                 }
-            });
+            }
+        };
+        let routed = selected.map_err(Refusal::from).and_then(|applied| {
+            facts.rule = Some(applied.rule);
+            if applied.requirements.allow_anonymous {
+                Ok(self.anonymous_upstream())
+            } else {
+                decide(&mut facts, &applied.requirements)
+            }
+        });
         let outcome = match routed {
             Ok(upstream) => Outcome::Allow(upstream),
             Err(Refusal::Deny(reason)) => Outcome::Deny(reason),
@@ -303,7 +334,18 @@ impl Policy {
     fn retained_claims(&self, claims: &Map<String, Value>) -> Map<String, Value> {
         // Not exp, iat, nbf or jti: checked at verification, and unique per token, they would
         // keep successive tokens of a client from sharing one cached value.
-        const ALWAYS: [&str; 7] = ["iss", "sub", "aud", "client_id", "scope", "scp", "cnf"];
+        // `acr` and `auth_time` for RFC 9470 step-up rules.
+        const ALWAYS: [&str; 9] = [
+            "iss",
+            "sub",
+            "aud",
+            "client_id",
+            "scope",
+            "scp",
+            "cnf",
+            "acr",
+            "auth_time",
+        ];
         claims
             .iter()
             .filter(|(name, _)| {
@@ -343,6 +385,19 @@ impl Policy {
         {
             return Err(DenyReason::AudienceNotAllowed.into());
         }
+        // RFC 8707: under a protected resource, the token must have been issued for it, by one
+        // of the authorization servers its metadata names (when they are configured).
+        if let Some(resource) = &facts.resource {
+            if let Some(servers) = &resource.authorization_servers
+                && !facts.issuer.as_ref().is_some_and(|i| servers.contains(i))
+            {
+                return Err(DenyReason::IssuerNotAllowed.into());
+            }
+            if !resource.audiences.is_empty() && !token::has_audience(&claims, &resource.audiences)
+            {
+                return Err(DenyReason::ResourceAudienceMismatch.into());
+            }
+        }
         // A sender-constrained token is never taken as a plain bearer token: every method its
         // `cnf` names must be one certbound verifies for this request (RFC 9449 §7.2 for `jkt`).
         let cnf = claims.get("cnf");
@@ -375,6 +430,18 @@ impl Policy {
                 return Err(DenyReason::CnfUnverified.into());
             }
             Ok(_) => {}
+        }
+        if let Some(resource) = &facts.resource
+            && resource.dpop_required
+            && !dpop_bound
+        {
+            return Err(DenyReason::DpopRequired.into());
+        }
+        if let Some(step_up) = &requirements.step_up
+            && let Err(reason) = step_up.check(&claims, now)
+        {
+            facts.step_up = Some(Arc::clone(step_up));
+            return Err(reason.into());
         }
         let missing = routes::missing_scopes(requirements, &claims);
         if !missing.is_empty() {
@@ -648,6 +715,22 @@ fn xfcc_certificate(
             .ok_or(certificate::CertificateError::BadEncoding),
         None => Ok(None),
     }
+}
+
+/// A request for a metadata path: the document for GET and HEAD, 405 for other methods, 404
+/// for a path that names no resource. Nothing is verified: the document is public.
+fn metadata_decision(answer: WellKnown, request: &AccessRequest, facts: Facts) -> Decision {
+    let outcome = match answer {
+        WellKnown::Unknown => Outcome::Deny(DenyReason::ResourceUnknown),
+        WellKnown::Document(_)
+            if !(request.method.eq_ignore_ascii_case("GET")
+                || request.method.eq_ignore_ascii_case("HEAD")) =>
+        {
+            Outcome::Deny(DenyReason::MethodNotAllowed)
+        }
+        WellKnown::Document(resource) => Outcome::Metadata(resource),
+    };
+    Decision { outcome, facts }
 }
 
 enum Refusal {

@@ -113,6 +113,61 @@ pub struct Requirements {
     pub issuers: Vec<String>,
     /// When not empty, the token's `aud` must contain one of these.
     pub audiences: Vec<String>,
+    /// RFC 9470 step-up: the user authentication the token must attest.
+    pub step_up: Option<std::sync::Arc<StepUp>>,
+}
+
+/// RFC 9470: how recent and how strong the user's authentication must be.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepUp {
+    /// The token's `acr` must be one of these (when not empty).
+    pub acr_values: Vec<String>,
+    /// The token's `auth_time` must be no older than this.
+    pub max_age_seconds: Option<i64>,
+    /// The challenge's parameters, built once: `acr_values="a b", max_age="300"`.
+    pub challenge: String,
+}
+
+impl StepUp {
+    pub fn new(acr_values: Vec<String>, max_age_seconds: Option<i64>) -> Self {
+        let mut params = Vec::new();
+        if !acr_values.is_empty() {
+            params.push(format!(r#"acr_values="{}""#, acr_values.join(" ")));
+        }
+        if let Some(max_age) = max_age_seconds {
+            params.push(format!(r#"max_age="{max_age}""#));
+        }
+        Self {
+            acr_values,
+            max_age_seconds,
+            challenge: params.join(", "),
+        }
+    }
+
+    /// Whether the token's `acr` and `auth_time` meet the requirement at `now`.
+    pub fn check(&self, claims: &Map<String, Value>, now: i64) -> Result<(), DenyReason> {
+        if !self.acr_values.is_empty() {
+            let acr = claims.get("acr").and_then(Value::as_str);
+            if !acr.is_some_and(|acr| self.acr_values.iter().any(|a| a == acr)) {
+                return Err(DenyReason::AcrInsufficient);
+            }
+        }
+        if let Some(max_age) = self.max_age_seconds {
+            // RFC 9470 §4: `auth_time` is a JSON number of seconds (OIDC Core §2); a float is
+            // accepted and truncated, anything else counts as missing.
+            let auth_time = match claims.get("auth_time") {
+                Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+                _ => None,
+            };
+            let Some(auth_time) = auth_time else {
+                return Err(DenyReason::AuthTimeMissing);
+            };
+            if now.saturating_sub(auth_time) > max_age {
+                return Err(DenyReason::AuthTimeTooOld);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One route rule.
@@ -179,6 +234,16 @@ impl RoutePolicy {
     pub fn select(&self, request: &AccessRequest) -> Result<Applied, DenyReason> {
         let path = path::routable(&request.path, self.escaped_slashes)
             .map_err(|_| DenyReason::PathUnsafe)?;
+        self.select_canonical(request, path)
+    }
+
+    /// [`RoutePolicy::select`] for a request whose routable path ([`path::routable`]) the
+    /// caller already has.
+    pub fn select_canonical(
+        &self,
+        request: &AccessRequest,
+        path: &str,
+    ) -> Result<Applied, DenyReason> {
         let index = self.rule_index(request, path);
         if path.contains(';') && self.rule_index(request, &path::without_parameters(path)) != index
         {

@@ -310,7 +310,8 @@ fn answer(
             }
             true
         }
-        Outcome::Deny(_) | Outcome::Unavailable(_) => {
+        // A refusal, or a resource's metadata document: answered here, never passed upstream.
+        Outcome::Deny(_) | Outcome::Unavailable(_) | Outcome::Metadata(_) => {
             match decision.http_answer(config.policy.reason_header) {
                 Some(refusal) => {
                     let headers: Vec<(&str, &str)> = refusal
@@ -319,7 +320,7 @@ fn answer(
                         .map(|(name, value)| (*name, value.as_str()))
                         .collect();
                     let details = format!("certbound_{}", decision.reason());
-                    refuse(stream, refusal.status, &headers, refusal.body, &details);
+                    refuse(stream, refusal.status, &headers, &refusal.body, &details);
                 }
                 None => answer_internal_error(stream),
             }
@@ -331,10 +332,11 @@ fn answer(
 /// A check that could not be completed (a panic was caught): 503, never an allow.
 pub fn answer_internal_error(stream: &Stream<'_>) {
     let decision = Decision::unavailable(UnavailableReason::KeysUnavailable);
-    let (status, body) = decision
-        .http_answer(false)
+    let answer = decision.http_answer(false);
+    let (status, body) = answer
+        .as_ref()
         .map_or((503, certbound_core::answer::UNAVAILABLE_BODY), |a| {
-            (a.status, a.body)
+            (a.status, a.body.as_ref())
         });
     refuse(
         stream,

@@ -1,14 +1,17 @@
 //! The only place the HTTP authorization API's requests meet the core: a proxy's check request
 //! -> `AccessRequest`, and `Decision` -> the HTTP answer the proxy acts on.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, request};
 use http_body_util::Full;
 
 use crate::config::ForwardAuthSettings;
+use certbound_core::answer::NOT_FOUND_BODY;
+use certbound_core::resource::WELL_KNOWN_PREFIX;
 use certbound_core::{
     AccessRequest, Authorization, CertificateSource, Decision, DenyReason, Outcome,
     PeerCertificate, Policy,
@@ -301,9 +304,62 @@ fn all(headers: &HeaderMap, name: &str) -> Vec<String> {
     headers.get_all(name).iter().map(text).collect()
 }
 
+/// Whether a request to the listener is a client's fetch of a resource's metadata that the
+/// proxy routed here (RFC 9728 §3), not a check: it names no original request (no forwarded URI
+/// header, and outside `path_prefix` in Envoy's mode) and its own path is under
+/// `/.well-known/oauth-protected-resource`.
+pub fn is_metadata_fetch(head: &request::Parts, settings: &ForwardAuthSettings) -> bool {
+    let path = head.uri.path();
+    let forwarded = head.headers.contains_key(settings.headers.uri.as_str());
+    let checked_by_prefix = settings
+        .path_prefix
+        .as_deref()
+        .is_some_and(|prefix| path.starts_with(prefix));
+    !forwarded && !checked_by_prefix && path.starts_with(WELL_KNOWN_PREFIX)
+}
+
+/// A metadata fetch as the core sees it: the listener's own request.
+pub fn metadata_request(head: &request::Parts) -> AccessRequest {
+    AccessRequest {
+        method: head.method.as_str().to_owned(),
+        path: head
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+        request_id: first(&head.headers, "x-request-id"),
+        traceparent: first(&head.headers, "traceparent"),
+        ..AccessRequest::default()
+    }
+}
+
+/// The answer to a metadata fetch ([`is_metadata_fetch`]): the document (200), 404 or 405.
+pub fn metadata_response(decision: &Decision, reason_header: bool) -> Response<Full<Bytes>> {
+    answer(decision, reason_header, true)
+}
+
 /// The answer the proxy acts on: 200 with the claim headers (and `DPoP-Nonce`) to copy, or the
-/// core's refusal byte for byte (401, 403, 400, 503).
+/// core's refusal byte for byte (401, 403, 400, 503). A check whose original request is a
+/// metadata fetch is never answered 2xx (the proxy would pass it upstream): 404, and the
+/// proxy should route `/.well-known/oauth-protected-resource` to this listener instead.
 pub fn response(decision: &Decision, reason_header: bool) -> Response<Full<Bytes>> {
+    answer(decision, reason_header, false)
+}
+
+fn answer(decision: &Decision, reason_header: bool, fetch: bool) -> Response<Full<Bytes>> {
+    if let (Outcome::Metadata(resource), false) = (&decision.outcome, fetch) {
+        tracing::debug!(
+            resource = resource.id,
+            "a forward-auth check for a metadata path: answered 404; route \
+             /.well-known/oauth-protected-resource to certbound's HTTP API listener instead"
+        );
+        let mut response = Response::new(Full::new(Bytes::from_static(NOT_FOUND_BODY.as_bytes())));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return response;
+    }
     let mut response = Response::new(Full::new(Bytes::new()));
     let headers = response.headers_mut();
     let mut add = |name: &str, value: &str| {
@@ -331,7 +387,10 @@ pub fn response(decision: &Decision, reason_header: bool) -> Response<Full<Bytes
             }
             *response.status_mut() =
                 StatusCode::from_u16(answer.status).unwrap_or(StatusCode::UNAUTHORIZED);
-            *response.body_mut() = Full::new(Bytes::from_static(answer.body.as_bytes()));
+            *response.body_mut() = Full::new(match answer.body {
+                Cow::Borrowed(body) => Bytes::from_static(body.as_bytes()),
+                Cow::Owned(body) => Bytes::from(body),
+            });
         }
         // Every refusal has an answer; should one not, it is still a refusal.
         (_, None) => *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE,

@@ -2,7 +2,10 @@
 //! Caddy `forward_auth`, HAProxy (a Lua sub-request) and Envoy's ext_authz `http_service` ask
 //! certbound about a request with an HTTP request of their own. Any path on the listener is a
 //! check; the answer is 200 (allow, with the claim headers to copy upstream) or the core's
-//! refusal (401, 403, 400, 503 with its JSON body and `WWW-Authenticate`).
+//! refusal (401, 403, 400, 503 with its JSON body and `WWW-Authenticate`). One exception: a
+//! request that names no original request and whose own path is under
+//! `/.well-known/oauth-protected-resource` is a client's RFC 9728 metadata fetch the proxy
+//! routed here, answered with the document.
 //!
 //! Same rules, metrics and decision log as the gRPC adapter: both call the [`Authorizer`].
 //! HTTP/1.1 and h2c on a plain listener; with `forward_auth.tls`, HTTP/1.1 and h2 by ALPN, and
@@ -185,6 +188,17 @@ impl hyper::service::Service<hyper::Request<Incoming>> for CheckService {
                     })
                 })
                 .flatten();
+            // A client's metadata fetch the proxy routed here (public: from any peer).
+            if convert::is_metadata_fetch(&head, &this.settings) {
+                let authorized = this
+                    .authorizer
+                    .authorize(|_| Ok(convert::metadata_request(&head)), None, parent)
+                    .await;
+                return Ok(convert::metadata_response(
+                    &authorized.decision,
+                    authorized.reason_header,
+                ));
+            }
             let authorized = this
                 .authorizer
                 .authorize(

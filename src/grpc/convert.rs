@@ -21,6 +21,7 @@ use certbound_core::{
 pub mod code {
     pub const OK: i32 = 0;
     pub const INVALID_ARGUMENT: i32 = 3;
+    pub const NOT_FOUND: i32 = 5;
     pub const PERMISSION_DENIED: i32 = 7;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
@@ -179,7 +180,7 @@ pub fn check_response(decision: &Decision, options: ResponseOptions) -> CheckRes
             .into_iter()
             .map(|(name, value)| header(name, value, HeaderAppendAction::OverwriteIfExistsOrAdd))
             .collect(),
-        body: answer.body.to_owned(),
+        body: answer.body.into_owned(),
     };
     let (code, message, http_response) = match (
         &decision.outcome,
@@ -206,8 +207,10 @@ pub fn check_response(decision: &Decision, options: ResponseOptions) -> CheckRes
         (Outcome::Deny(reason), Some(answer)) => {
             let code = if reason.is_forbidden() {
                 code::PERMISSION_DENIED
-            } else if reason.is_bad_request() {
+            } else if reason.is_bad_request() || *reason == DenyReason::MethodNotAllowed {
                 code::INVALID_ARGUMENT
+            } else if *reason == DenyReason::ResourceUnknown {
+                code::NOT_FOUND
             } else {
                 code::UNAUTHENTICATED
             };
@@ -224,7 +227,16 @@ pub fn check_response(decision: &Decision, options: ResponseOptions) -> CheckRes
         }
         // Every refusal has an answer; should one not, a non-zero status with no error_response
         // is still a denial (Envoy answers 403).
-        (Outcome::Deny(_) | Outcome::Unavailable(_), None) => (code::UNAVAILABLE, "", None),
+        // A resource's metadata (RFC 9728): a non-OK status with a `denied_response` whose HTTP
+        // status is 200; Envoy answers the client with it as a local reply, and the request
+        // never reaches the upstream.
+        (Outcome::Metadata(_), Some(answer)) => {
+            let denied = HttpResponse::DeniedResponse(refused(answer));
+            (code::PERMISSION_DENIED, "resource_metadata", Some(denied))
+        }
+        (Outcome::Deny(_) | Outcome::Unavailable(_) | Outcome::Metadata(_), None) => {
+            (code::UNAVAILABLE, "", None)
+        }
     };
     CheckResponse {
         status: Some(rpc::Status {
@@ -365,6 +377,13 @@ mod tests {
                 assert_eq!(status.code, code::INVALID_ARGUMENT);
                 assert_eq!(denied.status.map(|s| s.code), Some(400));
                 assert_eq!(denied.body, certbound_core::answer::BAD_REQUEST_BODY);
+            } else if reason == DenyReason::ResourceUnknown {
+                assert_eq!(status.code, code::NOT_FOUND);
+                assert_eq!(denied.status.map(|s| s.code), Some(404));
+                assert_eq!(denied.body, certbound_core::answer::NOT_FOUND_BODY);
+            } else if reason == DenyReason::MethodNotAllowed {
+                assert_eq!(status.code, code::INVALID_ARGUMENT);
+                assert_eq!(denied.status.map(|s| s.code), Some(405));
             } else {
                 assert_eq!(status.code, code::UNAUTHENTICATED);
                 assert_eq!(denied.status.map(|s| s.code), Some(401));

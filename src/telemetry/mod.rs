@@ -274,6 +274,14 @@ pub fn record(cx: &Context, decision: &Decision) {
     if let Some(rule) = facts.rule.as_deref() {
         attributes.push(KeyValue::new("certbound.rule", rule.to_owned()));
     }
+    // The configured resource identifier (never a request's): a bounded set of values.
+    let resource = match &decision.outcome {
+        Outcome::Metadata(resource) => Some(resource),
+        _ => facts.resource.as_ref(),
+    };
+    if let Some(resource) = resource {
+        attributes.push(KeyValue::new("certbound.resource", resource.id.clone()));
+    }
     let binding = match (&facts.thumbprint, &facts.dpop) {
         (Some(_), Some(_)) => Some("x5t#S256 jkt"),
         (Some(_), None) => Some("x5t#S256"),

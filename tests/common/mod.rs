@@ -27,6 +27,7 @@ use certbound::grpc::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, attribute_context,
 };
 
+pub mod challenge;
 pub mod dpop;
 pub mod envoy;
 pub mod external;

@@ -99,6 +99,11 @@ pub fn point(text: &str, required: &[(&str, String)], optional: &[(&str, String)
 
 impl Setup {
     pub async fn start(proxy: Proxy) -> Self {
+        Self::start_with(proxy, "").await
+    }
+
+    /// [`Setup::start`] with `extra` appended to the shipped certbound configuration.
+    pub async fn start_with(proxy: Proxy, extra: &str) -> Self {
         let pki = Pki::new(&format!("{proxy:?}"));
         let dir = pki.dir.path().to_owned();
         let signer = Signer::es256("fa-k1");
@@ -122,7 +127,7 @@ impl Setup {
                 ),
             ],
             &[],
-        );
+        ) + extra;
         let (certbound, _) = start_certbound_env(
             &yaml,
             &dir,

@@ -6,6 +6,7 @@
 
 mod locate;
 mod module;
+mod resources;
 mod schema;
 mod validate;
 

@@ -63,6 +63,37 @@ pub struct FileConfig {
     pub dpop: DpopConfig,
     /// Service: OpenTelemetry export.
     pub telemetry: Option<TelemetryConfig>,
+    /// Protected resources: RFC 9728 metadata, `resource_metadata` in challenges, RFC 8707
+    /// audiences.
+    #[serde(default)]
+    pub resources: Vec<ResourceConfig>,
+}
+
+/// One protected resource (RFC 9728): its identifier and the requests it covers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    /// The resource identifier (`https://mcp.example.com/mcp`): the metadata's `resource`, byte
+    /// for byte, and the audience tokens must carry.
+    pub id: String,
+    /// The requests it covers, whole segments (default: the identifier's path).
+    pub path_prefix: Option<String>,
+    /// The authorization servers clients are sent to; default every configured issuer. When
+    /// set, tokens under the resource must come from one of them.
+    pub authorization_servers: Option<Vec<String>>,
+    /// Default: the scopes the rules under `path_prefix` (and `policy.default`) require.
+    pub scopes_supported: Option<Vec<String>>,
+    /// `aud` must contain one of these under the resource (default: `[id]`); `[]` leaves only
+    /// the issuers' and rules' audience checks.
+    pub audiences: Option<Vec<String>>,
+    /// Refuse tokens that are not DPoP-bound under the resource (needs `dpop.enabled`).
+    #[serde(default)]
+    pub dpop_bound_access_tokens_required: bool,
+    /// RFC 9728's descriptive members, published as written.
+    pub resource_name: Option<String>,
+    pub resource_documentation: Option<String>,
+    pub resource_policy_uri: Option<String>,
+    pub resource_tos_uri: Option<String>,
 }
 
 /// OpenTelemetry export (the service; the module's requests are traced by Envoy's own tracer).
@@ -588,6 +619,11 @@ pub struct RuleConfig {
     pub issuers: Vec<String>,
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// RFC 9470: the token's `acr` must be one of these.
+    #[serde(default)]
+    pub acr_values: Vec<String>,
+    /// RFC 9470: the token's `auth_time` must be no older than this.
+    pub max_age_seconds: Option<u64>,
 }
 
 impl RuleConfig {
@@ -601,6 +637,8 @@ impl RuleConfig {
             binding: self.binding,
             issuers: self.issuers.clone(),
             audiences: self.audiences.clone(),
+            acr_values: self.acr_values.clone(),
+            max_age_seconds: self.max_age_seconds,
         }
     }
 }
@@ -622,6 +660,11 @@ pub struct RequirementsConfig {
     pub issuers: Vec<String>,
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// RFC 9470: the token's `acr` must be one of these.
+    #[serde(default)]
+    pub acr_values: Vec<String>,
+    /// RFC 9470: the token's `auth_time` must be no older than this.
+    pub max_age_seconds: Option<u64>,
 }
 
 impl Default for PolicyConfig {

@@ -17,7 +17,7 @@ use crate::jwa::Algorithm;
 use crate::keys::{KeySet, KeySource, KeyTiming};
 use crate::policy::{CertificateHeader, Policy, UpstreamPolicy};
 use crate::request::CertificateSource;
-use crate::routes::{HostMatch, PathMatch, Requirements, RoutePolicy, Rule};
+use crate::routes::{HostMatch, PathMatch, Requirements, RoutePolicy, Rule, StepUp};
 use crate::token::IssuerPolicy;
 use crate::token_cache::TokenCache;
 
@@ -235,6 +235,19 @@ impl FileConfig {
                 (Some(Arc::new(policy)), Some(replay))
             }
         };
+        let resources = super::resources::validate(
+            self,
+            &super::resources::Enforced {
+                issuers: &issuers,
+                introspection_issuer: self
+                    .introspection
+                    .as_ref()
+                    .and_then(|i| i.issuer.as_deref()),
+                routes: &routes,
+                binding: self.binding.mode,
+                dpop: dpop.as_deref(),
+            },
+        )?;
         let seconds = |value: u64, key: &str| {
             i64::try_from(value).map_err(|_| ConfigError::new(key, "too large"))
         };
@@ -257,6 +270,7 @@ impl FileConfig {
                 reason_header: self.policy.reason_header,
                 certificates: Arc::new(CertificateCache::new(CertificateCache::DEFAULT_CAPACITY)),
                 dpop,
+                resources: Arc::new(resources),
             },
             key_sources,
             key_timing,
@@ -689,7 +703,34 @@ fn validate_requirements(
             "scopes and groups must be non-empty words",
         ));
     }
+    if config.acr_values.iter().any(|a| {
+        a.is_empty()
+            || !a
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    }) {
+        return Err(ConfigError::new(
+            format!("{key}.acr_values"),
+            "each must be a non-empty word (RFC 9470 §4: space-separated in the challenge)",
+        ));
+    }
+    let max_age_seconds = config
+        .max_age_seconds
+        .map(|seconds| {
+            i64::try_from(seconds)
+                .map_err(|_| ConfigError::new(format!("{key}.max_age_seconds"), "too large"))
+        })
+        .transpose()?;
+    let step_up = (!config.acr_values.is_empty() || max_age_seconds.is_some())
+        .then(|| Arc::new(StepUp::new(config.acr_values.clone(), max_age_seconds)));
+    if step_up.is_some() && config.allow_anonymous {
+        return Err(ConfigError::new(
+            format!("{key}.allow_anonymous"),
+            "an anonymous route has no token whose acr_values or max_age_seconds to check",
+        ));
+    }
     Ok(Requirements {
+        step_up,
         allow_anonymous: config.allow_anonymous,
         scopes: config.scopes.clone(),
         groups: config.groups.clone(),
