@@ -619,16 +619,15 @@ pub fn request_htu(dpop: &DpopPolicy, request: &AccessRequest) -> Option<String>
     dpop::normalize_htu(&format!("{base}{path}"))
 }
 
-impl Policy {
-    /// Whether a request header `name` (lower-case) is another spelling of a header certbound
-    /// reads or sets: it differs only in bytes that are not letters or digits (`_`, `.`, `~`),
-    /// which CGI, WSGI, PHP and many frameworks map to the same variable.
-    pub fn aliases_a_header(&self, name: &str) -> bool {
-        if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-            return false;
-        }
-        let dashed: String = name
-            .bytes()
+/// `name` (lower-case) with every byte that is not a letter or digit as `-`, when that differs
+/// from `name`: the spelling CGI, WSGI, PHP and many frameworks read it as. `None` for a name
+/// that is already that spelling.
+pub fn dashed_spelling(name: &str) -> Option<String> {
+    if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return None;
+    }
+    Some(
+        name.bytes()
             .map(|b| {
                 if b.is_ascii_alphanumeric() {
                     char::from(b)
@@ -636,7 +635,18 @@ impl Policy {
                     '-'
                 }
             })
-            .collect();
+            .collect(),
+    )
+}
+
+impl Policy {
+    /// Whether a request header `name` (lower-case) is another spelling of a header certbound
+    /// reads or sets: it differs only in bytes that are not letters or digits (`_`, `.`, `~`),
+    /// which CGI, WSGI, PHP and many frameworks map to the same variable.
+    pub fn aliases_a_header(&self, name: &str) -> bool {
+        let Some(dashed) = dashed_spelling(name) else {
+            return false;
+        };
         matches!(
             dashed.as_str(),
             "authorization" | "dpop" | "x-forwarded-client-cert" | "client-cert" | "dpop-nonce"

@@ -73,9 +73,6 @@ pub fn candidate_headers() -> impl Iterator<Item = &'static str> {
     .copied()
 }
 
-/// Headers certbound reads whatever the configuration.
-const READ: &[&str] = &["authorization", "dpop", "host"];
-
 /// Reads the request a proxy asks about. A peer outside `trusted_peers` is refused before any
 /// header is read. Each part of the original request comes from exactly one source, the one the
 /// configured proxy sets and overwrites: a check that also carries a header a client could have
@@ -142,17 +139,10 @@ pub fn access_request(
         let name = name.as_str();
         // `_`, `.`, `~` and the like: PHP, CGI gateways and lighttpd map any byte that is not a
         // letter or digit to the same variable.
-        let dashed: String = name
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() {
-                    char::from(b)
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        if dashed != name && aliases_a_header_we_use(&dashed, settings, policy) {
+        let aliased = policy.aliases_a_header(name)
+            || certbound_core::policy::dashed_spelling(name)
+                .is_some_and(|dashed| names_a_part(&dashed, settings));
+        if aliased {
             return Err(refuse("another spelling of a header certbound uses", name));
         }
     }
@@ -265,31 +255,16 @@ fn certificate_headers(policy: &Policy) -> Vec<&str> {
         .collect()
 }
 
-/// Whether `name` (lower-case, dashes) is a header certbound reads or sets, or one a client
-/// could name the request in.
-fn aliases_a_header_we_use(name: &str, settings: &ForwardAuthSettings, policy: &Policy) -> bool {
+/// Whether `name` (lower-case, dashes) is a header forward auth reads a part of the request
+/// from, or one a client could name the request in (the headers every shape reads or sets are
+/// [`Policy::aliases_a_header`]'s).
+fn names_a_part(name: &str, settings: &ForwardAuthSettings) -> bool {
     let fields = &settings.headers;
     [&fields.method, &fields.uri, &fields.host, &fields.proto]
         .iter()
         .any(|f| f.as_str() == name)
-        || [
-            METHOD_CANDIDATES,
-            URI_CANDIDATES,
-            HOST_CANDIDATES,
-            PROTO_CANDIDATES,
-            CERTIFICATE_CANDIDATES,
-            READ,
-        ]
-        .iter()
-        .any(|group| group.contains(&name))
-        || policy
-            .certificate_header
-            .as_ref()
-            .is_some_and(|h| h.name == name)
-        || policy.upstream.claim_headers.iter().any(|(_, h)| h == name)
-        || name.starts_with("x-certbound-")
-        || name == "dpop-nonce"
-        || name == "forwarded"
+        || candidate_headers().any(|c| c == name)
+        || matches!(name, "host" | "forwarded")
 }
 
 fn text(value: &HeaderValue) -> String {
