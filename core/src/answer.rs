@@ -12,6 +12,8 @@ pub const BAD_REQUEST_BODY: &str = r#"{"message":"bad request"}"#;
 pub const UNAVAILABLE_BODY: &str = r#"{"message":"service unavailable"}"#;
 pub const NOT_FOUND_BODY: &str = r#"{"message":"not found"}"#;
 pub const METHOD_NOT_ALLOWED_BODY: &str = r#"{"message":"method not allowed"}"#;
+/// The methods a metadata path answers.
+const METADATA_METHODS: &str = "GET, HEAD, OPTIONS";
 
 /// The response a refused request gets instead of reaching the upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,19 +35,33 @@ impl Decision {
             Outcome::Allow(_) => None,
             // RFC 9728 §3.2: the document as `application/json`; public, so any origin may
             // read it and caches may keep it a while.
-            Outcome::Metadata(resource) => Some(HttpAnswer {
+            Outcome::Metadata(answer) if !answer.options => Some(HttpAnswer {
                 status: 200,
                 headers: vec![
                     json,
                     ("cache-control", METADATA_CACHE_CONTROL.to_owned()),
                     ("access-control-allow-origin", "*".to_owned()),
                 ],
-                body: Cow::Owned(resource.document.clone()),
+                body: Cow::Owned(answer.resource.document.clone()),
+            }),
+            // OPTIONS, as a browser sends before reading the document from another origin (the
+            // MCP SDK's discovery adds `MCP-Protocol-Version`, which needs a preflight): any
+            // origin may GET it with any request header, since it carries no credentials.
+            Outcome::Metadata(_) => Some(HttpAnswer {
+                status: 204,
+                headers: vec![
+                    ("allow", METADATA_METHODS.to_owned()),
+                    ("access-control-allow-origin", "*".to_owned()),
+                    ("access-control-allow-methods", METADATA_METHODS.to_owned()),
+                    ("access-control-allow-headers", "*".to_owned()),
+                    ("access-control-max-age", "86400".to_owned()),
+                ],
+                body: Cow::Borrowed(""),
             }),
             Outcome::Deny(reason) if reason.is_not_about_credentials() => {
                 let mut headers = vec![json];
                 if *reason == DenyReason::MethodNotAllowed {
-                    headers.push(("allow", "GET, HEAD".to_owned()));
+                    headers.push(("allow", METADATA_METHODS.to_owned()));
                 }
                 if reason_header {
                     headers.push(("x-certbound-reason", reason.as_str().to_owned()));

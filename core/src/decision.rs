@@ -238,8 +238,17 @@ pub enum Outcome {
     Deny(DenyReason),
     Unavailable(UnavailableReason),
     /// A request for a resource's RFC 9728 metadata: answered here with the document (200),
-    /// never passed to the upstream.
-    Metadata(Arc<crate::resource::Resource>),
+    /// or an `OPTIONS` (a browser's CORS preflight) with what it may do (204); never passed to
+    /// the upstream.
+    Metadata(MetadataAnswer),
+}
+
+/// Which answer a metadata path gets.
+#[derive(Clone, Debug)]
+pub struct MetadataAnswer {
+    pub resource: Arc<crate::resource::Resource>,
+    /// `OPTIONS`: 204 with `Allow` and the CORS headers, no document.
+    pub options: bool,
 }
 
 /// What was learnt while deciding, for logs, metadata and the upstream.
@@ -329,6 +338,7 @@ impl Decision {
     /// The HTTP status Envoy sends the client.
     pub fn http_status(&self) -> u16 {
         match &self.outcome {
+            Outcome::Metadata(answer) if answer.options => 204,
             Outcome::Allow(_) | Outcome::Metadata(_) => 200,
             Outcome::Deny(reason) if reason.is_forbidden() => 403,
             Outcome::Deny(reason) if reason.is_bad_request() => 400,

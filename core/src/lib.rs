@@ -48,7 +48,9 @@ pub mod xfcc;
 pub use bearer::Authorization;
 pub use binding::{BindingMode, CertificateOutcome};
 pub use certificate::Thumbprint;
-pub use decision::{Decision, DenyReason, DpopFacts, Facts, Outcome, UnavailableReason, Upstream};
+pub use decision::{
+    Decision, DenyReason, DpopFacts, Facts, MetadataAnswer, Outcome, UnavailableReason, Upstream,
+};
 pub use policy::{Credential, IntrospectionPolicy, KeyLookup, Policy, UpstreamPolicy};
 pub use request::{AccessRequest, CertificateSource, PeerCertificate};
 pub use routes::{Requirements, RoutePolicy, Rule};

@@ -8,7 +8,7 @@ use crate::bearer::{self, Scheme};
 use crate::binding::{self, BindingMode, CertificateOutcome};
 use crate::certificate::{self, Thumbprint};
 use crate::decision::{
-    Decision, DenyReason, DpopFacts, Facts, Outcome, UnavailableReason, Upstream,
+    Decision, DenyReason, DpopFacts, Facts, MetadataAnswer, Outcome, UnavailableReason, Upstream,
 };
 use crate::dpop::{self, DpopPolicy};
 use crate::keys::KeySet;
@@ -727,18 +727,24 @@ fn xfcc_certificate(
     }
 }
 
-/// A request for a metadata path: the document for GET and HEAD, 405 for other methods, 404
-/// for a path that names no resource. Nothing is verified: the document is public.
+/// A request for a metadata path: the document for GET and HEAD, 204 with what is allowed for
+/// OPTIONS (a browser-based client's CORS preflight), 405 for other methods, 404 for a path that
+/// names no resource. Nothing is verified: the document is public.
 fn metadata_decision(answer: WellKnown, request: &AccessRequest, facts: Facts) -> Decision {
+    let method = request.method.as_str();
     let outcome = match answer {
         WellKnown::Unknown => Outcome::Deny(DenyReason::ResourceUnknown),
-        WellKnown::Document(_)
-            if !(request.method.eq_ignore_ascii_case("GET")
-                || request.method.eq_ignore_ascii_case("HEAD")) =>
-        {
-            Outcome::Deny(DenyReason::MethodNotAllowed)
+        WellKnown::Document(resource) if method == "GET" || method == "HEAD" => {
+            Outcome::Metadata(MetadataAnswer {
+                resource,
+                options: false,
+            })
         }
-        WellKnown::Document(resource) => Outcome::Metadata(resource),
+        WellKnown::Document(resource) if method == "OPTIONS" => Outcome::Metadata(MetadataAnswer {
+            resource,
+            options: true,
+        }),
+        WellKnown::Document(_) => Outcome::Deny(DenyReason::MethodNotAllowed),
     };
     Decision { outcome, facts }
 }

@@ -305,8 +305,17 @@ fn metadata_paths_answer_without_a_token_and_only_there() {
     );
     assert_eq!(
         header(&post.http_answer(false).unwrap(), "allow"),
-        Some("GET, HEAD")
+        Some("GET, HEAD, OPTIONS")
     );
+    let options = world.decide("OPTIONS", "/.well-known/oauth-protected-resource/mcp", None);
+    assert_eq!(options.http_status(), 204);
+    let answer = options.http_answer(false).unwrap();
+    assert_eq!(answer.body, "");
+    assert_eq!(header(&answer, "access-control-allow-origin"), Some("*"));
+    assert_eq!(header(&answer, "allow"), Some("GET, HEAD, OPTIONS"));
+    // Methods are case-sensitive (RFC 9110 §9.1): `get` is not GET.
+    let lower = world.decide("get", "/.well-known/oauth-protected-resource/mcp", None);
+    assert_eq!(lower.http_status(), 405);
     for unknown in [
         "/.well-known/oauth-protected-resource",
         "/.well-known/oauth-protected-resource/other",

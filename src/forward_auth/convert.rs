@@ -322,9 +322,9 @@ pub fn response(decision: &Decision, reason_header: bool) -> Response<Full<Bytes
 }
 
 fn answer(decision: &Decision, reason_header: bool, fetch: bool) -> Response<Full<Bytes>> {
-    if let (Outcome::Metadata(resource), false) = (&decision.outcome, fetch) {
+    if let (Outcome::Metadata(metadata), false) = (&decision.outcome, fetch) {
         tracing::debug!(
-            resource = resource.id,
+            resource = metadata.resource.id,
             "a forward-auth check for a metadata path: answered 404; route \
              /.well-known/oauth-protected-resource to certbound's HTTP API listener instead"
         );

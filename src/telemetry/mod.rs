@@ -276,7 +276,7 @@ pub fn record(cx: &Context, decision: &Decision) {
     }
     // The configured resource identifier (never a request's): a bounded set of values.
     let resource = match &decision.outcome {
-        Outcome::Metadata(resource) => Some(resource),
+        Outcome::Metadata(answer) => Some(&answer.resource),
         _ => facts.resource.as_ref(),
     };
     if let Some(resource) = resource {
