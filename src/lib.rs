@@ -25,6 +25,7 @@
 //! - [`config`]: YAML + environment -> validated [`config::Settings`].
 //! - [`fuzzing`]: fuzz entry points (cargo-fuzz in `fuzz/`, corpus replayed by a test).
 //! - [`explain`]: `certbound explain`, the real decision for one token, step by step.
+//! - [`envoy_config`]: `certbound check-config --module` on a whole Envoy configuration.
 //! - [`telemetry`]: OpenTelemetry traces, one span per check, exported over OTLP.
 //! - [`server`]: the composition root: builds everything and serves Check, health and reflection.
 
@@ -34,6 +35,7 @@ pub mod authorize;
 pub mod check;
 pub mod config;
 pub mod decision_log;
+pub mod envoy_config;
 pub mod explain;
 pub mod forward_auth;
 pub mod fuzzing;

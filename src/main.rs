@@ -90,7 +90,9 @@ struct CheckConfigArgs {
     #[arg(long, env = "CERTBOUND_CONFIG")]
     config: PathBuf,
     /// Check it as the Envoy module's `filter_config` instead (keys only the service reads are
-    /// refused; issuers with jwks_uri or discovery need a cluster).
+    /// refused; issuers with jwks_uri or discovery need a cluster). A whole Envoy configuration
+    /// (a bootstrap such as deploy/envoy/module.yaml, an Istio EnvoyFilter) is checked filter by
+    /// filter: every certbound module filter's filter_config and every per-route one.
     #[arg(long)]
     module: bool,
 }
@@ -218,7 +220,8 @@ fn load(path: &Path) -> Result<Settings, ExitCode> {
     })
 }
 
-/// Validates a file as the Envoy module's `filter_config`; its warnings on success.
+/// Validates a file as the Envoy module's `filter_config`, or every certbound filter in an
+/// Envoy configuration; the warnings on success.
 fn load_module(path: &Path) -> Result<Vec<String>, ExitCode> {
     let invalid = |error: &dyn std::fmt::Display| {
         eprintln!(
@@ -228,6 +231,38 @@ fn load_module(path: &Path) -> Result<Vec<String>, ExitCode> {
         ExitCode::from(EXIT_BAD_CONFIG)
     };
     let text = read_config(path)?;
+    if certbound::envoy_config::names_a_dynamic_module(&text) {
+        let found = certbound::envoy_config::check(&text).map_err(|e| invalid(&e))?;
+        let filters = found.iter().filter(|f| !f.per_route).count();
+        if filters == 0 {
+            return Err(invalid(
+                &"no certbound filter (dynamic_module_config name certbound_envoy) in it",
+            ));
+        }
+        let mut warnings = Vec::new();
+        let mut failed = false;
+        for one in found {
+            let kind = if one.per_route {
+                "per-route config"
+            } else {
+                "filter_config"
+            };
+            match one.result {
+                Ok(mut more) => {
+                    println!("{kind} at {}: ok", one.at);
+                    warnings.append(&mut more);
+                }
+                Err(error) => {
+                    eprintln!("certbound: {kind} at {}: {error}", one.at);
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            return Err(invalid(&"see above"));
+        }
+        return Ok(warnings);
+    }
     certbound_core::config::ModuleSettings::from_yaml(&text)
         .map(|settings| settings.decision.warnings)
         .map_err(|e| invalid(&e))

@@ -216,6 +216,7 @@ fn the_demo_fails_with_the_reason_when_a_port_is_busy() {
 #[test]
 #[ignore = "needs Envoy 1.40: run scripts/test.sh"]
 fn the_demo_moves_off_a_busy_default_port() {
+    let _defaults = DEFAULT_PORTS.lock().unwrap_or_else(|e| e.into_inner());
     // The service's default admin port, held (by this test, or already by someone else).
     let _held = std::net::TcpListener::bind("127.0.0.1:9090");
     let (code, out, err) = run_demo_ports(&[], None, Some("CERTBOUND_ADMIN_PORT"));
@@ -291,4 +292,249 @@ fn the_proxy_demos_show_every_answer_behind_each_proxy() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Held by the tests that use the documented default ports (8443, 9901, 50051, 9090, 8080).
+static DEFAULT_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The `sh` code blocks of a book page's section, in order.
+fn section_blocks(page: &str, heading: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(page).unwrap();
+    let start = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("{page}: no {heading:?}"));
+    let section = &text[start + heading.len()..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|rest| rest[..rest.find("```").unwrap()].to_owned())
+        .collect()
+}
+
+/// A shell command of the page, in its own process group (so that what it starts is stopped with
+/// it), from the repository's root.
+fn shell(command: &str) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut shell = std::process::Command::new("bash");
+    shell
+        .args(["-euo", "pipefail", "-c", command])
+        .process_group(0);
+    shell
+}
+
+struct Group(std::process::Child, &'static str, std::path::PathBuf);
+
+impl Group {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.2).unwrap_or_default()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, group: &Group, url: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ok = std::process::Command::new("curl")
+            .args(["-fs", "-o", "/dev/null", url])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} ({}) not ready at {url}:\n{}",
+            group.1,
+            group.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A book page's "Run it yourself": its terminals started (each `# N.` part of `terminals`, in
+/// its own process group), each ready at its URL, then `commands` run; their stdout.
+fn run_terminals(
+    terminals: &str,
+    ready: &[(&'static str, &str)],
+    commands: &str,
+    swap: &dyn Fn(&str) -> String,
+    work: &std::path::Path,
+) -> Result<String, String> {
+    // A part starts at its `# N.` comment line, and runs to the next one.
+    let mut parts: Vec<String> = Vec::new();
+    for line in terminals.lines() {
+        let numbered = line
+            .strip_prefix("# ")
+            .and_then(|rest| rest.split_once(". "))
+            .is_some_and(|(n, _)| n.parse::<u8>().is_ok());
+        match parts.last_mut() {
+            Some(part) if !numbered => {
+                part.push_str(line);
+                part.push('\n');
+            }
+            _ => parts.push(format!("{line}\n")),
+        }
+    }
+    assert_eq!(parts.len(), ready.len(), "{parts:?}");
+    let mut groups = Vec::new();
+    for (part, (name, _)) in parts.iter().zip(ready) {
+        let log = work.join(format!("{}.log", groups.len()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = shell(&swap(part))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        groups.push(Group(child, name, log));
+    }
+    for (group, (name, url)) in groups.iter().zip(ready) {
+        wait_until(name, group, url);
+    }
+    let output = shell(&swap(commands)).output().unwrap();
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    let logs: String = groups
+        .iter()
+        .map(|g| format!("\n{}:\n{}", g.1, g.log()))
+        .collect();
+    if output.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "stdout:\n{out}\nstderr:\n{}{logs}",
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+fn free_documented_ports(ports: &[u16]) {
+    for &port in ports {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is in use: the chapter's commands need it (stop the service the \
+             README's first command started)"
+        );
+    }
+}
+
+/// The curl block both Envoy chapters share: a 200, a 401 with an `invalid_token` challenge, a
+/// bare 401; then `counters` (lines of the decision counters).
+fn assert_curl_answers(out: &str) {
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"200"), "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("HTTP/") && l.contains(" 401")),
+        "{out}"
+    );
+    assert!(
+        lines.iter().any(|l| l
+            .to_ascii_lowercase()
+            .starts_with("www-authenticate: bearer error=\"invalid_token\"")),
+        "{out}"
+    );
+    assert!(lines.contains(&"401"), "{out}");
+}
+
+fn work_dir(name: &str) -> std::path::PathBuf {
+    let work = std::env::temp_dir().join(format!("certbound-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    work
+}
+
+/// docs/src/integrations/envoy.md, "Run it yourself": the three terminals' commands and the curl
+/// block, as written. Two swaps only: the test's certbound binary for `cargo run --release --`
+/// (same code, no second build) and a temporary folder for `/tmp/`. The documented ports are
+/// used as they are; they must be free.
+#[test]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+fn the_envoy_chapter_runs_as_written() {
+    let _defaults = DEFAULT_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    free_documented_ports(&[8443, 9901, 50051, 9090, 8080]);
+    let blocks = section_blocks("docs/src/integrations/envoy.md", "## Run it yourself");
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    let work = work_dir("envoy-chapter");
+    let swap = |command: &str| {
+        command
+            .replace(
+                "cargo run --release -- ",
+                &format!("{} ", env!("CARGO_BIN_EXE_certbound")),
+            )
+            .replace("/tmp/", &format!("{}/", work.display()))
+    };
+    let ready = [
+        ("certbound", "http://127.0.0.1:9090/readyz"),
+        ("the upstream", "http://127.0.0.1:8080/"),
+        ("Envoy", "http://127.0.0.1:9901/ready"),
+    ];
+    let out = run_terminals(&blocks[0], &ready, &blocks[1], &swap, &work)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_curl_answers(&out);
+    for reason in ["ok", "binding_mismatch", "token_missing"] {
+        assert!(
+            out.lines().any(|l| l.starts_with("certbound_checks_total")
+                && l.contains(&format!("reason=\"{reason}\""))
+                && l.ends_with(" 1")),
+            "{reason}: {out}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// docs/src/integrations/module.md, "Run it yourself": the build and check, the two terminals and
+/// the curl block, as written. Swaps: the test's builds for `cargo build --release ...`
+/// (`target/release/certbound` and `$PWD/target/release` name them), and a temporary folder for
+/// `/tmp/`. The documented ports are used as they are; they must be free.
+#[test]
+#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
+fn the_module_chapter_runs_as_written() {
+    let _defaults = DEFAULT_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    free_documented_ports(&[8443, 9901, 8080]);
+    let blocks = section_blocks("docs/src/integrations/module.md", "## Run it yourself");
+    assert_eq!(blocks.len(), 3, "{blocks:?}");
+    let work = work_dir("module-chapter");
+    let module_dir = common::envoy::module_dir();
+    let swap = |command: &str| {
+        command
+            .replace(
+                "cargo build --release -p certbound-envoy -p certbound",
+                "true",
+            )
+            .replace("target/release/certbound", env!("CARGO_BIN_EXE_certbound"))
+            .replace("$PWD/target/release", &module_dir.display().to_string())
+            .replace("/tmp/", &format!("{}/", work.display()))
+    };
+    let checked = shell(&swap(&blocks[0])).output().unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.status.success() && stdout.contains("deploy/envoy/module.yaml: ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let ready = [
+        ("the upstream", "http://127.0.0.1:8080/"),
+        ("Envoy", "http://127.0.0.1:9901/ready"),
+    ];
+    let out = run_terminals(&blocks[1], &ready, &blocks[2], &swap, &work)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_curl_answers(&out);
+    for reason in [
+        "allow.reason.ok",
+        "deny.reason.binding_mismatch",
+        "deny.reason.token_missing",
+    ] {
+        let counter = format!("dynamicmodulescustom.checks.decision.{reason}: 1");
+        assert!(out.lines().any(|l| l == counter), "{counter}: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&work);
 }
