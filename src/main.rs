@@ -232,16 +232,15 @@ fn load_module(path: &Path) -> Result<Vec<String>, ExitCode> {
     };
     let text = read_config(path)?;
     if certbound::envoy_config::names_a_dynamic_module(&text) {
-        let found = certbound::envoy_config::check(&text).map_err(|e| invalid(&e))?;
-        let filters = found.iter().filter(|f| !f.per_route).count();
-        if filters == 0 {
+        let report = certbound::envoy_config::check(&text).map_err(|e| invalid(&e))?;
+        if !report.found.iter().any(|f| !f.per_route) {
             return Err(invalid(
                 &"no certbound filter (dynamic_module_config name certbound_envoy) in it",
             ));
         }
-        let mut warnings = Vec::new();
-        let mut failed = false;
-        for one in found {
+        let mut warnings = report.warnings;
+        let mut failed = !report.errors.is_empty();
+        for one in report.found {
             let kind = if one.per_route {
                 "per-route config"
             } else {
@@ -258,7 +257,13 @@ fn load_module(path: &Path) -> Result<Vec<String>, ExitCode> {
                 }
             }
         }
+        for error in &report.errors {
+            eprintln!("certbound: {error}");
+        }
         if failed {
+            for warning in &warnings {
+                eprintln!("certbound: warning: {warning}");
+            }
             return Err(invalid(&"see above"));
         }
         return Ok(warnings);

@@ -1,8 +1,10 @@
 //! Attack review of the RFC 9728 metadata routing and `check-config --module` walker (main
-//! 502c90b, e45d347; branch `attack2`).
+//! 502c90b, e45d347).
 //!
-//! 1. `check-config --module` reports "ok" for Envoy configurations in which certbound does not
-//!    run, or runs without a per-route requirement, although Envoy loads them as they are:
+//! 1. `check-config --module` reported "ok" for Envoy configurations in which certbound does not
+//!    run, or runs without a per-route requirement, although Envoy loads them as they are; each
+//!    is now refused (src/envoy_config.rs), and these tests run each on real Envoy to show what
+//!    the refusal prevents:
 //!    - the `http_filters` entry has `disabled: true` (every route without its own config is
 //!      passed to the upstream unchecked);
 //!    - a route's `typed_per_filter_config` holds an `envoy.config.route.v3.FilterConfig` with
@@ -10,9 +12,7 @@
 //!    - a route's per-route config sits under another key than the filter's `name` (the
 //!      `filter_name`, `certbound`, is the natural mistake): Envoy loads it, never hands it to the
 //!      module, and the route's `scopes: [admin]` is not required;
-//!    - a YAML merge key (`<<: *anchor`) is walked as if Envoy merged it; Envoy 1.40 does not (it
-//!      refuses the file), and the mapping that overrides the anchor's `filter_config` is never
-//!      checked.
+//!    - a YAML merge key (`<<: *anchor`), which Envoy 1.40 does not merge (it refuses the file).
 //! 2. The metadata route, as shipped behind every proxy, held: a battery of hostile requests on
 //!    and around `/.well-known/oauth-protected-resource` (forwarded-request headers in every
 //!    spelling, body smuggling attempts on the pooled connection to certbound's listener,
