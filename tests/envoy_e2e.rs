@@ -500,6 +500,10 @@ async fn dpop_proofs_from_the_npm_dpop_client_through_envoy() {
                 !seen.upstream_headers().contains_key("authorization"),
                 "remove_authorization"
             );
+            assert!(
+                !seen.upstream_headers().contains_key("dpop"),
+                "remove_authorization: the proof goes with the token"
+            );
             // The same proof again: a replay.
             let seen = s.get_with(None, http, &headers).await;
             seen.assert_challenge_starts_with(r#"DPoP error="invalid_dpop_proof", algs=""#);

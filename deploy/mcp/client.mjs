@@ -26,7 +26,10 @@
 // [deploy/local/demo-client.{pem,key}], --ca: the CA the servers' certificates are checked with
 // [deploy/local/demo-ca.pem], --client-id [mcp-mtls, or mcp-dpop with --dpop], --issuer: the
 // authorization server the credentials belong to (the SDK's `expectedIssuer`; without it the SDK
-// warns and trusts the one the metadata names), --dpop.
+// warns and trusts the one the metadata names), --dpop, and --other-cert/--other-key: another
+// client's certificate, from which the client finally replays its token as a thief would (with
+// DPoP: the token sent as Bearer, as the SDK alone would, and with a proof of another key); each
+// replay must be refused.
 //
 // It prints one JSON document: the tools and their answers, every HTTP request it made (method,
 // URL, status, the scheme of its credentials; never a token), every challenge it got (as sent,
@@ -51,6 +54,8 @@ const { values: options, positionals } = parseArgs({
     'client-id': { type: 'string' },
     issuer: { type: 'string' },
     dpop: { type: 'boolean', default: false },
+    'other-cert': { type: 'string' },
+    'other-key': { type: 'string' },
   },
 });
 if (positionals.length !== 1) {
@@ -202,6 +207,47 @@ async function connect(url) {
   return client;
 }
 
+// The last token, replayed without its key: the sender constraint at work. A `tools/list` call
+// as the SDK makes it; each answer recorded with its challenge.
+async function replays() {
+  const token = provider.tokens().access_token;
+  const url = String(serverUrl);
+  const call = async (what, agentFor, headers) => {
+    const response = await undiciFetch(url, {
+      method: 'POST',
+      dispatcher: agentFor,
+      headers: {
+        'content-type': 'application/json',
+        accept: 'application/json, text/event-stream',
+        'mcp-protocol-version': '2025-11-25',
+        ...headers,
+      },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/list' }),
+    });
+    const copy = new Response(null, { status: response.status, headers: response.headers });
+    await response.body?.cancel();
+    const value = copy.headers.get('www-authenticate');
+    report.replays.push({ what, status: copy.status, challenge: value });
+    if (value) report.challenges.push({ url, status: copy.status, value, oauth4webapi: await parsedByOauth4webapi(copy) });
+  };
+  const other = new Agent({
+    connect: { cert: readFileSync(options['other-cert']), key: readFileSync(options['other-key']), ca: readFileSync(options.ca) },
+  });
+  const anonymous = new Agent({ connect: { ca: readFileSync(options.ca) } });
+  report.replays = [];
+  if (dpopKeys) {
+    await call('the DPoP token as Bearer (what the SDK alone sends)', agent, { authorization: `Bearer ${token}` });
+    const otherKeys = await DPoP.generateKeyPair('ES256');
+    const proof = await DPoP.generateProof(otherKeys, url, 'POST', undefined, token);
+    await call('the DPoP token with a proof of another key', other, { authorization: `DPoP ${token}`, dpop: proof });
+  } else {
+    await call('the token from another client certificate', other, { authorization: `Bearer ${token}` });
+    await call('the token without a client certificate', anonymous, { authorization: `Bearer ${token}` });
+  }
+  await other.close();
+  await anonymous.close();
+}
+
 let failed = false;
 try {
   const tools = await connect(serverUrl);
@@ -226,6 +272,7 @@ try {
   report.tools['/mcp/admin'] = (await admin.listTools()).tools.map((t) => t.name);
   report.calls.audit = (await admin.callTool({ name: 'audit', arguments: {} })).content[0].text;
   await admin.close();
+  if (options['other-cert']) await replays();
 } catch (error) {
   failed = true;
   report.error = `${error.name}: ${error.message}`;

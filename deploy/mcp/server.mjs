@@ -13,7 +13,7 @@
 //   node deploy/mcp/server.mjs [--listen 127.0.0.1:8080]
 //
 // It prints `listening http://ADDRESS` once ready, and one line per request (method, path,
-// status, and whether an Authorization or DPoP header reached it: certbound removes both).
+// status, and which of the Authorization and DPoP headers reached it: certbound removes both).
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -60,8 +60,8 @@ function mcpServer(endpoint, request) {
 const http = createServer(async (request, response) => {
   const path = new URL(request.url, 'http://upstream').pathname;
   response.on('finish', () => {
-    const credentials = request.headers.authorization || request.headers.dpop ? 'present' : 'absent';
-    console.log(`${request.method} ${path} ${response.statusCode} credentials=${credentials}`);
+    const credentials = ['authorization', 'dpop'].filter((name) => request.headers[name] !== undefined);
+    console.log(`${request.method} ${path} ${response.statusCode} credentials=${credentials.join('+') || 'none'}`);
   });
   if (path !== '/mcp' && path !== '/mcp/admin') {
     response.writeHead(404, { 'content-type': 'text/plain' }).end('not found\n');
