@@ -93,6 +93,28 @@ async fn wait_for(process: &Process, line: &str) {
     );
 }
 
+/// Waits until the module's first key fetch from `issuer` succeeded (Envoy's stats).
+async fn wait_for_module_keys(admin: u16, issuer: &str, envoy: &Process) {
+    let url = format!("http://127.0.0.1:{admin}/stats?filter=dynamicmodulescustom");
+    let line = format!("dynamicmodulescustom.key_refreshes.issuer.{issuer}.result.success: ");
+    for _ in 0..1200 {
+        if let Ok(response) = reqwest::get(&url).await
+            && let Ok(text) = response.text().await
+            && text
+                .lines()
+                .filter_map(|l| l.strip_prefix(&line))
+                .any(|count| count.trim() != "0")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the module never loaded the keys of {issuer}:\n{}",
+        envoy.log()
+    );
+}
+
 impl Example {
     async fn start(shape: Shape, binding: Binding) -> Self {
         let name = format!("mcp-{shape:?}-{binding:?}");
@@ -164,7 +186,11 @@ impl Example {
                 swaps.push(("port_value: 9443", format!("port_value: {as_port}")));
                 swaps.push(("deploy/local/demo-ca.pem", at("ca.crt")));
                 let config = settings(&deploy("envoy-module.yaml"), &swaps);
-                (start_envoy(&config, &ports, &dir).await, None)
+                let envoy = start_envoy(&config, &ports, &dir).await;
+                // The module fetches the keys after Envoy is up: wait for them, or the client's
+                // first call could meet a 503 keys_unavailable.
+                wait_for_module_keys(admin, &issuer, &envoy).await;
+                (envoy, None)
             }
             Shape::Nginx => {
                 assert_eq!(binding, Binding::Certificate, "NGINX runs mTLS here");
