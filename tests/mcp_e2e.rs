@@ -1,8 +1,8 @@
 //! The MCP example (`deploy/mcp/`) run for real, in each shape: its authorization server
 //! (panva's oidc-provider), its MCP server (the official TypeScript SDK's) and certbound in front
 //! of it, behind Envoy with the ext_authz service, behind Envoy with the dynamic module, and
-//! behind NGINX with the HTTP authorization API; certificate-bound tokens, and DPoP-bound tokens
-//! in a second setup. The client is the SDK's own (`deploy/mcp/client.mjs`): it starts with the
+//! behind NGINX with the HTTP authorization API; each with certificate-bound and with DPoP-bound
+//! tokens, and once more where the resource requires DPoP (`certbound-dpop.yaml`). The client is the SDK's own (`deploy/mcp/client.mjs`): it starts with the
 //! MCP server's URL only, and the test checks what it did, request by request: the 401, the
 //! RFC 9728 metadata its `resource_metadata` names, the authorization server found there, a token
 //! for the resource (RFC 8707) bound to its certificate or DPoP key, the tools listed and called,
@@ -49,6 +49,8 @@ enum Binding {
 struct Example {
     name: String,
     binding: Binding,
+    /// `certbound-dpop.yaml`: the resource requires DPoP-bound tokens.
+    dpop_required: bool,
     pki: Pki,
     cert: ClientCert,
     /// The resource identifier, the URL the client is given: `https://localhost:PORT/mcp`.
@@ -116,8 +118,9 @@ async fn wait_for_module_keys(admin: u16, issuer: &str, envoy: &Process) {
 }
 
 impl Example {
-    async fn start(shape: Shape, binding: Binding) -> Self {
-        let name = format!("mcp-{shape:?}-{binding:?}");
+    async fn start(shape: Shape, binding: Binding, dpop_required: bool) -> Self {
+        let required = if dpop_required { "-dpop-required" } else { "" };
+        let name = format!("mcp-{shape:?}-{binding:?}{required}");
         let pki = Pki::new(&name);
         let dir = pki.dir.path().to_owned();
         let at = |file: &str| pki.path(file).display().to_string();
@@ -145,7 +148,11 @@ impl Example {
         let settings = |text: &str, more: &[(&str, String)]| {
             let mut required = vec![
                 ("https://localhost:9443", issuer.clone()),
-                ("https://localhost:8443/mcp", resource.clone()),
+                // The resource's identifier, and (NGINX) DPoP's public_base_url.
+                (
+                    "https://localhost:8443",
+                    format!("https://localhost:{port}"),
+                ),
             ];
             required.extend(more.iter().cloned());
             point(text, &required, &[])
@@ -166,9 +173,9 @@ impl Example {
         };
         let (proxy, certbound) = match shape {
             Shape::Service => {
-                let file = match binding {
-                    Binding::Certificate => "certbound.yaml",
-                    Binding::Dpop => "certbound-dpop.yaml",
+                let file = match dpop_required {
+                    false => "certbound.yaml",
+                    true => "certbound-dpop.yaml",
                 };
                 let yaml = settings(&deploy(file), &[("deploy/local/demo-ca.pem", at("ca.crt"))]);
                 let (certbound, addr) = start_certbound(&yaml, &dir).await;
@@ -179,7 +186,7 @@ impl Example {
                 (start_envoy(&config, &ports, &dir).await, Some(certbound))
             }
             Shape::Module => {
-                assert_eq!(binding, Binding::Certificate, "the module runs mTLS here");
+                assert!(!dpop_required, "the DPoP-only setup is the service's");
                 assert!(module_dir().join("libcertbound_envoy.so").exists());
                 let mut swaps = envoy_ports.to_vec();
                 swaps.extend(tls.iter().cloned());
@@ -193,7 +200,7 @@ impl Example {
                 (envoy, None)
             }
             Shape::Nginx => {
-                assert_eq!(binding, Binding::Certificate, "NGINX runs mTLS here");
+                assert!(!dpop_required, "the DPoP-only setup is the service's");
                 let forward_auth = format!("127.0.0.1:{}", free_port());
                 let yaml = settings(
                     &deploy("certbound-nginx.yaml"),
@@ -230,6 +237,7 @@ impl Example {
         let example = Self {
             name,
             binding,
+            dpop_required,
             pki,
             cert,
             resource,
@@ -392,19 +400,18 @@ fn check_metadata(example: &Example, report: &Value) {
     assert_eq!(document["scopes_supported"], json!(["mcp:tools"]));
     assert_eq!(document["bearer_methods_supported"], json!(["header"]));
     assert_eq!(document["resource_name"], "certbound MCP example");
-    match example.binding {
-        Binding::Certificate => {
-            assert_eq!(document["tls_client_certificate_bound_access_tokens"], true);
-            assert!(!document.contains_key("dpop_bound_access_tokens_required"));
-        }
-        Binding::Dpop => {
-            assert_eq!(document["dpop_bound_access_tokens_required"], true);
-            assert_eq!(
-                document["dpop_signing_alg_values_supported"],
-                json!(["ES256"])
-            );
-        }
-    }
+    // What is enforced: certificate binding (binding.mode required, a certificate source), DPoP
+    // with ES256 proofs, and DPoP required only in certbound-dpop.yaml.
+    assert_eq!(document["tls_client_certificate_bound_access_tokens"], true);
+    assert_eq!(
+        document["dpop_signing_alg_values_supported"],
+        json!(["ES256"])
+    );
+    let required = document
+        .get("dpop_bound_access_tokens_required")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    assert_eq!(required, example.dpop_required, "{name}");
     // RFC 8414 §3.3: the authorization server's metadata names the issuer the resource named
     // (the SDK itself does not check it).
     let discovery = format!("{}/.well-known/oauth-authorization-server", example.issuer);
@@ -643,8 +650,8 @@ async fn check_replays(example: &Example, report: &Value) {
     }
 }
 
-async fn example_completes(shape: Shape, binding: Binding) {
-    let example = Example::start(shape, binding).await;
+async fn example_completes(shape: Shape, binding: Binding, dpop_required: bool) {
+    let example = Example::start(shape, binding, dpop_required).await;
     let report = example.run_client().await;
     check_requests(&example, &report);
     check_metadata(&example, &report);
@@ -657,23 +664,42 @@ async fn example_completes(shape: Shape, binding: Binding) {
 #[tokio::test]
 #[ignore = "needs Envoy 1.40, node and the MCP example's npm packages: run scripts/test.sh"]
 async fn the_sdk_client_completes_the_example_behind_envoy_and_the_ext_authz_service() {
-    example_completes(Shape::Service, Binding::Certificate).await;
+    example_completes(Shape::Service, Binding::Certificate, false).await;
+}
+
+#[tokio::test]
+#[ignore = "needs Envoy 1.40, node and the MCP example's npm packages: run scripts/test.sh"]
+async fn with_dpop_behind_envoy_and_the_ext_authz_service() {
+    example_completes(Shape::Service, Binding::Dpop, false).await;
 }
 
 #[tokio::test]
 #[ignore = "needs Envoy 1.40, the built module, node and the npm packages: run scripts/test.sh"]
 async fn the_sdk_client_completes_the_example_behind_envoy_and_the_module() {
-    example_completes(Shape::Module, Binding::Certificate).await;
+    example_completes(Shape::Module, Binding::Certificate, false).await;
+}
+
+#[tokio::test]
+#[ignore = "needs Envoy 1.40, the built module, node and the npm packages: run scripts/test.sh"]
+async fn with_dpop_behind_envoy_and_the_module() {
+    example_completes(Shape::Module, Binding::Dpop, false).await;
 }
 
 #[tokio::test]
 #[ignore = "needs NGINX, node and the MCP example's npm packages: run scripts/test.sh"]
 async fn the_sdk_client_completes_the_example_behind_nginx_and_the_http_api() {
-    example_completes(Shape::Nginx, Binding::Certificate).await;
+    example_completes(Shape::Nginx, Binding::Certificate, false).await;
 }
 
 #[tokio::test]
+#[ignore = "needs NGINX, node and the MCP example's npm packages: run scripts/test.sh"]
+async fn with_dpop_behind_nginx_and_the_http_api() {
+    example_completes(Shape::Nginx, Binding::Dpop, false).await;
+}
+
+/// The second setup: the resource requires DPoP-bound tokens (`certbound-dpop.yaml`).
+#[tokio::test]
 #[ignore = "needs Envoy 1.40, node and the MCP example's npm packages: run scripts/test.sh"]
-async fn the_sdk_client_completes_the_dpop_example_with_the_dpop_package() {
-    example_completes(Shape::Service, Binding::Dpop).await;
+async fn where_the_resource_requires_dpop() {
+    example_completes(Shape::Service, Binding::Dpop, true).await;
 }
