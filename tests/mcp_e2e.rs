@@ -2,13 +2,14 @@
 //! (panva's oidc-provider), its MCP server (the official TypeScript SDK's) and certbound in front
 //! of it, behind Envoy with the ext_authz service, behind Envoy with the dynamic module, and
 //! behind NGINX with the HTTP authorization API; each with certificate-bound and with DPoP-bound
-//! tokens, and once more where the resource requires DPoP (`certbound-dpop.yaml`). The client is the SDK's own (`deploy/mcp/client.mjs`): it starts with the
-//! MCP server's URL only, and the test checks what it did, request by request: the 401, the
-//! RFC 9728 metadata its `resource_metadata` names, the authorization server found there, a token
-//! for the resource (RFC 8707) bound to its certificate or DPoP key, the tools listed and called,
-//! and the 403 `insufficient_scope` step-up to the admin endpoint. Every challenge certbound sent
-//! is parsed by the strict RFC 9110 parser (`common::challenge`) and compared with what
-//! oauth4webapi, an independent OAuth client library, read from it; the metadata document is
+//! tokens, and once more where the resource requires DPoP (`certbound-dpop.yaml`). The client is
+//! the SDK's own (`deploy/mcp/client.mjs`): it starts with the MCP server's URL only, and the test
+//! checks what it did, request by request: the 401, the RFC 9728 metadata its `resource_metadata`
+//! names, the authorization server found there, a token for the resource (RFC 8707) bound to its
+//! certificate or DPoP key, the tools listed and called, and the 403 `insufficient_scope` step-up
+//! to the admin endpoint; then the token, replayed without its key, is refused. Every challenge
+//! certbound sent is parsed by the strict RFC 9110 parser (`common::challenge`) and compared with
+//! what oauth4webapi, an independent OAuth client library, read from it; the metadata document is
 //! checked member by member against RFC 9728 §2 and §3.3.
 //!
 //! The shipped files are used as they are, only the ports and file paths their comments name
