@@ -93,7 +93,6 @@ async function parsedByOauth4webapi(response) {
 }
 
 const dpopKeys = options.dpop ? await DPoP.generateKeyPair('ES256') : null;
-const accessTokens = new Map(); // the token the SDK sends -> its claims, for the report
 const nonces = new Map(); // origin -> the DPoP-Nonce it last sent
 
 // The SDK's scope selection (MCP's: the challenge's `scope`, else the metadata's
@@ -186,7 +185,6 @@ async function recordingFetch(url, init = {}) {
       const body = await response.clone().json();
       entry.token_type = body.token_type;
       const claims = JSON.parse(Buffer.from(body.access_token.split('.')[1], 'base64url'));
-      accessTokens.set(body.access_token, claims);
       report.tokens.push({ token_type: body.token_type, scope: body.scope, claims });
     }
   }
