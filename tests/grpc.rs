@@ -204,6 +204,8 @@ async fn remove_authorization_strips_it_and_absent_claims_clear_their_headers() 
             .headers_to_remove
             .contains(&"authorization".to_string())
     );
+    // The DPoP proof goes with the token (an MCP server behind certbound saw it: tests/mcp_e2e.rs).
+    assert!(answer.headers_to_remove.contains(&"dpop".to_string()));
     // No email claim: a client-supplied x-email must not reach the upstream.
     assert!(answer.headers_to_remove.contains(&"x-email".to_string()));
 }

@@ -49,7 +49,8 @@ async fn demo_token_and_certificates_give_the_documented_outcomes() {
             .map(String::as_str),
         Some("demo-user")
     );
-    assert_eq!(allowed.headers_to_remove, ["authorization"]);
+    // remove_authorization: the token, and a DPoP proof if one came with it.
+    assert_eq!(allowed.headers_to_remove, ["authorization", "dpop"]);
 
     check(&checker, None, Some("demo-client.pem"))
         .await

@@ -518,10 +518,17 @@ impl Policy {
                 .iter()
                 .map(|(_, header)| header.clone()),
         );
+        self.remove_credentials(&mut upstream);
+        upstream
+    }
+
+    /// `upstream.remove_authorization`: the token, and the DPoP proof that goes with it (RFC
+    /// 9449), stay at the edge.
+    fn remove_credentials(&self, upstream: &mut Upstream) {
         if self.upstream.remove_authorization {
             upstream.remove_headers.push("authorization".into());
+            upstream.remove_headers.push("dpop".into());
         }
-        upstream
     }
 
     /// Reads the certificate from the configured sources, in order; the first one present wins.
@@ -581,9 +588,7 @@ impl Policy {
                 None => upstream.remove_headers.push(header.clone()),
             }
         }
-        if self.upstream.remove_authorization {
-            upstream.remove_headers.push("authorization".into());
-        }
+        self.remove_credentials(&mut upstream);
         upstream
     }
 }

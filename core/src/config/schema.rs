@@ -698,7 +698,8 @@ pub struct UpstreamConfig {
     /// Claim name -> request header set on the upstream request.
     #[serde(default = "default_claim_headers")]
     pub claim_headers: BTreeMap<String, String>,
-    /// Strip `authorization` before the upstream sees the request.
+    /// Strip `authorization` (and `dpop`, the proof that goes with the token) before the
+    /// upstream sees the request.
     #[serde(default)]
     pub remove_authorization: bool,
 }
