@@ -387,15 +387,29 @@ impl Policy {
         }
         // RFC 8707: under a protected resource, the token must have been issued for it, by one
         // of the authorization servers its metadata names (when they are configured).
-        if let Some(resource) = &facts.resource {
-            if let Some(servers) = &resource.authorization_servers
-                && !facts.issuer.as_ref().is_some_and(|i| servers.contains(i))
-            {
-                return Err(DenyReason::IssuerNotAllowed.into());
+        if let Some(servers) = facts
+            .resource
+            .as_ref()
+            .and_then(|r| r.authorization_servers.as_ref())
+            && !facts.issuer.as_ref().is_some_and(|i| servers.contains(i))
+        {
+            return Err(DenyReason::IssuerNotAllowed.into());
+        }
+        match facts.resource.as_ref().filter(|r| !r.audiences.is_empty()) {
+            Some(resource) => {
+                if !token::has_audience(&claims, &resource.audiences) {
+                    return Err(DenyReason::ResourceAudienceMismatch.into());
+                }
             }
-            if !resource.audiences.is_empty() && !token::has_audience(&claims, &resource.audiences)
-            {
-                return Err(DenyReason::ResourceAudienceMismatch.into());
+            // Elsewhere (or under a resource with `audiences: []`), one of the issuer's own
+            // audiences: a token issued only for a resource verifies, and is taken nowhere else.
+            None => {
+                if let Some(issuer) = facts.issuer_index.and_then(|i| self.issuers.get(i))
+                    && !issuer.resource_audiences.is_empty()
+                    && !token::has_audience(&claims, &issuer.audiences)
+                {
+                    return Err(DenyReason::AudienceMismatch.into());
+                }
             }
         }
         // A sender-constrained token is never taken as a plain bearer token: every method its

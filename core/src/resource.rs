@@ -136,6 +136,27 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// The audiences of every resource whose tokens `issuer` may issue (all of them, unless a
+    /// resource names its authorization servers), each once.
+    pub fn audiences_for(&self, issuer: &str) -> Vec<String> {
+        let mut audiences: Vec<String> = Vec::new();
+        for resource in &self.list {
+            if resource
+                .authorization_servers
+                .as_ref()
+                .is_some_and(|servers| !servers.iter().any(|s| s == issuer))
+            {
+                continue;
+            }
+            for audience in &resource.audiences {
+                if !audiences.contains(audience) {
+                    audiences.push(audience.clone());
+                }
+            }
+        }
+        audiences
+    }
+
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
@@ -190,6 +211,41 @@ impl Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_issuer_lends_only_the_audiences_of_resources_it_may_issue_for() {
+        let resource = |id: &str, servers: Option<Vec<String>>, audiences: &[&str]| {
+            Arc::new(
+                Resource::new(
+                    id.into(),
+                    "/x".into(),
+                    servers,
+                    audiences.iter().map(|a| (*a).to_owned()).collect(),
+                    false,
+                    String::new(),
+                )
+                .unwrap(),
+            )
+        };
+        let resources = Resources {
+            list: vec![
+                resource("https://a.example/mcp", None, &["https://a.example/mcp"]),
+                resource(
+                    "https://b.example/mcp",
+                    Some(vec!["https://idp-b".into()]),
+                    &["https://b.example/mcp", "https://a.example/mcp"],
+                ),
+            ],
+        };
+        assert_eq!(
+            resources.audiences_for("https://idp-a"),
+            ["https://a.example/mcp"]
+        );
+        assert_eq!(
+            resources.audiences_for("https://idp-b"),
+            ["https://a.example/mcp", "https://b.example/mcp"]
+        );
+    }
 
     fn resource(id: &str, prefix: &str) -> Arc<Resource> {
         Arc::new(

@@ -15,8 +15,12 @@ use crate::keys::KeySet;
 pub struct IssuerPolicy {
     /// Exact `iss` value.
     pub issuer: String,
-    /// `aud` must contain at least one of these.
+    /// `aud` must contain at least one of these, outside protected resources.
     pub audiences: Vec<String>,
+    /// The audiences of the protected resources this issuer may issue tokens for (RFC 8707):
+    /// a token for one of them verifies, and is accepted only under that resource (the
+    /// request's path decides: [`crate::Policy`]).
+    pub resource_audiences: Vec<String>,
     /// Algorithms this issuer may use; never HMAC or `none`.
     pub algorithms: Vec<Algorithm>,
     /// Require `typ` `at+jwt` (RFC 9068 §2.1), which stops ID tokens being replayed.
@@ -180,7 +184,11 @@ impl UnverifiedJwt<'_> {
         }
         self.verify_signature(keys)?;
         check_time_claims(&self.claims, now, leeway, true)?;
-        check_audience(&self.claims, &policy.audiences)?;
+        if !has_audience(&self.claims, &policy.audiences)
+            && !has_audience(&self.claims, &policy.resource_audiences)
+        {
+            return Err(DenyReason::AudienceMismatch);
+        }
         Ok(VerifiedToken {
             issuer: issuer_index,
             kid: self.kid,
@@ -326,6 +334,7 @@ mod tests {
         IssuerPolicy {
             issuer: "https://idp.test".into(),
             audiences: vec!["https://api.test".into()],
+            resource_audiences: Vec::new(),
             algorithms: vec![Algorithm::ES256, Algorithm::EdDSA],
             require_typ: false,
         }

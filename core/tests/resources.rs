@@ -66,8 +66,16 @@ struct World {
 /// A configuration with binding disabled (these tests are about resources), one issuer whose
 /// keys are in a file, and `extra` appended.
 fn text(jwks: &str, extra: &str) -> String {
+    text_with(
+        jwks,
+        &format!("{MCP}, https://other.example.com/api"),
+        extra,
+    )
+}
+
+fn text_with(jwks: &str, audiences: &str, extra: &str) -> String {
     format!(
-        "issuers:\n  - issuer: {ISSUER}\n    audiences: [{MCP}, https://other.example.com/api]\n    jwks_file: {jwks}\n\
+        "issuers:\n  - issuer: {ISSUER}\n    audiences: [{audiences}]\n    jwks_file: {jwks}\n\
          binding: {{mode: disabled}}\ncertificate: {{sources: []}}\n{extra}"
     )
 }
@@ -107,9 +115,14 @@ policy:
 ";
 
 fn make(extra: &str) -> World {
+    make_with(&format!("{MCP}, https://other.example.com/api"), extra)
+}
+
+/// [`make`] with the issuer's own `audiences`.
+fn make_with(audiences: &str, extra: &str) -> World {
     let signer = signer();
     let jwks = jwks_file(&signer);
-    let settings = settings(&text(&jwks, extra)).unwrap_or_else(|e| panic!("{e}"));
+    let settings = settings(&text_with(&jwks, audiences, extra)).unwrap_or_else(|e| panic!("{e}"));
     let keys = Keys(Arc::new(
         KeySet::from_jwks(json!({"keys": [signer.jwk]}).to_string().as_bytes())
             .unwrap()
@@ -432,6 +445,64 @@ fn a_token_for_another_resource_is_refused_rfc_8707() {
     assert_eq!(
         reason(&listed.decide("GET", "/mcp", Some(&mine))),
         "resource_audience_mismatch"
+    );
+}
+
+/// RFC 8707 by default: a token issued for the resource (its `aud` only the identifier) is
+/// taken under the resource without the identifier in the issuer's own `audiences`, and nowhere
+/// else; a token for the issuer's own audience is taken outside, not under the resource.
+#[test]
+fn the_resource_identifier_is_an_audience_without_listing_it_at_the_issuer() {
+    let world = make_with("https://other.example.com/api", RESOURCES);
+    let for_mcp = world.signer.sign(|c| c["aud"] = json!(MCP));
+    assert_eq!(reason(&world.decide("GET", "/mcp", Some(&for_mcp))), "ok");
+    let outside = world.signer.sign(|c| {
+        c["aud"] = json!(MCP);
+        c["scope"] = json!("other:read");
+    });
+    let decision = world.decide("GET", "/other", Some(&outside));
+    assert_eq!(
+        (reason(&decision), decision.http_status()),
+        ("audience_mismatch", 401)
+    );
+    let for_api = world.signer.sign(|c| {
+        c["aud"] = json!("https://other.example.com/api");
+        c["scope"] = json!("other:read tools:read");
+    });
+    assert_eq!(reason(&world.decide("GET", "/other", Some(&for_api))), "ok");
+    assert_eq!(
+        reason(&world.decide("GET", "/mcp", Some(&for_api))),
+        "resource_audience_mismatch"
+    );
+    // Under a resource with `audiences: []`, the issuer's own audiences, not another
+    // resource's.
+    let two = make_with(
+        "https://other.example.com/api",
+        &RESOURCES.replace(
+            "policy:\n",
+            "  - id: https://mcp.example.com/open\n    path_prefix: /other\n    audiences: []\npolicy:\n",
+        ),
+    );
+    let for_mcp = two.signer.sign(|c| {
+        c["aud"] = json!(MCP);
+        c["scope"] = json!("other:read");
+    });
+    assert_eq!(
+        reason(&two.decide("GET", "/other", Some(&for_mcp))),
+        "audience_mismatch"
+    );
+    let for_api = two.signer.sign(|c| {
+        c["aud"] = json!("https://other.example.com/api");
+        c["scope"] = json!("other:read");
+    });
+    assert_eq!(reason(&two.decide("GET", "/other", Some(&for_api))), "ok");
+    // A token for a third audience verifies nowhere.
+    let third = world
+        .signer
+        .sign(|c| c["aud"] = json!("https://third.example.com"));
+    assert_eq!(
+        reason(&world.decide("GET", "/mcp", Some(&third))),
+        "audience_mismatch"
     );
 }
 

@@ -248,6 +248,11 @@ impl FileConfig {
                 dpop: dpop.as_deref(),
             },
         )?;
+        // RFC 8707: a token issued for a resource verifies with its issuer (and is taken only
+        // under that resource), without its identifier in the issuer's own `audiences`.
+        for issuer in &mut issuers {
+            issuer.resource_audiences = resources.audiences_for(&issuer.issuer);
+        }
         let seconds = |value: u64, key: &str| {
             i64::try_from(value).map_err(|_| ConfigError::new(key, "too large"))
         };
@@ -416,6 +421,8 @@ fn validate_issuer(
     let policy = IssuerPolicy {
         issuer: issuer.issuer.clone(),
         audiences: issuer.audiences.clone(),
+        // Filled in once the resources are known.
+        resource_audiences: Vec::new(),
         algorithms,
         require_typ,
     };
