@@ -1,19 +1,18 @@
-//! Requests that reach the MCP server wrongly through what `deploy/mcp` ships (attack review of
-//! branch `issue-mcp` at fa1c664, branch `attack3`). Each test sends the request through the
-//! shipped files (only ports, addresses and file paths swapped, as tests/mcp_e2e.rs does) to a
-//! recording upstream standing in for the MCP server, and fails while the upstream gets a request
-//! certbound should have refused.
+//! Requests that reached the MCP server wrongly through what `deploy/mcp` shipped (attack review
+//! of the MCP example at fa1c664). Each test sends the request through the shipped files (only
+//! ports, addresses and file paths swapped, as tests/mcp_e2e.rs does) to a recording upstream
+//! standing in for the MCP server, and fails if the upstream gets a request certbound should
+//! have refused.
 //!
 //! 1. DPoP `htu` host not pinned behind Envoy: `certbound.yaml`, `certbound-dpop.yaml` and the
 //!    module's `filter_config` in `envoy-module.yaml` set no `dpop.public_base_url`, and the Envoy
-//!    configs route every `:authority` (`domains: ["*"]`), so certbound compares a proof's `htu`
+//!    configs route every `:authority` (`domains: ["*"]`), so certbound compared a proof's `htu`
 //!    with the scheme and host the client itself wrote. A DPoP-bound token with a proof made for
 //!    `https://evil.example/mcp` (the token and proof a client sent to another origin: a
-//!    malicious or compromised server, a logging intermediary) is accepted at the MCP server when
-//!    the replaying attacker sends `Host: evil.example` (HTTP/1.1) or `:authority: evil.example`
-//!    (h2). RFC 9449 §4.3 step 9: `htu` must match the URI of the request *at this server*; the
-//!    proof was never made for it. The NGINX setup pins the origin (`public_base_url`) and
-//!    refuses the same request. The last test shows the smallest fix closes it.
+//!    malicious or compromised server, a logging intermediary) was accepted at the MCP server when
+//!    the replaying attacker sent `Host: evil.example` (HTTP/1.1) or `:authority: evil.example`
+//!    (h2). RFC 9449 §4.3 step 9: `htu` must match the URI of the request *at this server*. Every
+//!    setup now pins the origin (`public_base_url`), as the NGINX one did.
 //!
 //! Ignored by a plain `cargo test` (they need Envoy, and the module test the built module), like
 //! tests/mcp_e2e.rs.
@@ -269,44 +268,20 @@ async fn a_proof_for_another_host_is_refused(stack: &Stack) {
     assert!(
         passed.is_empty() && reached == 0,
         "a DPoP proof made for {htu} was accepted at the MCP server ({passed:?}; {reached} \
-         request(s) reached it): dpop.public_base_url is not set, and Envoy routes any :authority"
+         request(s) reached it): is dpop.public_base_url still set?"
     );
 }
 
 #[tokio::test]
 #[ignore = "needs Envoy 1.40: run scripts/test.sh"]
-async fn a_dpop_proof_for_another_host_reaches_the_mcp_server_behind_envoy_and_the_service() {
+async fn a_dpop_proof_for_another_host_is_refused_behind_envoy_and_the_service() {
     let stack = Stack::service(|yaml| yaml).await;
     a_proof_for_another_host_is_refused(&stack).await;
 }
 
 #[tokio::test]
 #[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
-async fn a_dpop_proof_for_another_host_reaches_the_mcp_server_behind_envoy_and_the_module() {
+async fn a_dpop_proof_for_another_host_is_refused_behind_envoy_and_the_module() {
     let stack = Stack::module().await;
-    a_proof_for_another_host_is_refused(&stack).await;
-}
-
-/// The smallest fix, checked: `dpop.public_base_url` set to the resource's origin in the shipped
-/// certbound.yaml. The legitimate client still passes; the foreign proof is refused.
-#[tokio::test]
-#[ignore = "needs Envoy 1.40: run scripts/test.sh"]
-async fn pinning_the_public_origin_refuses_a_proof_for_another_host() {
-    let stack = Stack::service(|yaml| {
-        // The resource's origin, as swapped in: `https://localhost:PORT`.
-        let origin = yaml
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("- id: "))
-            .and_then(|id| id.split_whitespace().next())
-            .and_then(|id| id.strip_suffix("/mcp"))
-            .unwrap()
-            .to_owned();
-        point(
-            &yaml,
-            &[("dpop:\n", format!("dpop:\n  public_base_url: {origin}\n"))],
-            &[],
-        )
-    })
-    .await;
     a_proof_for_another_host_is_refused(&stack).await;
 }

@@ -402,8 +402,12 @@ fn check_metadata(example: &Example, report: &Value) {
     assert_eq!(document["bearer_methods_supported"], json!(["header"]));
     assert_eq!(document["resource_name"], "certbound MCP example");
     // What is enforced: certificate binding (binding.mode required, a certificate source), DPoP
-    // with ES256 proofs, and DPoP required only in certbound-dpop.yaml.
-    assert_eq!(document["tls_client_certificate_bound_access_tokens"], true);
+    // with ES256 proofs, and DPoP required only in certbound-dpop.yaml (where a certificate-bound
+    // token is refused, so the document does not offer that binding).
+    assert_eq!(
+        document["tls_client_certificate_bound_access_tokens"], !example.dpop_required,
+        "{name}"
+    );
     assert_eq!(
         document["dpop_signing_alg_values_supported"],
         json!(["ES256"])

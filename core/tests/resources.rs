@@ -254,12 +254,24 @@ fn the_metadata_document_follows_rfc_9728_field_by_field() {
         "defaults to the identifier's path"
     );
     let document: Value = serde_json::from_str(&resource.document).unwrap();
-    assert_eq!(document["tls_client_certificate_bound_access_tokens"], true);
+    // DPoP required: a certificate-bound token is refused there (`dpop_required`), so the
+    // document does not offer that binding, whatever binding.mode says.
+    assert_eq!(
+        document["tls_client_certificate_bound_access_tokens"],
+        false
+    );
     assert_eq!(
         document["dpop_signing_alg_values_supported"],
         json!(["ES256", "EdDSA"])
     );
     assert_eq!(document["dpop_bound_access_tokens_required"], true);
+    let optional =
+        crate::settings(&text.replace("    dpop_bound_access_tokens_required: true\n", ""))
+            .unwrap();
+    let document: Value =
+        serde_json::from_str(&optional.policy.resources.list[0].document).unwrap();
+    assert_eq!(document["tls_client_certificate_bound_access_tokens"], true);
+    assert_eq!(document["dpop_bound_access_tokens_required"], false);
     assert_eq!(document["scopes_supported"], json!(["a", "b"]));
 }
 

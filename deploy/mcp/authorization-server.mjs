@@ -1,3 +1,8 @@
+// DEMO ONLY: not a production authorization server. Both clients may get every scope (so the
+// mcp:admin "step-up" is granted to anyone holding a client key), both authenticate with the same
+// key (the demo client certificate's), state is kept in memory and the token signing key is made
+// anew at every start. oidc-provider 9 prints "Unsupported runtime" on Node 20: it runs.
+//
 // The MCP example's authorization server: panva's oidc-provider (npm, pinned in package.json)
 // issuing JWT access tokens for one protected resource (RFC 8707 resource indicators), by the
 // client credentials grant, the client authenticated with private_key_jwt (RFC 7523). Tokens are

@@ -214,9 +214,14 @@ fn validate_one(
         "bearer_methods_supported".into(),
         strings(&["header".to_owned()]),
     );
+    // Where DPoP is required a certificate-bound token is refused (`dpop_required`): a client
+    // that trusts the document must not pick that binding.
     document.insert(
         "tls_client_certificate_bound_access_tokens".into(),
-        Value::Bool(verifies_certificates(enforced, &path_prefix)),
+        Value::Bool(
+            verifies_certificates(enforced, &path_prefix)
+                && !config.dpop_bound_access_tokens_required,
+        ),
     );
     if let Some(dpop) = enforced.dpop {
         let algs: Vec<String> = dpop
