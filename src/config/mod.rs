@@ -546,6 +546,24 @@ upstream:
         );
     }
 
+    /// DPoP without a pinned origin: the htu is compared with a host the client may choose.
+    #[test]
+    fn dpop_without_a_public_base_url_is_a_warning() {
+        let warned = |text: &str| {
+            load(text)
+                .unwrap()
+                .decision
+                .warnings
+                .iter()
+                .any(|w| w.contains("dpop.public_base_url is not set"))
+        };
+        assert!(warned(&format!("{MINIMAL}dpop: {{enabled: true}}\n")));
+        assert!(!warned(&format!(
+            "{MINIMAL}dpop: {{enabled: true, public_base_url: https://api.example.com}}\n"
+        )));
+        assert!(!warned(MINIMAL));
+    }
+
     /// Kubernetes sets these in every pod of a namespace that has a Service named `certbound`:
     /// they must never stop certbound, only be mentioned.
     #[test]

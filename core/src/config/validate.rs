@@ -232,6 +232,16 @@ impl FileConfig {
             false => (None, None),
             true => {
                 let (policy, replay) = validate_dpop(&self.dpop, base)?;
+                if self.dpop.public_base_url.is_none() {
+                    warnings.push(
+                        "dpop.public_base_url is not set: a proof's htu is compared with the \
+                         scheme and host of the request as the proxy forwards it, which the \
+                         client chooses unless the proxy routes only your host; a proof made \
+                         for another server could then be replayed here. Set it to the origin \
+                         clients use"
+                            .to_owned(),
+                    );
+                }
                 (Some(Arc::new(policy)), Some(replay))
             }
         };
