@@ -3,6 +3,8 @@
 # with traces off, sampled out (ratio 0.01: one trace in a hundred exported) and fully sampled
 # (ratio 1), interleaved, REPS times. examples/loadgen.rs runs certbound on CPU 0 and an OTLP
 # receiver beside the generator on CPU 1. Results: benches/results/traces-*.jsonl.
+# The last line: what sampled-out traces cost a cached check (the median over the reps of the
+# change in certbound's CPU per check against the neighbouring "off" run; target under 2 %).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -19,3 +21,19 @@ for rep in $(seq "$REPS"); do
   done
 done
 echo "results: $out"
+python3 - "$out" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+cpu, rate, off = [], [], None
+for r in rows:
+    if r["label"].startswith("traces off"):
+        off = r
+    elif r["label"].startswith("traces 0.01") and off:
+        cpu.append(r["cpu_us_per_check"] / off["cpu_us_per_check"] - 1)
+        rate.append(1 - r["checks_per_s"] / off["checks_per_s"])
+cost = statistics.median(cpu)
+print(f"traces sampled out: {cost * 100:+.1f} % CPU per cached check (reps "
+      f"{', '.join(f'{c * 100:+.1f}' for c in cpu)}; checks/s "
+      f"{', '.join(f'{-x * 100:+.1f}' for x in rate)} %; target < 2 %): "
+      f"{'met' if cost < 0.02 else 'not met'}")
+PY
