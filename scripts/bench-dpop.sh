@@ -10,6 +10,10 @@
 # The yardstick: `openssl speed ecdsap256` on the same core (CPU 0) right before each DPoP run
 # with the in-memory store; the last line says whether DPoP checks reach TARGET (0.85) of its
 # verify rate (the median of the reps' ratios, each DPoP run against its neighbouring openssl).
+# openssl divides by its CPU time (user), so the ratio compares per CPU-second: certbound's
+# checks per second of its own CPU time (1e6 / cpu_us_per_check). On a quiet machine certbound
+# fills its core and this equals checks/s; when other work shares the cores, checks/s falls
+# with certbound's share of CPU 0 while openssl's figure does not (that ratio is printed too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-8}
@@ -52,16 +56,18 @@ python3 - "$out" "${TARGET:-0.85}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 target = float(sys.argv[2])
-ratios, openssl = [], None
+ratios, wall, openssl = [], [], None
 for r in rows:
     if "verify_per_s" in r:
         openssl = r["verify_per_s"]
     elif r.get("replay") == "memory" and r.get("mode") == "closed" and openssl:
-        ratios.append(r["checks_per_s"] / openssl)
+        ratios.append(1e6 / r["cpu_us_per_check"] / openssl)
+        wall.append(r["checks_per_s"] / openssl)
         if r.get("errors"):
             print(f"warning: {r['errors']} errors in {r['label']}")
 median = statistics.median(ratios)
 verdict = "met" if median >= target else "not met"
-print(f"DPoP checks (replay in memory) / openssl ES256 verifies: {median:.2f}x "
-      f"(reps {', '.join(f'{x:.2f}' for x in ratios)}; target >= {target}): {verdict}")
+print(f"DPoP checks (replay in memory) per CPU-second / openssl ES256 verifies per CPU-second: "
+      f"{median:.2f}x (reps {', '.join(f'{x:.2f}' for x in ratios)}; checks/s over it: "
+      f"{', '.join(f'{x:.2f}' for x in wall)}; target >= {target}): {verdict}")
 PY

@@ -3,8 +3,9 @@
 # with traces off, sampled out (ratio 0.01: one trace in a hundred exported) and fully sampled
 # (ratio 1), interleaved, REPS times. examples/loadgen.rs runs certbound on CPU 0 and an OTLP
 # receiver beside the generator on CPU 1. Results: benches/results/traces-*.jsonl.
-# The last line: what sampled-out traces cost a cached check (the median over the reps of the
+# Then a line: what sampled-out traces cost a cached check (the median over the reps of the
 # change in certbound's CPU per check against the neighbouring "off" run; target under 2 %).
+# And the last line: the same in instructions per check, counted by callgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -37,3 +38,24 @@ print(f"traces sampled out: {cost * 100:+.1f} % CPU per cached check (reps "
       f"{', '.join(f'{-x * 100:+.1f}' for x in rate)} %; target < 2 %): "
       f"{'met' if cost < 0.02 else 'not met'}")
 PY
+# The same question in instructions (callgrind; deterministic, unlike the figures above when
+# other work shares the cores): INSTRUCTIONS=0 skips it.
+if [ "${INSTRUCTIONS:-1}" != 0 ] && command -v valgrind >/dev/null; then
+  # The first line of each (the JSON summary; the rest is by function).
+  # The builds above (a separate `cargo build --bin certbound` would unify features differently
+  # and rebuild it).
+  export LOADGEN=target/release/examples/loadgen
+  off=$(scripts/instructions-per-check.sh "$CACHE" target/release/certbound)
+  off=${off%%$'\n'*}
+  sampled=$(LOADGEN_ARGS="--traces 0.01" scripts/instructions-per-check.sh "$CACHE" target/release/certbound)
+  sampled=${sampled%%$'\n'*}
+  echo "$off" | tee -a "$out"
+  echo "$sampled" | tee -a "$out"
+  python3 - "$off" "$sampled" <<'PY'
+import json, sys
+off, sampled = (json.loads(a)["instructions_per_check"] for a in sys.argv[1:])
+cost = sampled / off - 1
+print(f"traces sampled out (callgrind): {cost * 100:+.2f} % instructions per cached check "
+      f"({sampled:,} vs {off:,}; target < 2 %): {'met' if cost < 0.02 else 'not met'}")
+PY
+fi
