@@ -135,8 +135,10 @@ fn prepare(
             "dpop:\n  enabled: true\n  max_age_seconds: 3600\n  replay:\n    store: redis\n    url: {}\n    key_prefix: 'loadgen:{port}:'\n",
             args.redis_url
         ),
+        // Every proof is by one of `--tokens` keys: the per-key quota must hold them all.
         (true, _) => format!(
-            "dpop:\n  enabled: true\n  max_age_seconds: 3600\n  replay:\n    max_entries: {}\n",
+            "dpop:\n  enabled: true\n  max_age_seconds: 3600\n  replay:\n    max_entries: {}\n    max_per_key: {}\n",
+            args.proofs + 1024,
             args.proofs + 1024
         ),
     };

@@ -5,18 +5,22 @@
 //! Replay (§11.1) needs state across requests: a verified proof yields a [`ReplayKey`] that the
 //! adapter records in its replay store ([`crate::replay`]) before it lets the request through.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::decision::DenyReason;
-use crate::jwa::Algorithm;
-use crate::keys::VerificationKey;
+use crate::jwa::{Algorithm, KeyKind};
+use crate::keys::{JwkMembers, PublicKey, key_attributes, key_fits, key_material};
 
 /// Longest proof considered (a compact JWS with an RSA-4096 `jwk` is ~2 KiB).
 pub const MAX_PROOF_BYTES: usize = 8 * 1024;
@@ -44,6 +48,8 @@ pub struct DpopPolicy {
     pub nonces: Option<NonceKeys>,
     /// `algs="..."` of the challenges: the accepted algorithms, space-separated.
     pub algs: std::sync::Arc<str>,
+    /// Proof keys parsed before, by thumbprint (shared by the policy's clones).
+    pub proof_keys: ProofKeys,
 }
 
 impl fmt::Debug for DpopPolicy {
@@ -89,25 +95,43 @@ impl ReplayKey {
 /// The RFC 7638 JWK thumbprint (SHA-256, base64url): the required members of the key, in
 /// lexicographic order, as JSON without whitespace. `None` for a key type it does not define.
 pub fn jwk_thumbprint(jwk: &Map<String, Value>) -> Option<String> {
-    let member = |name: &str| jwk.get(name).and_then(Value::as_str);
-    let members: &[&str] = match member("kty")? {
+    thumbprint_digest(jwk).map(|digest| URL_SAFE_NO_PAD.encode(digest))
+}
+
+/// The SHA-256 of [`jwk_thumbprint`], hashed as it is written out (no canonical copy).
+fn thumbprint_digest(jwk: &(impl JwkMembers + ?Sized)) -> Option<[u8; 32]> {
+    let members: &[&str] = match jwk.string("kty")? {
         "EC" => &["crv", "kty", "x", "y"],
         "RSA" => &["e", "kty", "n"],
         "OKP" => &["crv", "kty", "x"],
         _ => return None,
     };
-    let mut canonical = String::from("{");
+    let mut hash = Sha256::new();
+    hash.update(b"{");
     for (i, name) in members.iter().enumerate() {
         if i > 0 {
-            canonical.push(',');
+            hash.update(b",");
         }
-        // serde_json escapes exactly as JSON requires; the values are base64url or names anyway.
-        canonical.push_str(&serde_json::to_string(name).ok()?);
-        canonical.push(':');
-        canonical.push_str(&serde_json::to_string(member(name)?).ok()?);
+        hash.update(b"\"");
+        hash.update(name.as_bytes());
+        hash.update(b"\":");
+        json_string(&mut hash, jwk.string(name)?)?;
     }
-    canonical.push('}');
-    Some(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
+    hash.update(b"}");
+    Some(hash.finalize().into())
+}
+
+/// `value` as a JSON string, escaped exactly as serde_json escapes (the values are base64url
+/// anyway: only a hostile key needs the escaping).
+fn json_string(hash: &mut Sha256, value: &str) -> Option<()> {
+    if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        hash.update(serde_json::to_string(value).ok()?.as_bytes());
+    } else {
+        hash.update(b"\"");
+        hash.update(value.as_bytes());
+        hash.update(b"\"");
+    }
+    Some(())
 }
 
 /// `base64url(SHA-256(ASCII of the access token))`: a proof's `ath` (§4.2).
@@ -220,19 +244,407 @@ pub struct ProofContext<'a> {
     pub now: i64,
 }
 
-fn decode_object(part: &str) -> Result<Map<String, Value>, DenyReason> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| DenyReason::DpopProofInvalid)?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(DenyReason::DpopProofInvalid),
+/// Parsed proof keys by the SHA-256 of their RFC 7638 thumbprint, so that a client's key is
+/// parsed (and checked to be on its curve) once, not for every proof. The thumbprint covers
+/// every member the key is made of ([`key_material`]), so one thumbprint is one key; what else
+/// the `jwk` says (`alg`, `use`, `key_ops`) is checked on every proof. Bounded: when full, one
+/// entry makes room (a flood of fresh keys costs their parsing, nothing else).
+#[derive(Clone, Default)]
+pub struct ProofKeys(Arc<Mutex<HashMap<[u8; 32], CachedKey>>>);
+
+type CachedKey = Arc<(KeyKind, PublicKey)>;
+
+/// Most proof keys kept parsed.
+const PROOF_KEYS: usize = 4096;
+
+impl ProofKeys {
+    fn get_or_parse(
+        &self,
+        thumbprint: &[u8; 32],
+        jwk: &ProofJwk<'_>,
+    ) -> Result<CachedKey, &'static str> {
+        let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = lock().get(thumbprint) {
+            return Ok(Arc::clone(key));
+        }
+        let key = Arc::new(key_material(jwk)?);
+        let mut keys = lock();
+        if keys.len() >= PROOF_KEYS
+            && let Some(any) = keys.keys().next().copied()
+        {
+            keys.remove(&any);
+        }
+        keys.insert(*thumbprint, Arc::clone(&key));
+        Ok(key)
     }
+
+    /// How many keys are kept (for tests).
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A JSON value as far as a proof's checks read it: what `serde_json::Value`'s `as_str`,
+/// `as_i64` and `as_f64` would give, read in place from the decoded proof (no map, no copy of
+/// an unescaped string).
+#[derive(Debug, Default)]
+enum Member<'a> {
+    #[default]
+    Absent,
+    Str(Cow<'a, str>),
+    Int(i64),
+    Float(f64),
+    /// Any other JSON value (skipped).
+    Other,
+}
+
+impl Member<'_> {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// `as_i64`, else `as_f64` truncated (as the claims' `iat` was always read).
+    fn as_i64_lossy(&self) -> Option<i64> {
+        match self {
+            Self::Int(i) => Some(*i),
+            Self::Float(f) => Some(*f as i64),
+            _ => None,
+        }
+    }
+}
+
+struct MemberVisitor;
+
+impl<'de> Visitor<'de> for MemberVisitor {
+    type Value = Member<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Member::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Member::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Member::Str(Cow::Owned(v)))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Member::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(v).map_or(Member::Float(v as f64), Member::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Member::Float(v))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Member::Other)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Member::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Member::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Member::Other)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Member<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MemberVisitor)
+    }
+}
+
+/// A member name: matched whether or not it was written with escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Member::deserialize(deserializer)? {
+            Member::Str(name) => Ok(Name(name)),
+            _ => Err(de::Error::custom("a member name is a string")),
+        }
+    }
+}
+
+/// Reads a JSON object member by member into `T` (the last of repeated members wins, as in a
+/// `serde_json::Map`); anything but an object is refused.
+trait ObjectFields<'de>: Default {
+    fn field<A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<(), A::Error>;
+}
+
+struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: ObjectFields<'de>> Visitor<'de> for ObjectVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        let mut fields = T::default();
+        while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
+            fields.field(&name, &mut map)?;
+        }
+        Ok(fields)
+    }
+}
+
+/// Parses `bytes` (a decoded JWS part) as a JSON object into `T`.
+fn parse_object<'de, T: ObjectFields<'de>>(bytes: &'de [u8]) -> Result<T, DenyReason> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let fields = deserializer
+        .deserialize_any(ObjectVisitor::<T>(std::marker::PhantomData))
+        .map_err(|_| DenyReason::DpopProofInvalid)?;
+    deserializer
+        .end()
+        .map_err(|_| DenyReason::DpopProofInvalid)?;
+    Ok(fields)
+}
+
+/// The `jwk` header member, when it is an object.
+#[derive(Debug, Default)]
+struct ProofJwk<'a> {
+    kty: Member<'a>,
+    crv: Member<'a>,
+    x: Member<'a>,
+    y: Member<'a>,
+    n: Member<'a>,
+    e: Member<'a>,
+    alg: Member<'a>,
+    use_: Member<'a>,
+    /// `key_ops` when it is an array: whether it holds `"verify"`.
+    key_ops: Option<bool>,
+    /// A member only a private key has (§4.3 step 7).
+    private: bool,
+}
+
+impl<'de> ObjectFields<'de> for ProofJwk<'de> {
+    fn field<A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<(), A::Error> {
+        let slot = match name {
+            "kty" => &mut self.kty,
+            "crv" => &mut self.crv,
+            "x" => &mut self.x,
+            "y" => &mut self.y,
+            "n" => &mut self.n,
+            "e" => &mut self.e,
+            "alg" => &mut self.alg,
+            "use" => &mut self.use_,
+            "key_ops" => {
+                self.key_ops = map.next_value::<KeyOps>()?.0;
+                return Ok(());
+            }
+            _ => {
+                self.private |= PRIVATE_MEMBERS.contains(&name);
+                map.next_value::<IgnoredAny>()?;
+                return Ok(());
+            }
+        };
+        *slot = map.next_value()?;
+        Ok(())
+    }
+}
+
+impl JwkMembers for ProofJwk<'_> {
+    fn string(&self, name: &str) -> Option<&str> {
+        match name {
+            "kty" => &self.kty,
+            "crv" => &self.crv,
+            "x" => &self.x,
+            "y" => &self.y,
+            "n" => &self.n,
+            "e" => &self.e,
+            "alg" => &self.alg,
+            "use" => &self.use_,
+            _ => return None,
+        }
+        .as_str()
+    }
+
+    fn key_ops_verify(&self) -> Option<bool> {
+        self.key_ops
+    }
+}
+
+/// `key_ops`: `Some(holds "verify")` for an array, `None` for anything else.
+struct KeyOps(Option<bool>);
+
+impl<'de> de::Deserialize<'de> for KeyOps {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Ops;
+        impl<'de> Visitor<'de> for Ops {
+            type Value = KeyOps;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyOps, A::Error> {
+                let mut verify = false;
+                while let Some(op) = seq.next_element::<Member<'de>>()? {
+                    verify |= op.as_str() == Some("verify");
+                }
+                Ok(KeyOps(Some(verify)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<KeyOps, A::Error> {
+                MemberVisitor.visit_map(map).map(|_| KeyOps(None))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<KeyOps, E> {
+                Ok(KeyOps(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<KeyOps, E> {
+                Ok(KeyOps(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<KeyOps, E> {
+                Ok(KeyOps(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<KeyOps, E> {
+                Ok(KeyOps(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<KeyOps, E> {
+                Ok(KeyOps(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<KeyOps, E> {
+                Ok(KeyOps(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<KeyOps, E> {
+                Ok(KeyOps(None))
+            }
+        }
+        deserializer.deserialize_any(Ops)
+    }
+}
+
+/// The `jwk` member: absent, an object, or something else.
+#[derive(Debug, Default)]
+enum JwkMember<'a> {
+    #[default]
+    Absent,
+    Object(Box<ProofJwk<'a>>),
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for JwkMember<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Jwk;
+        impl<'de> Visitor<'de> for Jwk {
+            type Value = JwkMember<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                ObjectVisitor::<ProofJwk<'de>>(std::marker::PhantomData)
+                    .visit_map(map)
+                    .map(|jwk| JwkMember::Object(Box::new(jwk)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                MemberVisitor.visit_seq(seq).map(|_| JwkMember::Other)
+            }
+            fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<Self::Value, E> {
+                Ok(JwkMember::Other)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(JwkMember::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(JwkMember::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(JwkMember::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(JwkMember::Other)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(JwkMember::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(JwkMember::Other)
+            }
+        }
+        deserializer.deserialize_any(Jwk)
+    }
+}
+
+/// A proof's JOSE header, as far as it is read.
+#[derive(Debug, Default)]
+struct ProofHeader<'a> {
+    typ: Member<'a>,
+    alg: Member<'a>,
+    crit: bool,
+    jwk: JwkMember<'a>,
+}
+
+impl<'de> ObjectFields<'de> for ProofHeader<'de> {
+    fn field<A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<(), A::Error> {
+        match name {
+            "typ" => self.typ = map.next_value()?,
+            "alg" => self.alg = map.next_value()?,
+            "jwk" => self.jwk = map.next_value()?,
+            _ => {
+                self.crit |= name == "crit";
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A proof's claims, as far as they are read.
+#[derive(Debug, Default)]
+struct ProofClaims<'a> {
+    jti: Member<'a>,
+    htm: Member<'a>,
+    htu: Member<'a>,
+    iat: Member<'a>,
+    ath: Member<'a>,
+    nonce: Member<'a>,
+}
+
+impl<'de> ObjectFields<'de> for ProofClaims<'de> {
+    fn field<A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<(), A::Error> {
+        let slot = match name {
+            "jti" => &mut self.jti,
+            "htm" => &mut self.htm,
+            "htu" => &mut self.htu,
+            "iat" => &mut self.iat,
+            "ath" => &mut self.ath,
+            "nonce" => &mut self.nonce,
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+                return Ok(());
+            }
+        };
+        *slot = map.next_value()?;
+        Ok(())
+    }
+}
+
+/// Whether `htu` names `normalized` (a URI [`normalize_htu`] made): compared as is first, since
+/// normalising is idempotent (the `htu` fuzz target holds it to that) and clients send the
+/// normal form; otherwise normalised.
+fn htu_matches(htu: &str, normalized: &str) -> bool {
+    let bare = htu.split(['?', '#']).next().unwrap_or_default();
+    bare == normalized || normalize_htu(htu).as_deref() == Some(normalized)
 }
 
 impl DpopPolicy {
     /// Checks a proof as RFC 9449 §4.3 lists the steps (the binding to the token's `cnf.jkt`
     /// is the caller's, with the returned thumbprint).
+    ///
+    /// Each part is decoded once and read in place; the key is parsed once per thumbprint
+    /// ([`ProofKeys`]).
     pub fn verify_proof(&self, context: &ProofContext<'_>) -> Result<VerifiedProof, DenyReason> {
         // Step 1: exactly one DPoP header holding one compact JWS (Envoy joins repeated headers
         // with commas, which a JWS never contains).
@@ -251,63 +663,79 @@ impl DpopPolicy {
         else {
             return Err(DenyReason::DpopProofInvalid);
         };
-        let header = decode_object(header_b64)?;
-        let claims = decode_object(claims_b64)?;
+        // Both parts decoded into one buffer (header, then claims).
+        let mut decoded = Vec::with_capacity((header_b64.len() + claims_b64.len()) / 4 * 3 + 6);
+        URL_SAFE_NO_PAD
+            .decode_vec(header_b64, &mut decoded)
+            .map_err(|_| DenyReason::DpopProofInvalid)?;
+        let header_len = decoded.len();
+        URL_SAFE_NO_PAD
+            .decode_vec(claims_b64, &mut decoded)
+            .map_err(|_| DenyReason::DpopProofInvalid)?;
+        let (header_bytes, claims_bytes) = decoded.split_at(header_len);
+        let header: ProofHeader<'_> = parse_object(header_bytes)?;
+        let claims: ProofClaims<'_> = parse_object(claims_bytes)?;
         // Step 4: typ.
-        if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
+        if header.typ.as_str() != Some("dpop+jwt") {
             return Err(DenyReason::DpopTypInvalid);
         }
         // Step 5: an asymmetric algorithm this server accepts (never none or MAC).
         let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
+            .alg
+            .as_str()
             .and_then(Algorithm::from_name)
             .filter(|alg| self.algorithms.contains(alg))
             .ok_or(DenyReason::DpopAlgNotAllowed)?;
-        if header.contains_key("crit") {
+        if header.crit {
             return Err(DenyReason::DpopProofInvalid);
         }
         // Step 7: a public key only.
-        let Some(Value::Object(jwk)) = header.get("jwk") else {
+        let JwkMember::Object(jwk) = &header.jwk else {
             return Err(DenyReason::DpopJwkInvalid);
         };
-        if PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
+        if jwk.private {
             return Err(DenyReason::DpopJwkInvalid);
         }
-        let jwk_value = Value::Object(jwk.clone());
-        let key = VerificationKey::from_jwk(&jwk_value).map_err(|_| DenyReason::DpopJwkInvalid)?;
-        if !key.accepts(alg) {
+        let pinned = key_attributes(jwk.as_ref()).map_err(|_| DenyReason::DpopJwkInvalid)?;
+        let thumbprint = thumbprint_digest(jwk.as_ref()).ok_or(DenyReason::DpopJwkInvalid)?;
+        let key = self
+            .proof_keys
+            .get_or_parse(&thumbprint, jwk)
+            .map_err(|_| DenyReason::DpopJwkInvalid)?;
+        let (kind, public_key) = key.as_ref();
+        key_fits(pinned, *kind).map_err(|_| DenyReason::DpopJwkInvalid)?;
+        if alg.key_kind() != *kind || pinned.is_some_and(|pin| !alg.satisfies_pin(pin)) {
             return Err(DenyReason::DpopJwkInvalid);
         }
-        let jkt = jwk_thumbprint(jwk).ok_or(DenyReason::DpopJwkInvalid)?;
         // Step 6: the signature, by that key.
         let signing_input = &proof[..header_b64.len() + 1 + claims_b64.len()];
-        if signature.is_empty() || !key.verify(alg, signing_input.as_bytes(), signature) {
+        if signature.is_empty() || !public_key.verify(alg, signing_input.as_bytes(), signature) {
             return Err(DenyReason::DpopSignatureInvalid);
         }
         // Step 3: the required claims.
-        let string = |name: &str| claims.get(name).and_then(Value::as_str);
-        let jti = string("jti")
+        let jti = claims
+            .jti
+            .as_str()
             .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_BYTES)
             .ok_or(DenyReason::DpopProofInvalid)?;
-        let htm = string("htm").ok_or(DenyReason::DpopProofInvalid)?;
-        let htu = string("htu").ok_or(DenyReason::DpopProofInvalid)?;
+        let htm = claims.htm.as_str().ok_or(DenyReason::DpopProofInvalid)?;
+        let htu = claims.htu.as_str().ok_or(DenyReason::DpopProofInvalid)?;
         let iat = claims
-            .get("iat")
-            .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+            .iat
+            .as_i64_lossy()
             .ok_or(DenyReason::DpopProofInvalid)?;
         // Step 8: the method.
         if htm != context.method {
             return Err(DenyReason::DpopMethodMismatch);
         }
         // Step 9: the URI, without query and fragment, normalised on both sides.
-        if normalize_htu(htu).as_deref() != Some(context.htu) {
+        if !htu_matches(htu, context.htu) {
             return Err(DenyReason::DpopUrlMismatch);
         }
         // Step 10: the nonce, when this server requires one.
         let nonce = match &self.nonces {
             None => None,
-            Some(keys) => match string("nonce") {
+            Some(keys) => match claims.nonce.as_str() {
                 Some(nonce) if keys.accepts(nonce, context.now) => Some(nonce.to_owned()),
                 _ => return Err(DenyReason::DpopNonceRequired),
             },
@@ -319,11 +747,19 @@ impl DpopPolicy {
         if iat < context.now.saturating_sub(self.max_age_seconds) {
             return Err(DenyReason::DpopIatTooOld);
         }
-        // Step 12: the access token hash.
-        let ath = access_token_hash(context.access_token);
-        if !string("ath").is_some_and(|a| bool::from(a.as_bytes().ct_eq(ath.as_bytes()))) {
+        // Step 12: the access token hash (encoded on the stack: 43 characters).
+        let mut ath = [0u8; 43];
+        let ath_len = URL_SAFE_NO_PAD
+            .encode_slice(Sha256::digest(context.access_token.as_bytes()), &mut ath)
+            .map_err(|_| DenyReason::DpopAthMismatch)?;
+        if !claims
+            .ath
+            .as_str()
+            .is_some_and(|a| bool::from(a.as_bytes().ct_eq(&ath[..ath_len])))
+        {
             return Err(DenyReason::DpopAthMismatch);
         }
+        let jkt = URL_SAFE_NO_PAD.encode(thumbprint);
         let mut replay = Sha256::new();
         replay.update(jkt.as_bytes());
         replay.update([0]);
@@ -479,6 +915,7 @@ mod tests {
             trust_forwarded_headers: false,
             nonces: None,
             algs: "ES256 EdDSA".into(),
+            proof_keys: ProofKeys::default(),
         }
     }
 
@@ -629,6 +1066,86 @@ mod tests {
         ] {
             assert!(check(&policy(), &p(edit)).is_ok());
         }
+    }
+
+    /// The proof is read in place, member by member: it must read as a `serde_json::Value`
+    /// would (the last of repeated members wins, escaped names and values are unescaped,
+    /// numbers beyond i64 saturate), and each key is parsed once.
+    #[test]
+    fn proofs_read_in_place_as_a_json_value_reads_them() {
+        let client = Client::new();
+        let policy = policy();
+        let raw = |header: &str, claims: &str| {
+            let input = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(claims)
+            );
+            let rng = aws_lc_rs::rand::SystemRandom::new();
+            let signature = client.pair.sign(&rng, input.as_bytes()).expect("sign");
+            vec![format!(
+                "{input}.{}",
+                URL_SAFE_NO_PAD.encode(signature.as_ref())
+            )]
+        };
+        let jwk = client.jwk.to_string();
+        let ath = access_token_hash("the-token");
+        let claims =
+            format!(r#"{{"jti":"j-1","htm":"GET","htu":"{HTU}","iat":{NOW},"ath":"{ath}"}}"#);
+        // Escaped member names and values.
+        let escaped = format!(r#"{{"t\u0079p":"dpop\u002bjwt","alg":"ES256","jwk":{jwk}}}"#);
+        assert!(check(&policy, &raw(&escaped, &claims)).is_ok());
+        // Repeated members: the last one counts.
+        let repeated = format!(r#"{{"typ":"JWT","typ":"dpop+jwt","alg":"ES256","jwk":{jwk}}}"#);
+        assert!(check(&policy, &raw(&repeated, &claims)).is_ok());
+        let repeated = format!(r#"{{"typ":"dpop+jwt","typ":"JWT","alg":"ES256","jwk":{jwk}}}"#);
+        assert_eq!(
+            check(&policy, &raw(&repeated, &claims)).err(),
+            Some(DenyReason::DpopTypInvalid)
+        );
+        let header = format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{jwk}}}"#);
+        // Trailing bytes, or not an object: not a proof.
+        for bad in [format!("{header} x"), "[1]".to_owned(), "\"s\"".to_owned()] {
+            assert_eq!(
+                check(&policy, &raw(&bad, &claims)).err(),
+                Some(DenyReason::DpopProofInvalid),
+                "{bad}"
+            );
+        }
+        // key_ops without verify, or a use other than sig: not a key for this.
+        for extra in [
+            r#""key_ops":["sign"]"#,
+            r#""use":"enc""#,
+            r#""alg":"ES384""#,
+        ] {
+            let mut jwk = client.jwk.to_string();
+            jwk.insert_str(1, &format!("{extra},"));
+            let header = format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{jwk}}}"#);
+            assert_eq!(
+                check(&policy, &raw(&header, &claims)).err(),
+                Some(DenyReason::DpopJwkInvalid),
+                "{extra}"
+            );
+        }
+        let mut jwk_ok = client.jwk.to_string();
+        jwk_ok.insert_str(1, r#""key_ops":["verify"],"use":"sig","alg":"ES256","#);
+        let header_ok = format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{jwk_ok}}}"#);
+        assert!(check(&policy, &raw(&header_ok, &claims)).is_ok());
+        // A float iat counts by its integer part; one past i64 is far in the future.
+        let float_iat = claims.replace(&format!("{NOW}"), &format!("{NOW}.9"));
+        assert!(check(&policy, &raw(&header, &float_iat)).is_ok());
+        let huge_iat = claims.replace(&format!("{NOW}"), "18446744073709551615");
+        assert_eq!(
+            check(&policy, &raw(&header, &huge_iat)).err(),
+            Some(DenyReason::DpopIatInFuture)
+        );
+        // One parsed key for all of this client's proofs, shared by the policy's clones.
+        assert_eq!(policy.proof_keys.len(), 1);
+        let clone = policy.clone();
+        assert!(check(&clone, &raw(&header, &claims)).is_ok());
+        assert_eq!(policy.proof_keys.len(), 1);
+        assert!(check(&policy, &[Client::new().proof_with(|_, _| {})]).is_ok());
+        assert_eq!(policy.proof_keys.len(), 2);
     }
 
     #[test]

@@ -37,9 +37,26 @@ pub struct MemoryReplayStore {
     /// Keys the shard hash; random per store, never leaves the process.
     placement: Box<hmac::Key>,
     max_per_key: usize,
-    /// Expiry times of each key's live proofs.
-    per_key: Mutex<HashMap<[u8; 32], Vec<i64>>>,
+    /// Expiry times of each key's proofs (expired ones swept now and then, see [`KeyProofs`]).
+    per_key: Mutex<HashMap<[u8; 32], KeyProofs>>,
     max_entries: usize,
+}
+
+/// One key's proofs: their expiry times. Expired ones are swept when the key reaches its quota
+/// or twice the size it had after the last sweep, not on every record (a busy key holds
+/// thousands): the vector stays within twice the key's live proofs (plus a few), and a record
+/// costs O(1) amortised.
+#[derive(Default)]
+struct KeyProofs {
+    expiries: Vec<i64>,
+    sweep_at: usize,
+}
+
+impl KeyProofs {
+    fn sweep(&mut self, now: i64) {
+        self.expiries.retain(|&at| at > now);
+        self.sweep_at = (2 * self.expiries.len()).max(16);
+    }
 }
 
 impl MemoryReplayStore {
@@ -62,13 +79,16 @@ impl ReplayStore for MemoryReplayStore {
     fn record(&self, key: &ReplayKey, now: i64) -> Result<bool, ReplayError> {
         let mut per_key = self.per_key.lock().unwrap_or_else(|e| e.into_inner());
         if per_key.len() > self.max_entries {
-            per_key.retain(|_, expiries| {
-                expiries.retain(|&at| at > now);
-                !expiries.is_empty()
+            per_key.retain(|_, proofs| {
+                proofs.sweep(now);
+                !proofs.expiries.is_empty()
             });
         }
-        let expiries = per_key.entry(key.holder).or_default();
-        expiries.retain(|&at| at > now);
+        let proofs = per_key.entry(key.holder).or_default();
+        if proofs.expiries.len() >= proofs.sweep_at.min(self.max_per_key) {
+            proofs.sweep(now);
+        }
+        let expiries = &mut proofs.expiries;
         let placed: [u8; 32] = hmac::sign(&self.placement, &key.digest)
             .as_ref()
             .try_into()
@@ -129,6 +149,25 @@ mod tests {
         assert_eq!(store.record(&key(10, 2, 1_000), 900), Ok(true));
         // Once key 1's proofs expire, it has its quota back.
         assert_eq!(store.record(&key(4, 1, 2_000), 1_000), Ok(true));
+    }
+
+    #[test]
+    fn a_busy_key_keeps_about_its_live_proofs_not_every_proof_it_sent() {
+        let store = MemoryReplayStore::new(1 << 20, 1 << 20);
+        // 100,000 proofs of one key, one per second, each live for 10 s.
+        for n in 0..100_000u32 {
+            let mut digest = [0u8; 32];
+            digest[..4].copy_from_slice(&n.to_be_bytes());
+            let key = ReplayKey {
+                digest,
+                holder: [1; 32],
+                expires_at: i64::from(n) + 10,
+            };
+            assert_eq!(store.record(&key, i64::from(n)), Ok(true));
+        }
+        let per_key = store.per_key.lock().expect("lock");
+        let kept = per_key[&[1; 32]].expiries.len();
+        assert!(kept <= 2 * 10 + 16, "{kept} expiry times kept");
     }
 
     #[test]

@@ -180,6 +180,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for CheckService {
             let (head, _body) = request.into_parts();
             let parent = crate::telemetry::enabled()
                 .then(|| {
+                    let names = head.headers.keys().map(|name| name.as_str());
+                    if !crate::telemetry::may_have_parent(names) {
+                        return None;
+                    }
                     crate::telemetry::parent(|name| {
                         head.headers
                             .get(name)

@@ -68,25 +68,36 @@ impl Authorization for AuthorizationService {
 }
 
 /// The caller's trace: the Check call's own metadata (Envoy's ext_authz span, when Envoy traces),
-/// else the checked request's headers.
+/// else the checked request's headers. Each is looked into only when one pass over its names
+/// finds a trace header ([`telemetry::may_have_parent`]).
 fn trace_parent(request: &Request<CheckRequest>) -> Option<opentelemetry::Context> {
     let metadata = request.metadata();
-    telemetry::parent(|name| {
-        metadata
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    })
-    .or_else(|| {
-        let headers = &request
-            .get_ref()
-            .attributes
-            .as_ref()?
-            .request
-            .as_ref()?
-            .http
-            .as_ref()?
-            .headers;
-        telemetry::parent(|name| headers.get(name).cloned())
-    })
+    let names = metadata.keys().filter_map(|key| match key {
+        tonic::metadata::KeyRef::Ascii(key) => Some(key.as_str()),
+        tonic::metadata::KeyRef::Binary(_) => None,
+    });
+    telemetry::may_have_parent(names)
+        .then(|| {
+            telemetry::parent(|name| {
+                metadata
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+        })
+        .flatten()
+        .or_else(|| {
+            let headers = &request
+                .get_ref()
+                .attributes
+                .as_ref()?
+                .request
+                .as_ref()?
+                .http
+                .as_ref()?
+                .headers;
+            telemetry::may_have_parent(headers.keys().map(String::as_str))
+                .then(|| telemetry::parent(|name| headers.get(name).cloned()))
+                .flatten()
+        })
 }

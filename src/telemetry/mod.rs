@@ -27,7 +27,7 @@ mod propagation;
 mod sampling;
 
 use export::{ExportQueue, export_loop};
-pub use propagation::parent;
+pub use propagation::{may_have_parent, parent};
 pub use sampling::HeadSampler;
 
 use crate::config::ConfigError;

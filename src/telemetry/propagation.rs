@@ -3,6 +3,14 @@
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, propagation::TextMapPropagator};
 
+/// Whether a request whose header names (lower case) are `names` may carry a trace context:
+/// [`parent`] finds none without one of these. One pass over the names, no hashing and no
+/// allocation: most checks come without a trace, and a check that is not sampled should cost
+/// next to nothing.
+pub fn may_have_parent<'a>(mut names: impl Iterator<Item = &'a str>) -> bool {
+    names.any(|name| matches!(name, "traceparent" | "b3" | "x-b3-traceid"))
+}
+
 /// The caller's trace context: W3C `traceparent` (with `tracestate`), else B3 (single `b3`
 /// header or `x-b3-*`). `get` reads a header (lower-case name).
 pub fn parent(get: impl Fn(&str) -> Option<String>) -> Option<Context> {
@@ -114,6 +122,33 @@ mod tests {
             !span.is_sampled(),
             "the caller's decision not to sample is kept"
         );
+    }
+
+    #[test]
+    fn a_parent_needs_one_of_three_headers() {
+        for pairs in [
+            &[(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )][..],
+            &[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1")][..],
+            &[
+                ("x-b3-traceid", "64fe8b2a57d3eff7"),
+                ("x-b3-spanid", "e457b5a2e4d86bd1"),
+            ][..],
+        ] {
+            assert!(parent(headers(pairs)).is_some(), "{pairs:?}");
+            assert!(may_have_parent(pairs.iter().map(|(name, _)| *name)));
+        }
+        // Without them there is no parent, whatever else is there.
+        let others = [
+            ("tracestate", "a=b"),
+            ("x-b3-spanid", "e457b5a2e4d86bd1"),
+            ("x-b3-sampled", "1"),
+            ("authorization", "Bearer x"),
+        ];
+        assert!(parent(headers(&others)).is_none());
+        assert!(!may_have_parent(others.iter().map(|(name, _)| *name)));
     }
 
     #[test]

@@ -677,6 +677,7 @@ fn validate_dpop(
         trust_forwarded_headers: config.trust_forwarded_headers,
         nonces,
         algs: algs.into(),
+        proof_keys: Default::default(),
     };
     let settings = ReplaySettings {
         store: replay.store,

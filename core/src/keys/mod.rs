@@ -5,7 +5,10 @@ pub mod discovery;
 mod set;
 mod snapshots;
 
-pub use set::{IgnoredKey, JwksError, KeySet, PublicKey, VerificationKey};
+pub use set::{
+    IgnoredKey, JwkMembers, JwksError, KeySet, PublicKey, VerificationKey, key_attributes,
+    key_fits, key_material,
+};
 pub use snapshots::{KeySnapshots, KeyTiming, Readiness, max_age};
 
 pub use crate::jwa::{Algorithm, KeyKind};

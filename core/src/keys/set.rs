@@ -51,19 +51,29 @@ impl VerificationKey {
     /// Whether `signature` (base64url, as in the JWS) is this key's signature of `message`
     /// with `alg`. False for an algorithm the key does not accept.
     pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
-        if !self.accepts(alg) {
-            return false;
-        }
-        let key = match &self.key {
+        self.accepts(alg) && self.key.verify(alg, message, signature)
+    }
+}
+
+/// Room for the longest signature (RSA-8192: 1,024 bytes; base64's decoder asks a few more).
+const MAX_SIGNATURE_BYTES: usize = 1040;
+
+impl PublicKey {
+    /// Whether `signature` (base64url) is this key's signature of `message` with `alg`; the
+    /// caller has checked that the key accepts `alg` (an RSA key picks its parsed form by it).
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
+        let key = match self {
             PublicKey::Single(key) => key,
             PublicKey::Rsa(keys) => match RSA_ALGORITHMS.iter().position(|(a, _)| *a == alg) {
                 Some(index) => &keys[index],
                 None => return false,
             },
         };
+        // Decoded on the stack: no allocation per verification.
+        let mut decoded = [0u8; MAX_SIGNATURE_BYTES];
         URL_SAFE_NO_PAD
-            .decode(signature)
-            .is_ok_and(|signature| key.verify_sig(message, &signature).is_ok())
+            .decode_slice(signature, &mut decoded)
+            .is_ok_and(|len| key.verify_sig(message, &decoded[..len]).is_ok())
     }
 }
 
@@ -154,8 +164,39 @@ impl KeySet {
     }
 }
 
-fn str_field<'a>(entry: &'a Value, name: &str) -> Option<&'a str> {
-    entry.get(name).and_then(Value::as_str)
+fn str_field<'a>(entry: &'a (impl JwkMembers + ?Sized), name: &str) -> Option<&'a str> {
+    entry.string(name)
+}
+
+/// The members of a JWK that certbound reads: a parsed JSON value, or a DPoP proof's `jwk`
+/// read in place.
+pub trait JwkMembers {
+    /// A member's value when it is a string.
+    fn string(&self, name: &str) -> Option<&str>;
+    /// `key_ops` when it is an array: whether it holds `"verify"`.
+    fn key_ops_verify(&self) -> Option<bool>;
+}
+
+impl JwkMembers for Value {
+    fn string(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(Value::as_str)
+    }
+
+    fn key_ops_verify(&self) -> Option<bool> {
+        let ops = self.get("key_ops").and_then(Value::as_array)?;
+        Some(ops.iter().any(|op| op.as_str() == Some("verify")))
+    }
+}
+
+impl JwkMembers for serde_json::Map<String, Value> {
+    fn string(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(Value::as_str)
+    }
+
+    fn key_ops_verify(&self) -> Option<bool> {
+        let ops = self.get("key_ops").and_then(Value::as_array)?;
+        Some(ops.iter().any(|op| op.as_str() == Some("verify")))
+    }
 }
 
 fn decoded_len(b64: &str) -> Option<usize> {
@@ -170,19 +211,48 @@ impl VerificationKey {
 }
 
 fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
+    let alg = key_attributes(entry)?;
+    let (kind, key) = key_material(entry)?;
+    key_fits(alg, kind)?;
+    Ok(VerificationKey {
+        kid: None,
+        kind,
+        alg,
+        key,
+    })
+}
+
+/// What a JWK says of its use, apart from the key itself: usable for signatures (`use`,
+/// `key_ops`), and the algorithm it pins (`alg`), if any.
+pub fn key_attributes(
+    entry: &(impl JwkMembers + ?Sized),
+) -> Result<Option<Algorithm>, &'static str> {
     if str_field(entry, "use").is_some_and(|u| u != "sig") {
         return Err("use is not sig");
     }
-    if let Some(ops) = entry.get("key_ops").and_then(Value::as_array)
-        && !ops.iter().any(|op| op.as_str() == Some("verify"))
-    {
+    if entry.key_ops_verify() == Some(false) {
         return Err("key_ops has no verify");
     }
-    let alg = match str_field(entry, "alg") {
+    Ok(match str_field(entry, "alg") {
         None => None,
         Some(name) => Some(Algorithm::from_name(name).ok_or("unsupported alg")?),
-    };
-    let (kind, key) = match str_field(entry, "kty") {
+    })
+}
+
+/// Whether a pinned `alg` fits the key's type.
+pub fn key_fits(alg: Option<Algorithm>, kind: KeyKind) -> Result<(), &'static str> {
+    match alg {
+        Some(alg) if alg.key_kind() != kind => Err("alg does not fit the key type"),
+        _ => Ok(()),
+    }
+}
+
+/// The key itself, from the members RFC 7638 hashes into the thumbprint (`kty`, `crv`, `x`,
+/// `y`, `n`, `e`): equal thumbprints give equal keys.
+pub fn key_material(
+    entry: &(impl JwkMembers + ?Sized),
+) -> Result<(KeyKind, PublicKey), &'static str> {
+    Ok(match str_field(entry, "kty") {
         Some("RSA") => {
             let (n, e) = str_field(entry, "n")
                 .zip(str_field(entry, "e"))
@@ -242,17 +312,6 @@ fn parse_key(entry: &Value) -> Result<VerificationKey, &'static str> {
         }
         Some("oct") => return Err("symmetric keys are never accepted"),
         _ => return Err("unsupported kty"),
-    };
-    if let Some(alg) = alg
-        && alg.key_kind() != kind
-    {
-        return Err("alg does not fit the key type");
-    }
-    Ok(VerificationKey {
-        kid: None,
-        kind,
-        alg,
-        key,
     })
 }
 
