@@ -75,8 +75,10 @@ open(path.replace(".jsonl", ".svg"), "w").write("\n".join(svg))
 
 # Envoy's CPU per request added over no auth (closed-loop runs; medians over repetitions, and the
 # difference in each repetition, whose configurations ran next to each other), and the issue-30
-# target for the module's cached check: at most +5 Envoy CPU-µs per request over no auth.
-TARGET = ("module-cache", 5.0)
+# target for the module's cached check: at most +5 Envoy CPU-µs per request over no auth, with
+# the dynamic metadata only when something reads it (nothing does here: module-cache-nometa),
+# and as shipped (metadata on: module-cache).
+TARGET = ({"module-cache-nometa", "module-cache"}, 5.0)
 summary = []
 for p in protocols:
     base = {i["rep"]: i["envoy_cpu_us"] for i in groups.get(("none", p, "throughput"), [])}
@@ -92,7 +94,7 @@ for p in protocols:
         per_rep = [i["envoy_cpu_us"] - base[i["rep"]] for i in items if i["rep"] in base]
         reps = ", ".join(f"{d:+.1f}" for d in per_rep)
         line = f"  {c}: {added:+.1f} (per repetition: {reps})"
-        if c == TARGET[0]:
+        if c in TARGET[0]:
             verdict = "met" if added <= TARGET[1] else "not met"
             line += f"  -> target <= +{TARGET[1]:.0f}: {verdict}"
         summary.append(line)
