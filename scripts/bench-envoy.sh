@@ -8,6 +8,7 @@
 #   module-nocache / module-cache   Envoy + certbound's dynamic module (deploy/envoy/module.yaml,
 #                   keys from the demo JWKS file; token_cache off / on)
 #   module-cache-nometa   ... cache on, `module: {dynamic_metadata: false}` (nothing here reads it)
+#   module-cache-bare   ... and `upstream: {claim_headers: {}}` (no header set for the upstream)
 #   module-*-baseline   the same configuration with the module built in $MODULE_BASELINE (A/B)
 #   floor-grpc / floor-http   reference, not a contender: the same ext_authz filter (gRPC, or
 #                   Envoy's HTTP ext_authz) in front of examples/ext_authz_floor.rs, which allows
@@ -169,7 +170,7 @@ module = module.replace("address: idp.example.com, port_value: 443", "address: 1
 module = module.replace("/etc/ssl/certs/ca-certificates.crt", f"{work}/demo-ca.pem")
 start = module.index("                        value: |\n", module.index("filter_name: certbound"))
 end = module.index("                  - name: envoy.filters.http.router")
-def module_config(entries, metadata=True):
+def module_config(entries, metadata=True, claim_headers=True):
     yaml = f"""                        value: |
                           issuers:
                             - issuer: https://idp.example.com
@@ -183,11 +184,17 @@ def module_config(entries, metadata=True):
         yaml += """                          module:
                             dynamic_metadata: false
 """
+    if not claim_headers:
+        yaml += """                          upstream:
+                            claim_headers: {}
+"""
     return module[:start] + yaml + module[end:]
 open(f"{work}/module-nocache.envoy.yaml", "w").write(module_config(0))
 open(f"{work}/module-cache.envoy.yaml", "w").write(module_config(100000))
 # Without the dynamic metadata (nothing reads it here: the access log is left out above).
 open(f"{work}/module-cache-nometa.envoy.yaml", "w").write(module_config(100000, metadata=False))
+# ... and no claim headers for the upstream either: the least this module asks of Envoy.
+open(f"{work}/module-cache-bare.envoy.yaml", "w").write(module_config(100000, metadata=False, claim_headers=False))
 lua = common(open("benches/envoy/jwt-authn-lua.yaml").read())
 open(f"{work}/lua-cache.envoy.yaml", "w").write(lua)
 nocache = re.sub(r"\n *jwt_cache_config:\n *jwt_cache_size: \d+", "", lua)
