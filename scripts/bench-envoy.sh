@@ -7,6 +7,9 @@
 #   certbound-nocache / certbound-cache   Envoy + ext_authz to certbound (deploy/envoy/self-signed.yaml)
 #   module-nocache / module-cache   Envoy + certbound's dynamic module (deploy/envoy/module.yaml,
 #                   keys from the demo JWKS file; token_cache off / on)
+#   module-cache-nometa   ... cache on, `module: {dynamic_metadata: false}` (nothing here reads it)
+#   module-cache-bare   ... and `upstream: {claim_headers: {}}` (no header set for the upstream)
+#   module-*-baseline   the same configuration with the module built in $MODULE_BASELINE (A/B)
 #   floor-grpc / floor-http   reference, not a contender: the same ext_authz filter (gRPC, or
 #                   Envoy's HTTP ext_authz) in front of examples/ext_authz_floor.rs, which allows
 #                   everything at once: the least any ext_authz server can cost Envoy
@@ -14,6 +17,10 @@
 # oha measures throughput (closed loop, -c CONC) and latency at a fixed 2,000 req/s; Envoy's and
 # certbound's CPU time per request comes from /proc. Results: benches/results/envoy-*.jsonl and
 # a Markdown table + SVG chart (scripts/bench_report.py).
+#
+# The report ends with Envoy's CPU-µs per request added over no auth for each configuration,
+# and whether the module's cached check meets issue 30's target (at most +5).
+# PROFILE='module-*' also profiles Envoy with perf (see profile() below).
 #
 # CERTBOUND_CPU (default 1) moves certbound to Envoy's core instead of oha's. CERTBOUND_BIN runs
 # another certbound build (default: this tree's release build), for A/B runs of two builds.
@@ -31,14 +38,24 @@ CONFIGS=${CONFIGS:-"none lua-nocache lua-cache module-nocache module-cache certb
 
 command -v oha >/dev/null || { echo "oha not found: cargo install oha" >&2; exit 1; }
 scripts/install-tools.sh >/dev/null
-cargo build --release --quiet --bin certbound --example demo_material --example ext_authz_floor
-cargo build --release --quiet -p certbound-envoy
+# Only what the chosen configurations need is built and started (an authorization server on
+# CPU 1 would otherwise idle beside oha).
+wants() { for c in $CONFIGS; do case $c in $1) return 0;; esac; done; return 1; }
+servers=""; wants 'certbound-*' && servers=1; wants 'floor-*' && servers=1
+if [ -n "$servers" ]; then
+  cargo build --release --quiet --bin certbound --example demo_material --example ext_authz_floor
+else
+  cargo build --release --quiet --example demo_material
+fi
+wants 'module-*' && cargo build --release --quiet -p certbound-envoy
 module_dir=$PWD/target/release
 envoy=.venv/bin/envoy
-work=$(mktemp -d)
+# BENCH_WORK=dir PREPARE_ONLY=1: only write the configurations, certificates and token there,
+# and the ports in dir/ports (scripts/envoy-instructions.sh runs them under callgrind).
+work=${BENCH_WORK:-$(mktemp -d)}
 pids=()
 envoy_pid=""
-cleanup() { for p in "${pids[@]}" $envoy_pid; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}" $envoy_pid; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${BENCH_WORK:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 
 target/release/examples/demo_material "$work" >/dev/null
@@ -67,12 +84,16 @@ YAML
   echo $! >"$work/$1.pid"
 }
 CB_CACHE=$(port)
-start_certbound certbound-nocache 0 "$CB"
-start_certbound certbound-cache 100000 "$CB_CACHE"
 FLOOR_GRPC=$(port); FLOOR_HTTP=$(port)
-taskset -c "${CERTBOUND_CPU:-1}" target/release/examples/ext_authz_floor --grpc "$FLOOR_GRPC" --http "$FLOOR_HTTP" &
-pids+=($!)
-echo $! >"$work/floor.pid"
+if wants 'certbound-*'; then
+  start_certbound certbound-nocache 0 "$CB"
+  start_certbound certbound-cache 100000 "$CB_CACHE"
+fi
+if wants 'floor-*'; then
+  taskset -c "${CERTBOUND_CPU:-1}" target/release/examples/ext_authz_floor --grpc "$FLOOR_GRPC" --http "$FLOOR_HTTP" &
+  pids+=($!)
+  echo $! >"$work/floor.pid"
+fi
 
 # Envoy configs: every route answers 200 itself (direct_response), so only auth is measured.
 python3 - "$work" "$LISTEN" "$ADMIN" "$CB" "$CB_CACHE" "$FLOOR_GRPC" "$FLOOR_HTTP" <<'PY'
@@ -149,7 +170,7 @@ module = module.replace("address: idp.example.com, port_value: 443", "address: 1
 module = module.replace("/etc/ssl/certs/ca-certificates.crt", f"{work}/demo-ca.pem")
 start = module.index("                        value: |\n", module.index("filter_name: certbound"))
 end = module.index("                  - name: envoy.filters.http.router")
-def module_config(entries):
+def module_config(entries, metadata=True, claim_headers=True):
     yaml = f"""                        value: |
                           issuers:
                             - issuer: https://idp.example.com
@@ -159,9 +180,21 @@ def module_config(entries):
                           token_cache:
                             max_entries: {entries}
 """
+    if not metadata:
+        yaml += """                          module:
+                            dynamic_metadata: false
+"""
+    if not claim_headers:
+        yaml += """                          upstream:
+                            claim_headers: {}
+"""
     return module[:start] + yaml + module[end:]
 open(f"{work}/module-nocache.envoy.yaml", "w").write(module_config(0))
 open(f"{work}/module-cache.envoy.yaml", "w").write(module_config(100000))
+# Without the dynamic metadata (nothing reads it here: the access log is left out above).
+open(f"{work}/module-cache-nometa.envoy.yaml", "w").write(module_config(100000, metadata=False))
+# ... and no claim headers for the upstream either: the least this module asks of Envoy.
+open(f"{work}/module-cache-bare.envoy.yaml", "w").write(module_config(100000, metadata=False, claim_headers=False))
 lua = common(open("benches/envoy/jwt-authn-lua.yaml").read())
 open(f"{work}/lua-cache.envoy.yaml", "w").write(lua)
 nocache = re.sub(r"\n *jwt_cache_config:\n *jwt_cache_size: \d+", "", lua)
@@ -169,6 +202,10 @@ assert "jwt_cache_config:\n" not in nocache
 open(f"{work}/lua-nocache.envoy.yaml", "w").write(nocache)
 PY
 
+if [ -n "${PREPARE_ONLY:-}" ]; then
+  printf 'LISTEN=%s\nADMIN=%s\n' "$LISTEN" "$ADMIN" >"$work/ports"
+  exit 0
+fi
 token=$(cat "$work/demo-token.jwt")
 unbound=$(cat "$work/demo-token-unbound.jwt")
 url="https://127.0.0.1:$LISTEN/items"
@@ -249,15 +286,40 @@ PY
   tail -1 "$out"
 }
 
+# PROFILE=<config pattern> (e.g. 'module-*'): after the first repetition's measured runs, one
+# more closed-loop run of each matching configuration under `perf record -g` (not in the table:
+# sampling costs Envoy CPU), and where Envoy's samples went: every dynamic-module callback and
+# hook with its share (children: the callback and all it calls inside Envoy). Envoy from PyPI is
+# stripped, so its internals have no names; the exported callbacks (and the module's own
+# symbols) do, which is what is attributed.
+PROFILE=${PROFILE:-}
+profile() { # name proto
+  local data="$work/$1-$2.perf.data" report="${out%.jsonl}-$1-$2-perf.md"
+  perf record -q -g -p "$envoy_pid" -o "$data" >/dev/null 2>&1 &
+  local perf_pid=$!
+  sleep 0.5
+  taskset -c 1 oha --no-tui --output-format json -z "${DURATION}s" $([ "$2" = http2 ] && echo --http2) -c "$CONC" \
+    --cacert "$work/demo-ca.pem" --cert "$work/demo-client.pem" --key "$work/demo-client.key" \
+    -H "authorization: Bearer $token" "$url" >/dev/null
+  kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+  perf report -i "$data" --children --stdio -g none --sort dso,symbol --percent-limit 0 2>/dev/null \
+    | python3 scripts/perf_module.py "$1" "$2" "$out" >"$report"
+  echo "profile: $report"
+}
+
 for rep in $(seq 1 "$REPS"); do
   for name in $CONFIGS; do
-    ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$module_dir taskset -c 0 "$envoy" -c "$work/$name.envoy.yaml" --concurrency 1 --disable-hot-restart --log-level error >"$work/envoy.log" 2>&1 &
+    # module-*-baseline: the same configuration with the module in $MODULE_BASELINE (a folder
+    # holding another build's libcertbound_envoy.so), for A/B runs of two builds side by side.
+    dir=$module_dir; [[ $name = module-*-baseline ]] && dir=${MODULE_BASELINE:?MODULE_BASELINE: the folder of the baseline module}
+    ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$dir taskset -c 0 "$envoy" -c "$work/${name%-baseline}.envoy.yaml" --concurrency 1 --disable-hot-restart --log-level error >"$work/envoy.log" 2>&1 &
     envoy_pid=$!
     for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$ADMIN/ready" >/dev/null 2>&1 && break; sleep 0.1; done
     check_correct "$name"
     for proto in $PROTOCOLS; do
       oha_run "$name" "$proto" "$rep" throughput -c "$CONC"
       oha_run "$name" "$proto" "$rep" fixed-rate -c "$CONC" -q "$RATE" --latency-correction
+      [ "$rep" = 1 ] && [ -n "$PROFILE" ] && [[ $name = $PROFILE ]] && profile "$name" "$proto"
     done
     kill "$envoy_pid"; wait "$envoy_pid" 2>/dev/null || true
   done

@@ -72,3 +72,33 @@ for j, p in enumerate(protocols):
     svg.append(f'<text x="{left + j*90 + 14}" y="{height-13}">{p}</text>')
 svg.append("</svg>")
 open(path.replace(".jsonl", ".svg"), "w").write("\n".join(svg))
+
+# Envoy's CPU per request added over no auth (closed-loop runs; medians over repetitions, and the
+# difference in each repetition, whose configurations ran next to each other), and the issue-30
+# target for the module's cached check: at most +5 Envoy CPU-µs per request over no auth, with
+# the dynamic metadata only when something reads it (nothing does here: module-cache-nometa),
+# and as shipped (metadata on: module-cache).
+TARGET = ({"module-cache-nometa", "module-cache"}, 5.0)
+summary = []
+for p in protocols:
+    base = {i["rep"]: i["envoy_cpu_us"] for i in groups.get(("none", p, "throughput"), [])}
+    if not base:
+        continue
+    base_median = statistics.median(base.values())
+    summary.append(f"\nEnvoy CPU-µs per request over no auth ({p}, closed loop; no auth {base_median:.1f}):")
+    for c in configs:
+        items = groups.get((c, p, "throughput"), [])
+        if c == "none" or not items:
+            continue
+        added = statistics.median(i["envoy_cpu_us"] for i in items) - base_median
+        per_rep = [i["envoy_cpu_us"] - base[i["rep"]] for i in items if i["rep"] in base]
+        reps = ", ".join(f"{d:+.1f}" for d in per_rep)
+        line = f"  {c}: {added:+.1f} (per repetition: {reps})"
+        if c in TARGET[0]:
+            verdict = "met" if added <= TARGET[1] else "not met"
+            line += f"  -> target <= +{TARGET[1]:.0f}: {verdict}"
+        summary.append(line)
+if summary:
+    text = "\n".join(summary)
+    print(text)
+    open(path.replace(".jsonl", ".md"), "a").write(text + "\n")

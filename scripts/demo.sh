@@ -439,6 +439,8 @@ if [ "$MODE" != module ]; then
 else
   echo
   echo "== certbound's decisions, as Envoy counts them (the module's stats)"
+  # The module adds its counted checks to Envoy's counter in batches, within 100 ms.
+  sleep 0.5
   curl -s "http://127.0.0.1:$ADMIN_PORT/stats?filter=dynamicmodulescustom.checks" \
     | grep -E ": [1-9]" | sed 's/^dynamicmodulescustom\.//' || true
 fi

@@ -122,7 +122,26 @@ impl ModuleStack {
     }
 
     /// An Envoy counter the module defined (`dynamicmodulescustom.<name>`), 0 when absent.
+    /// The module adds its `checks` to Envoy's counter in batches (within 100 ms of a check):
+    /// those are read once they have settled.
     async fn counter(&self, name: &str) -> u64 {
+        if !name.starts_with("checks.") {
+            return self.counter_now(name).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut last = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = self.counter_now(name).await;
+            if last == Some(now) {
+                return now;
+            }
+            last = Some(now);
+        }
+        panic!("{name} never settled:\n{}", self.envoy.log());
+    }
+
+    async fn counter_now(&self, name: &str) -> u64 {
         let url = format!(
             "http://127.0.0.1:{}/stats?filter=dynamicmodulescustom",
             self.admin

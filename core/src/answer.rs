@@ -111,28 +111,38 @@ impl Decision {
     /// client thumbprint when known, `sub`, `client_id` and `scope` of an allowed token. Never
     /// the token or the certificate.
     pub fn metadata(&self) -> Vec<(&'static str, &str)> {
-        let mut fields = vec![("decision", self.outcome_name()), ("reason", self.reason())];
+        self.metadata_fields().into_iter().flatten().collect()
+    }
+
+    /// [`Decision::metadata`] without allocating: the fields in the same order, `None` for those
+    /// this decision does not have (for a caller that copies them straight out).
+    pub fn metadata_fields(&self) -> [Option<(&'static str, &str)>; 9] {
         let facts = &self.facts;
-        if let Some(rule) = &facts.rule {
-            fields.push(("rule", rule));
-        }
-        if let Some(issuer) = &facts.issuer {
-            fields.push(("iss", issuer));
-        }
-        if matches!(self.outcome, Outcome::Allow(_)) {
-            for claim in ["sub", "client_id", "scope"] {
-                if let Some(value) = facts.claim_str(claim) {
-                    fields.push((claim, value));
-                }
-            }
-        }
-        if let Some(thumbprint) = &facts.thumbprint {
-            fields.push(("x5t#S256", thumbprint.as_base64url()));
-        }
-        if let Some(jkt) = facts.dpop.as_ref().and_then(|d| d.jkt.as_deref()) {
-            fields.push(("jkt", jkt));
-        }
-        fields
+        let allowed = matches!(self.outcome, Outcome::Allow(_));
+        let claim = |name: &'static str| {
+            allowed
+                .then(|| facts.claim_str(name))
+                .flatten()
+                .map(|value| (name, value))
+        };
+        [
+            Some(("decision", self.outcome_name())),
+            Some(("reason", self.reason())),
+            facts.rule.as_deref().map(|rule| ("rule", rule)),
+            facts.issuer.as_deref().map(|issuer| ("iss", issuer)),
+            claim("sub"),
+            claim("client_id"),
+            claim("scope"),
+            facts
+                .thumbprint
+                .as_ref()
+                .map(|thumbprint| ("x5t#S256", thumbprint.as_base64url())),
+            facts
+                .dpop
+                .as_ref()
+                .and_then(|d| d.jkt.as_deref())
+                .map(|jkt| ("jkt", jkt)),
+        ]
     }
 }
 
@@ -200,6 +210,15 @@ mod tests {
         };
         assert_eq!(allow.http_answer(true), None);
         assert_eq!(allow.metadata(), [("decision", "allow"), ("reason", "ok")]);
+        assert_eq!(
+            allow
+                .metadata_fields()
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+            allow.metadata()
+        );
+        assert_eq!(allow.metadata_fields()[2..], [None; 7]);
         let mut public = allow.clone();
         public.facts.rule = Some("public".into());
         assert_eq!(

@@ -93,7 +93,9 @@ fn two_words(value: &str) -> Option<(&str, &str)> {
     let gap = words.bytes().position(space)?;
     let (first, rest) = words.split_at(gap);
     let second = rest.trim_start_matches(|c: char| c.is_ascii() && space(c as u8));
-    if second.bytes().any(space) {
+    // Without an early exit the compiler checks many bytes at once (a token is hundreds of
+    // bytes, and a valid one has no space to stop at).
+    if second.bytes().fold(false, |found, b| found | space(b)) {
         return None;
     }
     Some((first, second))

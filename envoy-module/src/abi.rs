@@ -7,6 +7,7 @@
 
 #![allow(unsafe_code)]
 
+use std::cell::RefCell;
 use std::ffi::{c_char, c_void};
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -31,6 +32,10 @@ impl Buffer {
         ptr: std::ptr::null(),
         len: 0,
     };
+
+    fn envoy(ptr: *const c_char, len: usize) -> Self {
+        Buffer { ptr, len }
+    }
 
     fn of(bytes: &[u8]) -> Self {
         Buffer {
@@ -79,6 +84,15 @@ impl Pair {
             .map(|(k, v)| Self::of(k.as_bytes(), v.as_bytes()))
             .collect()
     }
+}
+
+impl Pair {
+    const EMPTY: Pair = Pair {
+        key_ptr: std::ptr::null(),
+        key_len: 0,
+        value_ptr: std::ptr::null(),
+        value_len: 0,
+    };
 }
 
 const REQUEST_HEADERS: i32 = 0;
@@ -137,6 +151,15 @@ unsafe extern "C" {
         result: *mut Buffer,
         index: usize,
         count: *mut usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter: *mut c_void,
+        header_type: i32,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        filter: *mut c_void,
+        header_type: i32,
+        result: *mut Pair,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_set_header(
         filter: *mut c_void,
@@ -283,18 +306,18 @@ impl ConfigHandle {
         (result == 0).then_some(id)
     }
 
-    /// Adds one to a counter this configuration defined (label values in definition order).
-    pub fn increment_counter(self, id: usize, labels: &[&str]) {
+    /// Adds `value` to a counter this configuration defined (label values in definition order).
+    pub fn add_to_counter(self, id: usize, labels: &[&str], value: u64) {
         let mut labels: Vec<Buffer> = labels.iter().map(|l| Buffer::of(l.as_bytes())).collect();
-        // SAFETY: the config is alive (only called before config_destroy); the label buffers
-        // point into live strings for the call.
+        // SAFETY: the config is alive (called before config_destroy returns: from its hooks on
+        // the main thread); the label buffers point into live strings for the call.
         let _ = unsafe {
             envoy_dynamic_module_callback_http_filter_config_increment_counter(
                 self.0,
                 id,
                 labels.as_mut_ptr(),
                 labels.len(),
-                1,
+                value,
             )
         };
     }
@@ -402,6 +425,42 @@ impl StreamWaker {
     }
 }
 
+thread_local! {
+    /// Room for a request's headers as Envoy lists them (one worker's, reused by its streams).
+    static HEADER_ENTRIES: RefCell<Vec<Pair>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A request's headers, read from Envoy in one call ([`Stream::with_request_headers`]). Names
+/// and values point into Envoy's header map: valid while the hook runs and no header changes,
+/// which the exclusive borrow of the stream for the reader's whole life guarantees.
+pub struct RequestHeaders<'a> {
+    entries: &'a [Pair],
+}
+
+impl<'a> RequestHeaders<'a> {
+    /// Every value of `name` (ASCII case ignored, as Envoy's own lookup), in Envoy's order.
+    pub fn values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+        self.entries.iter().filter_map(move |entry| {
+            // SAFETY: Envoy filled the entry with a name in its header map, valid for 'a (see
+            // the type's documentation).
+            let key = unsafe { Buffer::envoy(entry.key_ptr, entry.key_len).bytes() };
+            // SAFETY: likewise for the value.
+            let value = unsafe { Buffer::envoy(entry.value_ptr, entry.value_len).bytes() };
+            key.eq_ignore_ascii_case(name.as_bytes()).then_some(value)
+        })
+    }
+
+    /// The first value of `name`.
+    pub fn first(&self, name: &str) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+
+    /// Whether the request has a header `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.first(name).is_some()
+    }
+}
+
 /// One HTTP stream, as seen from a hook on its worker thread. Not `Send`: Envoy's per-stream
 /// pointer is only valid on that worker, during hooks.
 pub struct Stream<'h> {
@@ -410,6 +469,42 @@ pub struct Stream<'h> {
 }
 
 impl Stream<'_> {
+    /// Runs `read` over the request's headers, fetched from Envoy in one call (instead of one
+    /// call per header). The stream is borrowed exclusively meanwhile: no header can change
+    /// while `read` holds pointers into them. No headers (Envoy has none to give) reads as empty.
+    pub fn with_request_headers<R>(&mut self, read: impl FnOnce(&RequestHeaders<'_>) -> R) -> R {
+        HEADER_ENTRIES.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut entries) => self.read_request_headers(&mut entries, read),
+            // Not expected (hooks do not nest); correct either way.
+            Err(_) => self.read_request_headers(&mut Vec::new(), read),
+        })
+    }
+
+    fn read_request_headers<R>(
+        &mut self,
+        entries: &mut Vec<Pair>,
+        read: impl FnOnce(&RequestHeaders<'_>) -> R,
+    ) -> R {
+        // SAFETY: hook-time stream pointer.
+        let count = unsafe {
+            envoy_dynamic_module_callback_http_get_headers_size(self.ptr, REQUEST_HEADERS)
+        };
+        entries.clear();
+        entries.resize(count, Pair::EMPTY);
+        // SAFETY: hook-time stream pointer; `entries` has room for the `count` headers Envoy
+        // writes (the same map, unchanged since it was counted).
+        let filled = count > 0
+            && unsafe {
+                envoy_dynamic_module_callback_http_get_headers(
+                    self.ptr,
+                    REQUEST_HEADERS,
+                    entries.as_mut_ptr(),
+                )
+            };
+        let entries: &[Pair] = if filled { entries } else { &[] };
+        read(&RequestHeaders { entries })
+    }
+
     /// Every value of a request header (repeated headers stay separate). Bytes that are not
     /// UTF-8 are replaced (a token or certificate with them is invalid anyway).
     pub fn request_header(&self, name: &str) -> Vec<String> {
@@ -453,15 +548,24 @@ impl Stream<'_> {
         values
     }
 
-    /// A string attribute of the stream, `None` when Envoy has none (e.g. no TLS).
-    pub fn attribute(&self, id: i32) -> Option<String> {
+    /// Writes a string attribute of the stream over `text` (keeping its allocation); `false`
+    /// (and `text` empty) when Envoy has none (e.g. no TLS).
+    pub fn attribute_into(&self, id: i32, text: &mut String) -> bool {
         let mut value = Buffer::NULL;
+        text.clear();
         // SAFETY: hook-time stream pointer; valid out-pointer.
         let ok = unsafe {
             envoy_dynamic_module_callback_http_filter_get_attribute_string(self.ptr, id, &mut value)
         };
-        // SAFETY: filled by Envoy, valid during the hook, copied at once.
-        ok.then(|| String::from_utf8_lossy(unsafe { value.bytes() }).into_owned())
+        if ok {
+            // SAFETY: filled by Envoy, valid during the hook, copied at once.
+            let bytes = unsafe { value.bytes() };
+            match std::str::from_utf8(bytes) {
+                Ok(value) => text.push_str(value),
+                Err(_) => text.push_str(&String::from_utf8_lossy(bytes)),
+            }
+        }
+        ok
     }
 
     /// The matched route's certbound per-route configuration, if it has one; `Err` when the
@@ -552,23 +656,29 @@ impl Stream<'_> {
         }
     }
 
-    /// Sets string dynamic metadata under `namespace` (for access logs and later filters).
-    pub fn set_metadata(&self, namespace: &str, entries: &[(&str, &str)]) {
-        let pairs = Pair::all(entries);
+    /// Sets string dynamic metadata under `namespace` (for access logs and later filters): the
+    /// fields that are there, in one call.
+    pub fn set_metadata<const N: usize>(&self, namespace: &str, fields: [Option<(&str, &str)>; N]) {
+        let mut pairs = [Pair::EMPTY; N];
+        let mut count = 0;
+        for (key, value) in fields.into_iter().flatten() {
+            pairs[count] = Pair::of(key.as_bytes(), value.as_bytes());
+            count += 1;
+        }
         // SAFETY: hook-time stream pointer; buffers alive for the call (Envoy copies them).
         unsafe {
             envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(
                 self.ptr,
                 Buffer::of(namespace.as_bytes()),
                 pairs.as_ptr(),
-                pairs.len(),
+                count,
             )
         }
     }
 
     /// Adds one to a counter of this stream's configuration.
-    pub fn increment_counter(&self, id: usize, labels: &[&str]) {
-        let mut labels: Vec<Buffer> = labels.iter().map(|l| Buffer::of(l.as_bytes())).collect();
+    pub fn increment_counter<const N: usize>(&self, id: usize, labels: [&str; N]) {
+        let mut labels = labels.map(|l| Buffer::of(l.as_bytes()));
         // SAFETY: hook-time stream pointer; label buffers alive for the call.
         let _ = unsafe {
             envoy_dynamic_module_callback_http_filter_increment_counter(
@@ -801,8 +911,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     _end_of_stream: bool,
 ) -> u32 {
     // SAFETY: the pointers Envoy passes to this stream's hook.
-    let (stream, filter) = unsafe { stream_and_filter(filter_envoy, filter) };
-    match catch_unwind(AssertUnwindSafe(|| filter.on_request_headers(&stream))) {
+    let (mut stream, filter) = unsafe { stream_and_filter(filter_envoy, filter) };
+    match catch_unwind(AssertUnwindSafe(|| filter.on_request_headers(&mut stream))) {
         Ok(true) => CONTINUE,
         Ok(false) => STOP_ITERATION,
         Err(_) => {

@@ -2,6 +2,7 @@
 //! connection's certificate digest), the core's decision, and the answer, the same bytes as the
 //! ext_authz service's.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,14 +12,21 @@ use certbound_core::{
 };
 
 use crate::abi::{
-    self, ATTRIBUTE_PEER_CERTIFICATE_SHA256, Level, Stream, StreamScheduler, StreamWaker,
+    self, ATTRIBUTE_PEER_CERTIFICATE_SHA256, Level, RequestHeaders, Stream, StreamScheduler,
+    StreamWaker,
 };
 use crate::grpc;
-use crate::module::{EVENT_RESUME, FilterConfig, Park, ReplayChecked, RouteSettings};
+use crate::module::{EVENT_RESUME, FilterConfig, Park, ReplayChecked};
 use crate::replay::EVENT_REPLAY;
 
 /// Dynamic metadata namespace (`%DYNAMIC_METADATA(certbound:reason)%` in access logs).
 pub const METADATA_NAMESPACE: &str = "certbound";
+
+thread_local! {
+    /// The request being checked on this worker: refilled by every stream (each field is
+    /// overwritten), so that its strings keep their allocations from one request to the next.
+    static REQUEST: RefCell<AccessRequest> = RefCell::new(AccessRequest::default());
+}
 
 /// A request waiting for an unknown-`kid` refetch.
 struct Parked {
@@ -38,8 +46,9 @@ struct Replaying {
 /// This module's state for one stream.
 pub struct Filter {
     config: Arc<FilterConfig>,
-    parked: Option<Parked>,
-    replaying: Option<Replaying>,
+    /// Boxed: rare, and a stream's filter stays small.
+    parked: Option<Box<Parked>>,
+    replaying: Option<Box<Replaying>>,
     /// Kept until the stream ends once created (deleting it inside its own event is avoided).
     scheduler: Option<StreamScheduler>,
     /// Headers an allow adds to the client's response (a fresh `DPoP-Nonce`).
@@ -69,38 +78,59 @@ impl Filter {
 
     /// Decides the request; `true` lets it continue to the upstream, `false` stops it (answered,
     /// or parked until an unknown-`kid` refetch ends).
-    pub fn on_request_headers(&mut self, stream: &Stream<'_>) -> bool {
+    pub fn on_request_headers(&mut self, stream: &mut Stream<'_>) -> bool {
+        REQUEST.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut request) => self.check(stream, &mut request),
+            // Not expected (hooks do not nest); correct either way.
+            Err(_) => self.check(stream, &mut AccessRequest::default()),
+        })
+    }
+
+    fn check(&mut self, stream: &mut Stream<'_>, request: &mut AccessRequest) -> bool {
         let started = Instant::now();
-        let Ok(route) = stream.route_settings() else {
-            // Not ours to read: fail closed rather than drop the route's requirements.
-            let request = read_request(stream, &self.config, None);
-            let decision = Decision::deny(DenyReason::PolicyInvalid);
-            return self.answer(stream, &request, decision, started);
+        let route_is_ours = match stream.route_settings() {
+            Ok(Some(route)) => {
+                request.context_extensions.clone_from(&route.extensions);
+                true
+            }
+            Ok(None) => {
+                request.context_extensions.clear();
+                true
+            }
+            Err(_) => {
+                request.context_extensions.clear();
+                false
+            }
         };
-        let request = read_request(stream, &self.config, route);
+        read_request(stream, &self.config, request);
+        if !route_is_ours {
+            // Not ours to read: fail closed rather than drop the route's requirements.
+            let decision = Decision::deny(DenyReason::PolicyInvalid);
+            return self.answer(stream, request, decision, started);
+        }
         let generation = self.config.keys.generation();
-        let decision = self.config.decide(&request);
+        let decision = self.config.decide(request);
         if let (Outcome::Deny(DenyReason::KeyUnknown), Some(index)) =
             (&decision.outcome, decision.facts.issuer_index)
             && let Some(waker) = self.waker(stream)
         {
             match self.config.park_for_refetch(index, generation, waker) {
                 Park::Parked(waiter) => {
-                    self.parked = Some(Parked {
-                        request,
+                    self.parked = Some(Box::new(Parked {
+                        request: request.clone(),
                         waiter,
                         started,
-                    });
+                    }));
                     return false;
                 }
                 Park::DecideAgain => {
-                    let decision = self.config.decide(&request);
-                    return self.answer(stream, &request, decision, started);
+                    let decision = self.config.decide(request);
+                    return self.answer(stream, request, decision, started);
                 }
                 Park::No => {}
             }
         }
-        self.answer(stream, &request, decision, started)
+        self.answer(stream, request, decision, started)
     }
 
     /// Records an allowed request's DPoP proof against replay, then answers; `false` also while
@@ -116,12 +146,12 @@ impl Filter {
         match config.check_replay(decision, || self.waker(stream)) {
             ReplayChecked::Final(decision) => self.deliver(stream, request, &decision, started),
             ReplayChecked::Waiting(id, decision) => {
-                self.replaying = Some(Replaying {
+                self.replaying = Some(Box::new(Replaying {
                     id,
                     decision,
                     request: request.clone(),
                     started,
-                });
+                }));
                 false
             }
         }
@@ -203,86 +233,163 @@ impl Filter {
     }
 }
 
-/// The request as the core sees it. Only what the policy reads is fetched from Envoy.
-fn read_request(
-    stream: &Stream<'_>,
-    config: &FilterConfig,
-    route: Option<&RouteSettings>,
-) -> AccessRequest {
-    let first = |name: &str| stream.request_header(name).into_iter().next();
-    let mut authorization = stream.request_header("authorization");
-    let authorization = match authorization.len() {
-        0 => Authorization::Absent,
-        1 => Authorization::One(authorization.swap_remove(0)),
-        _ => Authorization::Multiple,
-    };
-    let sources = &config.policy.certificate_sources;
-    let peer_certificate = if sources.contains(&CertificateSource::Peer) {
-        match stream.attribute(ATTRIBUTE_PEER_CERTIFICATE_SHA256) {
-            Some(hex) if !hex.is_empty() => PeerCertificate::Sha256Hex(hex),
-            _ => PeerCertificate::Absent,
-        }
-    } else {
-        PeerCertificate::Absent
-    };
-    let xfcc = if sources.contains(&CertificateSource::Xfcc) {
-        let values = stream.request_header("x-forwarded-client-cert");
-        (!values.is_empty()).then(|| values.join(","))
-    } else {
-        None
-    };
-    let client_cert = if sources.contains(&CertificateSource::ClientCert) {
-        first("client-cert")
-    } else {
-        None
-    };
-    let certificate_header = match &config.policy.certificate_header {
-        Some(header) if sources.contains(&CertificateSource::Header) => first(&header.name),
-        _ => None,
-    };
-    let method = first(":method").unwrap_or_default();
-    let dpop = config.policy.dpop.as_deref();
-    let dpop_proofs = match dpop {
-        Some(_) => stream.request_header("dpop"),
-        None => Vec::new(),
-    };
-    let forwarded = |name| {
-        if dpop.is_some_and(|d| d.trust_forwarded_headers) {
-            first(name)
-        } else {
-            None
-        }
-    };
-    let cors_preflight = config.policy.routes.allow_cors_preflight
-        && method.eq_ignore_ascii_case("OPTIONS")
-        && first("origin").is_some()
-        && first("access-control-request-method").is_some();
-    AccessRequest {
+/// The request as the core sees it, written over `request` (every field but the route's
+/// `context_extensions`, set by the caller). Only what the policy reads is taken: the headers
+/// from one read of all of them, the certificate's digest when the peer's certificate counts.
+fn read_request(stream: &mut Stream<'_>, config: &FilterConfig, request: &mut AccessRequest) {
+    // Every field is named: a field added to AccessRequest must be filled here (or the build
+    // fails on the pattern), never left over from the previous request.
+    let AccessRequest {
         authorization,
         peer_certificate,
         xfcc,
-        // Only the debug log reads it.
-        request_id: abi::log_enabled(Level::Debug)
-            .then(|| first("x-request-id"))
-            .flatten(),
-        traceparent: None,
+        request_id,
+        traceparent,
         client_cert,
         certificate_header,
         method,
-        path: first(":path").unwrap_or_default(),
-        host: first(":authority").unwrap_or_default(),
-        scheme: if dpop.is_some() {
-            first(":scheme").unwrap_or_default()
-        } else {
-            String::new()
-        },
+        path,
+        host,
+        scheme,
         dpop_proofs,
-        forwarded_proto: forwarded("x-forwarded-proto"),
-        forwarded_host: forwarded("x-forwarded-host"),
-        context_extensions: route
-            .map(|route| route.extensions.clone())
-            .unwrap_or_default(),
+        forwarded_proto,
+        forwarded_host,
+        context_extensions: _,
         cors_preflight,
+    } = request;
+    let policy = &config.policy;
+    let sources = &policy.certificate_sources;
+    let mut digest = match std::mem::take(peer_certificate) {
+        PeerCertificate::Sha256Hex(text) | PeerCertificate::UrlEncodedPem(text) => text,
+        PeerCertificate::Absent => String::new(),
+    };
+    *peer_certificate = if sources.contains(&CertificateSource::Peer)
+        && stream.attribute_into(ATTRIBUTE_PEER_CERTIFICATE_SHA256, &mut digest)
+        && !digest.is_empty()
+    {
+        PeerCertificate::Sha256Hex(digest)
+    } else {
+        PeerCertificate::Absent
+    };
+    let debug = abi::log_enabled(Level::Debug);
+    stream.with_request_headers(|headers| {
+        let mut values = headers.values("authorization");
+        let next = match (values.next(), values.next()) {
+            (None, _) => Authorization::Absent,
+            (Some(value), None) => {
+                let mut text = match std::mem::take(authorization) {
+                    Authorization::One(text) => text,
+                    _ => String::new(),
+                };
+                put(&mut text, value);
+                Authorization::One(text)
+            }
+            (Some(_), Some(_)) => Authorization::Multiple,
+        };
+        *authorization = next;
+        if sources.contains(&CertificateSource::Xfcc) {
+            put_joined(xfcc, headers, "x-forwarded-client-cert");
+        } else {
+            *xfcc = None;
+        }
+        let wanted = sources.contains(&CertificateSource::ClientCert);
+        put_first(
+            client_cert,
+            wanted.then(|| headers.first("client-cert")).flatten(),
+        );
+        let header = match &policy.certificate_header {
+            Some(header) if sources.contains(&CertificateSource::Header) => {
+                headers.first(&header.name)
+            }
+            _ => None,
+        };
+        put_first(certificate_header, header);
+        put(method, headers.first(":method").unwrap_or_default());
+        put(path, headers.first(":path").unwrap_or_default());
+        put(host, headers.first(":authority").unwrap_or_default());
+        let dpop = policy.dpop.as_deref();
+        if dpop.is_some() {
+            put(scheme, headers.first(":scheme").unwrap_or_default());
+            put_each(dpop_proofs, headers.values("dpop"));
+        } else {
+            scheme.clear();
+            dpop_proofs.clear();
+        }
+        let trust_forwarded = dpop.is_some_and(|d| d.trust_forwarded_headers);
+        put_first(
+            forwarded_proto,
+            trust_forwarded
+                .then(|| headers.first("x-forwarded-proto"))
+                .flatten(),
+        );
+        put_first(
+            forwarded_host,
+            trust_forwarded
+                .then(|| headers.first("x-forwarded-host"))
+                .flatten(),
+        );
+        // Only the debug log reads it.
+        put_first(
+            request_id,
+            debug.then(|| headers.first("x-request-id")).flatten(),
+        );
+        *traceparent = None;
+        *cors_preflight = policy.routes.allow_cors_preflight
+            && method.eq_ignore_ascii_case("OPTIONS")
+            && headers.contains("origin")
+            && headers.contains("access-control-request-method");
+    });
+}
+
+/// `text` becomes `value` (bytes that are not UTF-8 replaced: a token or certificate with them
+/// is invalid anyway), keeping its allocation.
+fn put(text: &mut String, value: &[u8]) {
+    text.clear();
+    match std::str::from_utf8(value) {
+        Ok(value) => text.push_str(value),
+        Err(_) => text.push_str(&String::from_utf8_lossy(value)),
+    }
+}
+
+/// A header's first value, or `None`.
+fn put_first(slot: &mut Option<String>, value: Option<&[u8]>) {
+    match value {
+        Some(value) => put(slot.get_or_insert_with(String::new), value),
+        None => *slot = None,
+    }
+}
+
+/// Every value of a header, each one separately.
+fn put_each<'a>(slots: &mut Vec<String>, values: impl Iterator<Item = &'a [u8]>) {
+    let mut count = 0;
+    for value in values {
+        match slots.get_mut(count) {
+            Some(slot) => put(slot, value),
+            None => {
+                let mut text = String::new();
+                put(&mut text, value);
+                slots.push(text);
+            }
+        }
+        count += 1;
+    }
+    slots.truncate(count);
+}
+
+/// Every value of a header joined with `,` (as a proxy would fold them), or `None`.
+fn put_joined(slot: &mut Option<String>, headers: &RequestHeaders<'_>, name: &str) {
+    let mut values = headers.values(name).peekable();
+    if values.peek().is_none() {
+        *slot = None;
+        return;
+    }
+    let text = slot.get_or_insert_with(String::new);
+    text.clear();
+    for (i, value) in values.enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&String::from_utf8_lossy(value));
     }
 }
 
@@ -295,9 +402,13 @@ fn answer(
     decision: &Decision,
     started: Instant,
 ) -> bool {
-    stream.set_metadata(METADATA_NAMESPACE, &decision.metadata());
-    if let Some(id) = config.counters.checks {
-        stream.increment_counter(id, &[decision.outcome_name(), decision.reason()]);
+    if config.dynamic_metadata {
+        stream.set_metadata(METADATA_NAMESPACE, decision.metadata_fields());
+    }
+    if let Some(id) = config.counters.checks
+        && !config.count_check(decision)
+    {
+        stream.increment_counter(id, [decision.outcome_name(), decision.reason()]);
     }
     log_decision(config, request, decision, started);
     match &decision.outcome {

@@ -104,6 +104,13 @@ fn validate(
              jwks_uri and discovery itself (remove cluster)",
         ));
     }
+    if file.module.is_some() {
+        return Err(ConfigError::new(
+            "module",
+            "only the Envoy module reads this key (the service's answer carries its metadata \
+             to Envoy's ext_authz filter); remove it",
+        ));
+    }
     let mut decision = file.decision_settings(base)?;
     let listen_text = file.listen.as_deref().unwrap_or("127.0.0.1:50051");
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
@@ -661,6 +668,14 @@ upstream:
     fn the_module_only_cluster_key_is_refused() {
         let err = load(&format!("{MINIMAL}    cluster: idp\n")).expect_err("cluster");
         assert_eq!(err.key, "issuers[0].cluster");
+    }
+
+    #[test]
+    fn the_module_only_section_is_refused() {
+        let err =
+            load(&format!("{MINIMAL}module: {{dynamic_metadata: false}}\n")).expect_err("module");
+        assert_eq!(err.key, "module");
+        assert!(err.message.contains("only the Envoy module"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct ModuleSettings {
     pub decision: DecisionSettings,
     /// The Envoy cluster each issuer's keys are fetched through (`None` for a `jwks_file`).
     pub clusters: Vec<Option<String>>,
+    /// `module.dynamic_metadata`: set the decision as Envoy dynamic metadata on every check.
+    pub dynamic_metadata: bool,
 }
 
 /// Keys only the service reads, and why the module has no use for them.
@@ -109,7 +111,12 @@ impl ModuleSettings {
                 },
             )
             .collect::<Result<_, _>>()?;
-        Ok(Self { decision, clusters })
+        let dynamic_metadata = file.module.as_ref().is_none_or(|m| m.dynamic_metadata);
+        Ok(Self {
+            decision,
+            clusters,
+            dynamic_metadata,
+        })
     }
 }
 
@@ -211,6 +218,30 @@ mod tests {
             "jwks_uri":"https://idp.example.com/jwks","cluster":"idp"}],"certificate":{"sources":["peer"]}}"#;
         let settings = ModuleSettings::from_yaml(json).expect("JSON is YAML");
         assert_eq!(settings.clusters, [Some("idp".to_owned())]);
+    }
+
+    #[test]
+    fn dynamic_metadata_is_on_unless_turned_off() {
+        let base = format!("{}    cluster: idp\n", issuer(""));
+        assert!(
+            ModuleSettings::from_yaml(&base)
+                .expect("valid")
+                .dynamic_metadata
+        );
+        let on = format!("{base}module: {{}}\n");
+        assert!(
+            ModuleSettings::from_yaml(&on)
+                .expect("valid")
+                .dynamic_metadata
+        );
+        let off = format!("{base}module: {{dynamic_metadata: false}}\n");
+        assert!(
+            !ModuleSettings::from_yaml(&off)
+                .expect("valid")
+                .dynamic_metadata
+        );
+        let typo = format!("{base}module: {{dynamic_metadat: false}}\n");
+        assert!(ModuleSettings::from_yaml(&typo).is_err());
     }
 
     #[test]

@@ -67,6 +67,19 @@ pub struct FileConfig {
     /// audiences.
     #[serde(default)]
     pub resources: Vec<ResourceConfig>,
+    /// Envoy module: what it hands Envoy besides the answer (the service refuses it).
+    pub module: Option<ModuleConfig>,
+}
+
+/// The Envoy module's own settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleConfig {
+    /// Set the decision as Envoy dynamic metadata (namespace `certbound`: decision, reason,
+    /// rule, iss, sub, client_id, scope, x5t#S256, jkt) on every check, for access logs and later
+    /// filters (default true). Off saves Envoy that work when nothing reads it.
+    #[serde(default = "default_dynamic_metadata")]
+    pub dynamic_metadata: bool,
 }
 
 /// One protected resource (RFC 9728): its identifier and the requests it covers.
@@ -846,6 +859,9 @@ impl Default for LimitsConfig {
     }
 }
 
+fn default_dynamic_metadata() -> bool {
+    true
+}
 fn default_leeway() -> u64 {
     60
 }
