@@ -465,13 +465,14 @@ fn the_envoy_chapter_runs_as_written() {
     let blocks = section_blocks("docs/src/integrations/envoy.md", "## Run it yourself");
     assert_eq!(blocks.len(), 2, "{blocks:?}");
     let work = work_dir("envoy-chapter");
+    // `/tmp/` first: the test's own paths may be under /tmp (a clone there).
     let swap = |command: &str| {
         command
+            .replace("/tmp/", &format!("{}/", work.display()))
             .replace(
                 "cargo run --release -- ",
                 &format!("{} ", env!("CARGO_BIN_EXE_certbound")),
             )
-            .replace("/tmp/", &format!("{}/", work.display()))
     };
     let ready = [
         ("certbound", "http://127.0.0.1:9090/readyz"),
@@ -505,15 +506,16 @@ fn the_module_chapter_runs_as_written() {
     assert_eq!(blocks.len(), 3, "{blocks:?}");
     let work = work_dir("module-chapter");
     let module_dir = common::envoy::module_dir();
+    // `/tmp/` first: the test's own paths may be under /tmp (a clone there).
     let swap = |command: &str| {
         command
+            .replace("/tmp/", &format!("{}/", work.display()))
             .replace(
                 "cargo build --release -p certbound-envoy -p certbound",
                 "true",
             )
             .replace("target/release/certbound", env!("CARGO_BIN_EXE_certbound"))
             .replace("$PWD/target/release", &module_dir.display().to_string())
-            .replace("/tmp/", &format!("{}/", work.display()))
     };
     let checked = shell(&swap(&blocks[0])).output().unwrap();
     let stdout = String::from_utf8_lossy(&checked.stdout);
