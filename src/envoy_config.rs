@@ -55,26 +55,25 @@ pub fn names_a_dynamic_module(text: &str) -> bool {
 /// not parse.
 pub fn check(text: &str) -> Result<Report, String> {
     let docs = documents(text)?;
+    // Paths start with the document's number when there are several.
+    let root = |index: usize| {
+        if docs.len() > 1 {
+            format!("document {}", index + 1)
+        } else {
+            String::new()
+        }
+    };
     let mut report = Report::default();
     let mut filters = Vec::new();
     for (index, doc) in docs.iter().enumerate() {
-        let root = if docs.len() > 1 {
-            format!("document {}", index + 1)
-        } else {
-            String::new()
-        };
-        walk(doc, &mut root.clone(), &mut |value, at| {
+        walk(doc, &mut root(index), &mut |value, at| {
             visit(value, at, &mut report, &mut filters)
         });
     }
-    // Per-route configs apply only under the name of a filter that holds the module.
+    // Per-route configs apply only under the name of a filter that holds the module: a second
+    // pass, once every filter's name is known.
     for (index, doc) in docs.iter().enumerate() {
-        let root = if docs.len() > 1 {
-            format!("document {}", index + 1)
-        } else {
-            String::new()
-        };
-        walk(doc, &mut root.clone(), &mut |value, at| {
+        walk(doc, &mut root(index), &mut |value, at| {
             if let Some(per_filter) = value
                 .as_mapping()
                 .and_then(|m| m.get("typed_per_filter_config"))

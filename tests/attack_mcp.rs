@@ -58,29 +58,20 @@ impl Stack {
         format!("https://localhost:{}/mcp", self.port)
     }
 
-    /// Envoy and the ext_authz service; `certbound_edit` edits the shipped certbound.yaml.
-    async fn service(certbound_edit: impl Fn(String) -> String) -> Self {
+    /// Envoy and the ext_authz service on the shipped certbound.yaml.
+    async fn service() -> Self {
         let pki = Pki::new("attack-mcp-service");
         let dir = pki.dir.path().to_owned();
         let signer = Signer::es256("mcp-k1");
         let idp = Idp::start(&[&signer]).await;
         let upstream = RecordingUpstream::start().await;
         let (port, admin) = (free_port(), free_port());
-        let ca = pki.path("ca.crt").display().to_string();
         let yaml = point(
             &deploy("certbound.yaml"),
-            &[
-                ("https://localhost:9443/jwks", idp.jwks_uri()),
-                ("https://localhost:9443", idp.issuer.clone()),
-                (
-                    "https://localhost:8443",
-                    format!("https://localhost:{port}"),
-                ),
-                ("deploy/local/demo-ca.pem", ca),
-            ],
+            &origin_swaps(&idp, &pki, port),
             &[],
         );
-        let (certbound, addr) = start_certbound(&certbound_edit(yaml), &dir).await;
+        let (certbound, addr) = start_certbound(&yaml, &dir).await;
         let config = point(
             &deploy("envoy-service.yaml"),
             &envoy_swaps(&pki, port, admin, upstream.addr, Some(addr.port()), None),
@@ -115,18 +106,7 @@ impl Stack {
         let (port, admin) = (free_port(), free_port());
         assert!(module_dir().join("libcertbound_envoy.so").exists());
         let mut swaps = envoy_swaps(&pki, port, admin, upstream.addr, None, Some(idp.addr));
-        swaps.extend([
-            ("https://localhost:9443/jwks", idp.jwks_uri()),
-            ("https://localhost:9443", idp.issuer.clone()),
-            (
-                "https://localhost:8443",
-                format!("https://localhost:{port}"),
-            ),
-            (
-                "deploy/local/demo-ca.pem",
-                pki.path("ca.crt").display().to_string(),
-            ),
-        ]);
+        swaps.extend(origin_swaps(&idp, &pki, port));
         let config = point(&deploy("envoy-module.yaml"), &swaps, &[]);
         let ports = EnvoyPorts {
             listener: port,
@@ -215,6 +195,23 @@ impl Stack {
 }
 
 /// The ports and file paths the shipped Envoy configs name, for this test's.
+/// The authorization server's URLs, the public origin (`dpop.public_base_url`, the resource id)
+/// and the CA certbound trusts, as the test runs them.
+fn origin_swaps(idp: &Idp, pki: &Pki, port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("https://localhost:9443/jwks", idp.jwks_uri()),
+        ("https://localhost:9443", idp.issuer.clone()),
+        (
+            "https://localhost:8443",
+            format!("https://localhost:{port}"),
+        ),
+        (
+            "deploy/local/demo-ca.pem",
+            pki.path("ca.crt").display().to_string(),
+        ),
+    ]
+}
+
 fn envoy_swaps(
     pki: &Pki,
     port: u16,
@@ -275,7 +272,7 @@ async fn a_proof_for_another_host_is_refused(stack: &Stack) {
 #[tokio::test]
 #[ignore = "needs Envoy 1.40: run scripts/test.sh"]
 async fn a_dpop_proof_for_another_host_is_refused_behind_envoy_and_the_service() {
-    let stack = Stack::service(|yaml| yaml).await;
+    let stack = Stack::service().await;
     a_proof_for_another_host_is_refused(&stack).await;
 }
 
