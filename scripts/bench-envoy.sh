@@ -7,6 +7,8 @@
 #   certbound-nocache / certbound-cache   Envoy + ext_authz to certbound (deploy/envoy/self-signed.yaml)
 #   module-nocache / module-cache   Envoy + certbound's dynamic module (deploy/envoy/module.yaml,
 #                   keys from the demo JWKS file; token_cache off / on)
+#   module-cache-logged   ... cache on, the metadata fields deploy/envoy/module.yaml sets (those its
+#                   access log reads: decision, reason, iss, rule; module-cache sets all of them)
 #   module-cache-nometa   ... cache on, `module: {dynamic_metadata: false}` (nothing here reads it)
 #   module-cache-bare   ... and `upstream: {claim_headers: {}}` (no header set for the upstream)
 #   module-*-baseline   the same configuration with the module built in $MODULE_BASELINE (A/B)
@@ -180,9 +182,9 @@ def module_config(entries, metadata=True, claim_headers=True):
                           token_cache:
                             max_entries: {entries}
 """
-    if not metadata:
-        yaml += """                          module:
-                            dynamic_metadata: false
+    if metadata is not True:
+        yaml += f"""                          module:
+                            dynamic_metadata: {metadata}
 """
     if not claim_headers:
         yaml += """                          upstream:
@@ -192,9 +194,11 @@ def module_config(entries, metadata=True, claim_headers=True):
 open(f"{work}/module-nocache.envoy.yaml", "w").write(module_config(0))
 open(f"{work}/module-cache.envoy.yaml", "w").write(module_config(100000))
 # Without the dynamic metadata (nothing reads it here: the access log is left out above).
-open(f"{work}/module-cache-nometa.envoy.yaml", "w").write(module_config(100000, metadata=False))
+open(f"{work}/module-cache-nometa.envoy.yaml", "w").write(module_config(100000, metadata="false"))
+# The fields deploy/envoy/module.yaml sets: those its access log reads.
+open(f"{work}/module-cache-logged.envoy.yaml", "w").write(module_config(100000, metadata="[decision, reason, iss, rule]"))
 # ... and no claim headers for the upstream either: the least this module asks of Envoy.
-open(f"{work}/module-cache-bare.envoy.yaml", "w").write(module_config(100000, metadata=False, claim_headers=False))
+open(f"{work}/module-cache-bare.envoy.yaml", "w").write(module_config(100000, metadata="false", claim_headers=False))
 lua = common(open("benches/envoy/jwt-authn-lua.yaml").read())
 open(f"{work}/lua-cache.envoy.yaml", "w").write(lua)
 nocache = re.sub(r"\n *jwt_cache_config:\n *jwt_cache_size: \d+", "", lua)

@@ -4,7 +4,7 @@
 # tens of percent within minutes, and more while other builds share the cores).
 #
 # Each configuration of scripts/bench-envoy.sh (the same listener, certificates, token and
-# generated Envoy configs; default: none module-cache module-cache-nometa) runs under
+# generated Envoy configs; default: none module-cache module-cache-logged module-cache-nometa) runs under
 # valgrind --tool=callgrind, all threads counted. After a warm-up, oha sends SHORT and then LONG
 # requests on one keep-alive connection each (callgrind zeroed before and dumped after each
 # batch): (Ir_long - Ir_short) / (LONG - SHORT) cancels the TLS handshake and the batch's edges.
@@ -19,7 +19,7 @@
 # Needs: valgrind, oha, and what bench-envoy.sh needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CONFIGS=${CONFIGS:-"none module-cache module-cache-nometa"}
+CONFIGS=${CONFIGS:-"none module-cache module-cache-logged module-cache-nometa"}
 SHORT=${SHORT:-300}
 LONG=${LONG:-1300}
 command -v valgrind >/dev/null || { echo "valgrind not found (apt-get install valgrind)" >&2; exit 1; }

@@ -276,6 +276,53 @@ async fn module_reference_scenarios_over_http1_and_http2() {
     assert_access_log(&s.envoy, &lines, &token_a).await;
 }
 
+/// `module.dynamic_metadata` as Envoy sees it: the shipped list sets only the fields its access
+/// log reads, `true` sets every field, `false` none. An access log that also prints `sub` and
+/// `x5t#S256` shows which were set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
+async fn module_sets_only_the_dynamic_metadata_fields_configured() {
+    const SHIPPED: &str = "dynamic_metadata: [decision, reason, iss, rule]";
+    let k1 = Signer::es256("k1");
+    for (setting, expected) in [
+        (
+            SHIPPED,
+            "certbound=allow reason=ok iss={ISSUER} rule=default sub=- x5t=- ",
+        ),
+        (
+            "dynamic_metadata: true",
+            "certbound=allow reason=ok iss={ISSUER} rule=default sub=alice x5t={X5T} ",
+        ),
+        (
+            "dynamic_metadata: false",
+            "certbound=- reason=- iss=- rule=- sub=- x5t=- ",
+        ),
+    ] {
+        let s = ModuleStack::start(&[&k1], |config| {
+            assert!(config.contains(SHIPPED), "the shipped module.yaml changed");
+            config.replace(SHIPPED, setting).replace(
+                "rule=%DYNAMIC_METADATA(certbound:rule)%",
+                "rule=%DYNAMIC_METADATA(certbound:rule)% sub=%DYNAMIC_METADATA(certbound:sub)% \
+                 x5t=%DYNAMIC_METADATA(certbound:x5t#S256)%",
+            )
+        })
+        .await;
+        s.wait_keys_loaded().await;
+        let a = s.pki.client("client-a");
+        let token = s.token_for(Some(&a));
+        s.get(Some(&a), Http::One, "/items", Some(&token))
+            .await
+            .upstream_headers();
+        let line = format!(
+            "200 {}",
+            expected
+                .replace("{ISSUER}", ISSUER)
+                .replace("{X5T}", &a.x5t())
+        );
+        assert_access_log(&s.envoy, &[line], &token).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
 async fn module_xfcc_mode_uses_the_sanitized_header_and_rejects_a_forged_one() {

@@ -114,8 +114,9 @@ impl Decision {
         self.metadata_fields().into_iter().flatten().collect()
     }
 
-    /// [`Decision::metadata`] without allocating: the fields in the same order, `None` for those
-    /// this decision does not have (for a caller that copies them straight out).
+    /// [`Decision::metadata`] without allocating: the fields in the same order
+    /// ([`MetadataFields::NAMES`]), `None` for those this decision does not have (for a caller
+    /// that copies them straight out).
     pub fn metadata_fields(&self) -> [Option<(&'static str, &str)>; 9] {
         let facts = &self.facts;
         let allowed = matches!(self.outcome, Outcome::Allow(_));
@@ -146,10 +147,86 @@ impl Decision {
     }
 }
 
+/// Which of [`Decision::metadata_fields`] an adapter hands on (the module's
+/// `module.dynamic_metadata`): each field costs Envoy an entry in the stream's metadata
+/// `Struct` on every check, so a deployment sets only those something reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetadataFields(u16);
+
+impl MetadataFields {
+    /// The field names, in the order of [`Decision::metadata_fields`].
+    pub const NAMES: [&'static str; 9] = [
+        "decision",
+        "reason",
+        "rule",
+        "iss",
+        "sub",
+        "client_id",
+        "scope",
+        "x5t#S256",
+        "jkt",
+    ];
+    pub const ALL: Self = Self((1 << Self::NAMES.len()) - 1);
+    pub const NONE: Self = Self(0);
+
+    /// The fields named; `Err` with the first name that is not one.
+    pub fn named<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, &'a str> {
+        let mut bits = 0;
+        for name in names {
+            let index = Self::NAMES.iter().position(|n| *n == name).ok_or(name)?;
+            bits |= 1 << index;
+        }
+        Ok(Self(bits))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// `fields` with those not selected left out.
+    pub fn select<T>(self, fields: [Option<T>; 9]) -> [Option<T>; 9] {
+        let mut index = 0;
+        fields.map(|field| {
+            let keep = self.0 & (1 << index) != 0;
+            index += 1;
+            field.filter(|_| keep)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::decision::{DenyReason, UnavailableReason, Upstream};
+
+    #[test]
+    fn metadata_fields_are_selected_by_name() {
+        let mut decision = Decision::deny(DenyReason::TokenMissing);
+        decision.facts.rule = Some("admin".into());
+        decision.facts.issuer = Some("https://idp.example.com".into());
+        let fields = decision.metadata_fields();
+        for (field, name) in fields.iter().zip(MetadataFields::NAMES) {
+            if let Some((key, _)) = field {
+                assert_eq!(*key, name, "NAMES follows metadata_fields");
+            }
+        }
+        let logged = MetadataFields::named(["decision", "rule"]).expect("names");
+        let kept: Vec<_> = logged.select(fields).into_iter().flatten().collect();
+        assert_eq!(kept, [("decision", "deny"), ("rule", "admin")]);
+        assert_eq!(
+            MetadataFields::ALL.select(fields),
+            fields,
+            "ALL keeps every field"
+        );
+        assert!(
+            MetadataFields::NONE
+                .select(fields)
+                .iter()
+                .all(Option::is_none)
+        );
+        assert_eq!(MetadataFields::named(["reason", "subject"]), Err("subject"));
+        assert!(MetadataFields::named([]).expect("none").is_empty());
+    }
 
     #[test]
     fn every_deny_is_json_with_a_challenge() {

@@ -402,8 +402,9 @@ fn answer(
     decision: &Decision,
     started: Instant,
 ) -> bool {
-    if config.dynamic_metadata {
-        stream.set_metadata(METADATA_NAMESPACE, decision.metadata_fields());
+    if !config.dynamic_metadata.is_empty() {
+        let fields = config.dynamic_metadata.select(decision.metadata_fields());
+        stream.set_metadata(METADATA_NAMESPACE, fields);
     }
     if let Some(id) = config.counters.checks
         && !config.count_check(decision)

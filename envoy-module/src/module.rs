@@ -8,6 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use certbound_core::answer::MetadataFields;
 use certbound_core::clock::SystemClock;
 use certbound_core::keys::KeySnapshots;
 use certbound_core::{AccessRequest, Decision, DenyReason, Outcome, Policy, TokenCache};
@@ -125,8 +126,8 @@ pub struct FilterConfig {
     pub refetch_min_interval: Duration,
     pub fetch_timeout: Duration,
     pub counters: Counters,
-    /// `module.dynamic_metadata`: set the decision as dynamic metadata on every check.
-    pub dynamic_metadata: bool,
+    /// `module.dynamic_metadata`: the decision's fields set as dynamic metadata on every check.
+    pub dynamic_metadata: MetadataFields,
     check_counts: Arc<CheckCounts>,
     fetching: Option<Fetching>,
     /// Set once Envoy destroys the configuration: streams still running decide with what they

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use super::{ConfigError, DecisionSettings, FileConfig};
+use super::{ConfigError, DecisionSettings, DynamicMetadataConfig, FileConfig};
+use crate::answer::MetadataFields;
 use crate::keys::KeySource;
 use crate::routes::{EXT_BINDING, EXT_GROUPS, EXT_SCOPES};
 
@@ -18,8 +19,9 @@ pub struct ModuleSettings {
     pub decision: DecisionSettings,
     /// The Envoy cluster each issuer's keys are fetched through (`None` for a `jwks_file`).
     pub clusters: Vec<Option<String>>,
-    /// `module.dynamic_metadata`: set the decision as Envoy dynamic metadata on every check.
-    pub dynamic_metadata: bool,
+    /// `module.dynamic_metadata`: the decision's fields set as Envoy dynamic metadata on every
+    /// check.
+    pub dynamic_metadata: MetadataFields,
 }
 
 /// Keys only the service reads, and why the module has no use for them.
@@ -111,7 +113,22 @@ impl ModuleSettings {
                 },
             )
             .collect::<Result<_, _>>()?;
-        let dynamic_metadata = file.module.as_ref().is_none_or(|m| m.dynamic_metadata);
+        let dynamic_metadata = match file.module.as_ref().map(|m| &m.dynamic_metadata) {
+            None | Some(DynamicMetadataConfig::All(true)) => MetadataFields::ALL,
+            Some(DynamicMetadataConfig::All(false)) => MetadataFields::NONE,
+            Some(DynamicMetadataConfig::Fields(names)) => {
+                MetadataFields::named(names.iter().map(String::as_str)).map_err(|name| {
+                    let at = names.iter().position(|n| n == name).unwrap_or_default();
+                    ConfigError::new(
+                        format!("module.dynamic_metadata[{at}]"),
+                        format!(
+                            "{name:?} is not a metadata field (one of {})",
+                            MetadataFields::NAMES.join(", ")
+                        ),
+                    )
+                })?
+            }
+        };
         Ok(Self {
             decision,
             clusters,
@@ -221,27 +238,39 @@ mod tests {
     }
 
     #[test]
-    fn dynamic_metadata_is_on_unless_turned_off() {
+    fn dynamic_metadata_is_every_field_unless_told_otherwise() {
         let base = format!("{}    cluster: idp\n", issuer(""));
-        assert!(
-            ModuleSettings::from_yaml(&base)
-                .expect("valid")
-                .dynamic_metadata
+        let fields = |extra: &str| {
+            ModuleSettings::from_yaml(&format!("{base}{extra}"))
+                .map(|settings| settings.dynamic_metadata)
+        };
+        let ok = |extra: &str| fields(extra).expect("valid");
+        assert_eq!(ok(""), MetadataFields::ALL);
+        assert_eq!(ok("module: {}\n"), MetadataFields::ALL);
+        assert_eq!(
+            ok("module: {dynamic_metadata: true}\n"),
+            MetadataFields::ALL
         );
-        let on = format!("{base}module: {{}}\n");
-        assert!(
-            ModuleSettings::from_yaml(&on)
-                .expect("valid")
-                .dynamic_metadata
+        assert_eq!(
+            ok("module: {dynamic_metadata: false}\n"),
+            MetadataFields::NONE
         );
-        let off = format!("{base}module: {{dynamic_metadata: false}}\n");
-        assert!(
-            !ModuleSettings::from_yaml(&off)
-                .expect("valid")
-                .dynamic_metadata
+        assert_eq!(ok("module: {dynamic_metadata: []}\n"), MetadataFields::NONE);
+        assert_eq!(
+            ok("module:\n  dynamic_metadata: [decision, reason, iss, rule]\n"),
+            MetadataFields::named(["decision", "reason", "iss", "rule"]).expect("names")
         );
-        let typo = format!("{base}module: {{dynamic_metadat: false}}\n");
-        assert!(ModuleSettings::from_yaml(&typo).is_err());
+        let unknown =
+            fields("module:\n  dynamic_metadata: [decision, subject]\n").expect_err("not a field");
+        assert_eq!(unknown.key, "module.dynamic_metadata[1]");
+        assert!(
+            unknown
+                .message
+                .contains("\"subject\" is not a metadata field")
+        );
+        assert!(unknown.message.contains("x5t#S256"), "{}", unknown.message);
+        assert!(fields("module: {dynamic_metadata: 1}\n").is_err());
+        assert!(fields("module: {dynamic_metadat: false}\n").is_err());
     }
 
     #[test]

@@ -77,9 +77,18 @@ pub struct FileConfig {
 pub struct ModuleConfig {
     /// Set the decision as Envoy dynamic metadata (namespace `certbound`: decision, reason,
     /// rule, iss, sub, client_id, scope, x5t#S256, jkt) on every check, for access logs and later
-    /// filters (default true). Off saves Envoy that work when nothing reads it.
+    /// filters: `true` (the default) every field, `false` none, or a list of the fields that
+    /// something reads (each costs Envoy a `Struct` entry per request).
     #[serde(default = "default_dynamic_metadata")]
-    pub dynamic_metadata: bool,
+    pub dynamic_metadata: DynamicMetadataConfig,
+}
+
+/// `module.dynamic_metadata`: all fields, none, or the ones named.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DynamicMetadataConfig {
+    All(bool),
+    Fields(Vec<String>),
 }
 
 /// One protected resource (RFC 9728): its identifier and the requests it covers.
@@ -859,8 +868,8 @@ impl Default for LimitsConfig {
     }
 }
 
-fn default_dynamic_metadata() -> bool {
-    true
+fn default_dynamic_metadata() -> DynamicMetadataConfig {
+    DynamicMetadataConfig::All(true)
 }
 fn default_leeway() -> u64 {
     60
