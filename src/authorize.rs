@@ -99,7 +99,7 @@ impl Authorizer {
             .facts
             .issuer_index
             .and_then(|i| checker.policy().issuers.get(i))
-            .map_or("", |p| p.issuer.as_str());
+            .map_or("", |p| &*p.issuer);
         self.metrics
             .record_check(&decision, elapsed.as_secs_f64(), issuer);
         if let Some(hit) = decision.facts.token_cache {

@@ -246,8 +246,8 @@ fn describe_jwt(out: &mut String, checker: &Checker, policy: &Policy, token: &st
         let _ = writeln!(out, "issuer: no iss claim");
         return;
     };
-    let Some(index) = policy.issuers.iter().position(|i| i.issuer == iss) else {
-        let configured: Vec<&str> = policy.issuers.iter().map(|i| i.issuer.as_str()).collect();
+    let Some(index) = policy.issuers.iter().position(|i| *i.issuer == *iss) else {
+        let configured: Vec<&str> = policy.issuers.iter().map(|i| &*i.issuer).collect();
         let _ = writeln!(
             out,
             "issuer: {iss:?} is not a configured issuer (configured: {configured:?})"

@@ -278,7 +278,12 @@ impl Metrics {
                 decision: name,
                 reason: decision.reason(),
                 issuer: issuer.to_owned(),
-                rule: decision.facts.rule.clone().unwrap_or_default(),
+                rule: decision
+                    .facts
+                    .rule
+                    .as_deref()
+                    .unwrap_or_default()
+                    .to_owned(),
             })
             .inc();
         self.check_duration
@@ -288,7 +293,7 @@ impl Metrics {
             for header in &upstream.dropped_headers {
                 self.claim_headers_dropped
                     .get_or_create(&HeaderLabel {
-                        header: header.clone(),
+                        header: header.to_string(),
                     })
                     .inc();
             }

@@ -296,7 +296,7 @@ struct Target {
     cert: ClientCert,
     tokens: HashMap<&'static str, String>,
     routes: certbound_core::RoutePolicy,
-    claim_headers: Vec<(String, String)>,
+    claim_headers: Vec<(String, std::sync::Arc<str>)>,
     envoy_routes: Vec<EnvoyRoute>,
     stack: Stack,
 }
@@ -395,7 +395,7 @@ fn check(
         .routes
         .rules
         .iter()
-        .find(|r| Some(r.name.as_str()) == decision.rule.as_deref())
+        .find(|r| Some(&*r.name) == decision.rule.as_deref())
         .is_none_or(|r| !r.requirements.allow_anonymous);
     if case.token == Token::OtherCertificate && verified {
         problems.push("a token bound to another certificate passed".into());

@@ -1,5 +1,7 @@
 //! RFC 8705 §3: the token's `cnf["x5t#S256"]` must name the certificate on this connection.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -114,21 +116,26 @@ pub fn claimed_jkt(cnf: Option<&Value>) -> Option<String> {
     }
 }
 
-/// The `x5t#S256` a token claims. Introspection servers may send `cnf` as a JSON string.
-fn claimed_thumbprint(cnf: Option<&Value>) -> Result<String, DenyReason> {
-    let parsed;
-    let object = match cnf {
-        None | Some(Value::Null) => return Err(DenyReason::CnfMissing),
-        Some(Value::String(text)) => {
-            parsed = serde_json::from_str::<Value>(text).map_err(|_| DenyReason::CnfInvalid)?;
-            &parsed
+/// The `x5t#S256` a token claims: borrowed from the claims, or owned when an introspection
+/// server sent `cnf` as a JSON string.
+fn claimed_thumbprint(cnf: Option<&Value>) -> Result<Cow<'_, str>, DenyReason> {
+    fn thumbprint(object: &Value) -> Result<&str, DenyReason> {
+        match object
+            .as_object()
+            .ok_or(DenyReason::CnfInvalid)?
+            .get("x5t#S256")
+        {
+            Some(Value::String(x5t)) if !x5t.is_empty() => Ok(x5t),
+            _ => Err(DenyReason::X5tMissing),
         }
-        Some(other) => other,
-    };
-    let object = object.as_object().ok_or(DenyReason::CnfInvalid)?;
-    match object.get("x5t#S256") {
-        Some(Value::String(x5t)) if !x5t.is_empty() => Ok(x5t.clone()),
-        _ => Err(DenyReason::X5tMissing),
+    }
+    match cnf {
+        None | Some(Value::Null) => Err(DenyReason::CnfMissing),
+        Some(Value::String(text)) => {
+            let parsed = serde_json::from_str::<Value>(text).map_err(|_| DenyReason::CnfInvalid)?;
+            thumbprint(&parsed).map(|x5t| Cow::Owned(x5t.to_owned()))
+        }
+        Some(object) => thumbprint(object).map(Cow::Borrowed),
     }
 }
 

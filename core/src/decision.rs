@@ -219,16 +219,17 @@ impl UnavailableReason {
 /// What an allowed request carries to the upstream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Upstream {
-    /// Headers to set, overwriting anything the client sent under these names.
-    pub set_headers: Vec<(String, String)>,
+    /// Headers to set, overwriting anything the client sent under these names. Names are
+    /// shared with the configuration (no copy per request).
+    pub set_headers: Vec<(Arc<str>, String)>,
     /// Headers to strip: mapped headers whose claim is absent (so a client cannot supply them),
     /// and `authorization` when configured.
-    pub remove_headers: Vec<String>,
+    pub remove_headers: Vec<Arc<str>>,
     /// Headers for the client's response (a fresh `DPoP-Nonce`).
     pub response_headers: Vec<(String, String)>,
     /// Claim headers left out (and removed) because the claim had no safe header form: a
     /// non-ASCII string, an object, an array with a comma or such a string in it. Counted.
-    pub dropped_headers: Vec<String>,
+    pub dropped_headers: Vec<Arc<str>>,
 }
 
 /// The outcome of one check.
@@ -257,16 +258,16 @@ pub struct Facts {
     /// Index of the token's issuer in the configuration.
     pub issuer_index: Option<usize>,
     /// The token's issuer: as the token claims it until the signature checked out.
-    pub issuer: Option<String>,
+    pub issuer: Option<Arc<str>>,
     /// The JWT's `kid` and `alg` headers, as sent (`alg` is not known on a cache hit).
-    pub kid: Option<String>,
+    pub kid: Option<Arc<str>>,
     pub alg: Option<String>,
     /// Verified claims (only after the signature checked out).
     pub claims: Option<Arc<Map<String, Value>>>,
     pub thumbprint: Option<Thumbprint>,
     pub certificate_source: Option<CertificateSource>,
     /// The route rule that applied (`default` when none matched).
-    pub rule: Option<String>,
+    pub rule: Option<Arc<str>>,
     /// Required scopes the token lacked (for the RFC 6750 `scope` attribute).
     pub missing_scopes: Vec<String>,
     /// Whether the verified-token cache answered (`None` when it was not consulted).

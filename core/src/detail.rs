@@ -163,7 +163,7 @@ impl Policy {
                 let iss = claim("iss").and_then(Value::as_str).unwrap_or_default();
                 let configured: Vec<&str> = match (&self.introspection, introspected) {
                     (Some(i), true) => i.issuer.iter().map(String::as_str).collect(),
-                    _ => self.issuers.iter().map(|i| i.issuer.as_str()).collect(),
+                    _ => self.issuers.iter().map(|i| &*i.issuer).collect(),
                 };
                 match configured
                     .iter()

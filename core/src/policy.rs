@@ -1,6 +1,6 @@
 //! The policy: everything the core needs from configuration, validated, and the decision over it.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use serde_json::{Map, Value};
 
@@ -20,11 +20,16 @@ use crate::token::{self, IssuerPolicy};
 use crate::token_cache::TokenCache;
 use crate::xfcc;
 
+/// The request headers that carry the credentials: `upstream.remove_authorization` strips both.
+/// Made once, so that stripping them allocates nothing per request.
+static CREDENTIAL_HEADERS: LazyLock<[Arc<str>; 2]> =
+    LazyLock::new(|| [Arc::from("authorization"), Arc::from("dpop")]);
+
 /// What to forward upstream on an allow.
 #[derive(Clone, Debug, Default)]
 pub struct UpstreamPolicy {
     /// (claim, header) pairs; header names lower-case.
-    pub claim_headers: Vec<(String, String)>,
+    pub claim_headers: Vec<(String, Arc<str>)>,
     pub remove_authorization: bool,
 }
 
@@ -196,7 +201,7 @@ impl Policy {
             if answer.get("active") != Some(&Value::Bool(true)) {
                 return Err(DenyReason::TokenInactive.into());
             }
-            facts.issuer = answer.get("iss").and_then(Value::as_str).map(str::to_owned);
+            facts.issuer = answer.get("iss").and_then(Value::as_str).map(Arc::from);
             facts.claims = Some(Arc::clone(answer));
             token::check_introspected(answer, policy, now, self.leeway_seconds)?;
             self.authorize(request, requirements, token, Arc::clone(answer), now, facts)
@@ -267,14 +272,14 @@ impl Policy {
         let parsed = token::parse_claimed(token, &mut claimed);
         // Named in logs and metadata even when the token is refused for its header.
         facts.alg = claimed.alg;
-        facts.kid = claimed.kid;
-        facts.issuer = claimed.iss;
+        facts.kid = claimed.kid.map(Arc::from);
+        facts.issuer = claimed.iss.map(Arc::from);
         let jwt = parsed?;
         let issuer_name = jwt.issuer().ok_or(DenyReason::ClaimsInvalid)?;
         let index = self
             .issuers
             .iter()
-            .position(|i| i.issuer == issuer_name)
+            .position(|i| *i.issuer == *issuer_name)
             .ok_or(DenyReason::IssuerUnknown)?;
         let issuer = &self.issuers[index];
         facts.issuer_index = Some(index);
@@ -376,7 +381,7 @@ impl Policy {
             && !facts
                 .issuer
                 .as_ref()
-                .is_some_and(|i| requirements.issuers.contains(i))
+                .is_some_and(|i| requirements.issuers.iter().any(|r| **r == **i))
         {
             return Err(DenyReason::IssuerNotAllowed.into());
         }
@@ -391,7 +396,10 @@ impl Policy {
             .resource
             .as_ref()
             .and_then(|r| r.authorization_servers.as_ref())
-            && !facts.issuer.as_ref().is_some_and(|i| servers.contains(i))
+            && !facts
+                .issuer
+                .as_ref()
+                .is_some_and(|i| servers.iter().any(|s| **s == **i))
         {
             return Err(DenyReason::IssuerNotAllowed.into());
         }
@@ -537,11 +545,12 @@ impl Policy {
     }
 
     /// `upstream.remove_authorization`: the token, and the DPoP proof that goes with it (RFC
-    /// 9449), stay at the edge.
+    /// 9449), stay at the edge ([`CREDENTIAL_HEADERS`]).
     fn remove_credentials(&self, upstream: &mut Upstream) {
         if self.upstream.remove_authorization {
-            upstream.remove_headers.push("authorization".into());
-            upstream.remove_headers.push("dpop".into());
+            upstream
+                .remove_headers
+                .extend(CREDENTIAL_HEADERS.iter().cloned());
         }
     }
 
@@ -678,7 +687,7 @@ impl Policy {
                 .upstream
                 .claim_headers
                 .iter()
-                .any(|(_, h)| *h == dashed)
+                .any(|(_, h)| **h == *dashed)
     }
 }
 

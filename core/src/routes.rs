@@ -1,6 +1,9 @@
 //! Route policy: which requirements apply to a request (first matching rule, else the default),
 //! Envoy's per-route `context_extensions`, and the scope and group checks.
 
+use std::borrow::Cow;
+use std::sync::{Arc, LazyLock};
+
 use regex::Regex;
 use serde_json::{Map, Value};
 
@@ -173,7 +176,7 @@ impl StepUp {
 /// One route rule.
 #[derive(Clone, Debug)]
 pub struct Rule {
-    pub name: String,
+    pub name: Arc<str>,
     pub hosts: Vec<HostMatch>,
     pub path: Option<PathMatch>,
     /// Upper-case methods; empty means any.
@@ -220,10 +223,15 @@ pub struct RoutePolicy {
 
 /// The requirements chosen for one request, and the name of the rule that gave them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Applied {
-    pub rule: String,
-    pub requirements: Requirements,
+pub struct Applied<'a> {
+    /// Shared with the configuration (no copy per request).
+    pub rule: Arc<str>,
+    /// The rule's own unless the route's `context_extensions` add to them.
+    pub requirements: Cow<'a, Requirements>,
 }
+
+/// The name of the requirements that apply when no rule matches.
+static DEFAULT_RULE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("default"));
 
 impl RoutePolicy {
     /// First matching rule (else the default), with the route's `context_extensions` applied:
@@ -231,7 +239,7 @@ impl RoutePolicy {
     /// Rules see only a canonical path ([`path::routable`]); any other spelling is refused
     /// (`path_unsafe`), and so is a path whose `;` parameters would change the rule for an
     /// upstream that drops them (Tomcat, Spring).
-    pub fn select(&self, request: &AccessRequest) -> Result<Applied, DenyReason> {
+    pub fn select(&self, request: &AccessRequest) -> Result<Applied<'_>, DenyReason> {
         let path = path::routable(&request.path, self.escaped_slashes)
             .map_err(|_| DenyReason::PathUnsafe)?;
         self.select_canonical(request, path)
@@ -243,7 +251,7 @@ impl RoutePolicy {
         &self,
         request: &AccessRequest,
         path: &str,
-    ) -> Result<Applied, DenyReason> {
+    ) -> Result<Applied<'_>, DenyReason> {
         let index = self.rule_index(request, path);
         if path.contains(';') && self.rule_index(request, &path::without_parameters(path)) != index
         {
@@ -259,22 +267,23 @@ impl RoutePolicy {
             return Err(DenyReason::PathUnsafe);
         }
         let (rule, mut requirements) = match index.map(|i| &self.rules[i]) {
-            Some(rule) => (rule.name.clone(), rule.requirements.clone()),
-            None => ("default".to_string(), self.default.clone()),
+            Some(rule) => (Arc::clone(&rule.name), Cow::Borrowed(&rule.requirements)),
+            None => (Arc::clone(&DEFAULT_RULE), Cow::Borrowed(&self.default)),
         };
         let ext = &request.context_extensions;
         if let Some(scopes) = ext.get(EXT_SCOPES) {
-            requirements.scopes.extend(split_list(scopes));
+            requirements.to_mut().scopes.extend(split_list(scopes));
         }
         if let Some(groups) = ext.get(EXT_GROUPS) {
-            requirements.groups.extend(split_list(groups));
+            requirements.to_mut().groups.extend(split_list(groups));
         }
         if let Some(binding) = ext.get(EXT_BINDING) {
             // A route asking for an unknown mode is a configuration error: fail closed.
-            requirements.binding = Some(parse_binding(binding).ok_or(DenyReason::PolicyInvalid)?);
+            requirements.to_mut().binding =
+                Some(parse_binding(binding).ok_or(DenyReason::PolicyInvalid)?);
         }
-        if self.allow_cors_preflight && request.cors_preflight {
-            requirements.allow_anonymous = true;
+        if self.allow_cors_preflight && request.cors_preflight && !requirements.allow_anonymous {
+            requirements.to_mut().allow_anonymous = true;
         }
         Ok(Applied { rule, requirements })
     }
@@ -290,7 +299,7 @@ impl RoutePolicy {
     /// none matches: what the differential tests compare an upstream's view with.
     pub fn rule_name(&self, request: &AccessRequest, path: &str) -> &str {
         self.rule_index(request, path)
-            .map_or("default", |i| self.rules[i].name.as_str())
+            .map_or("default", |i| &*self.rules[i].name)
     }
 }
 
@@ -344,6 +353,9 @@ pub fn missing_scopes<'r>(
     requirements: &'r Requirements,
     claims: &Map<String, Value>,
 ) -> Vec<&'r str> {
+    if requirements.scopes.is_empty() {
+        return Vec::new();
+    }
     let have = token_scopes(claims);
     requirements
         .scopes
@@ -432,7 +444,11 @@ mod tests {
     }
 
     fn selected(method: &str, host: &str, path: &str) -> String {
-        table().select(&request(method, host, path)).unwrap().rule
+        table()
+            .select(&request(method, host, path))
+            .unwrap()
+            .rule
+            .to_string()
     }
 
     #[test]
@@ -488,7 +504,7 @@ mod tests {
                 path: path.into(),
                 ..Default::default()
             };
-            policy.select(&req).map(|a| a.rule)
+            policy.select(&req).map(|a| a.rule.to_string())
         };
         assert_eq!(at("/admin/x").unwrap(), "admin");
         assert_eq!(at("/items/7").unwrap(), "item");
@@ -522,7 +538,7 @@ mod tests {
         t.rules[3].methods = vec!["GET".into()];
         assert_eq!(
             t.select(&request("HEAD", "h", "/items/1")).unwrap().rule,
-            "items"
+            "items".into()
         );
         assert_eq!(selected("GET", "admin.example.com.", "/x"), "admin");
         assert_eq!(selected("GET", "ADMIN.example.com.:8443", "/x"), "admin");
@@ -572,7 +588,8 @@ mod tests {
             .insert(EXT_GROUPS.into(), "g1".into());
         req.context_extensions
             .insert(EXT_BINDING.into(), "when_present".into());
-        let applied = table().select(&req).unwrap();
+        let policy = table();
+        let applied = policy.select(&req).unwrap();
         assert_eq!(applied.requirements.scopes, ["health", "a", "b", "c"]);
         assert_eq!(applied.requirements.groups, ["g1"]);
         assert_eq!(applied.requirements.binding, Some(BindingMode::WhenPresent));

@@ -14,7 +14,7 @@ use crate::keys::KeySet;
 #[derive(Clone, Debug)]
 pub struct IssuerPolicy {
     /// Exact `iss` value.
-    pub issuer: String,
+    pub issuer: Arc<str>,
     /// `aud` must contain at least one of these, outside protected resources.
     pub audiences: Vec<String>,
     /// The audiences of the protected resources this issuer may issue tokens for (RFC 8707):

@@ -16,7 +16,7 @@ use crate::cache::{TokenKey, TtlCache};
 /// What a verified token contributes to decisions, shared between tokens that agree on it.
 #[derive(Debug)]
 pub struct Verified {
-    pub kid: Option<String>,
+    pub kid: Option<Arc<str>>,
     pub claims: Arc<Map<String, Value>>,
 }
 
@@ -58,7 +58,7 @@ impl TokenCache {
         &self,
         key: TokenKey,
         issuer: usize,
-        kid: Option<String>,
+        kid: Option<Arc<str>>,
         claims: Map<String, Value>,
         exp: i64,
         now: i64,
@@ -78,9 +78,9 @@ impl TokenCache {
             .insert(key, Entry { issuer, verified }, expires_at, now);
     }
 
-    fn intern(&self, kid: Option<String>, claims: Map<String, Value>) -> Option<Arc<Verified>> {
+    fn intern(&self, kid: Option<Arc<str>>, claims: Map<String, Value>) -> Option<Arc<Verified>> {
         // serde_json's Map is ordered, so the text is canonical.
-        let id = serde_json::to_string(&(&kid, &claims)).ok()?;
+        let id = serde_json::to_string(&(kid.as_deref(), &claims)).ok()?;
         let mut interned = self.interned.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(shared) = interned.get(&id).and_then(Weak::upgrade) {
             return Some(shared);

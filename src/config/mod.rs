@@ -377,7 +377,7 @@ upstream:
         assert_eq!(s.decision.policy.binding, BindingMode::WhenPresent);
         assert_eq!(
             s.decision.policy.upstream.claim_headers,
-            [("sub".to_string(), "x-sub".to_string())]
+            [("sub".to_string(), "x-sub".into())]
         );
         assert!(s.decision.policy.upstream.remove_authorization);
     }
@@ -766,7 +766,7 @@ introspection:
         let routes = &s.decision.policy.routes;
         assert_eq!(routes.groups_claim, "roles");
         assert_eq!(routes.rules.len(), 2);
-        assert_eq!(routes.rules[1].name, "rules[1]");
+        assert_eq!(&*routes.rules[1].name, "rules[1]");
         assert_eq!(routes.rules[1].methods, ["PUT"]);
         assert!(routes.rules[1].requirements.groups_match_all);
         assert_eq!(routes.default.scopes, ["read"]);

@@ -347,11 +347,10 @@ fn answer(decision: &Decision, reason_header: bool, fetch: bool) -> Response<Ful
     };
     match (&decision.outcome, decision.http_answer(reason_header)) {
         (Outcome::Allow(upstream), _) => {
-            for (name, value) in upstream
-                .set_headers
-                .iter()
-                .chain(&upstream.response_headers)
-            {
+            for (name, value) in &upstream.set_headers {
+                add(name, value);
+            }
+            for (name, value) in &upstream.response_headers {
                 add(name, value);
             }
             headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));

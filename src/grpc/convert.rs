@@ -193,7 +193,11 @@ pub fn check_response(decision: &Decision, options: ResponseOptions) -> CheckRes
                     .iter()
                     .map(|(k, v)| header(k, v.clone(), HeaderAppendAction::OverwriteIfExistsOrAdd))
                     .collect(),
-                headers_to_remove: upstream.remove_headers.clone(),
+                headers_to_remove: upstream
+                    .remove_headers
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect(),
                 // To the client with the upstream's answer (RFC 9449 `DPoP-Nonce`).
                 response_headers_to_add: upstream
                     .response_headers

@@ -136,7 +136,7 @@ fn validate_one(
             format!("{WELL_KNOWN_PREFIX} is where the metadata is served, not a resource"),
         ));
     }
-    let mut allowed: Vec<&str> = enforced.issuers.iter().map(|i| i.issuer.as_str()).collect();
+    let mut allowed: Vec<&str> = enforced.issuers.iter().map(|i| &*i.issuer).collect();
     allowed.extend(enforced.introspection_issuer);
     let authorization_servers = match &config.authorization_servers {
         Some(servers) => {

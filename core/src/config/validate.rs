@@ -193,7 +193,7 @@ impl FileConfig {
         let mut key_sources = Vec::new();
         for (i, issuer) in self.issuers.iter().enumerate() {
             let key = |field: &str| format!("issuers[{i}].{field}");
-            if issuers.iter().any(|p| p.issuer == issuer.issuer) {
+            if issuers.iter().any(|p| *p.issuer == *issuer.issuer) {
                 return Err(ConfigError::new(key("issuer"), "duplicate issuer"));
             }
             let (policy, source) = validate_issuer(issuer, &key, base, &mut warnings)?;
@@ -212,7 +212,7 @@ impl FileConfig {
                     format!("{header:?} is not a usable header name"),
                 ));
             }
-            claim_headers.push((claim.clone(), header.to_ascii_lowercase()));
+            claim_headers.push((claim.clone(), header.to_ascii_lowercase().into()));
         }
         if self.limits.max_token_bytes == 0 {
             return Err(ConfigError::new(
@@ -429,7 +429,7 @@ fn validate_issuer(
         }
     };
     let policy = IssuerPolicy {
-        issuer: issuer.issuer.clone(),
+        issuer: issuer.issuer.as_str().into(),
         audiences: issuer.audiences.clone(),
         // Filled in once the resources are known.
         resource_audiences: Vec::new(),
@@ -703,7 +703,7 @@ fn validate_requirements(
     if let Some(unknown) = config
         .issuers
         .iter()
-        .find(|i| !issuers.iter().any(|p| &p.issuer == *i))
+        .find(|i| !issuers.iter().any(|p| *p.issuer == **i))
     {
         return Err(ConfigError::new(
             format!("{key}.issuers"),
@@ -783,7 +783,11 @@ fn validate_policy(
             }
         };
         rules.push(Rule {
-            name: rule.name.clone().unwrap_or_else(|| format!("rules[{i}]")),
+            name: rule
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("rules[{i}]"))
+                .into(),
             hosts: rule.hosts.iter().map(|h| HostMatch::parse(h)).collect(),
             path,
             methods: rule
