@@ -105,10 +105,12 @@ for store in ["memory", "redis"]:
     lines = open(f"{work}/module-{store}.filter.yaml").read().splitlines()
     value = "                        value: |\n" + "".join(f"                          {l}\n" for l in lines)
     open(f"{work}/module-{store}.envoy.yaml", "w").write(module[:start] + value + module[end:])
-# No auth: the module's filter taken out, the rest (listener, TLS, route) the same.
+# No auth: the module's filter and its per-route settings taken out, the rest (listener, TLS,
+# routes) the same.
 filters = module.index("                  - name: envoy.filters.http.dynamic_modules\n")
 none = module[:filters] + module[end:]
-assert "filter_name: certbound" not in none
+none = re.sub(r"\n                        # Per-route requirements.*?(?=\n                        - match: \{ prefix: \"/\" \})", "", none, flags=re.S)
+assert "filter_name: certbound" not in none, none
 open(f"{work}/none.envoy.yaml", "w").write(none)
 PY
 
