@@ -6,7 +6,10 @@
 //!   its signature decoded: the floor any proof check stands on;
 //! - `proof`: [`DpopPolicy::verify_proof`], RFC 9449 §4.3 whole (parsing, key, thumbprint,
 //!   signature, claims, `ath`, replay key);
-//! - `none`: makes the proofs and checks none (the setup, to subtract).
+//! - `none`: makes the proofs and checks none (the setup, to subtract);
+//! - `replay`: records N distinct proofs' replay keys (one client key) in the in-memory replay
+//!   store as `scripts/bench-dpop.sh` sizes it (`max_entries` 2,000,000), growing from empty
+//!   as in a benchmark run: what the store costs a check (no proofs are made).
 //!
 //! Prints one JSON line: the mode, N, and the native CPU time per check in µs (this thread's
 //! time on a CPU, from /proc/thread-self/schedstat, so other processes' share of a busy core
@@ -35,6 +38,9 @@ fn main() {
         std::process::exit(64);
     };
     let n: usize = n.parse().expect("N");
+    if mode == "replay" {
+        return replay(n);
+    }
     let keys: usize = args.get(3).map_or(16, |k| k.parse().expect("KEYS"));
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let clients: Vec<(EcdsaKeyPair, serde_json::Value)> = (0..keys.max(1))
@@ -113,6 +119,28 @@ fn main() {
         other => panic!("{other}: verify, proof or none"),
     }
     report(mode, n, ok, start);
+}
+
+/// `replay N`: N first uses recorded, timed; then one replay of each, checked.
+fn replay(n: usize) {
+    use certbound_core::dpop::ReplayKey;
+    use certbound_core::replay::{MemoryReplayStore, ReplayStore};
+    use sha2::{Digest, Sha256};
+    let keys: Vec<ReplayKey> = (0..n)
+        .map(|i| ReplayKey {
+            digest: Sha256::digest(i.to_le_bytes()).into(),
+            holder: [1; 32],
+            expires_at: NOW + 3600,
+        })
+        .collect();
+    let store = MemoryReplayStore::new(2_000_000, 2_000_000);
+    let start = cpu_ns();
+    let ok = keys
+        .iter()
+        .filter(|key| store.record(black_box(key), NOW) == Ok(true))
+        .count();
+    report("replay", n, ok, start);
+    assert!(keys.iter().all(|key| store.record(key, NOW) == Ok(false)));
 }
 
 /// This thread's time on a CPU so far, in ns.

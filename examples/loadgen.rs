@@ -271,11 +271,58 @@ fn dpop_requests(args: &Args, issuer_key: &rcgen::KeyPair, now: i64) -> Vec<Chec
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
+    let usage = usage(pid);
+    usage.user_ticks + usage.sys_ticks
+}
+
+/// What a process used so far (all its threads): CPU time, page faults, context switches.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    user_ticks: u64,
+    sys_ticks: u64,
+    minor_faults: u64,
+    context_switches: u64,
+}
+
+impl std::ops::Sub for Usage {
+    type Output = Usage;
+    fn sub(self, before: Usage) -> Usage {
+        Usage {
+            user_ticks: self.user_ticks - before.user_ticks,
+            sys_ticks: self.sys_ticks - before.sys_ticks,
+            minor_faults: self.minor_faults - before.minor_faults,
+            context_switches: self.context_switches - before.context_switches,
+        }
+    }
+}
+
+fn usage(pid: u32) -> Usage {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 (1-based) of the whole line: 12 and 13 after "comm".
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    // minflt, utime and stime are fields 10, 14 and 15 (1-based) of the whole line: 8, 12 and
+    // 13 after "comm".
+    let field = |i: usize| fields[i].parse::<u64>().unwrap();
+    // Context switches, voluntary and not, summed over the process's threads.
+    let context_switches = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    Usage {
+        user_ticks: field(11),
+        sys_ticks: field(12),
+        minor_faults: field(7),
+        context_switches,
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -680,16 +727,19 @@ async fn main() {
         }
     };
     run(args.warmup, false).await;
-    let ticks_before = cpu_ticks(pid);
+    let usage_before = usage(pid);
     let own_before = cpu_ticks(std::process::id());
     let t0 = Instant::now();
     let (mut latencies, errors) = run(args.duration, true).await;
     let elapsed = t0.elapsed().as_secs_f64();
-    let ticks = cpu_ticks(pid) - ticks_before;
+    let used = usage(pid) - usage_before;
+    let ticks = used.user_ticks + used.sys_ticks;
     let own_ticks = cpu_ticks(std::process::id()) - own_before;
     latencies.sort_unstable();
     let checks = latencies.len() as f64;
-    let cpu_us_per_check = ticks as f64 * 1e6 / clock_ticks_per_second() as f64 / checks.max(1.0);
+    let hz = clock_ticks_per_second() as f64;
+    let per_check = |ticks: u64| ticks as f64 * 1e6 / hz / checks.max(1.0);
+    let cpu_us_per_check = per_check(ticks);
     let p = |q| percentile(&latencies, q);
     println!(
         "{}",
@@ -704,9 +754,14 @@ async fn main() {
             "checks": checks, "checks_per_s": (checks / elapsed).round(), "errors": errors,
             "p50_ms": p(0.50), "p90_ms": p(0.90), "p99_ms": p(0.99), "p999_ms": p(0.999),
             "cpu_us_per_check": (cpu_us_per_check * 10.0).round() / 10.0,
+            // The same split into user and kernel (sys) time; what the kernel did for it.
+            "user_us_per_check": (per_check(used.user_ticks) * 10.0).round() / 10.0,
+            "sys_us_per_check": (per_check(used.sys_ticks) * 10.0).round() / 10.0,
+            "minor_faults_per_check": (used.minor_faults as f64 / checks.max(1.0) * 1000.0).round() / 1000.0,
+            "context_switches_per_check": (used.context_switches as f64 / checks.max(1.0) * 1000.0).round() / 1000.0,
             "rss_mib": (rss_kib(pid) as f64 / 1024.0 * 10.0).round() / 10.0,
             // The generator's own CPU time over the run's wall time: near 1.0, it was the limit.
-            "loadgen_cpu_share": (own_ticks as f64 / clock_ticks_per_second() as f64 / elapsed * 100.0).round() / 100.0,
+            "loadgen_cpu_share": (own_ticks as f64 / hz / elapsed * 100.0).round() / 100.0,
             "serving_after_ms": serving_after.as_secs_f64() * 1000.0,
         })
     );

@@ -4,11 +4,18 @@
 # redis-server and the load generator (examples/dpop_load.rs) on CPU 1. Every request carries a
 # fresh proof (made up front, sent once), so each one is verified and recorded against replay.
 # Configs, interleaved REPS times:
+#   none                            the same Envoy without the module (no auth: the baseline)
 #   module-memory / module-redis    deploy/envoy/module.yaml, dpop.replay.store memory / redis
 #   service-memory / service-redis  deploy/envoy/self-signed.yaml + certbound serve, likewise
 # For each: a closed loop (CONC in flight) for throughput, then a fixed RATE req/s for latency,
 # over HTTP/2 (HTTP=2) or HTTP/1.1 (HTTP=1). CPU per request of Envoy and certbound from /proc.
 # Results: benches/results/dpop-envoy-*.jsonl, and a table on stdout.
+#
+# With none and module-memory among CONFIGS, the last line is issue 30's "DPoP checks through the
+# module against openssl": `openssl speed ecdsap256` runs on Envoy's core (CPU 0) in each
+# repetition, and its µs per verify (user CPU time; openssl counts no kernel time) is divided by
+# the Envoy CPU-µs (user + sys) that module-memory adds per request over none in the same
+# repetition; the median of the repetitions against TARGET (0.85), met or not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +24,7 @@ REPS=${REPS:-2}
 CONC=${CONC:-32}
 RATE=${RATE:-2000}
 HTTP=${HTTP:-2}
-CONFIGS=${CONFIGS:-"module-memory module-redis service-memory service-redis"}
+CONFIGS=${CONFIGS:-"none module-memory module-redis service-memory service-redis"}
 
 scripts/install-tools.sh >/dev/null
 cargo build --release --quiet --bin certbound --example demo_material --example dpop_load
@@ -98,6 +105,13 @@ for store in ["memory", "redis"]:
     lines = open(f"{work}/module-{store}.filter.yaml").read().splitlines()
     value = "                        value: |\n" + "".join(f"                          {l}\n" for l in lines)
     open(f"{work}/module-{store}.envoy.yaml", "w").write(module[:start] + value + module[end:])
+# No auth: the module's filter and its per-route settings taken out, the rest (listener, TLS,
+# routes) the same.
+filters = module.index("                  - name: envoy.filters.http.dynamic_modules\n")
+none = module[:filters] + module[end:]
+none = re.sub(r"\n                        # Per-route requirements.*?(?=\n                        - match: \{ prefix: \"/\" \})", "", none, flags=re.S)
+assert "filter_name: certbound" not in none, none
+open(f"{work}/none.envoy.yaml", "w").write(none)
 PY
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
@@ -112,7 +126,14 @@ run() { # name rep mode extra...
     --pids "$envoy_pid${cb_pid:+,$cb_pid}" --label "$name rep $rep" "$@" | tee -a "$out"
 }
 
+openssl_verify() { # on Envoy's core, between the configurations of a repetition
+  local rate
+  rate=$(taskset -c 0 openssl speed -seconds 4 ecdsap256 2>/dev/null | awk '/nistp256/ {print $NF}')
+  echo "{\"label\": \"openssl speed ecdsap256 (CPU 0) rep $1\", \"verify_per_s\": $rate}" | tee -a "$out"
+}
+
 for rep in $(seq 1 "$REPS"); do
+  openssl_verify "$rep"
   for name in $CONFIGS; do
     ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$module_dir taskset -c 0 "$envoy" -c "$work/$name.envoy.yaml" \
       --concurrency 1 --disable-hot-restart --log-level error >"$work/envoy.log" 2>&1 &
@@ -138,9 +159,12 @@ for rep in $(seq 1 "$REPS"); do
   done
 done
 
-python3 - "$out" <<'PY'
+python3 - "$out" "${TARGET:-0.85}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+target = float(sys.argv[2])
+openssl = [r for r in rows if "verify_per_s" in r]
+rows = [r for r in rows if "verify_per_s" not in r]
 print(f"\nresults: {sys.argv[1]}\n")
 print("| config | closed loop req/s | Envoy CPU-µs/req (closed) | certbound CPU-µs/req (closed) | p50 / p99 ms at fixed rate | non-200 |")
 print("|---|---|---|---|---|---|")
@@ -154,4 +178,26 @@ for name in dict.fromkeys(r["label"].split(" rep ")[0] for r in rows):
     lat = " ; ".join(f'{r["p50_ms"]} / {r["p99_ms"]}' for r in fixed)
     bad = sum(sum(r["other"].values()) for r in closed + fixed)
     print(f"| {name} | {rps} | {envoy} | {cb} | {lat} | {bad} |")
+# The module's DPoP rate against openssl's verify, per repetition: Envoy CPU-µs that module-memory
+# adds per request over none (closed loop; the fixed rate's in brackets), against openssl's µs per
+# verify measured on the same core in the same repetition.
+def envoy_us(name, rep, mode):
+    found = [r["cpu_us_per_req"][0] for r in rows if r["label"] == f"{name} rep {rep}" and r["mode"] == mode]
+    return found[0] if found else None
+ratios, parts = [], []
+for rep, o in enumerate(openssl, start=1):
+    verify_us = 1e6 / o["verify_per_s"]
+    closed = [envoy_us(n, rep, "closed") for n in ("module-memory", "none")]
+    fixed = [envoy_us(n, rep, "rate") for n in ("module-memory", "none")]
+    if None in closed:
+        continue
+    added = closed[0] - closed[1]
+    ratios.append(verify_us / added)
+    extra = f" [{verify_us / (fixed[0] - fixed[1]):.2f}x at {fixed[0] - fixed[1]:.1f}]" if None not in fixed else ""
+    parts.append(f"{verify_us / added:.2f}x: +{added:.1f} µs vs {verify_us:.1f} µs{extra}")
+if ratios:
+    median = statistics.median(ratios)
+    print(f"\nDPoP through the module (replay in memory): openssl µs per ES256 verify / Envoy CPU-µs added "
+          f"per request over no auth: {median:.2f}x (reps: {'; '.join(parts)}; target >= {target}): "
+          f"{'met' if median >= target else 'not met'}")
 PY

@@ -80,8 +80,10 @@ impl Authorizer {
             Ok(_permit) => match convert(checker.policy()) {
                 Ok(access) => {
                     self.metrics.checks_in_flight.inc();
-                    if let Some(gate) = gate {
-                        gate.enter().await;
+                    // Boxed, and only when closed: the wait's timer would otherwise be part
+                    // of every check's future (which each layer of a Check copies).
+                    if let Some(gate) = gate.filter(|gate| gate.is_closed()) {
+                        Box::pin(gate.enter()).await;
                     }
                     let decision = checker.check(&access).await;
                     if let Some(gate) = gate {

@@ -92,49 +92,18 @@ impl Checker {
 
     /// The decision without recording a DPoP proof against replay (for `explain`, which must
     /// not use up a proof in a store that replicas share).
+    ///
+    /// The rare paths that wait on the network (introspection, an unknown `kid`'s refetch) are
+    /// futures of their own, boxed when taken: kept inline, their state (an HTTP client's
+    /// request, a timer) would make every check's future kilobytes larger, and each layer of
+    /// the Check (tonic, the service, the authorizer) copies its future when it starts it.
     pub async fn decide(&self, request: &AccessRequest) -> Decision {
         // Only with introspection configured: routing and the bearer parse are not free.
         if let Some(introspector) = &self.parts.introspector
             && let Some(token) = self.parts.policy.needs_introspection(request)
+            && let Some(decision) = Box::pin(self.introspect(introspector, request, token)).await
         {
-            let now = self.parts.clock.now();
-            let jwt = token::looks_like_jwt(token);
-            if !(jwt && introspector.refuses_jwts(now)) {
-                let span = ChildSpan::start("certbound.introspection");
-                let answer = introspector.introspect(token, now).await;
-                span.set(
-                    "certbound.result",
-                    match &answer {
-                        Ok(_) => "answered",
-                        Err(_) => "error",
-                    },
-                );
-                match answer {
-                    Ok(answer) => {
-                        let decision = self.parts.policy.decide_introspected(request, &answer, now);
-                        if jwt
-                            && matches!(decision.outcome, Outcome::Deny(DenyReason::TokenInactive))
-                        {
-                            self.hint_inactive_jwt(request, now);
-                        }
-                        return decision;
-                    }
-                    Err(IntrospectionError::UnsupportedTokenType) if jwt => {
-                        if introspector.remember_jwts_refused(now) {
-                            tracing::warn!(
-                                minutes = JWT_REFUSAL_MEMORY_SECONDS / 60,
-                                "the introspection endpoint does not introspect JWTs \
-                                 (unsupported_token_type): verifying JWTs locally against the \
-                                 issuers' keys, and asking again after this many minutes"
-                            );
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "introspection failed");
-                        return Decision::unavailable(UnavailableReason::IntrospectionUnavailable);
-                    }
-                }
-            }
+            return decision;
         }
         let generation = self.parts.keys.generation();
         let decision = self.decide_jwt(request);
@@ -143,6 +112,68 @@ impl Checker {
         else {
             return decision;
         };
+        Box::pin(self.refetch_and_decide(request, decision, index, generation)).await
+    }
+
+    /// The decision on the introspection endpoint's answer; `None` when the token is to be
+    /// verified locally instead (a JWT, and the endpoint does not introspect JWTs).
+    async fn introspect(
+        &self,
+        introspector: &Introspector,
+        request: &AccessRequest,
+        token: &str,
+    ) -> Option<Decision> {
+        let now = self.parts.clock.now();
+        let jwt = token::looks_like_jwt(token);
+        if jwt && introspector.refuses_jwts(now) {
+            return None;
+        }
+        let span = ChildSpan::start("certbound.introspection");
+        let answer = introspector.introspect(token, now).await;
+        span.set(
+            "certbound.result",
+            match &answer {
+                Ok(_) => "answered",
+                Err(_) => "error",
+            },
+        );
+        match answer {
+            Ok(answer) => {
+                let decision = self.parts.policy.decide_introspected(request, &answer, now);
+                if jwt && matches!(decision.outcome, Outcome::Deny(DenyReason::TokenInactive)) {
+                    self.hint_inactive_jwt(request, now);
+                }
+                Some(decision)
+            }
+            Err(IntrospectionError::UnsupportedTokenType) if jwt => {
+                if introspector.remember_jwts_refused(now) {
+                    tracing::warn!(
+                        minutes = JWT_REFUSAL_MEMORY_SECONDS / 60,
+                        "the introspection endpoint does not introspect JWTs \
+                         (unsupported_token_type): verifying JWTs locally against the \
+                         issuers' keys, and asking again after this many minutes"
+                    );
+                }
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "introspection failed");
+                Some(Decision::unavailable(
+                    UnavailableReason::IntrospectionUnavailable,
+                ))
+            }
+        }
+    }
+
+    /// A JWT named a `kid` its issuer's key set does not have: the key set is fetched again
+    /// (at most `unknown_kid_wait`), then the JWT decided again; else `decision` stands.
+    async fn refetch_and_decide(
+        &self,
+        request: &AccessRequest,
+        decision: Decision,
+        index: usize,
+        generation: u64,
+    ) -> Decision {
         // The fetch runs in its own task so that a Check giving up does not cancel it.
         let keys = Arc::clone(&self.parts.keys);
         let span = ChildSpan::start("certbound.key_refetch");

@@ -89,10 +89,13 @@ impl Replay {
     }
 
     /// `Ok(true)` on a proof's first use (now recorded), `Ok(false)` for a replay.
+    ///
+    /// Redis' future (a connection, a timer) is boxed: inline, it would make every check's
+    /// future larger, which each layer of a Check copies, also with the store in memory.
     pub async fn record(&self, key: &ReplayKey, now: i64) -> Result<bool, ReplayError> {
         match self {
             Self::Memory(store) => store.record(key, now),
-            Self::Redis(store) => store.record(key, now).await,
+            Self::Redis(store) => Box::pin(store.record(key, now)).await,
         }
     }
 }

@@ -252,7 +252,17 @@ pub struct ProofContext<'a> {
 #[derive(Clone, Default)]
 pub struct ProofKeys(Arc<Mutex<HashMap<[u8; 32], CachedKey>>>);
 
-type CachedKey = Arc<(KeyKind, PublicKey)>;
+type CachedKey = Arc<ProofKey>;
+
+/// A proof key as kept: parsed, with what every proof by it needs of its thumbprint.
+struct ProofKey {
+    kind: KeyKind,
+    key: PublicKey,
+    /// The thumbprint, base64url (the `jkt` a token's `cnf` names).
+    jkt: String,
+    /// SHA-256 of `jkt`: whose proofs these are, for the replay store's per-key quota.
+    holder: [u8; 32],
+}
 
 /// Most proof keys kept parsed.
 const PROOF_KEYS: usize = 4096;
@@ -267,7 +277,14 @@ impl ProofKeys {
         if let Some(key) = lock().get(thumbprint) {
             return Ok(Arc::clone(key));
         }
-        let key = Arc::new(key_material(jwk)?);
+        let (kind, key) = key_material(jwk)?;
+        let jkt = URL_SAFE_NO_PAD.encode(thumbprint);
+        let key = Arc::new(ProofKey {
+            kind,
+            key,
+            holder: Sha256::digest(jkt.as_bytes()).into(),
+            jkt,
+        });
         let mut keys = lock();
         if keys.len() >= PROOF_KEYS
             && let Some(any) = keys.keys().next().copied()
@@ -702,7 +719,11 @@ impl DpopPolicy {
             .proof_keys
             .get_or_parse(&thumbprint, jwk)
             .map_err(|_| DenyReason::DpopJwkInvalid)?;
-        let (kind, public_key) = key.as_ref();
+        let ProofKey {
+            kind,
+            key: public_key,
+            ..
+        } = key.as_ref();
         key_fits(pinned, *kind).map_err(|_| DenyReason::DpopJwkInvalid)?;
         if alg.key_kind() != *kind || pinned.is_some_and(|pin| !alg.satisfies_pin(pin)) {
             return Err(DenyReason::DpopJwkInvalid);
@@ -759,15 +780,14 @@ impl DpopPolicy {
         {
             return Err(DenyReason::DpopAthMismatch);
         }
-        let jkt = URL_SAFE_NO_PAD.encode(thumbprint);
         let mut replay = Sha256::new();
-        replay.update(jkt.as_bytes());
+        replay.update(key.jkt.as_bytes());
         replay.update([0]);
         replay.update(jti.as_bytes());
         Ok(VerifiedProof {
             replay: ReplayKey {
                 digest: replay.finalize().into(),
-                holder: Sha256::digest(jkt.as_bytes()).into(),
+                holder: key.holder,
                 // A proof with this iat is accepted until iat + max_age, and by a replica whose
                 // clock lags by up to the leeway until iat + max_age + leeway: kept that long.
                 expires_at: iat
@@ -775,7 +795,7 @@ impl DpopPolicy {
                     .saturating_add(self.future_seconds)
                     .saturating_add(1),
             },
-            jkt,
+            jkt: key.jkt.clone(),
             nonce,
         })
     }
