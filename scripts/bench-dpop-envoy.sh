@@ -193,11 +193,15 @@ for redis in [n for n in ("module-redis-baseline", "module-redis") if n in names
     mem_r, red_r = by_rep("module-memory", "rate"), by_rep(redis, "rate")
     ratios = [red_c[k]["cpu_us_per_req"][0] / mem_c[k]["cpu_us_per_req"][0] for k in mem_c if k in red_c]
     p99 = [red_r[k]["p99_ms"] - mem_r[k]["p99_ms"] for k in mem_r if k in red_r]
+    p50 = [red_r[k]["p50_ms"] - mem_r[k]["p50_ms"] for k in mem_r if k in red_r]
     ratio, added = med(ratios), med(p99)
     print(f"\n{redis} / module-memory, Envoy CPU per request (closed loop), per repetition: "
           + " ".join(f"{x:.2f}x" for x in ratios) + f"; median {ratio}x (target <= 1.15x)")
     print(f"{redis} - module-memory, p99 at the fixed rate, per repetition: "
           + " ".join(f"{x:+.3f}" for x in p99) + f" ms; median {added:+.3f} ms (target <= +0.15 ms)")
+    # The p50 too: on a shared machine the p99 is other tenants' scheduling more than ours.
+    print(f"{redis} - module-memory, p50 at the fixed rate, per repetition: "
+          + " ".join(f"{x:+.3f}" for x in p50) + f" ms; median {med(p50):+.3f} ms")
     verdict = ratio is not None and added is not None and ratio <= 1.15 and added <= 0.15
 if verdict is not None:
     print(f"target (module with DPoP on Redis: <= 1.15x Envoy CPU per request, p99 within +0.15 ms): {'met' if verdict else 'not met'}")
