@@ -342,6 +342,14 @@ impl RedisReplayStore {
                         replies.len()
                     )));
                 }
+                if replies
+                    .iter()
+                    .any(|reply| matches!(reply, redis::Value::ServerError(_)))
+                {
+                    // Each failed SET fails its own proof; the connection is made again (a
+                    // READONLY from a demoted master after a failover, say, would persist).
+                    self.connection.store(None);
+                }
                 let acked = match replies.pop() {
                     Some(wait) if waits => self.wait_reply(&wait),
                     Some(last) => {
