@@ -13,7 +13,8 @@
 //! throughput, latency percentiles (each request from the moment it is handed to the client; in
 //! `rate` mode every request is a task of its own, started on schedule whatever the answers
 //! before it), answers other than 200, and the CPU time per request of each process in `--pids`
-//! (utime + stime from `/proc`).
+//! (utime + stime from `/proc`), and of the first process's threads by name, with their context
+//! switches per request (voluntary, involuntary).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -167,9 +168,9 @@ fn cpu_ticks(pid: u32) -> u64 {
     name_and_ticks(&stat).map_or(0, |(_, ticks)| ticks)
 }
 
-/// CPU ticks of each of `pid`'s threads, summed by thread name (Envoy's `wrk:worker_0`, the
-/// module's `certbound-redis`, ...).
-fn thread_ticks(pid: u32) -> std::collections::BTreeMap<String, u64> {
+/// CPU ticks and context switches (voluntary, involuntary) of each of `pid`'s threads, summed
+/// by thread name (Envoy's `wrk:worker_0`, the module's `certbound-redis`, ...).
+fn thread_ticks(pid: u32) -> std::collections::BTreeMap<String, [u64; 3]> {
     let mut by_name = std::collections::BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
@@ -177,8 +178,19 @@ fn thread_ticks(pid: u32) -> std::collections::BTreeMap<String, u64> {
         .flatten()
     {
         let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let switches = |field: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         if let Some((name, ticks)) = name_and_ticks(&stat) {
-            *by_name.entry(name).or_insert(0) += ticks;
+            let entry: &mut [u64; 3] = by_name.entry(name).or_default();
+            entry[0] += ticks;
+            entry[1] += switches("voluntary_ctxt_switches:");
+            entry[2] += switches("nonvoluntary_ctxt_switches:");
         }
     }
     by_name
@@ -365,15 +377,30 @@ async fn main() {
         .zip(&ticks1)
         .map(|(a, b)| ((b - a) as f64 * 1e6 / clk / count * 10.0).round() / 10.0)
         .collect();
-    // The first process's CPU per request by thread name (threads with any CPU in the window).
-    let threads: serde_json::Map<String, serde_json::Value> = threads1
-        .iter()
-        .filter_map(|(name, &after)| {
-            let spent = after.saturating_sub(*threads0.get(name).unwrap_or(&0));
-            (spent > 0).then(|| {
-                let us = (spent as f64 * 1e6 / clk / count * 10.0).round() / 10.0;
-                (name.clone(), json!(us))
-            })
+    // The first process's CPU per request by thread name (threads with any CPU in the window),
+    // and their context switches per request (voluntary, involuntary).
+    let spent = |name: &str, after: &[u64; 3], i: usize| {
+        after[i].saturating_sub(threads0.get(name).map_or(0, |before: &[u64; 3]| before[i]))
+    };
+    let per_req = |n: u64, scale: f64| (n as f64 * scale / count * 100.0).round() / 100.0;
+    let busy = || {
+        threads1
+            .iter()
+            .filter(|(name, after)| spent(name, after, 0) > 0)
+    };
+    let threads: serde_json::Map<String, serde_json::Value> = busy()
+        .map(|(name, after)| {
+            let us = (spent(name, after, 0) as f64 * 1e6 / clk / count * 10.0).round() / 10.0;
+            (name.clone(), json!(us))
+        })
+        .collect();
+    let switches: serde_json::Map<String, serde_json::Value> = busy()
+        .map(|(name, after)| {
+            let (voluntary, involuntary) = (spent(name, after, 1), spent(name, after, 2));
+            (
+                name.clone(),
+                json!([per_req(voluntary, 1.0), per_req(involuntary, 1.0)]),
+            )
         })
         .collect();
     let exhausted = next.load(Ordering::Relaxed) >= proofs.len();
@@ -385,6 +412,7 @@ async fn main() {
             "ok": tally.ok, "other": tally.other,
             "p50_ms": pick(0.50), "p90_ms": pick(0.90), "p99_ms": pick(0.99), "p999_ms": pick(0.999),
             "cpu_us_per_req": cpu, "first_pid_threads_cpu_us_per_req": threads,
+            "first_pid_threads_switches_per_req": switches,
             "pids": args.pids, "proofs_exhausted": exhausted,
         })
     );

@@ -428,3 +428,81 @@ async fn both_shapes_share_redis_behind_sentinel_through_a_failover() {
     used.extend(pair.cross(4).await);
     pair.none_replayable(&used).await;
 }
+
+/// The module records the proofs of concurrent requests in batches (one pipelined round trip
+/// for what arrives together): a burst of fresh proofs, each sent twice at once, passes exactly
+/// once per proof and is refused (`dpop_replayed`) the other time, every proof's key in Redis;
+/// then, with Redis frozen and killed while a burst waits on it, every waiting stream answers
+/// 503 (none allowed, none left waiting), and service resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40, the built module and redis-server: run scripts/test.sh"]
+async fn the_module_answers_every_proof_of_a_burst_through_its_batched_store() {
+    let pki = Pki::new("fleet-burst");
+    let signer = Signer::es256("k1");
+    let idp = Idp::start_tls(&[&signer], &pki, "idp.example.com").await;
+    let mut redis = RedisServer::start(pki.dir.path()).await;
+    let replay = format!(
+        "    store: redis\n    url: {}\n    timeout_ms: 1500\n    key_prefix: \"burst:\"\n",
+        redis.url()
+    );
+    let module = module_replica("envoy-burst", &pki, &idp, &replay).await;
+    let key = DpopKey::es256();
+    let mut claims = common::claims(ISSUER, None);
+    claims["aud"] = json!(AUDIENCE);
+    claims["cnf"] = json!({"jkt": key.jkt()});
+    let token = signer.sign(&claims);
+    module.wait_ready(&pki, &key, &token).await;
+    let recorded_before = redis.keys("burst:").await.len();
+    let htu = format!("{PUBLIC}/items");
+
+    const PROOFS: usize = 48;
+    let proofs: Vec<String> = (0..PROOFS)
+        .map(|_| key.proof("GET", &htu, &token))
+        .collect();
+    let sends = proofs
+        .iter()
+        .chain(&proofs)
+        .map(|proof| module.outcome(&pki, &token, proof));
+    let outcomes = futures_util::future::join_all(sends).await;
+    for (i, proof) in proofs.iter().enumerate() {
+        let mut pair = [outcomes[i].clone(), outcomes[i + PROOFS].clone()];
+        pair.sort();
+        assert_eq!(
+            pair,
+            [
+                (Some(200), "ok".into()),
+                (Some(401), "dpop_replayed".into())
+            ],
+            "proof {i} sent twice at once: {proof}"
+        );
+    }
+    assert_eq!(
+        redis.keys("burst:").await.len(),
+        recorded_before + PROOFS,
+        "every proof of the burst is recorded in Redis"
+    );
+
+    // Redis frozen, a burst waiting on it, then Redis killed: every stream gets its 503.
+    redis.freeze(true);
+    let started = std::time::Instant::now();
+    let waiting = (0..24).map(|_| {
+        let proof = key.proof("GET", &htu, &token);
+        let (module, pki, token) = (&module, &pki, &token);
+        async move { module.outcome(pki, token, &proof).await }
+    });
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.stop();
+    };
+    let (outcomes, ()) =
+        futures_util::future::join(futures_util::future::join_all(waiting), kill).await;
+    for (status, reason) in &outcomes {
+        assert_eq!(*status, Some(503), "with Redis killed mid-batch: {reason}");
+    }
+    let took = started.elapsed();
+    eprintln!("24 checks waiting on a frozen, then killed, Redis answered 503 in {took:?}");
+    assert!(took < Duration::from_secs(5), "503s took {took:?}");
+
+    redis.restart().await;
+    module.wait_ready(&pki, &key, &token).await;
+}

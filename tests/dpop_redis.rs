@@ -363,6 +363,92 @@ async fn a_set_reply_that_is_neither_ok_nor_nil_records_nothing() {
     }
 }
 
+/// A batch (one pipeline) is answered key by key: `OK` a first use, nil a replay, and a reply
+/// that is neither (`:0`, an error) fails its own proof only, never the proofs beside it. A
+/// tiny RESP server answers each `SET` with the next reply of a script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_answered_proof_by_proof() {
+    use certbound_core::config::{ReplayMode, ReplaySettings, ReplayStoreKind};
+    use certbound_core::dpop::ReplayKey;
+    use certbound_redis::RedisReplayStore;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const SCRIPT: [&[u8]; 5] = [
+        b"+OK\r\n",
+        b"$-1\r\n",
+        b":0\r\n",
+        b"-ERR no\r\n",
+        b"+OK\r\n",
+    ];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return;
+        };
+        let (mut buffer, mut chunk, mut answered) = (Vec::new(), [0u8; 4096], 0);
+        loop {
+            let Ok(n) = socket.read(&mut chunk).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+            while let Some(used) = resp_command_len(&buffer) {
+                // The client's own commands on connecting (CLIENT SETINFO) get OK.
+                let set = buffer[..used].windows(7).any(|w| w == b"\r\nSET\r\n");
+                buffer.drain(..used);
+                let reply = match set {
+                    true => SCRIPT[answered % SCRIPT.len()],
+                    false => b"+OK\r\n",
+                };
+                answered += usize::from(set);
+                if socket.write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let store = RedisReplayStore::from_settings(&ReplaySettings {
+        store: ReplayStoreKind::Redis,
+        mode: ReplayMode::Standalone,
+        url: Some(format!("redis://{addr}/")),
+        urls: Vec::new(),
+        master_name: None,
+        max_entries: 0,
+        max_per_key: 0,
+        timeout: Duration::from_secs(2),
+        key_prefix: "batch:".into(),
+        ca_file: None,
+        wait_replicas: 0,
+    })
+    .unwrap();
+    let keys: Vec<ReplayKey> = (0..5u8)
+        .map(|i| ReplayKey {
+            digest: [i; 32],
+            holder: [0; 32],
+            expires_at: 1_800_000_060,
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let answers = store.record_many(&keys, 1_800_000_000, deadline).await;
+    assert_eq!(answers.len(), 5, "{answers:?}");
+    assert_eq!(answers[0], Ok(true), "OK: recorded now");
+    assert_eq!(answers[1], Ok(false), "nil: a replay");
+    let zero = answers[2]
+        .clone()
+        .expect_err("`:0` is not an answer")
+        .to_string();
+    assert!(zero.contains("neither OK nor nil"), "{zero}");
+    assert!(answers[3].is_err(), "an error reply fails its proof");
+    assert_eq!(
+        answers[4],
+        Ok(true),
+        "the proofs beside a failed one are answered"
+    );
+}
+
 /// The length of the first complete RESP command in `buffer` (`*N` then N bulk strings).
 fn resp_command_len(buffer: &[u8]) -> Option<usize> {
     fn line(buffer: &[u8], at: usize) -> Option<(&[u8], usize)> {

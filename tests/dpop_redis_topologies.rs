@@ -321,7 +321,20 @@ async fn wait_replicas_counts_a_proof_only_once_a_replica_has_it() {
         started.elapsed()
     );
     assert_eq!(trusting.record(&keys[2], now).await, Ok(true));
+    // A batch (one pipeline, one WAIT after its SETs): with the replica frozen its fresh proofs
+    // fail closed and a replay stays a replay; with the replica back each fresh proof counts
+    // once, a second use in the same batch included.
+    let within = |ms| Instant::now() + Duration::from_millis(ms);
+    let answers = waiting
+        .record_many(&[keys[20], keys[0], keys[21]], now, within(400))
+        .await;
+    assert!(answers[0].is_err() && answers[2].is_err(), "{answers:?}");
+    assert_eq!(answers[1], Ok(false), "a replay in a batch");
     sentinels.freeze_replica(false);
+    let answers = waiting
+        .record_many(&[keys[22], keys[22], keys[0]], now, within(2000))
+        .await;
+    assert_eq!(answers, [Ok(true), Ok(false), Ok(false)]);
 
     let cluster = RedisCluster::start(&dir.path().join("cluster"), &redis_bin()).await;
     cluster.wait_ok().await;
@@ -331,6 +344,12 @@ async fn wait_replicas_counts_a_proof_only_once_a_replica_has_it() {
     for key in &keys[3..] {
         assert_eq!(waiting.record(key, now).await, Ok(true), "{}", key.hex());
     }
+    // A batch over every master: each key's SET on its slot's master, a WAIT on each.
+    let batch: Vec<ReplayKey> = (30..=53).map(key).collect();
+    let answers = waiting.record_many(&batch, now, within(3000)).await;
+    assert!(answers.iter().all(|a| *a == Ok(true)), "{answers:?}");
+    let answers = waiting.record_many(&batch, now, within(3000)).await;
+    assert!(answers.iter().all(|a| *a == Ok(false)), "{answers:?}");
     // Connected before the replicas stop (a new cluster client would wait on them too).
     let trusting =
         RedisReplayStore::from_settings(&settings(ReplayMode::Cluster, cluster.urls(), 0, 3000))
@@ -354,6 +373,9 @@ async fn wait_replicas_counts_a_proof_only_once_a_replica_has_it() {
             key.hex()
         );
     }
+    let fresh_batch: Vec<ReplayKey> = (110..=113).map(key).collect();
+    let answers = waiting.record_many(&fresh_batch, now, within(3000)).await;
+    assert!(answers.iter().all(Result::is_err), "{answers:?}");
     // The masters themselves answer: the master's word alone still records.
     for key in &fresh {
         assert_eq!(trusting.record(key, now).await, Ok(true), "{}", key.hex());

@@ -17,7 +17,7 @@ use crate::abi::{
 };
 use crate::grpc;
 use crate::module::{EVENT_RESUME, FilterConfig, Park, ReplayChecked};
-use crate::replay::EVENT_REPLAY;
+use crate::replay::{EVENT_REPLAY, EVENT_REPLAY_FLUSH};
 
 /// Dynamic metadata namespace (`%DYNAMIC_METADATA(certbound:reason)%` in access logs).
 pub const METADATA_NAMESPACE: &str = "certbound";
@@ -190,6 +190,12 @@ impl Filter {
     /// The refetch this stream waited for ended, or its wait is over: decide again with the keys
     /// there are now, and answer or resume.
     pub fn on_scheduled(&mut self, stream: &Stream<'_>, event: u64) {
+        if event == EVENT_REPLAY_FLUSH {
+            if let Some(replay) = &self.config.replay {
+                replay.flush(self.replaying.as_ref().map(|replaying| replaying.id));
+            }
+            return;
+        }
         if event == EVENT_REPLAY {
             let Some(replaying) = self.replaying.take() else {
                 return;

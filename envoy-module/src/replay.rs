@@ -6,9 +6,20 @@
 //! while a thread of the module's own (a small tokio runtime, one pooled multiplexed connection)
 //! asks, bounded by `dpop.replay.timeout_ms`, and the answer wakes the stream through its
 //! scheduler. A slow or dead Redis answers 503 `replay_store_unavailable`, never an allow.
+//!
+//! That thread runs in Envoy's process, so what it costs is Envoy's CPU (and on a busy core,
+//! each time it is woken it takes the core from the worker). So it works in batches, woken as
+//! little as it can be: a worker queues its proofs without waking it, and the first proof of a
+//! worker's burst asks Envoy for an event ([`EVENT_REPLAY_FLUSH`]) that runs once the worker has
+//! handled what it was handling (the other requests of the same read, say); that event wakes the
+//! thread, once, for every proof queued meanwhile. The thread then sends what is queued as one
+//! round trip (one pipelined write, one read), takes what arrived during it without being woken,
+//! and wakes the batch's streams under one lock (Envoy wakes a worker once for the lot).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use certbound_core::config::{ReplaySettings, ReplayStoreKind};
 use certbound_core::dpop::ReplayKey;
@@ -21,9 +32,16 @@ use crate::abi::{self, Level, StreamWaker};
 /// The event a stream waiting for Redis is woken with.
 pub const EVENT_REPLAY: u64 = 2;
 
+/// The event the stream that queued the first proof of a burst gets, after the rest of the
+/// burst: then [`ModuleReplay::flush`] wakes the Redis thread for every proof queued.
+pub const EVENT_REPLAY_FLUSH: u64 = 3;
+
 /// Requests for Redis not yet sent: past this, checks answer 503 at once (Redis is too slow for
 /// the load, and waiting longer would only queue more).
 const QUEUE: usize = 4096;
+
+/// The most proofs one round trip carries (a pipeline of about 80 bytes a proof).
+const BATCH: usize = 512;
 
 /// The configured store.
 pub enum ModuleReplay {
@@ -77,10 +95,27 @@ impl ModuleReplay {
         }
     }
 
-    /// A waiting stream is gone: forget it before its scheduler is dropped.
+    /// A waiting stream is gone: forget it before its scheduler is dropped (and if it was to
+    /// wake the Redis thread, wake it now).
     pub fn forget(&self, id: u64) {
         if let Self::Redis(worker) = self {
-            lock(&worker.pending).waiting.remove(&id);
+            let gone = lock(&worker.shared.pending).waiting.remove(&id);
+            if gone.is_some_and(|waiting| waiting.flushes) {
+                worker.shared.flush();
+            }
+        }
+    }
+
+    /// [`EVENT_REPLAY_FLUSH`] came to the stream waiting as `id`: wake the Redis thread for the
+    /// proofs queued.
+    pub fn flush(&self, id: Option<u64>) {
+        if let Self::Redis(worker) = self {
+            if let Some(id) = id
+                && let Some(waiting) = lock(&worker.shared.pending).waiting.get_mut(&id)
+            {
+                waiting.flushes = false;
+            }
+            worker.shared.flush();
         }
     }
 }
@@ -97,19 +132,56 @@ struct Pending {
 struct Waiting {
     waker: StreamWaker,
     answer: Option<Result<bool, ReplayError>>,
+    /// This stream was sent [`EVENT_REPLAY_FLUSH`]: if it goes before the event runs, the
+    /// thread is woken when it goes.
+    flushes: bool,
 }
 
 struct Job {
     id: u64,
     key: ReplayKey,
     now: i64,
+    /// When the stream started waiting: its answer is due `timeout_ms` later, however long it
+    /// queued behind an earlier batch.
+    since: Instant,
 }
 
 /// The Redis store on a thread of its own. The thread ends when the configuration (the last
-/// stream holding it) goes: dropping the sender ends its loop.
+/// stream holding it) goes.
 pub struct RedisWorker {
+    /// Proofs to record. The thread never waits on the queue itself (so queueing wakes nobody):
+    /// it waits for [`Shared::wake`], and then takes every proof queued.
     jobs: tokio::sync::mpsc::Sender<Job>,
-    pending: Arc<Mutex<Pending>>,
+    shared: Arc<Shared>,
+}
+
+/// What the workers and the Redis thread share.
+#[derive(Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Wakes the Redis thread (a permit is kept when it is not waiting: no wake-up is lost).
+    wake: tokio::sync::Notify,
+    /// A stream was sent [`EVENT_REPLAY_FLUSH`] and has not flushed yet: later proofs need not
+    /// ask for another (its flush comes after them).
+    flush_owed: AtomicBool,
+    /// The configuration is gone: the thread ends.
+    closed: AtomicBool,
+}
+
+impl Shared {
+    /// Wakes the Redis thread for every proof queued before this call. The swap acquires the
+    /// queueing of every proof whose submit saw the flush owed (each queues, then swaps).
+    fn flush(&self) {
+        self.flush_owed.swap(false, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+}
+
+impl Drop for RedisWorker {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
 }
 
 /// Evictions would silently re-enable replays: an evicting `maxmemory-policy` is an error in
@@ -146,9 +218,10 @@ impl RedisWorker {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the Redis runtime: {e}"))?;
-        let (jobs, mut queue) = tokio::sync::mpsc::channel::<Job>(QUEUE);
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        let answers = Arc::clone(&pending);
+        let (jobs, queue) = tokio::sync::mpsc::channel::<Job>(QUEUE);
+        let shared = Arc::new(Shared::default());
+        let answers = Arc::clone(&shared);
+        let timeout = settings.timeout;
         std::thread::Builder::new()
             .name("certbound-redis".into())
             .spawn(move || {
@@ -159,33 +232,16 @@ impl RedisWorker {
                         certbound_redis::EVICTION_CHECK_EVERY,
                         report_eviction,
                     ));
-                    while let Some(job) = queue.recv().await {
-                        let store = Arc::clone(&store);
-                        let answers = Arc::clone(&answers);
-                        tokio::spawn(async move {
-                            // Bounded by timeout_ms inside: every job is answered, a panic in
-                            // the Redis client included (a 503, never a stream left waiting).
-                            let record =
-                                std::panic::AssertUnwindSafe(store.record(&job.key, job.now));
-                            let answer = record.catch_unwind().await.unwrap_or_else(|_| {
-                                Err(ReplayError("the Redis client panicked".into()))
-                            });
-                            let mut pending = lock(&answers);
-                            if let Some(waiting) = pending.waiting.get_mut(&job.id) {
-                                waiting.answer = Some(answer);
-                                waiting.waker.wake(EVENT_REPLAY);
-                            }
-                        });
-                    }
+                    record_batches(queue, &store, &answers, timeout).await;
                 });
             })
             .map_err(|e| format!("cannot start the Redis thread: {e}"))?;
-        Ok(Self { jobs, pending })
+        Ok(Self { jobs, shared })
     }
 
     fn submit(&self, key: ReplayKey, now: i64, waker: StreamWaker) -> Recorded {
         let id = {
-            let mut pending = lock(&self.pending);
+            let mut pending = lock(&self.shared.pending);
             let id = pending.next_id;
             pending.next_id += 1;
             pending.waiting.insert(
@@ -193,22 +249,109 @@ impl RedisWorker {
                 Waiting {
                     waker,
                     answer: None,
+                    flushes: false,
                 },
             );
             id
         };
-        match self.jobs.try_send(Job { id, key, now }) {
-            Ok(()) => Recorded::Waiting(id),
-            Err(_) => {
-                lock(&self.pending).waiting.remove(&id);
-                Recorded::Now(Err(ReplayError("too many checks waiting for Redis".into())))
+        let since = Instant::now();
+        let job = Job {
+            id,
+            key,
+            now,
+            since,
+        };
+        if self.jobs.try_send(job).is_err() {
+            lock(&self.shared.pending).waiting.remove(&id);
+            return Recorded::Now(Err(ReplayError("too many checks waiting for Redis".into())));
+        }
+        // Queued first, then the swap: a flush owed by another stream swaps after this one (it
+        // sees this proof), or this stream owes the next flush.
+        if !self.shared.flush_owed.swap(true, Ordering::AcqRel) {
+            let mut pending = lock(&self.shared.pending);
+            if let Some(waiting) = pending.waiting.get_mut(&id) {
+                waiting.flushes = true;
+                waiting.waker.wake(EVENT_REPLAY_FLUSH);
             }
         }
+        Recorded::Waiting(id)
     }
 
     fn take(&self, id: u64) -> Option<Result<bool, ReplayError>> {
-        let mut pending = lock(&self.pending);
+        let mut pending = lock(&self.shared.pending);
         pending.waiting.get(&id)?.answer.as_ref()?;
-        pending.waiting.remove(&id)?.answer
+        let taken = pending.waiting.remove(&id)?;
+        drop(pending);
+        if taken.flushes {
+            // Its flush event comes before its answer; should it not have, flush now.
+            self.shared.flush();
+        }
+        taken.answer
+    }
+}
+
+/// The Redis thread's loop, until the configuration goes: woken by a flush, it takes every
+/// job queued (up to [`BATCH`] at a time), records them in one round trip, answers each one,
+/// and goes on with what was queued meanwhile; then it waits for the next flush. Every job is
+/// answered: a timeout, a Redis error or a panic in the Redis client answers each job of its
+/// batch with an error (a 503, never an allow).
+async fn record_batches(
+    mut queue: tokio::sync::mpsc::Receiver<Job>,
+    store: &RedisReplayStore,
+    shared: &Shared,
+    timeout: Duration,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut keys = Vec::with_capacity(BATCH);
+    loop {
+        while let Ok(job) = queue.try_recv() {
+            batch.push(job);
+            while batch.len() < BATCH
+                && let Ok(job) = queue.try_recv()
+            {
+                batch.push(job);
+            }
+            keys.clear();
+            keys.extend(batch.iter().map(|job| job.key));
+            // The oldest job's deadline is the batch's: no stream waits longer than timeout_ms.
+            let oldest = batch.iter().map(|job| job.since).min();
+            let deadline = oldest.unwrap_or_else(Instant::now) + timeout;
+            // The latest clock reading: each key still expires with its proof (expires_at).
+            let now = batch.iter().map(|job| job.now).max().unwrap_or_default();
+            let recorded = std::panic::AssertUnwindSafe(store.record_many(&keys, now, deadline));
+            let answers = match recorded.catch_unwind().await {
+                Ok(answers) if answers.len() == batch.len() => answers,
+                Ok(_) => failed(
+                    batch.len(),
+                    "the Redis store answered the wrong number of proofs",
+                ),
+                Err(_) => failed(batch.len(), "the Redis client panicked"),
+            };
+            answer(&shared.pending, batch.drain(..), answers);
+        }
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
+        shared.wake.notified().await;
+    }
+}
+
+fn failed(n: usize, why: &str) -> Vec<Result<bool, ReplayError>> {
+    (0..n).map(|_| Err(ReplayError(why.into()))).collect()
+}
+
+/// Hands each job its answer and wakes its stream, all under one lock (a stream that is gone
+/// has removed its entry, and with it the waker).
+fn answer(
+    pending: &Mutex<Pending>,
+    jobs: impl Iterator<Item = Job>,
+    answers: Vec<Result<bool, ReplayError>>,
+) {
+    let mut pending = lock(pending);
+    for (job, answer) in jobs.zip(answers) {
+        if let Some(waiting) = pending.waiting.get_mut(&job.id) {
+            waiting.answer = Some(answer);
+            waiting.waker.wake(EVENT_REPLAY);
+        }
     }
 }

@@ -219,14 +219,7 @@ impl RedisReplayStore {
 
     async fn set_if_absent(&self, key: &ReplayKey, now: i64) -> Result<bool, ReplayError> {
         let mut connection = self.connection().await?;
-        let ttl_ms = key
-            .expires_at
-            .saturating_sub(now)
-            .max(1)
-            .saturating_mul(1000);
-        let name = format!("{}{}", self.prefix, key.hex());
-        let mut set = redis::cmd("SET");
-        set.arg(&name).arg(1).arg("NX").arg("PX").arg(ttl_ms);
+        let (name, set) = self.set_nx(key, now);
         let answer: redis::RedisResult<redis::Value> = connection.query(&set).await;
         let answer = match answer {
             Ok(reply) => Ok(set_nx_recorded(&reply)?),
@@ -258,6 +251,189 @@ impl RedisReplayStore {
                     "Redis SET failed ({:?})",
                     error.kind()
                 )))
+            }
+        }
+    }
+
+    /// Records a batch of proofs in one round trip, answering each key in order: `Ok(true)`
+    /// recorded now (its first use), `Ok(false)` a replay (the key was there, or an earlier key
+    /// of the same batch made it), or an error (503). Standalone and Sentinel send one pipeline
+    /// of `SET key 1 NX PX ttl` (with `wait_replicas`, then one `WAIT`); a cluster sends each
+    /// key's `SET` to the master of its slot, all at once. Unfinished at `deadline`, every key
+    /// is an error; a reply that is not OK or nil fails its own key, a failed round trip all.
+    pub async fn record_many(
+        &self,
+        keys: &[ReplayKey],
+        now: i64,
+        deadline: Instant,
+    ) -> Vec<Result<bool, ReplayError>> {
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let asked = self.set_many_if_absent(keys, now, deadline);
+        let failed = match tokio::time::timeout_at(deadline.into(), asked).await {
+            Ok(Ok(answers)) if answers.len() == keys.len() => return answers,
+            Ok(Ok(answers)) => {
+                // Not one answer per key: none of them can be trusted.
+                self.connection.store(None);
+                ReplayError(format!(
+                    "Redis gave {} answers for {} proofs",
+                    answers.len(),
+                    keys.len()
+                ))
+            }
+            Ok(Err(error)) => error,
+            Err(_) => {
+                self.connection.store(None);
+                ReplayError(format!(
+                    "Redis did not answer within {} ms",
+                    self.timeout.as_millis()
+                ))
+            }
+        };
+        keys.iter().map(|_| Err(failed.clone())).collect()
+    }
+
+    /// The batch's answers, or the error that fails every key of it.
+    async fn set_many_if_absent(
+        &self,
+        keys: &[ReplayKey],
+        now: i64,
+        deadline: Instant,
+    ) -> Result<Vec<Result<bool, ReplayError>>, ReplayError> {
+        let mut connection = self.connection().await?;
+        // WAIT blocks for at most half of what is left of the batch's time, so its answer
+        // (short of replicas) comes back in time for the SETs' answers to count (replays are
+        // still answered as replays): Redis times a blocked command out only as often as its
+        // `hz` (every 100 ms by default). Never 0, which would block for ever.
+        let wait_ms = || {
+            let left = deadline.saturating_duration_since(Instant::now());
+            u64::try_from((left / 2).as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        };
+        let sets: Vec<(String, redis::Cmd)> = keys.iter().map(|k| self.set_nx(k, now)).collect();
+        let failed = |what: &str, error: redis::RedisError| {
+            self.connection.store(None);
+            ReplayError(format!("Redis {what} failed ({:?})", error.kind()))
+        };
+        match &mut connection {
+            Connection::Node(node) => {
+                // One pipeline: every SET, then WAIT, which counts the replicas that have every
+                // write this connection made before it, so every proof the batch recorded.
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                for (_, set) in sets {
+                    pipe.add_command(set);
+                }
+                let waits = self.wait_replicas > 0;
+                if waits {
+                    pipe.cmd("WAIT").arg(self.wait_replicas).arg(wait_ms());
+                }
+                let mut replies: Vec<redis::Value> = pipe
+                    .query_async(node)
+                    .await
+                    .map_err(|e| failed("pipeline", e))?;
+                let expected = keys.len() + usize::from(waits);
+                if replies.len() != expected {
+                    self.connection.store(None);
+                    return Err(ReplayError(format!(
+                        "Redis gave {} answers for {expected} commands",
+                        replies.len()
+                    )));
+                }
+                if replies
+                    .iter()
+                    .any(|reply| matches!(reply, redis::Value::ServerError(_)))
+                {
+                    // Each failed SET fails its own proof; the connection is made again (a
+                    // READONLY from a demoted master after a failover, say, would persist).
+                    self.connection.store(None);
+                }
+                let acked = match replies.pop() {
+                    Some(wait) if waits => self.wait_reply(&wait),
+                    Some(last) => {
+                        replies.push(last);
+                        Ok(())
+                    }
+                    None => Ok(()),
+                };
+                Ok(replies
+                    .iter()
+                    .map(|reply| match set_nx_recorded(reply)? {
+                        true => acked.clone().map(|()| true),
+                        false => Ok(false),
+                    })
+                    .collect())
+            }
+            Connection::Cluster(cluster) => {
+                // A pipeline goes to one node: each SET on its own, all at once, each following
+                // its slot's owner (MOVED / ASK) as a single command does.
+                let replies = futures_util::future::join_all(sets.iter().map(|(_, set)| {
+                    let mut cluster = cluster.clone();
+                    async move { set.query_async::<redis::Value>(&mut cluster).await }
+                }))
+                .await;
+                let mut answers: Vec<Result<bool, ReplayError>> = replies
+                    .into_iter()
+                    .map(|reply| match reply {
+                        Ok(reply) => set_nx_recorded(&reply),
+                        Err(error) => Err(failed("SET", error)),
+                    })
+                    .collect();
+                if self.wait_replicas > 0 {
+                    // WAIT on the master of each key recorded now (the node connection its SET
+                    // went through), all at once.
+                    let timeout_ms = wait_ms();
+                    let recorded: Vec<usize> = (0..answers.len())
+                        .filter(|&i| answers[i] == Ok(true))
+                        .collect();
+                    let acks = futures_util::future::join_all(recorded.iter().map(|&i| {
+                        let mut cluster = Connection::Cluster(cluster.clone());
+                        let name = &sets[i].0;
+                        async move { cluster.wait(name, self.wait_replicas, timeout_ms).await }
+                    }))
+                    .await;
+                    for (i, ack) in recorded.into_iter().zip(acks) {
+                        answers[i] = match ack {
+                            Ok(n) => self
+                                .wait_reply(&redis::Value::Int(i64::from(n)))
+                                .map(|()| true),
+                            Err(error) => Err(failed("WAIT", error)),
+                        };
+                    }
+                }
+                Ok(answers)
+            }
+        }
+    }
+
+    /// A proof's key name and its `SET name 1 NX PX ttl`, the key kept until the proof expires.
+    fn set_nx(&self, key: &ReplayKey, now: i64) -> (String, redis::Cmd) {
+        let ttl_ms = key
+            .expires_at
+            .saturating_sub(now)
+            .max(1)
+            .saturating_mul(1000);
+        let name = format!("{}{}", self.prefix, key.hex());
+        let mut set = redis::cmd("SET");
+        set.arg(&name).arg(1).arg("NX").arg("PX").arg(ttl_ms);
+        (name, set)
+    }
+
+    /// What `WAIT` answered: enough replicas, or the error that fails the proofs it covers.
+    fn wait_reply(&self, reply: &redis::Value) -> Result<(), ReplayError> {
+        match reply {
+            redis::Value::Int(acked) if *acked >= i64::from(self.wait_replicas) => Ok(()),
+            redis::Value::Int(acked) => Err(ReplayError(format!(
+                "the proof reached {acked} of the {} replicas required (wait_replicas)",
+                self.wait_replicas
+            ))),
+            _ => {
+                self.connection.store(None);
+                Err(ReplayError(
+                    "Redis answered WAIT with something other than a count".into(),
+                ))
             }
         }
     }
