@@ -274,3 +274,61 @@ async fn a_proof_queued_behind_a_slow_batch_keeps_its_own_deadline() {
         );
     }
 }
+
+/// Redis restarts (a crash, a pod rescheduled) and comes back without the proofs it held (no
+/// persistence, or an RDB snapshot older than the window, or AOF's last second): a proof used
+/// just before must not pass again once the store answers. The store cannot tell whether a
+/// proof made before the server started was used, so it refuses it (503); proofs made after
+/// pass as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40, the built module and redis-server: run scripts/test.sh"]
+async fn a_proof_used_before_redis_restarted_is_not_accepted_again() {
+    let pki = Pki::new("attack-replay-restart");
+    let signer = Signer::es256("k1");
+    let idp = Idp::start_tls(&[&signer], &pki, "idp.example.com").await;
+    let mut redis = RedisServer::start(pki.dir.path()).await;
+    let replay = format!(
+        "    store: redis\n    url: {}\n    timeout_ms: 500\n    key_prefix: \"restart:\"\n",
+        redis.url()
+    );
+    let module = module("envoy-restart", &pki, &idp, &replay).await;
+    let key = DpopKey::es256();
+    let token = token_for(&signer, &key);
+    module.wait_ready(&pki, &key, &token).await;
+    let htu = format!("{PUBLIC}/items");
+
+    let used = key.proof("GET", &htu, &token);
+    assert_eq!(
+        module.outcome(&pki, &token, &used).await,
+        (Some(200), "ok".into())
+    );
+    assert_eq!(module.reached(&used), 1);
+
+    // Redis comes back empty (the test server keeps nothing on disk).
+    redis.restart().await;
+    let started = Instant::now();
+    loop {
+        let fresh = key.proof("GET", &htu, &token);
+        if module.outcome(&pki, &token, &fresh).await.1 == "ok" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "fresh proofs never passed after the restart:\n{}",
+            module.envoy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "fresh proofs pass again {:?} after Redis restarted",
+        started.elapsed()
+    );
+
+    let (status, reason) = module.outcome(&pki, &token, &used).await;
+    assert_ne!(
+        status,
+        Some(200),
+        "a proof used before Redis restarted was accepted again ({reason})"
+    );
+    assert_eq!(module.reached(&used), 1, "the replay reached the upstream");
+}
