@@ -333,22 +333,16 @@ async fn a_proof_used_before_redis_restarted_is_not_accepted_again() {
     assert_eq!(module.reached(&used), 1, "the replay reached the upstream");
 }
 
-/// The LDS resource for the reload probe: one plain-HTTP listener whose certbound
-/// configuration (DPoP, Redis store under one key prefix) differs by `generation` only in its
-/// Redis timeout, so each publication is a new configuration with a Redis thread of its own.
-fn reload_listener(
-    port: u16,
-    jwks: &std::path::Path,
-    redis: &RedisServer,
-    generation: usize,
-) -> String {
+/// The LDS resource for the reload probes: one plain-HTTP listener whose certbound
+/// configuration differs by `generation` only in `dpop.max_age_seconds` (the replay store's
+/// settings, `replay`, stay), so each publication is a new configuration.
+fn reload_listener(port: u16, jwks: &std::path::Path, replay: &str, generation: usize) -> String {
     let filter = format!(
         "issuers:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_file: {}\n    algorithms: [ES256]\n\
-         dpop:\n  enabled: true\n  public_base_url: {PUBLIC}\n  replay:\n    store: redis\n    url: {}\n    timeout_ms: {}\n    key_prefix: \"reload:\"\n\
+         dpop:\n  enabled: true\n  max_age_seconds: {}\n  public_base_url: {PUBLIC}\n  replay:\n{replay}\
          policy:\n  reason_header: true\n",
         jwks.display(),
-        redis.url(),
-        4000 + generation
+        60 + generation,
     );
     json!({"resources": [{
         "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
@@ -382,6 +376,122 @@ async fn stat(admin: u16, name: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// An Envoy whose listener (with certbound's module) comes from an LDS file, replaced by
+/// [`Reloadable::publish`].
+struct Reloadable {
+    envoy: Process,
+    ports: EnvoyPorts,
+    upstream: RecordingUpstream,
+    lds: std::path::PathBuf,
+    jwks: std::path::PathBuf,
+    replay: String,
+    signer: Signer,
+    http: reqwest::Client,
+}
+
+const UPDATES: &str = "listener_manager.lds.update_success";
+
+impl Reloadable {
+    async fn start(pki: &Pki, replay: String) -> Self {
+        let dir = pki.dir.path();
+        let signer = Signer::es256("k1");
+        let jwks = dir.join("jwks.json");
+        std::fs::write(&jwks, json!({"keys": [signer.jwk.clone()]}).to_string()).unwrap();
+        let upstream = RecordingUpstream::start().await;
+        let ports = EnvoyPorts {
+            listener: free_port(),
+            admin: free_port(),
+            upstream: Some(upstream.addr),
+            ..Default::default()
+        };
+        let lds = dir.join("lds.json");
+        let bootstrap = format!(
+            "node: {{id: reload-attack, cluster: certbound-tests}}\n\
+             admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n\
+             dynamic_resources:\n  lds_config:\n    resource_api_version: V3\n    path_config_source: {{path: {}}}\n\
+             static_resources:\n  clusters:\n    - name: upstream\n      type: STATIC\n      connect_timeout: 1s\n      load_assignment:\n        cluster_name: upstream\n        endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]\n",
+            ports.admin,
+            lds.display(),
+            upstream.addr.port()
+        );
+        std::fs::write(&lds, reload_listener(ports.listener, &jwks, &replay, 0)).unwrap();
+        // Streams of a replaced listener keep going for 20 s (they are what this probes).
+        let envoy = start_envoy_with(&bootstrap, &ports, dir, &["--drain-time-s", "20"]).await;
+        for _ in 0..200 {
+            if stat(ports.admin, UPDATES).await >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Self {
+            envoy,
+            ports,
+            upstream,
+            lds,
+            jwks,
+            replay,
+            signer,
+            // A connection per request: one kept alive would stay with the replaced listener.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Publishes configuration `generation` and waits until Envoy applied it.
+    async fn publish(&self, generation: usize) {
+        let before = stat(self.ports.admin, UPDATES).await;
+        let text = reload_listener(self.ports.listener, &self.jwks, &self.replay, generation);
+        let aside = self.lds.with_extension("tmp");
+        std::fs::write(&aside, text).unwrap();
+        std::fs::rename(&aside, &self.lds).unwrap();
+        for _ in 0..400 {
+            if stat(self.ports.admin, UPDATES).await > before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("reload {generation} not applied:\n{}", self.envoy.log());
+    }
+
+    /// The status of one DPoP request (`None`: no answer within 15 s).
+    async fn send(&self, token: &str, proof: &str) -> Option<u16> {
+        let url = format!("http://127.0.0.1:{}/items", self.ports.listener);
+        self.http
+            .get(url)
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .timeout(Duration::from_secs(15))
+            .send()
+            .await
+            .ok()
+            .map(|answer| answer.status().as_u16())
+    }
+
+    async fn wait_ready(&self, key: &DpopKey, token: &str) {
+        for _ in 0..200 {
+            if self
+                .send(token, &key.proof("GET", &format!("{PUBLIC}/items"), token))
+                .await
+                == Some(200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("never allowed a fresh proof:\n{}", self.envoy.log());
+    }
+
+    fn reached(&self, proof: &str) -> usize {
+        self.upstream
+            .all()
+            .iter()
+            .filter(|r| r.headers.iter().any(|(n, v)| n == "dpop" && v == proof))
+            .count()
+    }
+}
+
 /// The configuration is replaced (LDS) while a batch of proofs waits on a frozen Redis: every
 /// waiting request is still answered (by the old configuration's Redis thread, an allow once
 /// Redis answers or a 503), none hangs, and afterwards no proof reaches the upstream twice
@@ -390,91 +500,23 @@ async fn stat(admin: u16, name: &str) -> u64 {
 #[ignore = "needs Envoy 1.40, the built module and redis-server: run scripts/test.sh"]
 async fn a_configuration_replaced_mid_batch_answers_every_waiting_proof_once() {
     let pki = Pki::new("attack-replay-reload");
-    let dir = pki.dir.path();
-    let redis = RedisServer::start(dir).await;
-    let signer = Signer::es256("k1");
-    let jwks = dir.join("jwks.json");
-    std::fs::write(&jwks, json!({"keys": [signer.jwk.clone()]}).to_string()).unwrap();
-    let upstream = RecordingUpstream::start().await;
-    let ports = EnvoyPorts {
-        listener: free_port(),
-        admin: free_port(),
-        upstream: Some(upstream.addr),
-        ..Default::default()
-    };
-    let lds = dir.join("lds.json");
-    let publish = |generation: usize| {
-        let text = reload_listener(ports.listener, &jwks, &redis, generation);
-        let aside = lds.with_extension("tmp");
-        std::fs::write(&aside, text).unwrap();
-        std::fs::rename(&aside, &lds).unwrap();
-    };
-    publish(0);
-    let bootstrap = format!(
-        "node: {{id: reload-attack, cluster: certbound-tests}}\n\
-         admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}\n\
-         dynamic_resources:\n  lds_config:\n    resource_api_version: V3\n    path_config_source: {{path: {}}}\n\
-         static_resources:\n  clusters:\n    - name: upstream\n      type: STATIC\n      connect_timeout: 1s\n      load_assignment:\n        cluster_name: upstream\n        endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {}}}}}}}}}]}}]\n",
-        ports.admin,
-        lds.display(),
-        upstream.addr.port()
+    let redis = RedisServer::start(pki.dir.path()).await;
+    let replay = format!(
+        "    store: redis\n    url: {}\n    timeout_ms: 4000\n    key_prefix: \"reload:\"\n",
+        redis.url()
     );
-    // Streams of a replaced listener keep going for 20 s (they are what this probes).
-    let envoy = start_envoy_with(&bootstrap, &ports, dir, &["--drain-time-s", "20"]).await;
-    let updates = "listener_manager.lds.update_success";
-    for _ in 0..200 {
-        if stat(ports.admin, updates).await >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let envoy = Reloadable::start(&pki, replay).await;
     let key = DpopKey::es256();
-    let token = token_for(&signer, &key);
+    let token = token_for(&envoy.signer, &key);
     let htu = format!("{PUBLIC}/items");
-    let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{}/items", ports.listener);
-    let send = |proof: String| {
-        let (http, url, token) = (&http, &url, &token);
-        async move {
-            let answer = http
-                .get(url)
-                .header("authorization", format!("DPoP {token}"))
-                .header("dpop", &proof)
-                .timeout(Duration::from_secs(15))
-                .send()
-                .await;
-            match answer {
-                Ok(answer) => Some(answer.status().as_u16()),
-                Err(_) => None,
-            }
-        }
-    };
-    let mut ready = false;
-    for _ in 0..200 {
-        if send(key.proof("GET", &htu, &token)).await == Some(200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "never allowed a fresh proof:\n{}", envoy.log());
+    envoy.wait_ready(&key, &token).await;
 
     redis.freeze(true);
     let proofs: Vec<String> = (0..8).map(|_| key.proof("GET", &htu, &token)).collect();
-    let waiting = futures_util::future::join_all(proofs.iter().cloned().map(send));
+    let waiting = futures_util::future::join_all(proofs.iter().map(|p| envoy.send(&token, p)));
     let reload = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let before = stat(ports.admin, updates).await;
-        publish(1);
-        let mut applied = false;
-        for _ in 0..400 {
-            if stat(ports.admin, updates).await > before {
-                applied = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(applied, "reload not applied:\n{}", envoy.log());
+        envoy.publish(1).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         redis.freeze(false);
     };
@@ -488,23 +530,46 @@ async fn a_configuration_replaced_mid_batch_answers_every_waiting_proof_once() {
         assert!(
             matches!(answer, Some(200) | Some(503)),
             "a proof waiting across the reload was answered {answer:?}:\n{}",
-            envoy.log()
+            envoy.envoy.log()
         );
     }
     // Resent twice at once through the new configuration: once at most, all told.
-    let resends = proofs.iter().chain(&proofs).cloned().map(send);
+    let resends = proofs.iter().chain(&proofs).map(|p| envoy.send(&token, p));
     let resent = futures_util::future::join_all(resends).await;
-    eprintln!("resent: {resent:?}");
     for proof in &proofs {
-        let reached = upstream
-            .all()
-            .iter()
-            .filter(|r| r.headers.iter().any(|(n, v)| n == "dpop" && v == proof))
-            .count();
+        let reached = envoy.reached(proof);
         assert!(reached <= 1, "a proof reached the upstream {reached} times");
     }
     assert!(
         resent.iter().all(|a| matches!(a, Some(401) | Some(200))),
         "{resent:?}"
     );
+}
+
+/// The in-memory store (`store: memory`, the default) across a configuration update that
+/// keeps its settings: a proof used under the old configuration must not pass again under the
+/// new one (the ext_authz service keeps its store across such reloads; the module made a new,
+/// empty one per configuration).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy 1.40 and the built module: run scripts/test.sh"]
+async fn a_proof_used_before_a_configuration_update_is_not_accepted_after_it() {
+    let pki = Pki::new("attack-replay-reload-memory");
+    let envoy = Reloadable::start(&pki, "    store: memory\n".into()).await;
+    let key = DpopKey::es256();
+    let token = token_for(&envoy.signer, &key);
+    let htu = format!("{PUBLIC}/items");
+    envoy.wait_ready(&key, &token).await;
+
+    let used = key.proof("GET", &htu, &token);
+    assert_eq!(envoy.send(&token, &used).await, Some(200));
+    envoy.publish(1).await;
+    // The new configuration serves (a fresh proof passes), then the used one is resent.
+    envoy.wait_ready(&key, &token).await;
+    let again = envoy.send(&token, &used).await;
+    assert_eq!(
+        envoy.reached(&used),
+        1,
+        "a proof used before the configuration update passed again after it ({again:?})"
+    );
+    assert_eq!(again, Some(401));
 }
