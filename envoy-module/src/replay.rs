@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use certbound_core::config::{ReplaySettings, ReplayStoreKind};
@@ -45,7 +45,8 @@ const BATCH: usize = 512;
 
 /// The configured store.
 pub enum ModuleReplay {
-    Memory(MemoryReplayStore),
+    /// Shared by every configuration of this process with the same settings ([`memory_store`]).
+    Memory(Arc<MemoryReplayStore>),
     Redis(RedisWorker),
 }
 
@@ -62,7 +63,7 @@ impl ModuleReplay {
     /// where `start_threads` is false); it connects on first use.
     pub fn new(settings: &ReplaySettings, start_threads: bool) -> Result<Option<Self>, String> {
         Ok(match settings.store {
-            ReplayStoreKind::Memory => Some(Self::Memory(MemoryReplayStore::new(
+            ReplayStoreKind::Memory => Some(Self::Memory(memory_store(
                 settings.max_entries,
                 settings.max_per_key,
             ))),
@@ -118,6 +119,32 @@ impl ModuleReplay {
             worker.shared.flush();
         }
     }
+}
+
+/// An in-memory store alive in this process, by its settings (`max_entries`, `max_per_key`).
+type KeptStore = ((usize, usize), Weak<MemoryReplayStore>);
+
+/// The in-memory stores alive in this process.
+static MEMORY_STORES: Mutex<Vec<KeptStore>> = Mutex::new(Vec::new());
+
+/// The in-memory store for these settings: the one a live configuration already uses, else a
+/// new one. Envoy builds a configuration update (LDS, say) while the old one still runs, so the
+/// proofs used before an update stay refused after it (a new, empty store would accept each
+/// again); the ext_authz service keeps its store across reloads the same way.
+fn memory_store(max_entries: usize, max_per_key: usize) -> Arc<MemoryReplayStore> {
+    let mut stores = lock(&MEMORY_STORES);
+    stores.retain(|(_, store)| store.strong_count() > 0);
+    let settings = (max_entries, max_per_key);
+    if let Some(store) = stores
+        .iter()
+        .filter(|(kept, _)| *kept == settings)
+        .find_map(|(_, store)| store.upgrade())
+    {
+        return store;
+    }
+    let store = Arc::new(MemoryReplayStore::new(max_entries, max_per_key));
+    stores.push((settings, Arc::downgrade(&store)));
+    store
 }
 
 /// Streams waiting for Redis: id -> the waker and, once in, the answer. A waker is only used
