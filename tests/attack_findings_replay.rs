@@ -334,9 +334,11 @@ async fn a_proof_used_before_redis_restarted_is_not_accepted_again() {
 }
 
 /// The LDS resource for the reload probes: one plain-HTTP listener whose certbound
-/// configuration differs by `generation` only in `dpop.max_age_seconds` (the replay store's
-/// settings, `replay`, stay), so each publication is a new configuration.
+/// configuration differs by `generation` in `dpop.max_age_seconds` (and in the replay store's
+/// settings, `replay`, only where they say `{generation}`), so each publication is a new
+/// configuration.
 fn reload_listener(port: u16, jwks: &std::path::Path, replay: &str, generation: usize) -> String {
+    let replay = replay.replace("{generation}", &generation.to_string());
     let filter = format!(
         "issuers:\n  - issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_file: {}\n    algorithms: [ES256]\n\
          dpop:\n  enabled: true\n  max_age_seconds: {}\n  public_base_url: {PUBLIC}\n  replay:\n{replay}\
@@ -492,17 +494,18 @@ impl Reloadable {
     }
 }
 
-/// The configuration is replaced (LDS) while a batch of proofs waits on a frozen Redis: every
-/// waiting request is still answered (by the old configuration's Redis thread, an allow once
-/// Redis answers or a 503), none hangs, and afterwards no proof reaches the upstream twice
-/// through the old and the new configuration together.
+/// The configuration is replaced (LDS) by one with other Redis settings (so a new store, with
+/// a thread of its own) while a batch of proofs waits on a frozen Redis: every waiting request
+/// is still answered (by the old configuration's Redis thread, an allow once Redis answers or a
+/// 503), none hangs, and afterwards no proof reaches the upstream twice through the old and the
+/// new configuration together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Envoy 1.40, the built module and redis-server: run scripts/test.sh"]
 async fn a_configuration_replaced_mid_batch_answers_every_waiting_proof_once() {
     let pki = Pki::new("attack-replay-reload");
     let redis = RedisServer::start(pki.dir.path()).await;
     let replay = format!(
-        "    store: redis\n    url: {}\n    timeout_ms: 4000\n    key_prefix: \"reload:\"\n",
+        "    store: redis\n    url: {}\n    timeout_ms: 400{{generation}}\n    key_prefix: \"reload:\"\n",
         redis.url()
     );
     let envoy = Reloadable::start(&pki, replay).await;
