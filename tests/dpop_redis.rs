@@ -107,10 +107,8 @@ async fn redis_down_fails_closed_and_service_resumes_when_it_is_back() {
     let replica = Replica::start(&idp, &redis_replay(&redis)).await;
     let key = DpopKey::es256();
     let token = bound_token(&signer, &idp, &key);
-    replica
-        .check(&token, &key.proof("GET", HTU, &token))
-        .await
-        .assert_allowed();
+    let used = key.proof("GET", HTU, &token);
+    replica.check(&token, &used).await.assert_allowed();
 
     redis.stop();
     for _ in 0..3 {
@@ -144,6 +142,13 @@ async fn redis_down_fails_closed_and_service_resumes_when_it_is_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "{}", replica.process.log());
+    // The restarted server has forgotten the proof used before: it is still not accepted.
+    let again = replica.check(&token, &used).await;
+    assert_ne!(
+        again.grpc_code,
+        Some(0),
+        "replayed after the restart: {again:?}"
+    );
     let log = replica.process.log();
     assert!(log.contains("DPoP replay check failed"), "{log}");
     assert!(!log.contains(&token), "the token must never be logged");
