@@ -305,6 +305,7 @@ fn benches(c: &mut Criterion) {
                 digest,
                 holder: [n as u8; 32],
                 expires_at: now + 30,
+                live_from: now,
             };
             assert_eq!(store.record(black_box(&key), now), Ok(true));
         })

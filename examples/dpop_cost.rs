@@ -131,6 +131,7 @@ fn replay(n: usize) {
             digest: Sha256::digest(i.to_le_bytes()).into(),
             holder: [1; 32],
             expires_at: NOW + 3600,
+            live_from: NOW,
         })
         .collect();
     let store = MemoryReplayStore::new(2_000_000, 2_000_000);

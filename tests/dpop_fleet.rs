@@ -129,9 +129,10 @@ impl Replica {
         (seen.status, reason)
     }
 
-    /// Waits until a fresh proof passes (keys loaded, Redis reachable).
+    /// Waits until a fresh proof passes (keys loaded, Redis reachable; after Redis restarted,
+    /// once the proofs' leeway is past the restart).
     async fn wait_ready(&self, pki: &Pki, key: &DpopKey, token: &str) {
-        for _ in 0..200 {
+        for _ in 0..400 {
             let proof = key.proof("GET", &format!("{PUBLIC}/items"), token);
             if self.outcome(pki, token, &proof).await.1 == "ok" {
                 return;

@@ -290,6 +290,7 @@ async fn wait_replicas_counts_a_proof_only_once_a_replica_has_it() {
         digest: [i; 32],
         holder: [0; 32],
         expires_at: now + 60,
+        live_from: now,
     };
     let keys: Vec<ReplayKey> = (1..=24).map(key).collect();
 

@@ -83,6 +83,10 @@ pub struct ReplayKey {
     /// SHA-256 of the proof key's thumbprint: whose proof it is (for per-key quotas).
     pub holder: [u8; 32],
     pub expires_at: i64,
+    /// The earliest time any replica could have accepted the proof (its `iat` less the
+    /// leeway, for the proof's clock and for a replica's): a store that lost what it held
+    /// before some moment cannot say whether a proof live before then was used.
+    pub live_from: i64,
 }
 
 impl ReplayKey {
@@ -794,6 +798,9 @@ impl DpopPolicy {
                     .saturating_add(self.max_age_seconds)
                     .saturating_add(self.future_seconds)
                     .saturating_add(1),
+                live_from: iat
+                    .saturating_sub(self.future_seconds)
+                    .saturating_sub(self.future_seconds),
             },
             jkt: key.jkt.clone(),
             nonce,

@@ -130,6 +130,7 @@ mod tests {
             digest: [digest; 32],
             holder: [holder; 32],
             expires_at,
+            live_from: 0,
         }
     }
 
@@ -168,6 +169,7 @@ mod tests {
                 digest,
                 holder: [1; 32],
                 expires_at: i64::from(n) + 10,
+                live_from: i64::from(n),
             };
             assert_eq!(store.record(&key, i64::from(n)), Ok(true));
         }

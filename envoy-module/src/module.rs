@@ -121,7 +121,7 @@ pub struct FilterConfig {
     pub token_cache: Option<TokenCache>,
     /// Used DPoP proofs (DPoP enabled only): this Envoy's workers' (memory), or every
     /// replica's (Redis).
-    pub replay: Option<ModuleReplay>,
+    pub replay: Option<Arc<ModuleReplay>>,
     pub unknown_kid_wait: Duration,
     pub refetch_min_interval: Duration,
     pub fetch_timeout: Duration,
@@ -187,7 +187,7 @@ pub fn new_config(envoy: ConfigHandle, name: &[u8], config: &[u8]) -> Option<Arc
         .collect();
     let keys = KeySnapshots::new(names, decision.key_timing.clone(), Arc::new(SystemClock));
     let replay = match &decision.replay {
-        Some(settings) => match ModuleReplay::new(settings, !abi::is_validation_mode()) {
+        Some(settings) => match ModuleReplay::shared(settings, !abi::is_validation_mode()) {
             Ok(replay) => replay,
             Err(error) => {
                 abi::log(

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use certbound_core::config::{ReplaySettings, ReplayStoreKind};
@@ -43,11 +43,18 @@ const QUEUE: usize = 4096;
 /// The most proofs one round trip carries (a pipeline of about 80 bytes a proof).
 const BATCH: usize = 512;
 
-/// The configured store.
+/// The configured store, shared by every configuration of this process with the same
+/// settings ([`ModuleReplay::shared`]).
 pub enum ModuleReplay {
     Memory(MemoryReplayStore),
     Redis(RedisWorker),
 }
+
+/// A store alive in this process, with the settings it was made from.
+type KeptStore = (ReplaySettings, Weak<ModuleReplay>);
+
+/// The stores alive in this process.
+static STORES: Mutex<Vec<KeptStore>> = Mutex::new(Vec::new());
 
 /// What a replay check came to.
 pub enum Recorded {
@@ -58,17 +65,38 @@ pub enum Recorded {
 }
 
 impl ModuleReplay {
-    /// The store the settings name. Redis starts its thread here (not in `--mode validate`,
-    /// where `start_threads` is false); it connects on first use.
-    pub fn new(settings: &ReplaySettings, start_threads: bool) -> Result<Option<Self>, String> {
-        Ok(match settings.store {
-            ReplayStoreKind::Memory => Some(Self::Memory(MemoryReplayStore::new(
+    /// The store the settings name: the one a live configuration with the same settings
+    /// already uses, else a new one. Envoy builds a configuration update (LDS, say) while the old
+    /// one still runs, so proofs used before an update stay refused after it (a new, empty
+    /// in-memory store would accept each again; a new Redis store would not know the server it
+    /// had seen restart), as the ext_authz service keeps its store across reloads. A new Redis
+    /// store starts its thread here (not in `--mode validate`, where `start_threads` is false);
+    /// it connects on first use.
+    pub fn shared(
+        settings: &ReplaySettings,
+        start_threads: bool,
+    ) -> Result<Option<Arc<Self>>, String> {
+        if settings.store == ReplayStoreKind::Redis && !start_threads {
+            return Ok(None);
+        }
+        let mut stores = lock(&STORES);
+        stores.retain(|(_, store)| store.strong_count() > 0);
+        if let Some(store) = stores
+            .iter()
+            .filter(|(kept, _)| kept == settings)
+            .find_map(|(_, store)| store.upgrade())
+        {
+            return Ok(Some(store));
+        }
+        let store = Arc::new(match settings.store {
+            ReplayStoreKind::Memory => Self::Memory(MemoryReplayStore::new(
                 settings.max_entries,
                 settings.max_per_key,
-            ))),
-            ReplayStoreKind::Redis if !start_threads => None,
-            ReplayStoreKind::Redis => Some(Self::Redis(RedisWorker::start(settings)?)),
-        })
+            )),
+            ReplayStoreKind::Redis => Self::Redis(RedisWorker::start(settings)?),
+        });
+        stores.push((settings.clone(), Arc::downgrade(&store)));
+        Ok(Some(store))
     }
 
     /// Records `key`; `waker` wakes the stream when Redis answers.

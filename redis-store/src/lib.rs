@@ -8,7 +8,8 @@
 //! `replay_store_unavailable`); nothing is accepted unchecked.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use redis::AsyncConnectionConfig;
@@ -106,6 +107,13 @@ pub struct RedisReplayStore {
     prefix: String,
     /// Replicas that must acknowledge a proof before it counts as recorded (`WAIT`).
     wait_replicas: u32,
+    /// When the server restarted while this store used it (unix seconds, rounded up; `i64::MIN`
+    /// until seen): a server that restarted lost the proofs it held (no persistence, an older
+    /// snapshot, AOF's last second), so a proof that could have been used before then is not
+    /// vouched for as a first use.
+    server_restarted: AtomicI64,
+    /// The `run_id` of the server last connected to (it changes on every restart).
+    server_run: Mutex<Option<String>>,
 }
 
 /// Errors never repeat a URL: it may carry a password.
@@ -200,12 +208,14 @@ impl RedisReplayStore {
             timeout: settings.timeout,
             prefix: settings.key_prefix.clone(),
             wait_replicas: settings.wait_replicas,
+            server_restarted: AtomicI64::new(i64::MIN),
+            server_run: Mutex::new(None),
         })
     }
 
     pub async fn record(&self, key: &ReplayKey, now: i64) -> Result<bool, ReplayError> {
         match tokio::time::timeout(self.timeout, self.set_if_absent(key, now)).await {
-            Ok(result) => result,
+            Ok(result) => self.vouch(key, result),
             Err(_) => {
                 // A connection that does not answer in time is not trusted again.
                 self.connection.store(None);
@@ -272,7 +282,13 @@ impl RedisReplayStore {
         }
         let asked = self.set_many_if_absent(keys, now, deadline);
         let failed = match tokio::time::timeout_at(deadline.into(), asked).await {
-            Ok(Ok(answers)) if answers.len() == keys.len() => return answers,
+            Ok(Ok(answers)) if answers.len() == keys.len() => {
+                return keys
+                    .iter()
+                    .zip(answers)
+                    .map(|(key, answer)| self.vouch(key, answer))
+                    .collect();
+            }
             Ok(Ok(answers)) => {
                 // Not one answer per key: none of them can be trusted.
                 self.connection.store(None);
@@ -438,6 +454,62 @@ impl RedisReplayStore {
         }
     }
 
+    /// A first use stands only for a proof no one could have used before the server started:
+    /// one that could is an error (503; the client's next proof, made now, passes). A replay
+    /// stays a replay.
+    fn vouch(
+        &self,
+        key: &ReplayKey,
+        answer: Result<bool, ReplayError>,
+    ) -> Result<bool, ReplayError> {
+        match answer {
+            Ok(true) if key.live_from < self.server_restarted.load(Ordering::Acquire) => {
+                Err(ReplayError(
+                    "the proof may have been used before Redis last started (what it held \
+                     then is lost): refused"
+                        .into(),
+                ))
+            }
+            answer => answer,
+        }
+    }
+
+    /// On a new connection to one server (standalone, or the master the sentinels name), reads
+    /// its `run_id` and `uptime_in_seconds` (`INFO server`): a `run_id` other than the last
+    /// one's is a restart (or another server), and proofs live before it started are no longer
+    /// vouched for. The first server this store sees is taken as it is (a new deployment's
+    /// empty Redis holds nothing to lose); a reply without them (a proxy, a renamed command)
+    /// leaves what was known.
+    async fn note_server_start(&self, connection: &mut MultiplexedConnection) {
+        let info: redis::RedisResult<String> = redis::cmd("INFO")
+            .arg("server")
+            .query_async(connection)
+            .await;
+        let Ok(info) = info else {
+            return;
+        };
+        let (Some(run), Some(uptime)) = (
+            info_field(&info, "run_id"),
+            info_field(&info, "uptime_in_seconds").and_then(|u| u.parse::<i64>().ok()),
+        ) else {
+            return;
+        };
+        let before = self
+            .server_run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(run.to_owned());
+        if before.is_none_or(|before| before == run) {
+            return;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        // Both are whole seconds: the server started before now - uptime + 1.
+        let started = now.saturating_sub(uptime).saturating_add(1);
+        self.server_restarted.fetch_max(started, Ordering::AcqRel);
+    }
+
     async fn connection(&self) -> Result<Connection, ReplayError> {
         if let Some(connection) = self.connection.load_full() {
             return Ok((*connection).clone());
@@ -473,7 +545,10 @@ impl RedisReplayStore {
                 .map(Connection::Node),
         };
         match connected {
-            Ok(connection) => {
+            Ok(mut connection) => {
+                if let Connection::Node(node) = &mut connection {
+                    self.note_server_start(node).await;
+                }
                 *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.connection.store(Some(connection.clone().into()));
                 Ok(connection)
@@ -488,6 +563,15 @@ impl RedisReplayStore {
             }
         }
     }
+}
+
+/// A `name:value` line's value in an `INFO` reply.
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        line.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
 }
 
 /// What the server's `maxmemory-policy` means for proofs kept there.
@@ -596,6 +680,16 @@ pub const EVICTION_CHECK_EVERY: Duration = Duration::from_secs(300);
 mod tests {
     use super::*;
     use redis::Value;
+
+    #[test]
+    fn info_fields_are_read_by_exact_name() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:4f1c\r\nuptime_in_seconds_x:9\r\n\
+                    uptime_in_seconds:42\r\n";
+        assert_eq!(info_field(info, "run_id"), Some("4f1c"));
+        assert_eq!(info_field(info, "uptime_in_seconds"), Some("42"));
+        assert_eq!(info_field(info, "run"), None);
+        assert_eq!(info_field("OK", "run_id"), None);
+    }
 
     #[test]
     fn only_ok_records_a_proof_and_only_nil_is_a_replay() {
