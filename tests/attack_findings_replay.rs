@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::dpop::DpopKey;
 use common::envoy::*;
 use common::external::RedisServer;
-use common::raw::{self, H2Response, Step};
+use common::raw::{self, H2Response};
 use common::{Idp, Signer};
 use serde_json::json;
 
@@ -57,24 +57,7 @@ async fn module(name: &str, pki: &Pki, idp: &Idp, replay: &str) -> Module {
 impl Module {
     /// The status and `x-certbound-reason` (`ok` for an allow) of one HTTP/1.1 request.
     async fn outcome(&self, pki: &Pki, token: &str, proof: &str) -> (Option<u16>, String) {
-        let auth = format!("DPoP {token}");
-        let seen = raw::http1(
-            pki,
-            None,
-            self.port,
-            vec![Step::Send(raw::head(
-                "GET",
-                "/items",
-                &[("authorization", &auth), ("dpop", proof)],
-            ))],
-            Duration::from_secs(10),
-        )
-        .await;
-        let reason = match seen.status {
-            Some(200) if seen.header("x-upstream") == Some("seen") => "ok".to_string(),
-            _ => seen.header("x-certbound-reason").unwrap_or("").to_string(),
-        };
-        (seen.status, reason)
+        raw::outcome(&raw::dpop_get(pki, self.port, token, proof).await)
     }
 
     async fn wait_ready(&self, pki: &Pki, key: &DpopKey, token: &str) {
@@ -90,11 +73,7 @@ impl Module {
 
     /// How many times the upstream received a request carrying `proof`.
     fn reached(&self, proof: &str) -> usize {
-        self.upstream
-            .all()
-            .iter()
-            .filter(|r| r.headers.iter().any(|(n, v)| n == "dpop" && v == proof))
-            .count()
+        self.upstream.reached_with_proof(proof)
     }
 }
 
@@ -346,28 +325,7 @@ fn reload_listener(port: u16, jwks: &std::path::Path, replay: &str, generation: 
         jwks.display(),
         60 + generation,
     );
-    json!({"resources": [{
-        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
-        "name": "http",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "ingress",
-                "route_config": {"virtual_hosts": [{"name": "api", "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
-                "http_filters": [
-                    {"name": "envoy.filters.http.dynamic_modules", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-                        "dynamic_module_config": {"name": "certbound_envoy", "do_not_close": true},
-                        "filter_name": "certbound",
-                        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": filter}}},
-                    {"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                ]}}]}]
-    }]})
-    .to_string()
+    module_lds_listener(port, &filter)
 }
 
 async fn stat(admin: u16, name: &str) -> u64 {
@@ -486,11 +444,7 @@ impl Reloadable {
     }
 
     fn reached(&self, proof: &str) -> usize {
-        self.upstream
-            .all()
-            .iter()
-            .filter(|r| r.headers.iter().any(|(n, v)| n == "dpop" && v == proof))
-            .count()
+        self.upstream.reached_with_proof(proof)
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::dpop::DpopKey;
 use common::envoy::*;
 use common::external::RedisServer;
-use common::raw::{self, RawResponse, Step};
+use common::raw::{self, RawResponse};
 use common::{Idp, Signer};
 use serde_json::json;
 
@@ -104,29 +104,12 @@ async fn service_replica(pki: &Pki, signer: &Signer, replay: &str) -> Replica {
 
 impl Replica {
     async fn send(&self, pki: &Pki, token: &str, proof: &str) -> RawResponse {
-        let auth = format!("DPoP {token}");
-        raw::http1(
-            pki,
-            None,
-            self.port,
-            vec![Step::Send(raw::head(
-                "GET",
-                "/items",
-                &[("authorization", &auth), ("dpop", proof)],
-            ))],
-            Duration::from_secs(10),
-        )
-        .await
+        raw::dpop_get(pki, self.port, token, proof).await
     }
 
     /// The status and `x-certbound-reason` (`ok` for an allow) of one request.
     async fn outcome(&self, pki: &Pki, token: &str, proof: &str) -> (Option<u16>, String) {
-        let seen = self.send(pki, token, proof).await;
-        let reason = match seen.status {
-            Some(200) if seen.header("x-upstream") == Some("seen") => "ok".to_string(),
-            _ => seen.header("x-certbound-reason").unwrap_or("").to_string(),
-        };
-        (seen.status, reason)
+        raw::outcome(&self.send(pki, token, proof).await)
     }
 
     /// Waits until a fresh proof passes (keys loaded, Redis reachable; after Redis restarted,

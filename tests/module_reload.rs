@@ -42,28 +42,7 @@ fn listener(port: u16, jwks: &Path, redis: &RedisServer, generation: usize) -> S
         jwks.display(),
         redis.url()
     );
-    json!({"resources": [{
-        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
-        "name": "http",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": "ingress",
-                "route_config": {"virtual_hosts": [{"name": "api", "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
-                "http_filters": [
-                    {"name": "envoy.filters.http.dynamic_modules", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-                        "dynamic_module_config": {"name": "certbound_envoy", "do_not_close": true},
-                        "filter_name": "certbound",
-                        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": filter}}},
-                    {"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                ]}}]}]
-    }]})
-    .to_string()
+    module_lds_listener(port, &filter)
 }
 
 /// Replaces the LDS file the way Envoy's watch expects: written aside, then moved over it.

@@ -294,6 +294,14 @@ impl RecordingUpstream {
             .collect()
     }
 
+    /// How many requests carrying this DPoP proof reached the upstream.
+    pub fn reached_with_proof(&self, proof: &str) -> usize {
+        self.all()
+            .iter()
+            .filter(|r| r.headers.iter().any(|(n, v)| n == "dpop" && v == proof))
+            .count()
+    }
+
     pub fn all(&self) -> Vec<Received> {
         self.seen.lock().unwrap().clone()
     }
@@ -645,6 +653,34 @@ pub fn module_dir() -> PathBuf {
 
 /// Replaces the certbound YAML of a module config's `filter_config` (the `value: |` block under
 /// `filter_name: certbound`) with `yaml`.
+/// An LDS resource (JSON): one plain-HTTP listener on 127.0.0.1:`port` with certbound's module
+/// filter (`filter`: its filter_config YAML) and the router to the `upstream` cluster, for the
+/// tests that replace the configuration while Envoy runs.
+pub fn module_lds_listener(port: u16, filter: &str) -> String {
+    serde_json::json!({"resources": [{
+        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "name": "http",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "ingress",
+                "route_config": {"virtual_hosts": [{"name": "api", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
+                "http_filters": [
+                    {"name": "envoy.filters.http.dynamic_modules", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                        "dynamic_module_config": {"name": "certbound_envoy", "do_not_close": true},
+                        "filter_name": "certbound",
+                        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": filter}}},
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ]}}]}]
+    }]})
+    .to_string()
+}
+
 pub fn with_filter_config(envoy: &str, yaml: &str) -> String {
     let lines: Vec<&str> = envoy.lines().collect();
     let filter = lines

@@ -165,6 +165,34 @@ pub async fn http1(
 
 /// Request head bytes: `METHOD path HTTP/1.1`, `host: localhost`, `connection: close`, then
 /// `headers`.
+/// `GET /items` over HTTP/1.1 (TLS, no client certificate) with `Authorization: DPoP <token>`
+/// and `proof`.
+pub async fn dpop_get(pki: &Pki, port: u16, token: &str, proof: &str) -> RawResponse {
+    let auth = format!("DPoP {token}");
+    http1(
+        pki,
+        None,
+        port,
+        vec![Step::Send(head(
+            "GET",
+            "/items",
+            &[("authorization", &auth), ("dpop", proof)],
+        ))],
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// The status and the reason of an answer: `ok` when the upstream answered (`x-upstream:
+/// seen`), else certbound's `x-certbound-reason` (configured with `reason_header: true`).
+pub fn outcome(seen: &RawResponse) -> (Option<u16>, String) {
+    let reason = match seen.status {
+        Some(200) if seen.header("x-upstream") == Some("seen") => "ok".to_string(),
+        _ => seen.header("x-certbound-reason").unwrap_or("").to_string(),
+    };
+    (seen.status, reason)
+}
+
 pub fn head(method: &str, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     let mut text = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\n");
     if !headers
