@@ -300,15 +300,33 @@ async fn valkey_is_a_drop_in_replay_store() {
     );
 }
 
+/// A standalone store on the scripted server at `addr` (a stand-in for Redis answering what the
+/// test wants), its keys under `prefix`.
+fn scripted_store(addr: std::net::SocketAddr, prefix: &str) -> certbound_redis::RedisReplayStore {
+    use certbound_core::config::{ReplayMode, ReplaySettings, ReplayStoreKind};
+    certbound_redis::RedisReplayStore::from_settings(&ReplaySettings {
+        store: ReplayStoreKind::Redis,
+        mode: ReplayMode::Standalone,
+        url: Some(format!("redis://{addr}/")),
+        urls: Vec::new(),
+        master_name: None,
+        max_entries: 0,
+        max_per_key: 0,
+        timeout: Duration::from_secs(2),
+        key_prefix: prefix.into(),
+        ca_file: None,
+        wait_replicas: 0,
+    })
+    .unwrap()
+}
+
 /// A store that answers `SET ... NX` with anything but `OK` or nil has not recorded the proof:
 /// a server (or a proxy in front of one) answering `:0` to every command must not let a proof
 /// through twice. A tiny RESP server on loopback plays that store; certbound's Redis client
 /// talks to it as to Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_set_reply_that_is_neither_ok_nor_nil_records_nothing() {
-    use certbound_core::config::{ReplayMode, ReplaySettings, ReplayStoreKind};
     use certbound_core::dpop::ReplayKey;
-    use certbound_redis::RedisReplayStore;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -340,20 +358,7 @@ async fn a_set_reply_that_is_neither_ok_nor_nil_records_nothing() {
             });
         }
     });
-    let store = RedisReplayStore::from_settings(&ReplaySettings {
-        store: ReplayStoreKind::Redis,
-        mode: ReplayMode::Standalone,
-        url: Some(format!("redis://{addr}/")),
-        urls: Vec::new(),
-        master_name: None,
-        max_entries: 0,
-        max_per_key: 0,
-        timeout: Duration::from_secs(2),
-        key_prefix: "zero:".into(),
-        ca_file: None,
-        wait_replicas: 0,
-    })
-    .unwrap();
+    let store = scripted_store(addr, "zero:");
     let key = ReplayKey {
         digest: [7; 32],
         holder: [0; 32],
@@ -376,9 +381,7 @@ async fn a_set_reply_that_is_neither_ok_nor_nil_records_nothing() {
 /// tiny RESP server answers each `SET` with the next reply of a script.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_answered_proof_by_proof() {
-    use certbound_core::config::{ReplayMode, ReplaySettings, ReplayStoreKind};
     use certbound_core::dpop::ReplayKey;
-    use certbound_redis::RedisReplayStore;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const SCRIPT: [&[u8]; 5] = [
@@ -418,20 +421,7 @@ async fn a_batch_is_answered_proof_by_proof() {
             }
         }
     });
-    let store = RedisReplayStore::from_settings(&ReplaySettings {
-        store: ReplayStoreKind::Redis,
-        mode: ReplayMode::Standalone,
-        url: Some(format!("redis://{addr}/")),
-        urls: Vec::new(),
-        master_name: None,
-        max_entries: 0,
-        max_per_key: 0,
-        timeout: Duration::from_secs(2),
-        key_prefix: "batch:".into(),
-        ca_file: None,
-        wait_replicas: 0,
-    })
-    .unwrap();
+    let store = scripted_store(addr, "batch:");
     let keys: Vec<ReplayKey> = (0..5u8)
         .map(|i| ReplayKey {
             digest: [i; 32],
